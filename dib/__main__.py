@@ -1,0 +1,5 @@
+import sys
+
+from dib.cli import main
+
+sys.exit(main())

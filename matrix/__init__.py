@@ -1,0 +1,1 @@
+"""dib-matrix orchestrator: run dib across a host x target matrix of containers."""

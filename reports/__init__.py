@@ -1,0 +1,1 @@
+"""dib-matrix reports: text, HTML, JSON and JUnit views of a run's results."""
