@@ -1,0 +1,215 @@
+"""Base root filesystems with debootstrap, cached per (release, arch, mirror, variant, packages).
+
+Run by the ``debootstrap`` element's root.d hook as ``$DIB_PYTHON -m dib.bootstrap``;
+every input comes from the build environment (DISTRO_NAME, DIB_RELEASE, ARCH,
+TARGET_ROOT, DIB_IMAGE_CACHE, DIB_OFFLINE, DIB_DISTRIBUTION_MIRROR, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional, Tuple
+
+from dib.errors import CommandFailed, DibError
+from dib.mirror import MirrorNotFound, find_mirror
+from dib.run import run
+
+LOG = logging.getLogger("dib")
+PROBE_ATTEMPTS = 3
+PROBE_TIMEOUT_SECONDS = 10.0
+DEFAULT_DEBOOTSTRAP_TIMEOUT = 1800
+
+
+def debootstrap_scripts_dir(env: Mapping[str, str]) -> Path:
+    return Path(env.get("DEBOOTSTRAP_DIR", "/usr/share/debootstrap")) / "scripts"
+
+
+def check_script(release: str, env: Mapping[str, str]) -> None:
+    """Fail with debootstrap's own wording when it cannot build ``release`` here."""
+    if not shutil.which("debootstrap"):
+        raise DibError("debootstrap not available: install the debootstrap package")
+    script = debootstrap_scripts_dir(env) / release
+    if not script.exists():
+        raise DibError(f"No such script: {script}")
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """Everything that makes one debootstrap result different from another."""
+
+    distro: str
+    release: str
+    arch: str
+    mirror: str
+    variant: str
+    components: Tuple[str, ...]
+    include: Tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def cache_file(self, cache_dir: Path) -> Path:
+        return cache_dir / "debootstrap" / f"{self.distro}-{self.release}-{self.arch}-{self.key}.tar"
+
+
+def spec_from_env(env: Mapping[str, str]) -> BaseSpec:
+    distro = env.get("DISTRO_NAME", "debian")
+    release = env.get("DIB_RELEASE", "")
+    if not release:
+        raise DibError("DIB_RELEASE is not set")
+    try:
+        mirror = find_mirror(distro, env)
+    except MirrorNotFound as err:
+        raise DibError(str(err)) from None
+
+    def words(name: str, default: str) -> Tuple[str, ...]:
+        return tuple(w for w in env.get(name, default).replace(",", " ").split() if w)
+
+    return BaseSpec(
+        distro=distro,
+        release=release,
+        arch=env.get("ARCH", "amd64"),
+        mirror=mirror,
+        variant=env.get("DIB_DEBOOTSTRAP_VARIANT", "minbase"),
+        components=words("DIB_DEBIAN_COMPONENTS", "main"),
+        include=tuple(sorted(words("DIB_DEBOOTSTRAP_INCLUDE", ""))),
+    )
+
+
+Opener = Callable[[str, float], None]
+
+
+def _open_url(url: str, timeout: float) -> None:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http mirror)
+        response.read(1)
+
+
+def probe_mirror(spec: BaseSpec, opener: Opener = _open_url, sleep=time.sleep) -> None:
+    """Check that the mirror answers and carries the suite, in bounded time."""
+    url = f"{spec.mirror}/dists/{spec.release}/Release"
+    if url.startswith("file:"):
+        if not Path(urllib.parse.urlparse(url).path).exists():
+            raise DibError(f"mirror {spec.mirror} does not carry suite '{spec.release}' ({url} missing)")
+        return
+    last = ""
+    for attempt in range(1, PROBE_ATTEMPTS + 1):
+        try:
+            opener(url, PROBE_TIMEOUT_SECONDS)
+            return
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                raise DibError(
+                    f"mirror {spec.mirror} does not carry suite '{spec.release}' "
+                    f"(dists/{spec.release}/Release: HTTP 404)"
+                ) from None
+            last = f"HTTP {err.code}"
+        except (urllib.error.URLError, OSError) as err:
+            last = str(getattr(err, "reason", err))
+        if attempt < PROBE_ATTEMPTS:
+            sleep(attempt)
+    raise DibError(f"mirror {spec.mirror} unreachable: {last} (after {PROBE_ATTEMPTS} attempts)")
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Serialise builders that want the same cache entry (concurrent cells share the cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def extract(cache_file: Path, root: Path) -> None:
+    run(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "-xpf", str(cache_file)],
+        tag="debootstrap-cache")
+
+
+def store(root: Path, cache_file: Path) -> None:
+    partial = cache_file.with_name(cache_file.name + f".partial-{os.getpid()}")
+    try:
+        run(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--one-file-system",
+             "-cpf", str(partial), "."], tag="debootstrap-cache")
+        os.replace(partial, cache_file)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+def debootstrap(spec: BaseSpec, root: Path, timeout: float) -> None:
+    cmd = ["debootstrap", f"--variant={spec.variant}", f"--arch={spec.arch}",
+           f"--components={','.join(spec.components)}"]
+    if spec.include:
+        cmd.append(f"--include={','.join(spec.include)}")
+    cmd += [spec.release, str(root), spec.mirror]
+    try:
+        run(cmd, tag="debootstrap", timeout=timeout)
+    except CommandFailed as err:
+        reason = next((line for line in reversed(err.tail) if line.startswith("E:")), "")
+        what = "timed out" if err.timed_out else f"failed (exit {err.returncode})"
+        raise DibError(f"debootstrap of {spec.release} from {spec.mirror} {what}"
+                       + (f": {reason}" if reason else "")) from None
+    for deb in (root / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
+
+
+def write_sources(spec: BaseSpec, root: Path) -> None:
+    line = f"deb {spec.mirror} {spec.release} {' '.join(spec.components)}\n"
+    (root / "etc/apt").mkdir(parents=True, exist_ok=True)
+    (root / "etc/apt/sources.list").write_text(line)
+
+
+def prepare_root(env: Mapping[str, str]) -> Path:
+    """Fill TARGET_ROOT with the base system, from the cache when possible."""
+    release = env.get("DIB_RELEASE", "")
+    check_script(release, env)  # before anything else, cache or not
+    spec = spec_from_env(env)
+    root = Path(env["TARGET_ROOT"])
+    cache_file = spec.cache_file(Path(env.get("DIB_IMAGE_CACHE", "/tmp/dib-cache")))
+    offline = env.get("DIB_OFFLINE", "") not in ("", "0")
+    with locked(cache_file):
+        if cache_file.exists():
+            LOG.info("using cached base %s", cache_file)
+            extract(cache_file, root)
+        elif offline:
+            raise DibError(f"--offline: no cached base for {spec.distro} {spec.release} "
+                           f"({cache_file} missing); run once online first")
+        else:
+            probe_mirror(spec)
+            timeout = float(env.get("DIB_DEBOOTSTRAP_TIMEOUT", DEFAULT_DEBOOTSTRAP_TIMEOUT))
+            debootstrap(spec, root, timeout)
+            store(root, cache_file)
+            LOG.info("cached base as %s", cache_file)
+    write_sources(spec, root)
+    return cache_file
+
+
+def main(env: Optional[Mapping[str, str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        prepare_root(os.environ if env is None else env)
+    except DibError as err:
+        print(err, file=sys.stdout, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

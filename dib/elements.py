@@ -1,0 +1,175 @@
+"""Find elements on ELEMENTS_PATH and resolve a request into the set of elements to build.
+
+Format-compatible with diskimage-builder: an element is a directory; ``element-deps``
+lists the elements it pulls in, ``element-provides`` the virtual names it satisfies.
+"""
+
+from __future__ import annotations
+
+import graphlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from dib.errors import ElementError
+
+OPERATING_SYSTEM = "operating-system"
+
+
+def bundled_elements_dir() -> Path:
+    """The ``elements/`` tree shipped beside the dib package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "elements", here / "elements"):
+        if candidate.is_dir():
+            return candidate
+    raise ElementError(f"bundled elements directory not found next to {here}")
+
+
+def elements_path(env: Mapping[str, str]) -> List[Path]:
+    """ELEMENTS_PATH entries in order, with the bundled elements last."""
+    paths = [Path(p) for p in env.get("ELEMENTS_PATH", "").split(":") if p]
+    bundled = bundled_elements_dir()
+    if bundled not in paths:
+        paths.append(bundled)
+    return paths
+
+
+def _read_list(path: Path) -> Tuple[str, ...]:
+    if not path.is_file():
+        return ()
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            names.append(name)
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class Element:
+    name: str
+    path: Path
+    deps: Tuple[str, ...]
+    provides: Tuple[str, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> "Element":
+        return cls(
+            name=path.name,
+            path=path,
+            deps=_read_list(path / "element-deps"),
+            provides=_read_list(path / "element-provides"),
+        )
+
+
+def index_elements(search_path: Sequence[Path]) -> Dict[str, Element]:
+    """Map every element name to its directory; the first match on the path wins."""
+    found: Dict[str, Element] = {}
+    for directory in search_path:
+        if not directory.is_dir():
+            continue
+        for entry in sorted(directory.iterdir()):
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in found:
+                found[entry.name] = Element.load(entry)
+    return found
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The elements of one build, dependencies before dependents."""
+
+    elements: Tuple[Element, ...]
+    provided: Mapping[str, str] = field(default_factory=dict)  # virtual name -> provider
+
+    @property
+    def names(self) -> List[str]:
+        return [e.name for e in self.elements]
+
+
+def _chain(name: str, parents: Mapping[str, Optional[str]]) -> str:
+    links = []
+    parent = parents.get(name)
+    while parent is not None:
+        links.append(parent)
+        parent = parents.get(parent)
+    return " <- ".join(links) if links else "the command line"
+
+
+def _closest(name: str, known: Iterable[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def resolve(
+    requested: Sequence[str],
+    index: Mapping[str, Element],
+    require_operating_system: bool = True,
+) -> Resolution:
+    """Expand ``requested`` through element-deps; check providers, cycles and the OS element."""
+    parents: Dict[str, Optional[str]] = {}
+    chosen: Dict[str, Element] = {}
+    virtual: List[str] = []
+    queue: List[str] = []
+    for name in requested:
+        if name not in parents:
+            parents[name] = None
+            queue.append(name)
+    while queue:
+        name = queue.pop(0)
+        element = index.get(name)
+        if element is None:
+            virtual.append(name)
+            continue
+        chosen[name] = element
+        for dep in element.deps:
+            if dep not in parents:
+                parents[dep] = name
+                queue.append(dep)
+
+    provided: Dict[str, str] = {}
+    for element in chosen.values():
+        for thing in element.provides:
+            if thing in provided:
+                raise ElementError(
+                    f"both '{provided[thing]}' and '{element.name}' provide '{thing}'; "
+                    "an image can hold only one of them"
+                )
+            provided[thing] = element.name
+            if thing in chosen:
+                raise ElementError(
+                    f"element '{thing}' is pulled in (needed by {_chain(thing, parents)}) "
+                    f"but '{element.name}' already provides it"
+                )
+    for name in virtual:
+        if name not in provided:
+            raise ElementError(
+                f"element '{name}' not found (needed by {_chain(name, parents)})"
+                f"{_closest(name, index)}"
+            )
+    if require_operating_system and OPERATING_SYSTEM not in provided:
+        raise ElementError(
+            "no element provides 'operating-system': add a base distro element "
+            "such as debian-minimal or ubuntu-minimal"
+        )
+    return Resolution(elements=_ordered(chosen, provided), provided=provided)
+
+
+def _ordered(chosen: Mapping[str, Element], provided: Mapping[str, str]) -> Tuple[Element, ...]:
+    graph = graphlib.TopologicalSorter()
+    for name in sorted(chosen):
+        real_deps = [provided.get(d, d) for d in chosen[name].deps]
+        graph.add(name, *sorted(d for d in real_deps if d in chosen and d != name))
+    try:
+        order = list(graph.static_order())
+    except graphlib.CycleError as err:
+        cycle = err.args[1]
+        raise ElementError("element dependency cycle: " + " -> ".join(cycle)) from None
+    return tuple(chosen[n] for n in order)
+
+
+def resolve_from_env(
+    requested: Sequence[str], env: Mapping[str, str], require_operating_system: bool = True
+) -> Resolution:
+    return resolve(requested, index_elements(elements_path(env)), require_operating_system)

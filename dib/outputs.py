@@ -1,0 +1,185 @@
+"""Turn the finished root tree into output files, without loop devices or privileges.
+
+``tar`` archives the tree; ``raw`` is an ext4 filesystem made straight from the tree
+(``mkfs.ext4 -d``); every other type is ``qemu-img convert`` of that raw file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from dib.errors import CommandFailed, ConfigError, DibError
+from dib.run import run
+
+LOG = logging.getLogger("dib")
+ROOT_LABEL = "cloudimg-rootfs"
+BLOCK = 4096
+MIB = 1 << 20
+# Image type -> qemu-img format name; "raw" and "tar" are made directly.
+QEMU_FORMATS = {"qcow2": "qcow2", "vmdk": "vmdk", "vdi": "vdi", "vhd": "vpc", "vhdx": "vhdx",
+                "qed": "qed"}
+TAR_TYPES = {"tar": [], "tgz": ["--gzip"], "tar.gz": ["--gzip"]}
+SUPPORTED_TYPES = ("tar", "tgz", "tar.gz", "raw", *QEMU_FORMATS)
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_types(text: str) -> List[str]:
+    types = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in types if t not in SUPPORTED_TYPES]
+    if unknown:
+        raise ConfigError(f"unknown image type(s) {', '.join(unknown)}; "
+                          f"supported: {', '.join(SUPPORTED_TYPES)}")
+    return types or ["qcow2"]
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '2G', '512M', '1.5GiB'; a bare number is GiB as in disk-image-create."""
+    match = SIZE.match(text)
+    if not match:
+        raise ConfigError(f"cannot read image size '{text}' (examples: 2, 2G, 512M)")
+    number, unit = float(match.group(1)), match.group(2).upper() or "G"
+    return int(number * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit])
+
+
+@dataclass(frozen=True)
+class TreeUsage:
+    bytes: int
+    inodes: int
+
+
+def tree_usage(root: Path) -> TreeUsage:
+    """Space the tree takes on ext4: blocks per file (hard links once), an inode each."""
+    seen = set()
+    total = 0
+    inodes = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            info = os.lstat(os.path.join(dirpath, name))
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            inodes += 1
+            if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode) or (
+                stat.S_ISLNK(info.st_mode) and info.st_size > 60
+            ):
+                total += math.ceil(info.st_size / BLOCK) * BLOCK
+    return TreeUsage(bytes=total, inodes=inodes + 1)
+
+
+def estimate_fs_size(usage: TreeUsage) -> int:
+    """A filesystem size just above what the tree needs (journal and metadata included)."""
+    metadata = usage.inodes * 256 + 64 * MIB
+    return math.ceil((usage.bytes * 1.10 + metadata) / MIB) * MIB
+
+
+def make_ext4(root: Path, dest: Path, size: int, label: str = ROOT_LABEL,
+              grow_attempts: int = 5) -> int:
+    """mkfs.ext4 -d into a sparse file; grow and retry when the estimate was short."""
+    usage = tree_usage(root)
+    inodes = int(usage.inodes * 1.2) + 1024
+    for _ in range(grow_attempts):
+        with open(dest, "wb") as image:
+            image.truncate(size)
+        try:
+            run(["mkfs.ext4", "-F", "-q", "-L", label, "-N", str(inodes), "-d", str(root),
+                 str(dest)], tag="mkfs.ext4")
+            return size
+        except CommandFailed as err:
+            if not any("space" in line or "allocate" in line for line in err.tail):
+                raise
+            size = math.ceil(size * 1.25 / MIB) * MIB
+            LOG.info("filesystem too small, retrying with %d MiB", size // MIB)
+    raise DibError(f"could not fit {root} into an ext4 filesystem of {size // MIB} MiB")
+
+
+def make_tar(root: Path, dest: Path, extra: Sequence[str]) -> None:
+    run(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*",
+         "--one-file-system", *extra, "-cf", str(dest), "."], tag="tar")
+
+
+def convert(raw: Path, dest: Path, image_type: str, compress: bool) -> None:
+    fmt = QEMU_FORMATS[image_type]
+    cmd = ["qemu-img", "convert", "-f", "raw", "-O", fmt]
+    if compress and fmt == "qcow2":
+        cmd.append("-c")
+    run([*cmd, str(raw), str(dest)], tag="qemu-img")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(MIB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksum(path: Path) -> Path:
+    sums = path.with_name(path.name + ".sha256")
+    sums.write_text(f"{sha256_file(path)}  {path.name}\n")
+    return sums
+
+
+def installed_packages(root: Path) -> List[str]:
+    """'name version arch' of every installed package, read from dpkg's status file."""
+    status = root / "var/lib/dpkg/status"
+    if not status.is_file():
+        return []
+    rows = []
+    for stanza in status.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+        fields: Dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line and not line[0].isspace() and ":" in line:
+                key, value = line.split(":", 1)
+                fields[key] = value.strip()
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            rows.append(f"{fields['Package']} {fields.get('Version', '')} "
+                        f"{fields.get('Architecture', '')}")
+    return sorted(rows)
+
+
+def image_path(output: Path, image_type: str) -> Path:
+    return output.with_name(f"{output.name}.{image_type}")
+
+
+def make_outputs(
+    root: Path,
+    output: Path,
+    types: Sequence[str],
+    workdir: Path,
+    image_size: Optional[int] = None,
+    checksum: bool = False,
+    compress: bool = True,
+) -> List[Path]:
+    """Write every requested type for ``root`` next to ``output``; return the files made."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    made: List[Path] = []
+    manifest = output.with_name(f"{output.name}.packages")
+    manifest.write_text("".join(line + "\n" for line in installed_packages(root)))
+    for image_type in (t for t in types if t in TAR_TYPES):
+        dest = image_path(output, image_type)
+        make_tar(root, dest, TAR_TYPES[image_type])
+        made.append(dest)
+    disk_types = [t for t in types if t not in TAR_TYPES]
+    if disk_types:
+        raw = image_path(output, "raw") if "raw" in disk_types else workdir / "image.raw"
+        size = max(image_size or 0, estimate_fs_size(tree_usage(root)))
+        final = make_ext4(root, raw, size)
+        LOG.info("ext4 filesystem %s: %d MiB", raw.name, final // MIB)
+        if "raw" in disk_types:
+            made.append(raw)
+        for image_type in (t for t in disk_types if t != "raw"):
+            dest = image_path(output, image_type)
+            convert(raw, dest, image_type, compress)
+            made.append(dest)
+    if checksum:
+        for path in list(made):
+            write_checksum(path)
+    return made

@@ -1,0 +1,213 @@
+"""``package-installs.yaml`` and ``pkg-map``: what each phase installs and removes.
+
+Formats follow diskimage-builder. package-installs.yaml maps a package name to
+nothing or to options: ``phase`` (default install.d), ``uninstall``, ``arch`` /
+``not-arch`` (comma separated), ``installtype``, ``when`` (``VAR = value``,
+``VAR != value`` or a list of such, all of which must hold). ``pkg-map`` (JSON)
+renames packages per ``release`` > ``distro`` > ``family`` > ``default``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from dib.elements import Element
+from dib.errors import ConfigError
+
+DEFAULT_PHASE = "install.d"
+ALLOWED_PHASES = ("pre-install.d", "install.d", "post-install.d")
+KNOWN_KEYS = {"phase", "uninstall", "arch", "not-arch", "when", "installtype", "dib_python_version"}
+FAMILIES = {
+    "debian": "debian",
+    "ubuntu": "debian",
+    "fedora": "redhat",
+    "centos": "redhat",
+    "rhel": "redhat",
+    "rocky": "redhat",
+    "opensuse": "suse",
+    "gentoo": "gentoo",
+}
+ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64el"}
+WHEN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|=)\s*(.*?)\s*$")
+
+
+def normalise_arch(arch: str) -> str:
+    return ARCH_ALIASES.get(arch, arch)
+
+
+@dataclass(frozen=True)
+class Distro:
+    name: str
+    release: str
+
+    @property
+    def family(self) -> str:
+        return FAMILIES.get(self.name, self.name)
+
+
+@dataclass(frozen=True)
+class PackageRequest:
+    name: str
+    element: str
+    phase: str = DEFAULT_PHASE
+    uninstall: bool = False
+    arch: Tuple[str, ...] = ()
+    not_arch: Tuple[str, ...] = ()
+    when: Tuple[str, ...] = ()
+    installtype: Optional[str] = None
+
+
+@dataclass
+class PhasePackages:
+    install: List[str] = field(default_factory=list)
+    uninstall: List[str] = field(default_factory=list)
+
+
+def _arch_list(value: Any) -> Tuple[str, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else str(value).split(",")
+    return tuple(normalise_arch(str(a).strip()) for a in items if str(a).strip())
+
+
+def parse_package_installs(element: Element) -> List[PackageRequest]:
+    """Read one element's package-installs.yaml; errors name the file and the package."""
+    path = element.path / "package-installs.yaml"
+    if not path.is_file():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if data is None:
+        return []
+    if isinstance(data, list):
+        data = {str(name): None for name in data}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of package names")
+    requests = []
+    for name, options in data.items():
+        options = options or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"{path}: package '{name}': options must be a mapping")
+        unknown = set(options) - KNOWN_KEYS
+        if unknown:
+            raise ConfigError(f"{path}: package '{name}': unknown key(s) {', '.join(sorted(unknown))}")
+        phase = str(options.get("phase", DEFAULT_PHASE))
+        if phase not in ALLOWED_PHASES:
+            raise ConfigError(
+                f"{path}: package '{name}': phase '{phase}' is not one of {', '.join(ALLOWED_PHASES)}"
+            )
+        when = options.get("when", ())
+        when = tuple(when) if isinstance(when, list) else ((str(when),) if when else ())
+        for condition in when:
+            if not WHEN.match(condition):
+                raise ConfigError(
+                    f"{path}: package '{name}': cannot read when '{condition}' "
+                    "(expected 'VAR = value' or 'VAR != value')"
+                )
+        requests.append(
+            PackageRequest(
+                name=str(name),
+                element=element.name,
+                phase=phase,
+                uninstall=bool(options.get("uninstall", False)),
+                arch=_arch_list(options.get("arch")),
+                not_arch=_arch_list(options.get("not-arch")),
+                when=when,
+                installtype=options.get("installtype"),
+            )
+        )
+    return requests
+
+
+def when_holds(conditions: Sequence[str], env: Mapping[str, str]) -> bool:
+    for condition in conditions:
+        match = WHEN.match(condition)
+        assert match  # validated on parse
+        var, op, value = match.groups()
+        equal = env.get(var, "") == value
+        if equal != (op == "="):
+            return False
+    return True
+
+
+def applies(request: PackageRequest, arch: str, env: Mapping[str, str]) -> bool:
+    arch = normalise_arch(arch)
+    if request.arch and arch not in request.arch:
+        return False
+    if arch in request.not_arch:
+        return False
+    wanted_type = env.get("DIB_DEFAULT_INSTALLTYPE", "package")
+    if request.installtype and request.installtype != wanted_type:
+        return False
+    return when_holds(request.when, env)
+
+
+def load_pkg_map(element: Element) -> Dict[str, Any]:
+    path = element.path / "pkg-map"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
+def map_package(name: str, pkg_map: Mapping[str, Any], distro: Distro) -> str:
+    """Apply a pkg-map: release > distro > family > default; unmapped names stay."""
+    release = pkg_map.get("release", {}).get(distro.name, {}).get(distro.release, {})
+    for table in (
+        release,
+        pkg_map.get("distro", {}).get(distro.name, {}),
+        pkg_map.get("family", {}).get(distro.family, {}),
+        pkg_map.get("default", {}),
+    ):
+        if name in table:
+            return str(table[name])
+    return name
+
+
+def plan_packages(
+    elements: Sequence[Element],
+    distro: Distro,
+    arch: str,
+    env: Mapping[str, str],
+    extra_packages: Sequence[str] = (),
+) -> Dict[str, PhasePackages]:
+    """Per phase, the (mapped, de-duplicated, ordered) packages to install and uninstall."""
+    plan = {phase: PhasePackages() for phase in ALLOWED_PHASES}
+    for element in elements:
+        pkg_map = load_pkg_map(element)
+        for request in parse_package_installs(element):
+            if not applies(request, arch, env):
+                continue
+            mapped = map_package(request.name, pkg_map, distro)
+            if not mapped:  # a pkg-map may map a package to "" to drop it on a distro
+                continue
+            bucket = plan[request.phase]
+            target = bucket.uninstall if request.uninstall else bucket.install
+            if mapped not in target:
+                target.append(mapped)
+    for name in extra_packages:
+        if name not in plan[DEFAULT_PHASE].install:
+            plan[DEFAULT_PHASE].install.append(name)
+    return plan
+
+
+def write_plan(plan: Mapping[str, PhasePackages], directory: Path) -> None:
+    """One file per phase and action, one package per line, for the in-chroot installer."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for phase, packages in plan.items():
+        stem = phase[: -len(".d")]
+        (directory / f"{stem}.install").write_text("".join(p + "\n" for p in packages.install))
+        (directory / f"{stem}.uninstall").write_text("".join(p + "\n" for p in packages.uninstall))
