@@ -64,7 +64,9 @@ class BaseSpec:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def cache_file(self, cache_dir: Path) -> Path:
-        return cache_dir / "debootstrap" / f"{self.distro}-{self.release}-{self.arch}-{self.key}.tar"
+        return (
+            cache_dir / "debootstrap" / f"{self.distro}-{self.release}-{self.arch}-{self.key}.tar"
+        )
 
 
 def spec_from_env(env: Mapping[str, str]) -> BaseSpec:
@@ -104,7 +106,9 @@ def probe_mirror(spec: BaseSpec, opener: Opener = _open_url, sleep=time.sleep) -
     url = f"{spec.mirror}/dists/{spec.release}/Release"
     if url.startswith("file:"):
         if not Path(urllib.parse.urlparse(url).path).exists():
-            raise DibError(f"mirror {spec.mirror} does not carry suite '{spec.release}' ({url} missing)")
+            raise DibError(
+                f"mirror {spec.mirror} does not carry suite '{spec.release}' ({url} missing)"
+            )
         return
     last = ""
     for attempt in range(1, PROBE_ATTEMPTS + 1):
@@ -138,15 +142,29 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def extract(cache_file: Path, root: Path) -> None:
-    run(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "-xpf", str(cache_file)],
-        tag="debootstrap-cache")
+    run(
+        ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "-xpf", str(cache_file)],
+        tag="debootstrap-cache",
+    )
 
 
 def store(root: Path, cache_file: Path) -> None:
     partial = cache_file.with_name(cache_file.name + f".partial-{os.getpid()}")
     try:
-        run(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--one-file-system",
-             "-cpf", str(partial), "."], tag="debootstrap-cache")
+        run(
+            [
+                "tar",
+                "-C",
+                str(root),
+                "--numeric-owner",
+                "--xattrs",
+                "--one-file-system",
+                "-cpf",
+                str(partial),
+                ".",
+            ],
+            tag="debootstrap-cache",
+        )
         os.replace(partial, cache_file)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -154,8 +172,12 @@ def store(root: Path, cache_file: Path) -> None:
 
 
 def debootstrap(spec: BaseSpec, root: Path, timeout: float) -> None:
-    cmd = ["debootstrap", f"--variant={spec.variant}", f"--arch={spec.arch}",
-           f"--components={','.join(spec.components)}"]
+    cmd = [
+        "debootstrap",
+        f"--variant={spec.variant}",
+        f"--arch={spec.arch}",
+        f"--components={','.join(spec.components)}",
+    ]
     if spec.include:
         cmd.append(f"--include={','.join(spec.include)}")
     cmd += [spec.release, str(root), spec.mirror]
@@ -164,8 +186,10 @@ def debootstrap(spec: BaseSpec, root: Path, timeout: float) -> None:
     except CommandFailed as err:
         reason = next((line for line in reversed(err.tail) if line.startswith("E:")), "")
         what = "timed out" if err.timed_out else f"failed (exit {err.returncode})"
-        raise DibError(f"debootstrap of {spec.release} from {spec.mirror} {what}"
-                       + (f": {reason}" if reason else "")) from None
+        raise DibError(
+            f"debootstrap of {spec.release} from {spec.mirror} {what}"
+            + (f": {reason}" if reason else "")
+        ) from None
     for deb in (root / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
 
@@ -189,8 +213,10 @@ def prepare_root(env: Mapping[str, str]) -> Path:
             LOG.info("using cached base %s", cache_file)
             extract(cache_file, root)
         elif offline:
-            raise DibError(f"--offline: no cached base for {spec.distro} {spec.release} "
-                           f"({cache_file} missing); run once online first")
+            raise DibError(
+                f"--offline: no cached base for {spec.distro} {spec.release} "
+                f"({cache_file} missing); run once online first"
+            )
         else:
             probe_mirror(spec)
             timeout = float(env.get("DIB_DEBOOTSTRAP_TIMEOUT", DEFAULT_DEBOOTSTRAP_TIMEOUT))

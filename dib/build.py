@@ -74,8 +74,14 @@ def make_workdir(stack: contextlib.ExitStack, use_tmpfs: bool) -> Path:
 class Builder:
     """Runs the phases of one build in ``work`` with the merged hooks ``tree``."""
 
-    def __init__(self, opts: BuildOptions, resolution: Resolution, tree: HookTree,
-                 root: Path, env: Dict[str, str]):
+    def __init__(
+        self,
+        opts: BuildOptions,
+        resolution: Resolution,
+        tree: HookTree,
+        root: Path,
+        env: Dict[str, str],
+    ):
         self.opts = opts
         self.resolution = resolution
         self.tree = tree
@@ -131,8 +137,13 @@ class Builder:
         env["PATH"] = environment.chroot_path(env)
         env["TMP_HOOKS_PATH"] = inside
         env_files = [f"{inside}/environment.d/{p.name}" for p in self.tree.environment_files()]
-        cmd = ["chroot", str(self.root), f"{inside}/dib-run-hook",
-               f"{inside}/{phase.dirname}/{script.name}", *env_files]
+        cmd = [
+            "chroot",
+            str(self.root),
+            f"{inside}/dib-run-hook",
+            f"{inside}/{phase.dirname}/{script.name}",
+            *env_files,
+        ]
         self._run_hook(phase, script, cmd, env)
 
     def _run_hook(self, phase: Phase, script: Path, cmd: List[str], env: Dict[str, str]) -> None:
@@ -148,21 +159,29 @@ class Builder:
         LOG.info("finished %s in %.1f s", tag, watch.seconds)
 
 
-def build_environment(opts: BuildOptions, resolution: Resolution, work: Path, root: Path,
-                      tree: HookTree, base: Mapping[str, str]) -> Dict[str, str]:
+def build_environment(
+    opts: BuildOptions,
+    resolution: Resolution,
+    work: Path,
+    root: Path,
+    tree: HookTree,
+    base: Mapping[str, str],
+) -> Dict[str, str]:
     env = environment.curated(base)
-    env.update({
-        "ARCH": normalise_arch(opts.arch),
-        "IMAGE_NAME": opts.output.name,
-        "IMAGE_ELEMENT": " ".join(resolution.names),
-        "TMP_BUILD_DIR": str(work),
-        "TMP_HOOKS_PATH": str(tree.root),
-        "TARGET_ROOT": str(root),
-        "TMP_MOUNT_PATH": str(root),
-        "DIB_IMAGE_CACHE": str(opts.image_cache),
-        "DIB_OFFLINE": "1" if opts.offline else "",
-        "DIB_DEBUG_TRACE": "1" if opts.trace else "0",
-    })
+    env.update(
+        {
+            "ARCH": normalise_arch(opts.arch),
+            "IMAGE_NAME": opts.output.name,
+            "IMAGE_ELEMENT": " ".join(resolution.names),
+            "TMP_BUILD_DIR": str(work),
+            "TMP_HOOKS_PATH": str(tree.root),
+            "TARGET_ROOT": str(root),
+            "TMP_MOUNT_PATH": str(root),
+            "DIB_IMAGE_CACHE": str(opts.image_cache),
+            "DIB_OFFLINE": "1" if opts.offline else "",
+            "DIB_DEBUG_TRACE": "1" if opts.trace else "0",
+        }
+    )
     return env
 
 
@@ -189,8 +208,9 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
             builder.run_phase(phase)
         if chroot.mounts_under(root):
             raise DibError(f"something is still mounted under {root}; refusing to package it")
-        images = outputs.make_outputs(root, opts.output, opts.types, work, opts.image_size,
-                                      opts.checksum, opts.compress)
+        images = outputs.make_outputs(
+            root, opts.output, opts.types, work, opts.image_size, opts.checksum, opts.compress
+        )
     for image in images:
         LOG.info("wrote %s (%d MiB)", image, image.stat().st_size >> 20)
     return BuildResult(resolution.names, images, round(watch.seconds, 2), builder.phase_seconds)

@@ -27,30 +27,51 @@ def build_parser() -> argparse.ArgumentParser:
         "passed to every element.",
     )
     parser.add_argument("elements", nargs="+", metavar="ELEMENT", help="elements to build")
-    parser.add_argument("-o", dest="output", default="image",
-                        help="output file name without extension (default: image)")
-    parser.add_argument("-t", dest="types", default="qcow2",
-                        help=f"comma separated output types: {', '.join(SUPPORTED_TYPES)} "
-                        "(default: qcow2)")
+    parser.add_argument(
+        "-o",
+        dest="output",
+        default="image",
+        help="output file name without extension (default: image)",
+    )
+    parser.add_argument(
+        "-t",
+        dest="types",
+        default="qcow2",
+        help=f"comma separated output types: {', '.join(SUPPORTED_TYPES)} (default: qcow2)",
+    )
     parser.add_argument("-a", dest="arch", default="amd64", help="architecture (default: amd64)")
-    parser.add_argument("-x", dest="trace", action="store_true",
-                        help="trace every hook script (bash -x)")
-    parser.add_argument("-n", dest="skip_base", action="store_true",
-                        help="do not add the default 'base' element")
-    parser.add_argument("-p", dest="packages", default="",
-                        help="comma separated extra packages to install")
-    parser.add_argument("-u", dest="uncompressed", action="store_true",
-                        help="do not compress qcow2 images")
-    parser.add_argument("--image-size", help="filesystem size: a number of GiB or 512M, 2G, ...; "
-                        "default: just large enough for the tree")
+    parser.add_argument(
+        "-x", dest="trace", action="store_true", help="trace every hook script (bash -x)"
+    )
+    parser.add_argument(
+        "-n", dest="skip_base", action="store_true", help="do not add the default 'base' element"
+    )
+    parser.add_argument(
+        "-p", dest="packages", default="", help="comma separated extra packages to install"
+    )
+    parser.add_argument(
+        "-u", dest="uncompressed", action="store_true", help="do not compress qcow2 images"
+    )
+    parser.add_argument(
+        "--image-size",
+        help="filesystem size: a number of GiB or 512M, 2G, ...; "
+        "default: just large enough for the tree",
+    )
     parser.add_argument("--checksum", action="store_true", help="write a .sha256 beside each image")
-    parser.add_argument("--offline", action="store_true",
-                        help="use only cached base trees; never touch the network for them")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="use only cached base trees; never touch the network for them",
+    )
     parser.add_argument("--logfile", help="also write the build log to this file")
-    parser.add_argument("--image-cache", default=str(DEFAULT_CACHE),
-                        help=f"cache directory (default: {DEFAULT_CACHE})")
-    parser.add_argument("--no-tmpfs", action="store_true",
-                        help="build on disk instead of in a tmpfs")
+    parser.add_argument(
+        "--image-cache",
+        default=str(DEFAULT_CACHE),
+        help=f"cache directory (default: {DEFAULT_CACHE})",
+    )
+    parser.add_argument(
+        "--no-tmpfs", action="store_true", help="build on disk instead of in a tmpfs"
+    )
     parser.add_argument("--debug", action="store_true", help="log every command and tracebacks")
     parser.add_argument("--version", action="version", version=f"dib-build {__version__}")
     return parser
@@ -107,11 +128,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         LOG.error("ERROR: %s", err)
         return err.exit_code
     except (KeyboardInterrupt, Interrupted) as err:
-        LOG.error("ERROR: interrupted (%s); mounts released, build tree removed",
-                  err or "SIGINT")
+        LOG.error("ERROR: interrupted (%s); mounts released, build tree removed", err or "SIGINT")
         return 130
-    LOG.info("build finished in %.1f s: %s", result.seconds,
-             ", ".join(str(p) for p in result.images))
+    LOG.info(
+        "build finished in %.1f s: %s", result.seconds, ", ".join(str(p) for p in result.images)
+    )
     return 0
 
 

@@ -53,7 +53,7 @@ class Element:
     provides: Tuple[str, ...]
 
     @classmethod
-    def load(cls, path: Path) -> "Element":
+    def load(cls, path: Path) -> Element:
         return cls(
             name=path.name,
             path=path,

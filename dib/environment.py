@@ -11,9 +11,24 @@ from typing import Dict, Mapping, Sequence
 from dib.errors import DibError
 
 # Passed through from the caller; everything else is dropped so builds are reproducible.
-PASSTHROUGH = ("HOME", "LANG", "LC_ALL", "TERM", "TZ", "TMPDIR", "USER", "LOGNAME",
-               "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-               "ELEMENTS_PATH", "DEBOOTSTRAP_DIR")
+PASSTHROUGH = (
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TERM",
+    "TZ",
+    "TMPDIR",
+    "USER",
+    "LOGNAME",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ELEMENTS_PATH",
+    "DEBOOTSTRAP_DIR",
+)
 PASSTHROUGH_PREFIXES = ("DIB_",)
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IN_TARGET_HOOKS = "/tmp/in_target.d"
@@ -59,7 +74,10 @@ def sourced_environment(env: Mapping[str, str], env_files: Sequence[Path]) -> Di
     script = 'for f in "$@"; do source "$f"; done; env -0'
     done = subprocess.run(
         ["bash", "-c", script, "dib-env", *map(str, env_files)],
-        env=dict(env), capture_output=True, timeout=60, check=False,
+        env=dict(env),
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     if done.returncode != 0:
         detail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]

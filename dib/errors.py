@@ -26,15 +26,14 @@ class ConfigError(DibError):
 class CommandFailed(DibError):
     """An external command exited non-zero or timed out."""
 
-    def __init__(self, what: str, returncode: int, tail: Sequence[str] = (), timed_out: bool = False):
+    def __init__(
+        self, what: str, returncode: int, tail: Sequence[str] = (), timed_out: bool = False
+    ):
         self.what = what
         self.returncode = returncode
         self.tail = list(tail)
         self.timed_out = timed_out
-        if timed_out:
-            detail = "timed out"
-        else:
-            detail = f"failed with exit code {returncode}"
+        detail = "timed out" if timed_out else f"failed with exit code {returncode}"
         super().__init__(f"{what} {detail}")
 
 

@@ -24,8 +24,14 @@ ROOT_LABEL = "cloudimg-rootfs"
 BLOCK = 4096
 MIB = 1 << 20
 # Image type -> qemu-img format name; "raw" and "tar" are made directly.
-QEMU_FORMATS = {"qcow2": "qcow2", "vmdk": "vmdk", "vdi": "vdi", "vhd": "vpc", "vhdx": "vhdx",
-                "qed": "qed"}
+QEMU_FORMATS = {
+    "qcow2": "qcow2",
+    "vmdk": "vmdk",
+    "vdi": "vdi",
+    "vhd": "vpc",
+    "vhdx": "vhdx",
+    "qed": "qed",
+}
 TAR_TYPES = {"tar": [], "tgz": ["--gzip"], "tar.gz": ["--gzip"]}
 SUPPORTED_TYPES = ("tar", "tgz", "tar.gz", "raw", *QEMU_FORMATS)
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
@@ -35,8 +41,9 @@ def parse_types(text: str) -> List[str]:
     types = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in types if t not in SUPPORTED_TYPES]
     if unknown:
-        raise ConfigError(f"unknown image type(s) {', '.join(unknown)}; "
-                          f"supported: {', '.join(SUPPORTED_TYPES)}")
+        raise ConfigError(
+            f"unknown image type(s) {', '.join(unknown)}; supported: {', '.join(SUPPORTED_TYPES)}"
+        )
     return types or ["qcow2"]
 
 
@@ -67,8 +74,10 @@ def tree_usage(root: Path) -> TreeUsage:
                 continue
             seen.add((info.st_dev, info.st_ino))
             inodes += 1
-            if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode) or (
-                stat.S_ISLNK(info.st_mode) and info.st_size > 60
+            if (
+                stat.S_ISREG(info.st_mode)
+                or stat.S_ISDIR(info.st_mode)
+                or (stat.S_ISLNK(info.st_mode) and info.st_size > 60)
             ):
                 total += math.ceil(info.st_size / BLOCK) * BLOCK
     return TreeUsage(bytes=total, inodes=inodes + 1)
@@ -80,8 +89,9 @@ def estimate_fs_size(usage: TreeUsage) -> int:
     return math.ceil((usage.bytes * 1.10 + metadata) / MIB) * MIB
 
 
-def make_ext4(root: Path, dest: Path, size: int, label: str = ROOT_LABEL,
-              grow_attempts: int = 5) -> int:
+def make_ext4(
+    root: Path, dest: Path, size: int, label: str = ROOT_LABEL, grow_attempts: int = 5
+) -> int:
     """mkfs.ext4 -d into a sparse file; grow and retry when the estimate was short."""
     usage = tree_usage(root)
     inodes = int(usage.inodes * 1.2) + 1024
@@ -89,8 +99,21 @@ def make_ext4(root: Path, dest: Path, size: int, label: str = ROOT_LABEL,
         with open(dest, "wb") as image:
             image.truncate(size)
         try:
-            run(["mkfs.ext4", "-F", "-q", "-L", label, "-N", str(inodes), "-d", str(root),
-                 str(dest)], tag="mkfs.ext4")
+            run(
+                [
+                    "mkfs.ext4",
+                    "-F",
+                    "-q",
+                    "-L",
+                    label,
+                    "-N",
+                    str(inodes),
+                    "-d",
+                    str(root),
+                    str(dest),
+                ],
+                tag="mkfs.ext4",
+            )
             return size
         except CommandFailed as err:
             if not any("space" in line or "allocate" in line for line in err.tail):
@@ -101,8 +124,22 @@ def make_ext4(root: Path, dest: Path, size: int, label: str = ROOT_LABEL,
 
 
 def make_tar(root: Path, dest: Path, extra: Sequence[str]) -> None:
-    run(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*",
-         "--one-file-system", *extra, "-cf", str(dest), "."], tag="tar")
+    run(
+        [
+            "tar",
+            "-C",
+            str(root),
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--one-file-system",
+            *extra,
+            "-cf",
+            str(dest),
+            ".",
+        ],
+        tag="tar",
+    )
 
 
 def convert(raw: Path, dest: Path, image_type: str, compress: bool) -> None:
@@ -140,8 +177,9 @@ def installed_packages(root: Path) -> List[str]:
                 key, value = line.split(":", 1)
                 fields[key] = value.strip()
         if fields.get("Status", "").endswith(" installed") and "Package" in fields:
-            rows.append(f"{fields['Package']} {fields.get('Version', '')} "
-                        f"{fields.get('Architecture', '')}")
+            rows.append(
+                f"{fields['Package']} {fields.get('Version', '')} {fields.get('Architecture', '')}"
+            )
     return sorted(rows)
 
 

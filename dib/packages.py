@@ -98,11 +98,14 @@ def parse_package_installs(element: Element) -> List[PackageRequest]:
             raise ConfigError(f"{path}: package '{name}': options must be a mapping")
         unknown = set(options) - KNOWN_KEYS
         if unknown:
-            raise ConfigError(f"{path}: package '{name}': unknown key(s) {', '.join(sorted(unknown))}")
+            raise ConfigError(
+                f"{path}: package '{name}': unknown key(s) {', '.join(sorted(unknown))}"
+            )
         phase = str(options.get("phase", DEFAULT_PHASE))
         if phase not in ALLOWED_PHASES:
             raise ConfigError(
-                f"{path}: package '{name}': phase '{phase}' is not one of {', '.join(ALLOWED_PHASES)}"
+                f"{path}: package '{name}': phase '{phase}' is not one of "
+                + ", ".join(ALLOWED_PHASES)
             )
         when = options.get("when", ())
         when = tuple(when) if isinstance(when, list) else ((str(when),) if when else ())

@@ -48,7 +48,7 @@ def run(
     process group is terminated before the exception propagates.
     """
     LOG.debug("%s | exec: %s", tag, " ".join(cmd))
-    tail: "collections.deque[str]" = collections.deque(maxlen=TAIL_LINES)
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     proc = subprocess.Popen(
         list(cmd),
         env=dict(env) if env is not None else None,
@@ -90,7 +90,9 @@ def run(
     return returncode
 
 
-def capture(cmd: Sequence[str], *, timeout: float = 60, env: Optional[Mapping[str, str]] = None) -> str:
+def capture(
+    cmd: Sequence[str], *, timeout: float = 60, env: Optional[Mapping[str, str]] = None
+) -> str:
     """Run a short command and return its stdout; raise CommandFailed with stderr's tail."""
     LOG.debug("capture: %s", " ".join(cmd))
     try:
