@@ -1,0 +1,438 @@
+"""Host definitions (``hosts/*.yaml``): schema, validation and loading.
+
+Every top-level key is declared once in ``HOST_KEYS`` (parser, default, help);
+validation collects all problems of all files and raises one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from matrix.diagnostics import ConfigError, ConfigIssue, IssueCollector
+from matrix.yamlload import KeyPath, YamlDocument, load_yaml
+
+# hosts/ sits beside the matrix package in the source tree (editable installs).
+BUNDLED_HOSTS_DIR = Path(__file__).resolve().parent.parent / "hosts"
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# Package specs are passed to the package manager as separate arguments, never
+# through a shell; this only rejects what no package manager would accept.
+PACKAGE_RE = re.compile(r"^[A-Za-z0-9<>=~][A-Za-z0-9+._:/@=<>~*-]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SUITE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+# A registry reference: [host[:port]/]path[:tag][@digest], lower-case path.
+IMAGE_REF_RE = re.compile(
+    r"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._/-][a-z0-9]+)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+
+class BaseKind(str, enum.Enum):
+    """Where a host's root filesystem comes from."""
+
+    BOOTSTRAP = "bootstrap"  # debootstrap/mmdebstrap of a suite, imported into the engine
+    IMAGE = "image"  # a registry image the engine pulls
+    ROOTFS = "rootfs"  # a root filesystem tarball on this machine, imported
+
+    @property
+    def needs_import(self) -> bool:
+        return self is not BaseKind.IMAGE
+
+
+class BootstrapTool(str, enum.Enum):
+    DEBOOTSTRAP = "debootstrap"
+    MMDEBSTRAP = "mmdebstrap"
+
+
+class PackageManager(str, enum.Enum):
+    """Package managers the Dockerfile template knows how to drive."""
+
+    APT = "apt"
+    DNF = "dnf"
+    YUM = "yum"
+    ZYPPER = "zypper"
+    EMERGE = "emerge"
+
+
+@dataclass(frozen=True)
+class BootstrapBase:
+    suite: str
+    variant: str = "minbase"
+    mirror: str | None = None  # None: the orchestrating machine's mirror (dib.mirror)
+    tool: BootstrapTool = BootstrapTool.DEBOOTSTRAP
+    components: tuple[str, ...] = ("main",)
+
+    kind = BaseKind.BOOTSTRAP
+
+    def describe(self) -> str:
+        return f"{self.tool.value} {self.suite} ({self.variant})"
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "suite": self.suite,
+            "variant": self.variant,
+            "mirror": self.mirror,
+            "tool": self.tool.value,
+            "components": list(self.components),
+        }
+
+
+@dataclass(frozen=True)
+class ImageBase:
+    reference: str
+
+    kind = BaseKind.IMAGE
+
+    def describe(self) -> str:
+        return f"image {self.reference}"
+
+    def canonical(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "reference": self.reference}
+
+
+@dataclass(frozen=True)
+class RootfsBase:
+    path: Path  # absolute
+
+    kind = BaseKind.ROOTFS
+
+    def describe(self) -> str:
+        return f"rootfs {self.path.name}"
+
+    def canonical(self) -> dict[str, Any]:
+        # The tarball's content (not its location) enters the image hash: see hostimage.
+        return {"kind": self.kind.value}
+
+
+Base = Union[BootstrapBase, ImageBase, RootfsBase]
+
+
+@dataclass(frozen=True)
+class HostDefinition:
+    """A validated host: how to build its container image."""
+
+    name: str
+    base: Base
+    package_manager: PackageManager
+    packages: tuple[str, ...] = ()
+    prepare: tuple[str, ...] = ()  # shell commands run before the package install
+    setup: tuple[str, ...] = ()  # shell commands run after it
+    environment: tuple[tuple[str, str], ...] = ()  # sorted (name, value) pairs
+    description: str = ""
+    source: Path | None = None
+
+    @property
+    def kind(self) -> BaseKind:
+        return self.base.kind
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.environment)
+
+    def canonical(self) -> dict[str, Any]:
+        """Everything that shapes the image, as plain data (not the file's location)."""
+        return {
+            "name": self.name,
+            "base": self.base.canonical(),
+            "package_manager": self.package_manager.value,
+            "packages": list(self.packages),
+            "prepare": list(self.prepare),
+            "setup": list(self.setup),
+            "environment": [list(pair) for pair in self.environment],
+        }
+
+
+class _Invalid(Exception):
+    """Wrong values; each problem's path is relative to the key being parsed."""
+
+    def __init__(self, message: str, path: KeyPath = ()) -> None:
+        super().__init__(message)
+        self.problems: list[tuple[KeyPath, str]] = [(path, message)]
+
+    @classmethod
+    def many(cls, problems: list[tuple[KeyPath, str]]) -> _Invalid:
+        error = cls(problems[0][1], problems[0][0])
+        error.problems = list(problems)
+        return error
+
+    def under(self, prefix: KeyPath) -> _Invalid:
+        return _Invalid.many([(prefix + path, message) for path, message in self.problems])
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """One top-level key of a host file."""
+
+    name: str
+    parse: Callable[[Any, YamlDocument, KeyPath], Any]
+    help: str
+    required: bool = False
+    default: Any = None
+
+
+def _text(value: Any, what: str = "a string") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"must be {what}, got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return repr(value)
+
+
+def _enum(kind: type[enum.Enum], value: Any) -> Any:
+    choices = ", ".join(str(m.value) for m in kind)
+    try:
+        return kind(value)
+    except ValueError:
+        raise _Invalid(f"must be one of {choices}, got {_shown(value)}") from None
+
+
+def _string_list(value: Any, pattern: re.Pattern[str] | None, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _Invalid(f"must be a list of {what}, got {_shown(value)}")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise _Invalid(f"must be {what[:-1]}, got {_shown(item)}", (index,))
+        if pattern is not None and not pattern.match(item):
+            raise _Invalid(f"{item!r} is not a valid {what[:-1]}", (index,))
+    return tuple(value)
+
+
+def _parse_name(value: Any, doc: YamlDocument, path: KeyPath) -> str:
+    name = _text(value)
+    if not NAME_RE.match(name):
+        raise _Invalid(f"{name!r}: use lower-case letters, digits, '.', '_' and '-'")
+    if name != doc.path.stem:
+        raise _Invalid(f"{name!r} must match the file name ({doc.path.stem!r})")
+    return name
+
+
+def _parse_packages(value: Any, doc: YamlDocument, path: KeyPath) -> tuple[str, ...]:
+    return _string_list(value, PACKAGE_RE, "package names")
+
+
+def _parse_commands(value: Any, doc: YamlDocument, path: KeyPath) -> tuple[str, ...]:
+    return _string_list(value, None, "shell commands")
+
+
+def _parse_environment(value: Any, doc: YamlDocument, path: KeyPath) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a mapping of NAME: value, got {_shown(value)}")
+    pairs = []
+    for name, raw in value.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise _Invalid(f"{name!r} is not a valid variable name", (name,))
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise _Invalid(f"must be a string or number, got {_shown(raw)}", (name,))
+        text = str(raw)
+        if any(ord(ch) < 32 for ch in text):
+            raise _Invalid("must not contain control characters or newlines", (name,))
+        pairs.append((name, text))
+    return tuple(sorted(pairs))
+
+
+def _parse_package_manager(value: Any, doc: YamlDocument, path: KeyPath) -> PackageManager:
+    return _enum(PackageManager, value)
+
+
+def _parse_bootstrap(value: Any, doc: YamlDocument) -> BootstrapBase:
+    if isinstance(value, str):
+        value = {"suite": value}
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a suite name or a mapping, got {_shown(value)}")
+    known = {"suite", "variant", "mirror", "tool", "components"}
+    problems = [((key,), _unknown_key(key, known)) for key in value if key not in known]
+    fields: dict[str, Any] = {}
+
+    def field(key: str, parse: Callable[[Any], Any], default: Any = None) -> None:
+        try:
+            fields[key] = parse(value[key]) if key in value else default
+        except _Invalid as exc:
+            problems.extend(exc.under((key,)).problems)
+
+    if "suite" not in value:
+        problems.append(((), "missing required key 'suite'"))
+    field("suite", _suite)
+    field("variant", _text, "minbase")
+    field("mirror", _mirror_url)
+    field("tool", lambda v: _enum(BootstrapTool, v), BootstrapTool.DEBOOTSTRAP)
+    field("components", lambda v: _string_list(v, SUITE_RE, "components"), ("main",))
+    if problems:
+        raise _Invalid.many(problems)
+    return BootstrapBase(**fields)
+
+
+def _suite(value: Any) -> str:
+    suite = _text(value)
+    if not SUITE_RE.match(suite):
+        raise _Invalid(f"{suite!r} is not a suite name")
+    return suite
+
+
+def _mirror_url(value: Any) -> str:
+    mirror = _text(value, "a URL")
+    if not re.match(r"^(https?|file)://\S+$", mirror):
+        raise _Invalid(f"{mirror!r} is not an http(s):// or file:// URL")
+    return mirror.rstrip("/")
+
+
+def _parse_base(value: Any, doc: YamlDocument, path: KeyPath) -> Base:
+    kinds = [kind.value for kind in BaseKind]
+    if not isinstance(value, dict) or len(value) != 1:
+        raise _Invalid(f"must be a mapping with exactly one of: {', '.join(kinds)}")
+    ((kind_name, spec),) = value.items()
+    if kind_name not in kinds:
+        raise _Invalid(_unknown_key(kind_name, kinds), (kind_name,))
+    try:
+        if kind_name == BaseKind.BOOTSTRAP.value:
+            return _parse_bootstrap(spec, doc)
+        if kind_name == BaseKind.IMAGE.value:
+            ref = _text(spec, "a registry image reference")
+            if not IMAGE_REF_RE.match(ref):
+                raise _Invalid(f"{ref!r} is not an image reference (name[:tag][@digest])")
+            return ImageBase(ref)
+        tarball = Path(_text(spec, "a path to a root filesystem tarball"))
+        if not tarball.is_absolute():
+            tarball = doc.path.resolve().parent / tarball
+        if not tarball.is_file():
+            raise _Invalid(f"{str(tarball)!r} does not exist")
+        return RootfsBase(tarball)
+    except _Invalid as exc:
+        raise exc.under((kind_name,)) from None
+
+
+HOST_KEYS: tuple[HostKey, ...] = (
+    HostKey("name", _parse_name, "host name; must equal the file name without .yaml", True),
+    HostKey("description", lambda v, d, p: _text(v), "free text shown by 'hosts list'", default=""),
+    HostKey(
+        "base",
+        _parse_base,
+        "root filesystem source: bootstrap (suite or {suite, variant, mirror, tool, "
+        "components}), image (registry reference) or rootfs (tarball path)",
+        True,
+    ),
+    HostKey(
+        "package-manager",
+        _parse_package_manager,
+        "apt, dnf, yum, zypper or emerge; defaults to apt for bootstrap hosts",
+    ),
+    HostKey("packages", _parse_packages, "packages to install, in the distro's names", default=()),
+    HostKey(
+        "prepare", _parse_commands, "shell commands run before installing packages", default=()
+    ),
+    HostKey("setup", _parse_commands, "shell commands run after installing packages", default=()),
+    HostKey("environment", _parse_environment, "variables set in the image", default=()),
+)
+_KEYS_BY_NAME = {key.name: key for key in HOST_KEYS}
+
+
+def _unknown_key(key: Any, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key{hint}; known: {', '.join(sorted(known))}"
+
+
+def parse_host(doc: YamlDocument) -> HostDefinition:
+    """Validate one parsed host file; raises ``ConfigError`` with every problem in it."""
+    issues = IssueCollector()
+    issues.extend(doc.issues)
+    if not isinstance(doc.data, dict):
+        issues.add(doc.issue((), f"a host file must be a mapping, got {_shown(doc.data)}"))
+        issues.check()
+    values: dict[str, Any] = {}
+    for key in doc.data:
+        if key not in _KEYS_BY_NAME:
+            issues.add(doc.issue((key,), _unknown_key(key, _KEYS_BY_NAME)))
+    for key in HOST_KEYS:
+        if key.name not in doc.data:
+            if key.required:
+                issues.add(doc.issue((), f"missing required key '{key.name}'"))
+            values[key.name] = key.default
+            continue
+        try:
+            values[key.name] = key.parse(doc.data[key.name], doc, (key.name,))
+        except _Invalid as exc:
+            for path, message in exc.under((key.name,)).problems:
+                issues.add(doc.issue(path, message))
+    base = values.get("base")
+    manager = values.get("package-manager")
+    if manager is None and base is not None:
+        if base.kind is BaseKind.BOOTSTRAP:
+            manager = PackageManager.APT
+        else:
+            issues.add(
+                doc.issue(("base",), "'package-manager' is required for image and rootfs hosts")
+            )
+    issues.check()
+    return HostDefinition(
+        name=values["name"],
+        base=base,
+        package_manager=manager,
+        packages=values["packages"],
+        prepare=values["prepare"],
+        setup=values["setup"],
+        environment=values["environment"],
+        description=values["description"],
+        source=doc.path,
+    )
+
+
+def load_host(path: Path) -> HostDefinition:
+    return parse_host(load_yaml(path))
+
+
+def load_hosts(dirs: Sequence[Path] = (BUNDLED_HOSTS_DIR,)) -> dict[str, HostDefinition]:
+    """Every ``*.yaml`` under ``dirs``, by name; a later directory overrides an earlier one.
+
+    Raises one ``ConfigError`` listing the problems of all files.
+    """
+    issues = IssueCollector()
+    hosts: dict[str, HostDefinition] = {}
+    for directory in dirs:
+        if not directory.is_dir():
+            issues.add(ConfigIssue(directory, None, "", "host directory does not exist"))
+            continue
+        for path in sorted(directory.glob("*.yaml")):
+            try:
+                host = load_host(path)
+            except ConfigError as exc:
+                issues.extend(exc.issues)
+                continue
+            hosts[host.name] = host
+    issues.check()
+    return dict(sorted(hosts.items()))
+
+
+class UnknownHost(LookupError):
+    """A name or glob matched no host."""
+
+
+def select_hosts(hosts: dict[str, HostDefinition], patterns: Sequence[str]) -> list[HostDefinition]:
+    """Hosts matching any of ``patterns`` (names or shell globs), in name order.
+
+    No patterns selects all; a pattern that matches nothing raises ``UnknownHost``.
+    """
+    if not patterns:
+        return list(hosts.values())
+    chosen: dict[str, HostDefinition] = {}
+    for pattern in patterns:
+        matched = [name for name in hosts if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            raise UnknownHost(f"no host matches {pattern!r}; known: {', '.join(hosts)}")
+        chosen.update((name, hosts[name]) for name in matched)
+    return [chosen[name] for name in sorted(chosen)]
