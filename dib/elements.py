@@ -164,7 +164,8 @@ def _ordered(chosen: Mapping[str, Element], provided: Mapping[str, str]) -> Tupl
     try:
         order = list(graph.static_order())
     except graphlib.CycleError as err:
-        cycle = err.args[1]
+        # graphlib lists the cycle along predecessors; reverse it to read "a needs b".
+        cycle = list(reversed(err.args[1]))
         raise ElementError("element dependency cycle: " + " -> ".join(cycle)) from None
     return tuple(chosen[n] for n in order)
 
