@@ -1,0 +1,325 @@
+"""Container engine access and cell containers.
+
+A cell container is a fresh container of a host image that runs one command
+(normally dib) with:
+
+- the dib tree read-only at ``/opt/dib-matrix`` (a bind mount of the local tree,
+  or already inside the image when a dib layer was baked on top of the host
+  image for a remote engine: see ``bake_dib_layer``);
+- an output directory bind-mounted at ``/out``;
+- a per-host image-cache volume at ``/cache``;
+- host networking and a few named capabilities, never ``privileged``.
+
+It is removed after success, failure, timeout and KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import shlex
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import Mount
+
+from matrix.hostimage import LABEL_HOST
+from matrix.imagebuild import build_image
+
+LABEL_RUN = "org.dib-matrix.run"
+LABEL_CELL = "org.dib-matrix.cell"
+DIB_MOUNT = "/opt/dib-matrix"
+OUT_MOUNT = "/out"
+CACHE_MOUNT = "/cache"
+# Socket read timeout of API calls; log streams re-attach when it expires.
+API_TIMEOUT = 600
+
+# What debootstrap, chroot, dpkg and the proc/sysfs/tmpfs/bind mounts of a
+# build need, found by dropping one capability at a time from a working set:
+# SYS_ADMIN for mount(2) (and the seccomp rules the engine unlocks with it),
+# MKNOD for the device nodes debootstrap creates, CHOWN/FOWNER/DAC_OVERRIDE/
+# FSETID/SETUID/SETGID/SETFCAP for dpkg unpacking files of other owners and
+# modes, SYS_CHROOT for chroot, KILL/AUDIT_WRITE for maintainer scripts and
+# runuser. Everything else is dropped, so the set does not depend on the
+# engine's defaults.
+CELL_CAPABILITIES: tuple[str, ...] = (
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "SETFCAP",
+    "SETGID",
+    "SETUID",
+    "SYS_ADMIN",
+    "SYS_CHROOT",
+)
+
+
+class EngineError(Exception):
+    """The engine could not run a cell (not a failure of the command inside it)."""
+
+
+def connect(timeout: int = API_TIMEOUT) -> docker.DockerClient:
+    """A client for the local engine, or ``DOCKER_HOST``'s; EngineError if none answers."""
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise EngineError(f"no container engine answers: {exc}") from exc
+    return client
+
+
+class Network(str, enum.Enum):
+    HOST = "host"
+    NONE = "none"
+    BRIDGE = "bridge"
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything needed to run one command in a fresh container of a host image."""
+
+    run_id: str
+    cell_id: str  # unique within the run, e.g. "debian-bookworm/debian-bookworm-tar"
+    host: str
+    image: str  # host image (or a baked dib layer on top of it)
+    command: tuple[str, ...]
+    log_path: Path
+    timeout: float
+    environment: Mapping[str, str] = field(default_factory=dict)
+    dib_tree: Path | None = None  # bind-mounted read-only at DIB_MOUNT; None: baked/absent
+    out_dir: Path | None = None  # bind-mounted at OUT_MOUNT
+    cache_volume: str | None = None  # named volume mounted at CACHE_MOUNT
+    network: Network = Network.HOST
+    capabilities: tuple[str, ...] = CELL_CAPABILITIES
+    workdir: str | None = None
+
+
+@dataclass(frozen=True)
+class CellResult:
+    cell_id: str
+    container: str
+    exit_code: int | None  # the container's exit status (137 after a timeout kill)
+    timed_out: bool
+    log_path: Path
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def container_name(run_id: str, cell_id: str) -> str:
+    slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", f"{run_id}-{cell_id}").strip("-.")
+    # Long ids keep a short hash so two cells never share a name.
+    if len(slug) > 100:
+        slug = slug[:80] + "-" + hashlib.sha256(slug.encode()).hexdigest()[:12]
+    return f"dib-matrix-{slug}"
+
+
+def cache_volume_name(host: str) -> str:
+    return f"dib-matrix-cache-{host}"
+
+
+def ensure_volume(client: docker.DockerClient, name: str, run_id: str, host: str) -> None:
+    try:
+        client.volumes.get(name)
+    except docker.errors.NotFound:
+        client.volumes.create(name, labels={LABEL_RUN: run_id, LABEL_HOST: host})
+
+
+def _mounts(spec: CellSpec) -> list[Mount]:
+    mounts = []
+    if spec.dib_tree is not None:
+        mounts.append(Mount(DIB_MOUNT, str(spec.dib_tree.resolve()), type="bind", read_only=True))
+    if spec.out_dir is not None:
+        mounts.append(Mount(OUT_MOUNT, str(spec.out_dir.resolve()), type="bind"))
+    if spec.cache_volume is not None:
+        mounts.append(Mount(CACHE_MOUNT, spec.cache_volume, type="volume"))
+    return mounts
+
+
+def _remove_container(client: docker.DockerClient, name: str) -> None:
+    with suppress(docker.errors.NotFound):
+        client.api.remove_container(name, force=True, v=True)
+
+
+def _kill(container: Any, expired: threading.Event) -> None:
+    expired.set()
+    with suppress(docker.errors.APIError):  # already gone
+        container.kill()
+
+
+def _stream_logs(container: Any) -> Iterator[bytes]:
+    """Follow the container's output; re-attach if the API read times out while it runs."""
+    since: int | None = None
+    while True:
+        try:
+            yield from container.logs(stream=True, follow=True, since=since)
+            return
+        except requests.exceptions.ConnectionError:
+            # A long silence outlasted the socket timeout: nothing was printed
+            # since, so re-attaching from now loses no output.
+            container.reload()
+            if container.status not in ("running", "created"):
+                return
+            since = int(time.time())
+
+
+def _header(spec: CellSpec, name: str) -> bytes:
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.environment.items()))
+    lines = [
+        f"# dib-matrix cell {spec.cell_id} (run {spec.run_id}) in container {name}",
+        f"# image: {spec.image}",
+        f"# command: {env + ' ' if env else ''}{shlex.join(spec.command)}",
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def run_cell(client: docker.DockerClient, spec: CellSpec) -> CellResult:
+    """Run ``spec`` to completion or timeout, output streamed to ``spec.log_path``.
+
+    Raises ``EngineError`` when the engine cannot create or start the container.
+    The container is gone when this returns or raises (KeyboardInterrupt too).
+    """
+    name = container_name(spec.run_id, spec.cell_id)
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    if spec.out_dir is not None:
+        spec.out_dir.mkdir(parents=True, exist_ok=True)
+    expired = threading.Event()
+    start = time.monotonic()
+    with ExitStack() as undo, spec.log_path.open("ab") as log:
+        # Registered before the container exists, so a create that succeeds
+        # but returns late (or a Ctrl-C in between) still leaves nothing behind.
+        undo.callback(_remove_container, client, name)
+        log.write(_header(spec, name))
+        log.flush()
+        try:
+            if spec.cache_volume is not None:
+                ensure_volume(client, spec.cache_volume, spec.run_id, spec.host)
+            container = client.containers.create(
+                spec.image,
+                list(spec.command),
+                name=name,
+                environment=dict(spec.environment),
+                labels={LABEL_RUN: spec.run_id, LABEL_HOST: spec.host, LABEL_CELL: spec.cell_id},
+                mounts=_mounts(spec),
+                network_mode=spec.network.value,
+                cap_drop=["ALL"],
+                cap_add=list(spec.capabilities),
+                working_dir=spec.workdir,
+            )
+            watchdog = threading.Timer(spec.timeout, _kill, args=(container, expired))
+            watchdog.daemon = True
+            undo.callback(watchdog.cancel)
+            container.start()
+            watchdog.start()
+        except docker.errors.DockerException as exc:
+            log.write(f"dib-matrix: engine error: {exc}\n".encode())
+            raise EngineError(f"cell {spec.cell_id}: {exc}") from exc
+        _copy_output(container, log)
+        exit_code = int(container.wait().get("StatusCode", -1))
+        watchdog.cancel()
+        if expired.is_set():
+            log.write(
+                f"\ndib-matrix: killed after the {spec.timeout:.0f} s cell timeout\n".encode()
+            )
+    return CellResult(
+        spec.cell_id, name, exit_code, expired.is_set(), spec.log_path, time.monotonic() - start
+    )
+
+
+def _copy_output(container: Any, log: BinaryIO) -> None:
+    for chunk in _stream_logs(container):
+        log.write(chunk)
+        log.flush()
+
+
+def remove_run_objects(client: docker.DockerClient, run_id: str) -> tuple[int, int]:
+    """Remove every container and volume labelled with ``run_id``; returns the counts."""
+    selector = {"label": f"{LABEL_RUN}={run_id}"}
+    containers = client.containers.list(all=True, filters=selector)
+    for container in containers:
+        _remove_container(client, container.id)
+    volumes = client.volumes.list(filters=selector)
+    for volume in volumes:
+        volume.remove(force=True)
+    return len(containers), len(volumes)
+
+
+# -- the dib invocation contract ------------------------------------------------
+
+
+def dib_command(
+    elements: Sequence[str],
+    output_name: str,
+    output_types: Sequence[str] = ("tar",),
+    extra_args: Sequence[str] = (),
+) -> tuple[str, ...]:
+    """dib's command line inside a cell container (dib tree at DIB_MOUNT)."""
+    return (
+        "python3",
+        "-m",
+        "dib",
+        "-o",
+        f"{OUT_MOUNT}/{output_name}",
+        "-t",
+        ",".join(output_types),
+        "--image-cache",
+        CACHE_MOUNT,
+        *extra_args,
+        *elements,
+    )
+
+
+def dib_environment(env: Mapping[str, str], mirror: str | None) -> dict[str, str]:
+    """The cell's environment: the target's variables, dib on PYTHONPATH, the mirror."""
+    result = dict(env)
+    result["PYTHONPATH"] = DIB_MOUNT
+    if mirror and "DIB_DISTRIBUTION_MIRROR" not in result:
+        result["DIB_DISTRIBUTION_MIRROR"] = mirror
+    return result
+
+
+DIB_LAYER_FILES = ("dib", "elements")
+
+
+def bake_dib_layer(client: docker.DockerClient, host_image: str, tree: Path, log: BinaryIO) -> str:
+    """An image with the dib tree copied to DIB_MOUNT on top of ``host_image``.
+
+    For engines that cannot see this machine's files (remote, swarm): run cells
+    from the returned image with ``dib_tree=None``. Tagged by content, so an
+    unchanged tree is built once.
+    """
+    files: dict[str, bytes] = {}
+    for top in DIB_LAYER_FILES:
+        for path in sorted((tree / top).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                files[str(path.relative_to(tree))] = path.read_bytes()
+    digest = hashlib.sha256(host_image.encode())
+    for name, data in sorted(files.items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    host_repo = host_image.rsplit(":", 1)[0].replace("/host-", "/dib-")
+    reference = f"{host_repo}:{digest.hexdigest()[:16]}"
+    try:
+        client.images.get(reference)
+        return reference
+    except docker.errors.ImageNotFound:
+        pass
+    dockerfile = f"FROM {host_image}\nCOPY {' '.join(DIB_LAYER_FILES)} {DIB_MOUNT}/\n"
+    files["Dockerfile"] = dockerfile.encode()
+    labels = dict(client.images.get(host_image).labels or {})
+    build_image(client, files, log, labels=labels, tag=reference)
+    return reference

@@ -1,0 +1,116 @@
+"""Image builds and imports through the docker SDK, streamed into a log."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import docker.errors
+
+TAIL_LINES = 300
+# Proxy settings of the orchestrating machine reach RUN steps as build args
+# (predefined by the engine, so they are not baked into the image's config).
+PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+class BuildFailed(Exception):
+    """The engine refused or failed a build; ``tail`` holds the last log lines."""
+
+    def __init__(self, message: str, tail: tuple[str, ...], step: str = "") -> None:
+        super().__init__(message)
+        self.tail = tail
+        self.step = step  # the Dockerfile instruction that was running
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    id: str
+    tail: tuple[str, ...]
+
+
+def build_context(files: Mapping[str, bytes]) -> io.BytesIO:
+    """An in-memory tar build context holding exactly ``files``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+def build_image(
+    client: docker.DockerClient,
+    files: Mapping[str, bytes],
+    log: BinaryIO,
+    *,
+    labels: Mapping[str, str],
+    tag: str | None = None,
+    nocache: bool = False,
+) -> BuiltImage:
+    """Build the Dockerfile in ``files`` with host networking; stream output into ``log``."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    step = ""
+    image_id = None
+    buildargs = {key: os.environ[key] for key in PROXY_ARGS if key in os.environ}
+    stream = client.api.build(
+        fileobj=build_context(files),
+        custom_context=True,
+        tag=tag,
+        labels=dict(labels),
+        network_mode="host",
+        pull=False,
+        nocache=nocache,
+        rm=True,
+        forcerm=True,
+        buildargs=buildargs,
+        decode=True,
+    )
+    for chunk in stream:
+        text = chunk.get("stream") or chunk.get("status") or ""
+        if text:
+            log.write(text.encode("utf-8", "replace"))
+            log.flush()
+            for line in text.splitlines():
+                if line.strip():
+                    tail.append(line.rstrip())
+                if line.startswith("Step "):
+                    step = line.split(" : ", 1)[-1]
+        if "error" in chunk:
+            message = str(chunk.get("errorDetail", {}).get("message") or chunk["error"]).strip()
+            log.write(f"\nERROR: {message}\n".encode("utf-8", "replace"))
+            log.flush()
+            raise BuildFailed(message, tuple(tail), step)
+        aux: Any = chunk.get("aux")
+        if isinstance(aux, dict) and "ID" in aux:
+            image_id = aux["ID"]
+    if image_id is None:
+        raise BuildFailed("the engine reported no image id", tuple(tail), step)
+    return BuiltImage(image_id, tuple(tail))
+
+
+def import_tarball(
+    client: docker.DockerClient,
+    tarball: Path,
+    reference: str,
+    labels: Mapping[str, str],
+) -> str:
+    """Import a root filesystem tarball as image ``reference`` (repo:tag); returns its id."""
+    repository, tag = reference.rsplit(":", 1)
+    changes = [f"LABEL {_label_word(k)}={_label_word(v)}" for k, v in sorted(labels.items())]
+    changes.append('CMD ["/bin/sh"]')
+    client.api.import_image(src=str(tarball), repository=repository, tag=tag, changes=changes)
+    return client.images.get(reference).id
+
+
+def _label_word(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,91 @@
+"""Make a root filesystem tarball of a Debian suite on the orchestrating machine."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from matrix.hosts import BootstrapBase, BootstrapTool
+from matrix.proc import ProcResult, run_logged
+
+BOOTSTRAP_TIMEOUT = 1800.0
+TAR_TIMEOUT = 600.0
+
+
+class RootfsError(Exception):
+    """The root filesystem could not be made; ``result`` holds the failed command."""
+
+    def __init__(self, message: str, result: ProcResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def bootstrap_argv(base: BootstrapBase, mirror: str, target: Path) -> list[str]:
+    """debootstrap writes a directory; mmdebstrap writes the tarball itself."""
+    components = ",".join(base.components)
+    return [
+        base.tool.value,
+        f"--variant={base.variant}",
+        f"--components={components}",
+        base.suite,
+        str(target),
+        mirror,
+    ]
+
+
+def make_rootfs_tarball(
+    base: BootstrapBase,
+    mirror: str,
+    work_dir: Path,
+    log: BinaryIO,
+    timeout: float = BOOTSTRAP_TIMEOUT,
+) -> Path:
+    """Bootstrap ``base`` into a fresh directory under ``work_dir``; return its tarball.
+
+    The caller owns ``work_dir`` and removes it (see ``remove_tree``).
+    """
+    tarball = work_dir / "rootfs.tar"
+    if base.tool is BootstrapTool.MMDEBSTRAP:
+        result = run_logged(bootstrap_argv(base, mirror, tarball), log, timeout)
+        if not result.ok:
+            raise RootfsError(f"mmdebstrap of {base.suite} failed", result)
+        return tarball
+    root = work_dir / "root"
+    result = run_logged(bootstrap_argv(base, mirror, root), log, timeout)
+    if not result.ok:
+        raise RootfsError(f"debootstrap of {base.suite} failed", result)
+    tar = ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(tarball), "."]
+    result = run_logged(tar, log, TAR_TIMEOUT)
+    if not result.ok:
+        raise RootfsError("packing the root filesystem failed", result)
+    return tarball
+
+
+def new_work_dir(parent: Path | None = None) -> Path:
+    return Path(tempfile.mkdtemp(prefix="dib-matrix-rootfs-", dir=parent))
+
+
+def _mounts_below(path: Path) -> list[str]:
+    """Mount points at or below ``path``, deepest first."""
+    prefix = str(path.resolve())
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        for line in mountinfo:
+            point = line.split()[4].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a bootstrap work dir, first releasing anything a killed debootstrap left mounted."""
+    if not path.exists():
+        return
+    for point in _mounts_below(path):
+        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+    if _mounts_below(path):
+        raise RootfsError(f"{path} still has mounts below it; not removing it")
+    shutil.rmtree(path)
