@@ -7,6 +7,8 @@ import os
 import sys
 from typing import List, Optional
 
+from matrix import hostcli
+
 # Until the orchestrator lands, "run" builds this default target with the bundled builder.
 DEFAULT_BUILD = ["-o", "out/debian-bookworm", "-t", "qcow2", "debian-minimal"]
 DEFAULT_BUILD_ENV = {"DIB_RELEASE": "bookworm"}
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the default job (for now: build debian-bookworm qcow2)")
     run.add_argument("dib_args", nargs="*", help="extra dib-build arguments")
     run.set_defaults(func=_cmd_run)
+    hostcli.add_parser(sub)
     return parser
 
 

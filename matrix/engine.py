@@ -323,3 +323,38 @@ def bake_dib_layer(client: docker.DockerClient, host_image: str, tree: Path, log
     labels = dict(client.images.get(host_image).labels or {})
     build_image(client, files, log, labels=labels, tag=reference)
     return reference
+
+
+@dataclass(frozen=True)
+class Captured:
+    exit_code: int | None  # None: killed for the timeout
+    stdout: str
+    stderr: str
+
+
+def run_captured(
+    client: docker.DockerClient,
+    image: str,
+    command: Sequence[str],
+    *,
+    labels: Mapping[str, str],
+    timeout: float,
+) -> Captured:
+    """Run a short command without network in a throw-away container; capture its output."""
+    container = None
+    try:
+        container = client.containers.create(
+            image, list(command), labels=dict(labels), network_mode=Network.NONE.value
+        )
+        container.start()
+        try:
+            status = container.wait(timeout=timeout)
+        except requests.exceptions.ConnectionError:
+            container.kill()
+            status = {"StatusCode": None}
+        stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+        stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+        return Captured(status.get("StatusCode"), stdout, stderr)
+    finally:
+        if container is not None:
+            _remove_container(client, container.id)

@@ -1,0 +1,326 @@
+"""hostgen: build (or find cached) the container image of one host definition.
+
+Bootstrap hosts: debootstrap on this machine -> import -> Dockerfile build.
+Image hosts: the same Dockerfile ``FROM`` the registry image. Then the facts
+probe runs once in the new image and its result is stored as a label on the
+final, content-tagged image. Every failure becomes a ``HostgenOutcome`` with a
+category and one clear line; the full story is in the per-host log.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Collection
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import docker
+import docker.errors
+
+from dib.mirror import MirrorNotFound, find_mirror
+from matrix.engine import run_captured
+from matrix.facts import (
+    FACTS_LABEL,
+    FactsError,
+    HostFacts,
+    load_facts,
+    parse_probe_output,
+    probe_command,
+)
+from matrix.hostcauses import Diagnosis, HostgenCause, classify_log
+from matrix.hostimage import (
+    LABEL_DIGEST,
+    LABEL_HOST,
+    LABEL_ROLE,
+    HostImageNames,
+    apt_sources,
+    from_image,
+    image_names,
+    render_dockerfile,
+)
+from matrix.hosts import BaseKind, BootstrapBase, HostDefinition, RootfsBase
+from matrix.imagebuild import BuildFailed, build_image, import_tarball
+from matrix.rootfs import RootfsError, make_rootfs_tarball, new_work_dir, remove_tree
+
+PROBE_TIMEOUT = 300.0
+LABEL_RUN = "org.dib-matrix.run"
+
+
+class HostgenStatus(str, enum.Enum):
+    BUILT = "built"
+    CACHED = "cached"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class HostgenOutcome:
+    """What hostgen did for one host. ``message`` is one line; details are in the log."""
+
+    host: str
+    status: HostgenStatus
+    image: str  # the content-tagged reference (built, cached or intended)
+    duration: float
+    log_path: Path | None
+    facts: HostFacts | None = None
+    cause: HostgenCause | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not HostgenStatus.FAILED
+
+    def one_line(self) -> str:
+        text = f"{self.host}: {self.status.value} {self.image} ({self.duration:.1f} s)"
+        if self.cause is not None:
+            text = f"{self.host}: failed ({self.cause.value}): {self.message}"
+        return text
+
+
+class _Failed(Exception):
+    def __init__(self, diagnosis: Diagnosis) -> None:
+        super().__init__(diagnosis.one_line())
+        self.diagnosis = diagnosis
+
+
+def cached_outcome(client: docker.DockerClient, host: HostDefinition) -> HostgenOutcome | None:
+    """The outcome for an already built, unchanged host; None if it must be built."""
+    start = time.monotonic()
+    names = image_names(host)
+    facts = load_facts(client, names.image)
+    if facts is None:
+        return None
+    return HostgenOutcome(
+        host.name, HostgenStatus.CACHED, names.image, time.monotonic() - start, None, facts
+    )
+
+
+def build_host(
+    client: docker.DockerClient,
+    host: HostDefinition,
+    log_path: Path,
+    *,
+    rebuild: bool = False,
+    mirror: str | None = None,
+    work_dir: Path | None = None,
+    run_id: str = "hostgen",
+) -> HostgenOutcome:
+    """Make sure ``host``'s image exists; build it unless cached (or ``rebuild``).
+
+    ``mirror`` is the Debian mirror for bootstrap hosts whose definition names
+    none (default: ``dib.mirror.find_mirror``). Never raises for a failed
+    build: the outcome says why.
+    """
+    if not rebuild:
+        cached = cached_outcome(client, host)
+        if cached is not None:
+            return cached
+    start = time.monotonic()
+    names = image_names(host)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        log.write(f"# hostgen {host.name} -> {names.image}\n".encode())
+        try:
+            facts = _generate(client, host, names, log, rebuild, mirror, work_dir, run_id)
+        except _Failed as failed:
+            diagnosis = failed.diagnosis
+        except docker.errors.DockerException as exc:
+            diagnosis = Diagnosis(HostgenCause.ENGINE_ERROR, _engine_message(exc))
+        else:
+            return HostgenOutcome(
+                host.name,
+                HostgenStatus.BUILT,
+                names.image,
+                time.monotonic() - start,
+                log_path,
+                facts,
+            )
+        log.write(f"\ndib-matrix: hostgen failed: {diagnosis.one_line()}\n".encode())
+    return HostgenOutcome(
+        host.name,
+        HostgenStatus.FAILED,
+        names.image,
+        time.monotonic() - start,
+        log_path,
+        cause=diagnosis.cause,
+        message=diagnosis.one_line(),
+    )
+
+
+def _generate(
+    client: docker.DockerClient,
+    host: HostDefinition,
+    names: HostImageNames,
+    log: BinaryIO,
+    rebuild: bool,
+    mirror: str | None,
+    work_dir: Path | None,
+    run_id: str,
+) -> HostFacts:
+    sources_list = None
+    if isinstance(host.base, BootstrapBase):
+        mirror = _mirror_for(host.base, mirror)
+        sources_list = apt_sources(host.base, mirror)
+    if host.kind is BaseKind.IMAGE:
+        _ensure_registry_image(client, host.base.reference, log, rebuild)  # type: ignore[union-attr]
+    else:
+        _ensure_base(client, host, names, log, rebuild, mirror, work_dir)
+    files = {"Dockerfile": render_dockerfile(host, from_image(host, names), sources_list).encode()}
+    if sources_list is not None:
+        files["sources.list"] = sources_list.encode()
+    log.write(b"\n# ---- Dockerfile ----\n" + files["Dockerfile"] + b"# --------------------\n")
+    stage_labels = {LABEL_HOST: host.name, LABEL_ROLE: "stage"}
+    try:
+        stage = build_image(client, files, log, labels=stage_labels, nocache=rebuild)
+    except BuildFailed as exc:
+        raise _Failed(_diagnose_build(host, exc)) from exc
+    try:
+        facts = _probe(client, stage.id, host.name, run_id, log)
+        labels = {
+            LABEL_HOST: host.name,
+            LABEL_ROLE: "host",
+            LABEL_DIGEST: names.digest,
+            FACTS_LABEL: facts.to_json(),
+        }
+        final = {"Dockerfile": f"FROM {stage.id}\n".encode()}
+        try:
+            build_image(client, final, log, labels=labels, tag=names.image)
+        except BuildFailed as exc:
+            raise _Failed(Diagnosis(HostgenCause.ENGINE_ERROR, str(exc))) from exc
+    except BaseException:
+        with suppress(docker.errors.DockerException):
+            client.images.remove(stage.id, force=True)
+        raise
+    _prune_stale(client, host.name, keep={names.image, names.base or ""})
+    return facts
+
+
+def _mirror_for(base: BootstrapBase, mirror: str | None) -> str:
+    if base.mirror:
+        return base.mirror
+    if mirror:
+        return mirror
+    try:
+        return find_mirror("debian")
+    except MirrorNotFound as exc:
+        raise _Failed(Diagnosis(HostgenCause.MIRROR_NOT_CONFIGURED, str(exc))) from exc
+
+
+def _engine_message(exc: docker.errors.DockerException) -> str:
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        return str(exc.explanation).strip()
+    return str(exc).strip()
+
+
+def _ensure_registry_image(
+    client: docker.DockerClient, reference: str, log: BinaryIO, rebuild: bool
+) -> None:
+    """Have ``reference`` locally: pull it (always on rebuild, else only when missing)."""
+    present = True
+    try:
+        client.images.get(reference)
+    except docker.errors.ImageNotFound:
+        present = False
+    if present and not rebuild:
+        log.write(f"base image {reference}: present\n".encode())
+        return
+    log.write(f"pulling {reference}\n".encode())
+    log.flush()
+    try:
+        client.images.pull(reference)
+    except docker.errors.DockerException as exc:
+        message = f"cannot pull {reference}: {_engine_message(exc)}"
+        log.write(f"{message}\n".encode())
+        if present:
+            log.write(b"using the image already present\n")
+            return
+        raise _Failed(Diagnosis(HostgenCause.BASE_IMAGE_UNAVAILABLE, message)) from exc
+
+
+def _ensure_base(
+    client: docker.DockerClient,
+    host: HostDefinition,
+    names: HostImageNames,
+    log: BinaryIO,
+    rebuild: bool,
+    mirror: str | None,
+    work_dir: Path | None,
+) -> None:
+    """Import the bootstrapped (or given) root filesystem as the host's base image."""
+    assert names.base is not None
+    if not rebuild:
+        with suppress(docker.errors.ImageNotFound):
+            client.images.get(names.base)
+            log.write(f"base image {names.base}: cached\n".encode())
+            return
+    labels = {LABEL_HOST: host.name, LABEL_ROLE: "base"}
+    if isinstance(host.base, RootfsBase):
+        if not host.base.path.is_file():
+            raise _Failed(
+                Diagnosis(HostgenCause.BASE_IMAGE_UNAVAILABLE, f"{host.base.path} does not exist")
+            )
+        log.write(f"importing {host.base.path} as {names.base}\n".encode())
+        import_tarball(client, host.base.path, names.base, labels)
+        return
+    assert isinstance(host.base, BootstrapBase) and mirror is not None
+    scratch = new_work_dir(work_dir)
+    try:
+        tarball = make_rootfs_tarball(host.base, mirror, scratch, log)
+        log.write(f"importing the root filesystem as {names.base}\n".encode())
+        log.flush()
+        import_tarball(client, tarball, names.base, labels)
+    except RootfsError as exc:
+        result = exc.result
+        if result is not None and result.timed_out:
+            raise _Failed(Diagnosis(HostgenCause.TIMEOUT, str(exc))) from exc
+        tail = result.tail if result is not None else ()
+        raise _Failed(classify_log(tail, HostgenCause.BOOTSTRAP_FAILED, "")) from exc
+    finally:
+        remove_tree(scratch)
+
+
+def _diagnose_build(host: HostDefinition, exc: BuildFailed) -> Diagnosis:
+    if exc.step.startswith("FROM"):
+        return Diagnosis(HostgenCause.BASE_IMAGE_UNAVAILABLE, str(exc))
+    fallback = HostgenCause.BUILD_FAILED
+    if any(command in exc.step for command in host.setup + host.prepare):
+        fallback = HostgenCause.SETUP_FAILED
+    found = classify_log(exc.tail, fallback, "")
+    if found.cause is fallback and found.evidence == (exc.tail[-1] if exc.tail else ""):
+        return Diagnosis(fallback, str(exc))
+    return found
+
+
+def _probe(
+    client: docker.DockerClient, image_id: str, host: str, run_id: str, log: BinaryIO
+) -> HostFacts:
+    log.write(b"\n# probing host facts\n")
+    captured = run_captured(
+        client,
+        image_id,
+        probe_command(),
+        labels={LABEL_HOST: host, LABEL_RUN: run_id},
+        timeout=PROBE_TIMEOUT,
+    )
+    log.write(captured.stdout.encode() + captured.stderr.encode())
+    if captured.exit_code != 0:
+        raise _Failed(
+            Diagnosis(HostgenCause.PROBE_FAILED, f"probe exited with {captured.exit_code}")
+        )
+    try:
+        facts = parse_probe_output(captured.stdout)
+    except FactsError as exc:
+        raise _Failed(Diagnosis(HostgenCause.PROBE_FAILED, str(exc))) from exc
+    log.write(f"facts: {facts.summary()}\n".encode())
+    return facts
+
+
+def _prune_stale(client: docker.DockerClient, host: str, keep: Collection[str]) -> None:
+    """Untag this host's images of older definitions (ones still in use stay)."""
+    for image in client.images.list(filters={"label": f"{LABEL_HOST}={host}"}):
+        for tag in image.tags:
+            if tag not in keep and tag.startswith("dib-matrix/"):
+                with suppress(docker.errors.APIError):
+                    client.images.remove(tag)
