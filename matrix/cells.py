@@ -1,0 +1,175 @@
+"""What each kind of cell does: hostgen, the tox check, a dib build.
+
+``CellRunner.execute`` is the per-cell boundary: whatever goes wrong inside
+becomes an ``Outcome`` (``error`` for the engine, ``failed`` for the build),
+never an exception that sinks the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+
+from matrix import engine
+from matrix.facts import HostFacts
+from matrix.hostgen import build_host
+from matrix.plan import PlannedCell, preflight
+from matrix.results import Artifact, CellKind, State
+from matrix.scheduler import Outcome
+
+LOG = logging.getLogger("dib-matrix")
+TOX_SCRIPT = f"{engine.DIB_MOUNT}/matrix/incontainer/tox-check.sh"
+
+
+@dataclass
+class RunContext:
+    """Run-time state shared by the cells of one run (kept apart from the config)."""
+
+    run_id: str
+    run_dir: Path
+    dib_tree: Path
+    client: docker.DockerClient
+    mirror: str | None
+    timeout: float
+    hostgen_timeout: float
+    network: engine.Network = engine.Network.HOST
+    rebuild_hosts: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    facts: dict[str, HostFacts] = field(default_factory=dict)
+    host_images: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def log_path(self, cell: PlannedCell) -> Path:
+        return self.run_dir / "logs" / cell.host.name / f"{cell.row.replace(':', '-')}.log"
+
+    def images_dir(self, host: str) -> Path:
+        return self.run_dir / "images" / host
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as log:
+        log.write(text if text.endswith("\n") else text + "\n")
+
+
+class CellRunner:
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+
+    def execute(self, cell: PlannedCell, attempt: int) -> Outcome:
+        log = self.ctx.log_path(cell)
+        if attempt > 1:
+            _write(log, f"\n# dib-matrix: attempt {attempt}\n")
+        try:
+            if cell.kind is CellKind.HOSTGEN:
+                return self._hostgen(cell, log)
+            if cell.kind is CellKind.BOOT:
+                return self._boot(cell, log)
+            return self._in_container(cell, log)
+        except engine.EngineError as err:
+            _write(log, f"engine error: {err}")
+            return Outcome(State.ERROR, f"engine error: {err}", extra={"log": log})
+        except docker.errors.DockerException as err:
+            _write(log, f"engine error: {err}")
+            return Outcome(State.ERROR, f"engine error: {err}", extra={"log": log})
+        except Exception as err:  # noqa: BLE001 - the per-cell boundary
+            _write(log, "engine error: internal: " + "".join(traceback.format_exception(err)))
+            return Outcome(State.ERROR, f"engine error: internal: {err!r}", extra={"log": log})
+
+    def _hostgen(self, cell: PlannedCell, log: Path) -> Outcome:
+        outcome = build_host(self.ctx.client, cell.host, log, rebuild=self.ctx.rebuild_hosts,
+                             mirror=self.ctx.mirror, run_id=self.ctx.run_id)
+        with self.ctx.lock:
+            self.ctx.host_images[cell.host.name] = outcome.image
+            if outcome.facts is not None:
+                self.ctx.facts[cell.host.name] = outcome.facts
+        if not log.exists():  # cached: the build log is from an earlier run
+            _write(log, f"{outcome.one_line()}\n")
+        extra = {"log": log, "note": outcome.status.value}
+        if outcome.ok:
+            return Outcome(State.SUCCESS, reason=outcome.status.value, extra=extra)
+        extra["category"] = (outcome.cause.value, outcome.cause.legend) if outcome.cause else None
+        return Outcome(State.FAILED, outcome.message, extra=extra)
+
+    def _in_container(self, cell: PlannedCell, log: Path) -> Outcome:
+        verdict = preflight(cell, self.ctx.facts.get(cell.host.name))
+        if verdict is not None:
+            _write(log, f"preflight: {verdict}")
+            return Outcome(State.FAILED, verdict, extra={"log": log, "preflight": True})
+        spec = self.spec(cell)
+        result = engine.run_cell(self.ctx.client, spec)
+        extra = {"log": log, "reproducer": reproducer(spec)}
+        if self.ctx.stop.is_set() and not result.ok:
+            return Outcome(State.SKIPPED, reason="cancelled", extra=extra)
+        if result.timed_out:
+            _write(log, f"cell timed out after {spec.timeout:.0f} s")
+            return Outcome(State.TIMEOUT, f"cell timed out after {spec.timeout:.0f} s",
+                           extra=extra)
+        if cell.kind is CellKind.BUILD:
+            extra["artifacts"] = collect_artifacts(self.ctx, cell)
+        return Outcome(State.SUCCESS if result.ok else State.FAILED, extra=extra)
+
+    def spec(self, cell: PlannedCell) -> engine.CellSpec:
+        env = dict(cell.env)
+        if cell.kind is CellKind.CHECK:
+            command: tuple[str, ...] = ("bash", TOX_SCRIPT)
+        else:
+            assert cell.target is not None
+            command = engine.dib_command(cell.target.elements, cell.target.name,
+                                         cell.target.outputs, ("--checksum", "-a",
+                                                               cell.target.arch))
+        return engine.CellSpec(
+            run_id=self.ctx.run_id,
+            cell_id=cell.id,
+            host=cell.host.name,
+            image=self.ctx.host_images[cell.host.name],
+            command=command,
+            log_path=self.ctx.log_path(cell),
+            timeout=self.ctx.timeout,
+            environment=engine.dib_environment(env, self.ctx.mirror),
+            dib_tree=self.ctx.dib_tree,
+            out_dir=self.ctx.images_dir(cell.host.name) if cell.kind is CellKind.BUILD else None,
+            cache_volume=engine.cache_volume_name(cell.host.name),
+            network=self.ctx.network,
+        )
+
+    def _boot(self, cell: PlannedCell, log: Path) -> Outcome:
+        _write(log, "boot tests are not wired into the matrix yet")
+        return Outcome(State.SKIPPED, reason="boot test not available", extra={"log": log})
+
+
+def collect_artifacts(ctx: RunContext, cell: PlannedCell) -> list[Artifact]:
+    assert cell.target is not None
+    found = []
+    directory = ctx.images_dir(cell.host.name)
+    for image_type in cell.target.outputs:
+        path = directory / f"{cell.target.name}.{image_type}"
+        if not path.exists():
+            continue
+        sums = path.with_name(path.name + ".sha256")
+        digest = sums.read_text().split()[0] if sums.exists() else ""
+        found.append(Artifact(str(path.relative_to(ctx.run_dir)), image_type,
+                              path.stat().st_size, digest))
+    return found
+
+
+def reproducer(spec: engine.CellSpec) -> str:
+    """The docker CLI command that runs this cell by hand, every part shell-quoted."""
+    parts = ["docker", "run", "--rm", f"--network={spec.network.value}", "--cap-drop=ALL"]
+    parts += [f"--cap-add={cap}" for cap in spec.capabilities]
+    if spec.dib_tree is not None:
+        parts += ["-v", f"{spec.dib_tree.resolve()}:{engine.DIB_MOUNT}:ro"]
+    if spec.out_dir is not None:
+        parts += ["-v", f"{spec.out_dir.resolve()}:{engine.OUT_MOUNT}"]
+    if spec.cache_volume is not None:
+        parts += ["-v", f"{spec.cache_volume}:{engine.CACHE_MOUNT}"]
+    for key, value in sorted(spec.environment.items()):
+        parts += ["-e", f"{key}={value}"]
+    parts += [spec.image, *spec.command]
+    return shlex.join(parts)

@@ -1,0 +1,236 @@
+"""One run of a matrix: results directory, cells, classification, saving, interruption."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dib.mirror import MirrorNotFound, find_mirror
+from matrix import engine
+from matrix.cells import CellRunner, RunContext
+from matrix.classify import CategoryRule, classify, classify_file, load_catalogue
+from matrix.config import MatrixConfig
+from matrix.plan import Plan, PlannedCell
+from matrix.results import Category, Cell, RunResults, State, load, save
+from matrix.scheduler import Outcome, Scheduler
+
+LOG = logging.getLogger("dib-matrix")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def tree_info(path: Path) -> dict[str, object]:
+    """Which dib tree runs: its path and, in a git checkout, the commit and dirtiness."""
+    info: dict[str, object] = {"path": str(path.resolve())}
+    try:
+        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--",
+                                 "dib", "elements"], check=True, capture_output=True,
+                                text=True, timeout=10).stdout
+        info.update(commit=commit, dirty=bool(status.strip()))
+    except (OSError, subprocess.SubprocessError):
+        info.update(commit=None, dirty=None)
+    return info
+
+
+def check_dib_tree(path: Path) -> Path:
+    if not (path / "dib" / "__main__.py").is_file() or not (path / "elements").is_dir():
+        raise ValueError(f"--dib-tree {path}: no dib/ package and elements/ directory there")
+    return path.resolve()
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    config: MatrixConfig
+    plan: Plan
+    out_dir: Path
+    dib_tree: Path = REPO_ROOT
+    resume: Path | None = None
+    rebuild_hosts: bool = False
+    extra_categories: tuple[Path, ...] = ()
+
+
+class MatrixRun:
+    """Owns the results of one run and writes them after every finished cell."""
+
+    def __init__(self, request: RunRequest, client, rules: Sequence[CategoryRule]):
+        self.request = request
+        self.client = client
+        self.rules = rules
+        self.results = self._initial_results()
+        self.run_dir = request.out_dir / self.results.run_id
+        self.save_lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def _initial_results(self) -> RunResults:
+        req = self.request
+        if req.resume is not None:
+            results = load(req.resume)
+            results.interrupted = False
+            return results
+        results = RunResults(
+            run_id=new_run_id(),
+            matrix=str(req.config.path),
+            hosts=[h.name for h in req.plan.hosts],
+            rows=list(req.plan.rows),
+            started=now(),
+            dib_tree=tree_info(req.dib_tree),
+            options={"max_parallel": req.config.max_parallel, "timeout": req.config.timeout,
+                     "retries": req.config.retries, "fail_fast": req.config.fail_fast},
+        )
+        for planned in req.plan.cells:
+            results.cells.append(Cell(planned.host.name, planned.row, planned.kind,
+                                      voting=planned.voting))
+        return results
+
+    def done_states(self) -> dict[str, State]:
+        """Finished cells a resumed run keeps (hostgen re-checks: cheap when cached)."""
+        return {c.id: c.state for c in self.results.cells
+                if c.state.is_finished and c.kind.value != "hostgen"}
+
+    def finish(self, planned: PlannedCell, outcome: Outcome) -> None:
+        cell = self.results.cell(planned.host.name, planned.row)
+        if cell is None:
+            cell = Cell(planned.host.name, planned.row, planned.kind, voting=planned.voting)
+            self.results.cells.append(cell)
+        self._fill(cell, planned, outcome)
+        with self.save_lock:
+            save(self.results, self.run_dir)
+        mark = cell.category.legend if cell.category else (cell.reason or "")
+        LOG.info("%-40s %-15s %s", cell.id, cell.state.value, mark)
+
+    def _fill(self, cell: Cell, planned: PlannedCell, outcome: Outcome) -> None:
+        extra = outcome.extra
+        cell.state = outcome.state
+        cell.attempts = outcome.attempts
+        cell.reason = outcome.reason
+        cell.started = extra.get("started")
+        cell.finished = now()
+        cell.duration = extra.get("duration")
+        log = extra.get("log")
+        if log is not None and Path(log).exists():
+            cell.log = str(Path(log).relative_to(self.run_dir))
+        cell.reproducer = extra.get("reproducer")
+        cell.artifacts = extra.get("artifacts", [])
+        cell.category, cell.evidence = None, None
+        if outcome.state is State.SKIPPED and outcome.evidence:
+            cell.category = Category("missing-dependency", "missing dependency")
+            cell.evidence = outcome.evidence
+        elif outcome.state.is_failure:
+            self._classify(cell, outcome, log)
+            if not planned.voting:
+                cell.state = State.ALLOWED_FAILURE
+
+    def _classify(self, cell: Cell, outcome: Outcome, log: Path | None) -> None:
+        given = outcome.extra.get("category")
+        if given:
+            cell.category = Category(given[0], given[1])
+            cell.evidence = outcome.evidence
+            return
+        lines: list[str] = [outcome.evidence] if outcome.evidence else []
+        if log is not None and Path(log).exists() and not outcome.extra.get("preflight"):
+            verdict = classify_file(Path(log), cell.host, cell.row, self.rules)
+            if verdict.category.id != "uncategorized" or not lines:
+                cell.category, cell.evidence = verdict.category, verdict.evidence
+                return
+        verdict = classify(lines, cell.host, cell.row, self.rules)
+        cell.category, cell.evidence = verdict.category, verdict.evidence
+
+
+def _kill_children() -> None:
+    """Terminate child processes (debootstrap of a hostgen) when stopping early."""
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            try:
+                os.killpg(int(entry.name), signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGTERM)
+
+
+def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] | None = None
+            ) -> MatrixRun:
+    """Run every cell of the plan; KeyboardInterrupt propagates after cleaning up."""
+    rules = load_catalogue(request.config.categories + request.extra_categories)
+    run = MatrixRun(request, client, rules)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        mirror: str | None = find_mirror("debian")
+    except MirrorNotFound:
+        mirror = None
+    ctx = RunContext(run_id=run.results.run_id, run_dir=run.run_dir, dib_tree=request.dib_tree,
+                     client=client, mirror=mirror, timeout=request.config.timeout,
+                     hostgen_timeout=request.config.hostgen_timeout,
+                     network=engine.Network(request.config.network),
+                     rebuild_hosts=request.rebuild_hosts, stop=run.stop)
+    run.results.engine = _engine_info(client)
+    save(run.results, run.run_dir)
+    _point_latest(request.out_dir, run.results.run_id)
+    if on_start:
+        on_start(run)
+
+    def stop_everything() -> None:
+        engine.remove_run_objects(client, run.results.run_id)
+        _kill_children()
+
+    scheduler = Scheduler(list(request.plan.cells), CellRunner(ctx).execute, run.finish,
+                          max_parallel=request.config.max_parallel,
+                          retries=request.config.retries, fail_fast=request.config.fail_fast,
+                          done=run.done_states(), stop=run.stop, on_stop=stop_everything)
+    try:
+        scheduler.run()
+    except KeyboardInterrupt:
+        run.results.interrupted = True
+        raise
+    finally:
+        run.results.host_images = dict(sorted(ctx.host_images.items()))
+        run.results.finished = now()
+        if scheduler.failed_fast:
+            for cell in run.results.cells:
+                if cell.state is State.PENDING:
+                    cell.state, cell.reason = State.SKIPPED, "cancelled by fail-fast"
+        save(run.results, run.run_dir)
+        engine.remove_run_objects(client, run.results.run_id)
+    return run
+
+
+def _engine_info(client) -> dict[str, object]:
+    try:
+        version = client.version()
+    except Exception:  # noqa: BLE001 - informational only
+        return {}
+    return {"version": version.get("Version"), "api": version.get("ApiVersion"),
+            "docker_host": os.environ.get("DOCKER_HOST", "local socket")}
+
+
+def _point_latest(out_dir: Path, run_id: str) -> None:
+    link = out_dir / "latest"
+    temp = out_dir / f".latest-{run_id}"
+    temp.unlink(missing_ok=True)
+    temp.symlink_to(run_id)
+    os.replace(temp, link)

@@ -1,0 +1,136 @@
+"""Run a DAG of cells on a bounded thread pool: retries, fail-fast, cancellation.
+
+Pure orchestration: what a cell does is the ``execute`` callable's business, so
+this module is tested with fake executors. A cell whose prerequisite did not
+succeed is not run: it is finished at once as ``skipped``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from matrix.plan import PlannedCell
+from matrix.results import State
+
+
+@dataclass
+class Outcome:
+    """What one attempt (or the whole cell, once final) came to."""
+
+    state: State
+    evidence: str | None = None  # a line to classify, for preflight and synthetic failures
+    reason: str | None = None
+    attempts: int = 1
+    extra: dict = field(default_factory=dict)  # executor-specific (log path, artifacts, ...)
+
+
+Execute = Callable[[PlannedCell, int], Outcome]
+Finish = Callable[[PlannedCell, Outcome], None]
+
+
+class Scheduler:
+    def __init__(self, cells: list[PlannedCell], execute: Execute, finish: Finish, *,
+                 max_parallel: int, retries: int = 0, fail_fast: bool = False,
+                 done: Mapping[str, State] | None = None,
+                 stop: threading.Event | None = None,
+                 on_stop: Callable[[], None] | None = None):
+        self.cells = {c.id: c for c in cells}
+        self.execute = execute
+        self.finish = finish
+        self.max_parallel = max_parallel
+        self.retries = retries
+        self.fail_fast = fail_fast
+        self.state: dict[str, State] = dict(done or {})
+        self.stop = stop or threading.Event()
+        self.failed_fast = False
+        self.on_stop = on_stop  # kills what runs (containers, processes) when stopping early
+
+    def _blocked_by(self, cell: PlannedCell) -> str | None:
+        for need in cell.needs:
+            state = self.state.get(need)
+            if state is not None and state is not State.SUCCESS:
+                return need
+        return None
+
+    def _ready(self, cell: PlannedCell) -> bool:
+        return all(self.state.get(need) is not None for need in cell.needs)
+
+    def _attempt(self, cell: PlannedCell) -> Outcome:
+        attempt = 0
+        started, clock = time.monotonic(), dt.datetime.now(dt.timezone.utc)
+        while True:
+            attempt += 1
+            outcome = self.execute(cell, attempt)
+            outcome.attempts = attempt
+            outcome.extra["started"] = clock.isoformat(timespec="seconds")
+            outcome.extra["duration"] = round(time.monotonic() - started, 2)
+            retry = outcome.state.is_failure and attempt <= self.retries
+            if not retry or self.stop.is_set():
+                return outcome
+
+    def _record(self, cell: PlannedCell, outcome: Outcome) -> None:
+        self.state[cell.id] = outcome.state
+        self.finish(cell, outcome)
+        if self.fail_fast and cell.voting and outcome.state.is_failure:
+            self.failed_fast = True
+            self.stop.set()
+
+    def run(self) -> None:
+        """Run until every cell is finished or ``stop`` is set (then the rest stay pending)."""
+        pending = [c for c in self.cells.values() if c.id not in self.state]
+        running: dict[concurrent.futures.Future[Outcome], PlannedCell] = {}
+        with concurrent.futures.ThreadPoolExecutor(self.max_parallel) as pool:
+            try:
+                while pending or running:
+                    progressed = self._settle_excluded_and_blocked(pending)
+                    while not self.stop.is_set() and len(running) < self.max_parallel:
+                        cell = next((c for c in pending if self._ready(c)), None)
+                        if cell is None:
+                            break
+                        pending.remove(cell)
+                        running[pool.submit(self._attempt, cell)] = cell
+                        progressed = True
+                    if self.stop.is_set() and not running:
+                        break
+                    if not running:
+                        if not progressed:
+                            break  # nothing runnable: only cells whose needs are outside
+                        continue
+                    finished, _ = concurrent.futures.wait(
+                        running, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in finished:
+                        self._record(running.pop(future), _result(future))
+            finally:
+                if running and self.on_stop is not None:
+                    self.stop.set()
+                    self.on_stop()
+                self.stop.set()
+                for future, cell in list(running.items()):
+                    self._record(cell, _result(future))
+
+    def _settle_excluded_and_blocked(self, pending: list[PlannedCell]) -> bool:
+        settled = False
+        for cell in list(pending):
+            if cell.excluded is not None:
+                outcome = Outcome(State.EXCLUDED, reason=cell.excluded, attempts=0)
+            elif (blocker := self._blocked_by(cell)) is not None:
+                outcome = Outcome(State.SKIPPED, f"prerequisite failed: {blocker}",
+                                  reason=f"{blocker} did not succeed", attempts=0)
+            else:
+                continue
+            pending.remove(cell)
+            self._record(cell, outcome)
+            settled = True
+        return settled
+
+
+def _result(future: concurrent.futures.Future[Outcome]) -> Outcome:
+    try:
+        return future.result()
+    except Exception as err:  # noqa: BLE001 - a bug in one cell must not sink the run
+        return Outcome(State.ERROR, f"engine error: {err!r}")

@@ -1,0 +1,175 @@
+"""Target image definitions (``targets/*.yaml``): what dib builds in every host.
+
+A target names its elements, environment, output types, architecture, what it
+``requires`` from a host (tools on PATH, a debootstrap script) and whether its
+image must pass a boot test.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dib.outputs import SUPPORTED_TYPES
+from matrix.diagnostics import ConfigError, ConfigIssue, IssueCollector
+from matrix.yamlload import YamlDocument, load_yaml
+
+BUNDLED_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+ELEMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+ENV_NAME_RE = re.compile(r"^DIB_[A-Z0-9_]+$|^ELEMENTS_PATH$")
+TOOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+TARGET_KEYS = {
+    "name": "plain name, the row label (required)",
+    "description": "one line for humans",
+    "elements": "list of dib elements (required)",
+    "env": "DIB_* variables for the build",
+    "outputs": f"image types: {', '.join(SUPPORTED_TYPES)} (default [tar])",
+    "arch": "architecture (default amd64)",
+    "requires": "host facts it needs: {tools: [...], debootstrap-script: RELEASE}",
+    "boot-test": "boot the image under qemu after building (default false)",
+}
+
+
+@dataclass(frozen=True)
+class Requirements:
+    tools: tuple[str, ...] = ()
+    debootstrap_script: str | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    elements: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    outputs: tuple[str, ...] = ("tar",)
+    arch: str = "amd64"
+    requires: Requirements = Requirements()
+    boot_test: bool = False
+    description: str = ""
+    path: Path | None = None
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+
+def check_env(value: Any, doc: YamlDocument, key: tuple, issues: IssueCollector) -> dict[str, str]:
+    """A mapping of DIB_* names to scalar values; values are never given to a shell."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        issues.add(doc.issue(key, "must be a mapping of DIB_* names to values"))
+        return {}
+    env = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            issues.add(doc.issue(key + (name,), "only DIB_* variable names are accepted"))
+        elif isinstance(item, (dict, list)) or item is None:
+            issues.add(doc.issue(key + (name,), "value must be a string or number"))
+        else:
+            env[name] = str(item).lower() if isinstance(item, bool) else str(item)
+    return env
+
+
+def _string_list(value: Any, pattern: re.Pattern[str], doc: YamlDocument, key: tuple,
+                 issues: IssueCollector) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        issues.add(doc.issue(key, "must be a non-empty list"))
+        return ()
+    good = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not pattern.match(item):
+            issues.add(doc.issue(key + (index,), f"invalid entry {item!r}"))
+        else:
+            good.append(item)
+    return tuple(good)
+
+
+def _requirements(value: Any, doc: YamlDocument, issues: IssueCollector) -> Requirements:
+    if value is None:
+        return Requirements()
+    if not isinstance(value, dict):
+        issues.add(doc.issue(("requires",), "must be a mapping: {tools: [...], "
+                                            "debootstrap-script: RELEASE}"))
+        return Requirements()
+    for key in value:
+        if key not in ("tools", "debootstrap-script"):
+            known = "unknown key; known: tools, debootstrap-script"
+            issues.add(doc.issue(("requires", key), known))
+    tools = ()
+    if "tools" in value:
+        tools = _string_list(value["tools"], TOOL_RE, doc, ("requires", "tools"), issues)
+    script = value.get("debootstrap-script")
+    if script is not None and (not isinstance(script, str) or not NAME_RE.match(script)):
+        issues.add(doc.issue(("requires", "debootstrap-script"), "must be a release name"))
+        script = None
+    return Requirements(tools=tools, debootstrap_script=script)
+
+
+def parse_target(doc: YamlDocument) -> Target:
+    issues = IssueCollector(list(doc.issues))
+    data = doc.data
+    if not isinstance(data, dict):
+        raise ConfigError([doc.issue((), "a target file must be a mapping")])
+    for key in data:
+        if key not in TARGET_KEYS:
+            issues.add(doc.issue((key,), "unknown key; known: " + ", ".join(TARGET_KEYS)))
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        issues.add(doc.issue(("name",), "required: a plain name (lower case, no path separators)"))
+        name = ""
+    elements = _string_list(data.get("elements"), ELEMENT_RE, doc, ("elements",), issues)
+    outputs = data.get("outputs", ["tar"])
+    outputs_ok = isinstance(outputs, list) and outputs
+    if not outputs_ok or any(o not in SUPPORTED_TYPES for o in outputs):
+        issues.add(doc.issue(("outputs",), "must list types among " + ", ".join(SUPPORTED_TYPES)))
+        outputs = ["tar"]
+    boot = data.get("boot-test", False)
+    if not isinstance(boot, bool):
+        issues.add(doc.issue(("boot-test",), "must be true or false"))
+    arch = data.get("arch", "amd64")
+    if not isinstance(arch, str) or not NAME_RE.match(arch):
+        issues.add(doc.issue(("arch",), "must be an architecture name such as amd64"))
+    env = check_env(data.get("env"), doc, ("env",), issues)
+    requires = _requirements(data.get("requires"), doc, issues)
+    issues.check()
+    return Target(
+        name=name,
+        elements=elements,
+        env=tuple(sorted(env.items())),
+        outputs=tuple(outputs),
+        arch=str(arch),
+        requires=requires,
+        boot_test=bool(boot),
+        description=str(data.get("description", "")),
+        path=doc.path,
+    )
+
+
+def load_target(path: Path) -> Target:
+    return parse_target(load_yaml(path))
+
+
+def load_targets(dirs: tuple[Path, ...] = (BUNDLED_TARGETS_DIR,)) -> dict[str, Target]:
+    """Every target under ``dirs`` by name; all files' problems are raised together."""
+    issues = IssueCollector()
+    targets: dict[str, Target] = {}
+    for directory in dirs:
+        if not directory.is_dir():
+            issues.add(ConfigIssue(directory, None, "", "target directory does not exist"))
+            continue
+        for path in sorted(directory.glob("*.yaml")):
+            try:
+                target = load_target(path)
+            except ConfigError as err:
+                issues.extend(err.issues)
+                continue
+            if path.stem != target.name:
+                issues.add(ConfigIssue(path, None, "name", f"'{target.name}' differs from the "
+                                       f"file name '{path.stem}'"))
+            targets[target.name] = target
+    issues.check()
+    return dict(sorted(targets.items()))
