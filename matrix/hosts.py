@@ -203,11 +203,14 @@ def _string_list(value: Any, pattern: re.Pattern[str] | None, what: str) -> tupl
         return ()
     if not isinstance(value, list):
         raise _Invalid(f"must be a list of {what}, got {_shown(value)}")
+    problems: list[tuple[KeyPath, str]] = []
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
-            raise _Invalid(f"must be {what[:-1]}, got {_shown(item)}", (index,))
-        if pattern is not None and not pattern.match(item):
-            raise _Invalid(f"{item!r} is not a valid {what[:-1]}", (index,))
+            problems.append(((index,), f"must be {what[:-1]}, got {_shown(item)}"))
+        elif pattern is not None and not pattern.match(item):
+            problems.append(((index,), f"{item!r} is not a valid {what[:-1]}"))
+    if problems:
+        raise _Invalid.many(problems)
     return tuple(value)
 
 
@@ -234,15 +237,19 @@ def _parse_environment(value: Any, doc: YamlDocument, path: KeyPath) -> tuple[tu
     if not isinstance(value, dict):
         raise _Invalid(f"must be a mapping of NAME: value, got {_shown(value)}")
     pairs = []
+    problems: list[tuple[KeyPath, str]] = []
     for name, raw in value.items():
-        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
-            raise _Invalid(f"{name!r} is not a valid variable name", (name,))
-        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-            raise _Invalid(f"must be a string or number, got {_shown(raw)}", (name,))
         text = str(raw)
-        if any(ord(ch) < 32 for ch in text):
-            raise _Invalid("must not contain control characters or newlines", (name,))
-        pairs.append((name, text))
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            problems.append(((name,), f"{name!r} is not a valid variable name"))
+        elif isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            problems.append(((name,), f"must be a string or number, got {_shown(raw)}"))
+        elif any(ord(ch) < 32 for ch in text):
+            problems.append(((name,), "must not contain control characters or newlines"))
+        else:
+            pairs.append((name, text))
+    if problems:
+        raise _Invalid.many(problems)
     return tuple(sorted(pairs))
 
 
