@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Optional
 
-from matrix import hostcli
-
-# Until the orchestrator lands, "run" builds this default target with the bundled builder.
-DEFAULT_BUILD = ["-o", "out/debian-bookworm", "-t", "qcow2", "debian-minimal"]
-DEFAULT_BUILD_ENV = {"DIB_RELEASE": "bookworm"}
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from dib import cli as dib_cli
-
-    for key, value in DEFAULT_BUILD_ENV.items():
-        os.environ.setdefault(key, value)
-    return dib_cli.main(DEFAULT_BUILD + list(args.dib_args))
+from matrix import hostcli, runcli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Test OS image builds across a host x target matrix.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="run the default job (for now: build debian-bookworm qcow2)")
-    run.add_argument("dib_args", nargs="*", help="extra dib-build arguments")
-    run.set_defaults(func=_cmd_run)
+    runcli.add_parsers(sub)
     hostcli.add_parser(sub)
     return parser
 

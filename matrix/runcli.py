@@ -1,0 +1,211 @@
+"""``dib-matrix run``, ``plan`` and ``clean``: the matrix verbs of the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from concurrent_log_handler import ConcurrentRotatingFileHandler
+from tabulate import tabulate
+
+from matrix import engine
+from matrix.config import MatrixConfig, load_matrix, parse_duration, resolve_matrix_path
+from matrix.diagnostics import ConfigError
+from matrix.facts import load_facts
+from matrix.hostimage import image_names
+from matrix.plan import Plan, SelectionError, make_plan, preflight
+from matrix.results import RunResults, State
+from matrix.runner import REPO_ROOT, MatrixRun, RunRequest, check_dib_tree, execute
+
+LOG = logging.getLogger("dib-matrix")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("matrix", nargs="?", help="bundled matrix name or a YAML path "
+                        "(default: the bundled 'default' matrix)")
+    parser.add_argument("--hosts", action="append", default=[], metavar="GLOB",
+                        help="only these hosts (repeatable, shell globs)")
+    parser.add_argument("--targets", action="append", default=[], metavar="GLOB",
+                        help="only these targets (repeatable, shell globs)")
+
+
+def add_parsers(sub: Any) -> None:
+    run = sub.add_parser("run", help="run a host x target matrix")
+    _selection(run)
+    run.add_argument("--out", type=Path, help="results directory (default: the matrix's "
+                     "output, else out/)")
+    run.add_argument("--dib-tree", type=Path, default=REPO_ROOT,
+                     help="run dib and elements from this checkout (e.g. a patched one)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="finish an interrupted run: only cells without a result run")
+    run.add_argument("--rebuild-hosts", action="store_true", help="rebuild host images")
+    run.add_argument("--categories", action="append", type=Path, default=[], metavar="FILE",
+                     help="extra failure category file (repeatable)")
+    run.add_argument("--max-parallel", type=int, help="override the matrix's max-parallel")
+    run.add_argument("--timeout", help="override the per-cell timeout (e.g. 20m)")
+    run.add_argument("--retries", type=int, help="override the matrix's retries")
+    run.add_argument("--fail-fast", action="store_true", default=None,
+                     help="stop at the first voting failure")
+    run.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
+    run.set_defaults(func=cmd_run)
+
+    plan = sub.add_parser("plan", help="print every cell with its planned state; run nothing")
+    _selection(plan)
+    plan.set_defaults(func=cmd_plan)
+
+    clean = sub.add_parser("clean", help="remove containers and volumes dib-matrix left")
+    clean.add_argument("--run", metavar="RUN_ID", help="only this run's objects")
+    clean.set_defaults(func=cmd_clean)
+
+
+def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan]:
+    config = load_matrix(resolve_matrix_path(args.matrix))
+    overrides: dict[str, Any] = {}
+    for key in ("max_parallel", "retries", "fail_fast"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    if getattr(args, "timeout", None):
+        overrides["timeout"] = parse_duration(args.timeout)
+    if overrides:
+        from dataclasses import replace
+
+        config = replace(config, **overrides)
+    return config, make_plan(config, args.hosts, args.targets)
+
+
+def _setup_logging(debug: bool) -> None:
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    LOG.handlers[:] = [console]
+    LOG.setLevel(logging.DEBUG if debug else logging.INFO)
+    LOG.propagate = False
+
+
+def _log_to_run_dir(run: MatrixRun) -> None:
+    handler = ConcurrentRotatingFileHandler(str(run.run_dir / "run.log"), "a",
+                                            maxBytes=10 << 20, backupCount=3)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    LOG.addHandler(handler)
+    LOG.info("run %s: results in %s", run.results.run_id, run.run_dir)
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def exit_code(results: RunResults) -> int:
+    failed = [c for c in results.cells if c.voting and c.state.is_failure]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _setup_logging(args.debug)
+    try:
+        config, plan = _load(args)
+        dib_tree = check_dib_tree(args.dib_tree)
+        client = engine.connect()
+    except (ConfigError, SelectionError, ValueError) as err:
+        print(f"dib-matrix: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except engine.EngineError as err:
+        print(f"dib-matrix: {err}\n(start one with ./quickstart setup, or set DOCKER_HOST)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    out_dir = args.out or config.output
+    if args.resume is not None:
+        out_dir = args.resume.resolve().parent
+    request = RunRequest(config, plan, out_dir.resolve(), dib_tree, args.resume,
+                         args.rebuild_hosts, tuple(args.categories))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    holder: list[MatrixRun] = []
+    try:
+        run = execute(request, client, on_start=lambda r: (holder.append(r), _log_to_run_dir(r)))
+    except KeyboardInterrupt:
+        if holder:
+            _write_reports(holder[0])
+            print(f"dib-matrix: interrupted; finished cells kept in {holder[0].run_dir}"
+                  f" (resume with --resume {holder[0].run_dir})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        print(f"dib-matrix: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    _write_reports(run)
+    return exit_code(run.results)
+
+
+def _write_reports(run: MatrixRun) -> None:
+    try:
+        import reports
+
+        reports.write_all(run.run_dir, run.results)
+        print((run.run_dir / "report.txt").read_text())
+    except (ImportError, AttributeError):
+        rows = [[c.id, c.state.value, c.category.legend if c.category else c.reason or ""]
+                for c in run.results.cells]
+        print(tabulate(rows, headers=["cell", "state", "cause"]))
+    rate = run.results.classification_rate()
+    if rate is not None:
+        print(f"classification rate: {rate:.0%} of failures have a named cause")
+    print(f"results: {run.run_dir}")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        config, plan = _load(args)
+    except (ConfigError, SelectionError, ValueError) as err:
+        print(f"dib-matrix: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    facts = _cached_facts(plan)
+    rows = []
+    for cell in plan.cells:
+        if cell.excluded is not None:
+            planned = f"excluded: {cell.excluded}"
+        else:
+            verdict = preflight(cell, facts.get(cell.host.name))
+            planned = f"preflight: {verdict}" if verdict else "run"
+            if not cell.voting:
+                planned += " (non-voting)"
+        rows.append([cell.id, cell.kind.value, ", ".join(cell.needs) or "-", planned])
+    print(f"matrix {config.name} ({config.path}): {len(plan.cells)} cells")
+    print(tabulate(rows, headers=["cell", "kind", "needs", "planned"]))
+    if not facts:
+        print("(no host image is built yet: preflight verdicts appear once hosts are built)")
+    return EXIT_OK
+
+
+def _cached_facts(plan: Plan) -> dict:
+    try:
+        client = engine.connect(timeout=10)
+    except engine.EngineError:
+        return {}
+    found = {}
+    for host in plan.hosts:
+        facts = load_facts(client, image_names(host).image)
+        if facts is not None:
+            found[host.name] = facts
+    return found
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    try:
+        client = engine.connect(timeout=30)
+    except engine.EngineError as err:
+        print(f"dib-matrix: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    runs = [args.run] if args.run else sorted({
+        c.labels.get(engine.LABEL_RUN, "")
+        for c in client.containers.list(all=True, filters={"label": engine.LABEL_RUN})
+    } | {v.attrs.get("Labels", {}).get(engine.LABEL_RUN, "")
+         for v in client.volumes.list(filters={"label": engine.LABEL_RUN})})
+    for run_id in filter(None, runs):
+        containers, volumes = engine.remove_run_objects(client, run_id)
+        print(f"run {run_id}: removed {containers} container(s), {volumes} volume(s)")
+    return EXIT_OK
+
+
+__all__ = ["State", "add_parsers"]
