@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from matrix.plan import PlannedCell
-from matrix.results import State
+from matrix.results import CellKind, State
 
 
 @dataclass
@@ -82,7 +82,9 @@ class Scheduler:
 
     def run(self) -> None:
         """Run until every cell is finished or ``stop`` is set (then the rest stay pending)."""
-        pending = [c for c in self.cells.values() if c.id not in self.state]
+        # Host images first: each one unlocks a whole column of cells.
+        pending = sorted((c for c in self.cells.values() if c.id not in self.state),
+                         key=lambda c: c.kind is not CellKind.HOSTGEN)
         running: dict[concurrent.futures.Future[Outcome], PlannedCell] = {}
         with concurrent.futures.ThreadPoolExecutor(self.max_parallel) as pool:
             try:

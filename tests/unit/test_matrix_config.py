@@ -1,0 +1,74 @@
+import pytest
+
+from matrix.config import load_matrix, parse_duration, resolve_matrix_path
+from matrix.diagnostics import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    return path
+
+
+def issues_of(path):
+    with pytest.raises(ConfigError) as err:
+        load_matrix(path)
+    return [str(i) for i in err.value.issues]
+
+
+def test_bundled_matrices_load():
+    default = load_matrix(resolve_matrix_path(None))
+    assert [h.name for h in default.hosts][:2] == ["debian-bookworm", "debian-trixie"]
+    nightly = load_matrix(resolve_matrix_path("nightly"))
+    assert len(nightly.hosts) >= 10 and len(nightly.targets) >= 10
+
+
+def test_unknown_names_list_known_and_suggest(tmp_path):
+    found = issues_of(write(tmp_path, "hosts: [debian-bookwrm]\ntargets: [debian-sid]\n"))
+    assert len(found) == 1
+    assert f"{tmp_path}/m.yaml:1: hosts[0]: unknown host 'debian-bookwrm'" in found[0]
+    assert "did you mean 'debian-bookworm'" in found[0]
+    assert "known: centos-stream9" in found[0]
+
+
+def test_every_problem_is_reported_with_line_and_key(tmp_path):
+    found = issues_of(write(tmp_path, """\
+hosts: [debian-bookworm]
+targets: [debian-sid]
+exclude:
+  - host: debian-*
+max-parallel: 0
+timeout: soon
+env:
+  PATH: /evil
+colour: red
+"""))
+    text = "\n".join(found)
+    assert "m.yaml:4: exclude[0]: every exclude entry needs a reason" in text
+    assert "m.yaml:5: max-parallel: must be a whole number of at least 1" in text
+    assert "m.yaml:6: timeout: cannot read duration 'soon'" in text
+    assert "m.yaml:8: env.PATH: only DIB_* variable names are accepted" in text
+    assert "m.yaml:9: colour: unknown key" in text
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    found = issues_of(write(tmp_path, "hosts: [debian-bookworm\ntargets: x\n"))
+    assert "m.yaml:" in found[0] and "invalid YAML" in found[0]
+
+
+def test_unknown_bundled_matrix_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'nightly'"):
+        resolve_matrix_path("nightli")
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("1h", 3600), (45, 45),
+                                           ("2.5m", 150)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_globs_expand_against_known_names(tmp_path):
+    config = load_matrix(write(tmp_path, "hosts: ['debian-*']\ntargets: ['*-noble']\n"))
+    assert {h.name for h in config.hosts} == {"debian-bullseye", "debian-bookworm",
+                                              "debian-trixie", "debian-sid"}
+    assert [t.name for t in config.targets] == ["ubuntu-noble"]
