@@ -32,7 +32,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import Mount
 
-from matrix.hostimage import LABEL_HOST
+from matrix.hostimage import LABEL_HOST, LABEL_ROLE
 from matrix.imagebuild import build_image
 
 LABEL_RUN = "org.dib-matrix.run"
@@ -304,24 +304,27 @@ def bake_dib_layer(client: docker.DockerClient, host_image: str, tree: Path, log
     unchanged tree is built once.
     """
     files: dict[str, bytes] = {}
+    modes: dict[str, int] = {}
     for top in DIB_LAYER_FILES:
         for path in sorted((tree / top).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
-                files[str(path.relative_to(tree))] = path.read_bytes()
+                name = str(path.relative_to(tree))
+                files[name] = path.read_bytes()
+                modes[name] = path.stat().st_mode & 0o777  # hook scripts keep their x bit
     digest = hashlib.sha256(host_image.encode())
     for name, data in sorted(files.items()):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        digest.update(f"{name}\0{modes[name]:o}\0".encode() + hashlib.sha256(data).digest())
     host_repo = host_image.rsplit(":", 1)[0].replace("/host-", "/dib-")
     reference = f"{host_repo}:{digest.hexdigest()[:16]}"
-    try:
+    with suppress(docker.errors.ImageNotFound):
         client.images.get(reference)
         return reference
-    except docker.errors.ImageNotFound:
-        pass
-    dockerfile = f"FROM {host_image}\nCOPY {' '.join(DIB_LAYER_FILES)} {DIB_MOUNT}/\n"
-    files["Dockerfile"] = dockerfile.encode()
+    # One COPY per directory: COPY of several sources copies their contents.
+    copies = "".join(f"COPY {top} {DIB_MOUNT}/{top}\n" for top in DIB_LAYER_FILES)
+    files["Dockerfile"] = f"FROM {host_image}\n{copies}".encode()
     labels = dict(client.images.get(host_image).labels or {})
-    build_image(client, files, log, labels=labels, tag=reference)
+    labels[LABEL_ROLE] = "dib-layer"
+    build_image(client, files, log, labels=labels, tag=reference, modes=modes)
     return reference
 
 

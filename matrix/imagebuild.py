@@ -34,14 +34,14 @@ class BuiltImage:
     tail: tuple[str, ...]
 
 
-def build_context(files: Mapping[str, bytes]) -> io.BytesIO:
-    """An in-memory tar build context holding exactly ``files``."""
+def build_context(files: Mapping[str, bytes], modes: Mapping[str, int] | None = None) -> io.BytesIO:
+    """An in-memory tar build context holding exactly ``files`` (mode 0644 unless given)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, data in sorted(files.items()):
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            info.mode = 0o644
+            info.mode = (modes or {}).get(name, 0o644)
             tar.addfile(info, io.BytesIO(data))
     buffer.seek(0)
     return buffer
@@ -55,6 +55,7 @@ def build_image(
     labels: Mapping[str, str],
     tag: str | None = None,
     nocache: bool = False,
+    modes: Mapping[str, int] | None = None,
 ) -> BuiltImage:
     """Build the Dockerfile in ``files`` with host networking; stream output into ``log``."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -62,7 +63,7 @@ def build_image(
     image_id = None
     buildargs = {key: os.environ[key] for key in PROXY_ARGS if key in os.environ}
     stream = client.api.build(
-        fileobj=build_context(files),
+        fileobj=build_context(files, modes),
         custom_context=True,
         tag=tag,
         labels=dict(labels),
