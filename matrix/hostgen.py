@@ -159,6 +159,7 @@ def _generate(
     work_dir: Path | None,
     run_id: str,
 ) -> HostFacts:
+    replaced = _image_ids(client, (names.image, names.base))
     sources_list = None
     if isinstance(host.base, BootstrapBase):
         mirror = _mirror_for(host.base, mirror)
@@ -194,6 +195,7 @@ def _generate(
             client.images.remove(stage.id, force=True)
         raise
     _prune_stale(client, host.name, keep={names.image, names.base or ""})
+    _remove_replaced(client, replaced)
     return facts
 
 
@@ -324,3 +326,20 @@ def _prune_stale(client: docker.DockerClient, host: str, keep: Collection[str]) 
             if tag not in keep and tag.startswith("dib-matrix/"):
                 with suppress(docker.errors.APIError):
                     client.images.remove(tag)
+
+
+def _image_ids(client: docker.DockerClient, references: Collection[str | None]) -> set[str]:
+    ids = set()
+    for reference in references:
+        if reference:
+            with suppress(docker.errors.ImageNotFound):
+                ids.add(client.images.get(reference).id)
+    return ids
+
+
+def _remove_replaced(client: docker.DockerClient, previous: set[str]) -> None:
+    """After a rebuild, drop the images the content tags pointed at before (now untagged)."""
+    for image_id in previous:
+        with suppress(docker.errors.APIError):
+            if not client.images.get(image_id).tags:
+                client.images.remove(image_id)
