@@ -1,0 +1,180 @@
+"""dib-matrix run end to end: real engine, real host image, real dib builds."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import docker
+import pytest
+
+from tests.integration.dibhelpers import REPO
+
+pytestmark = pytest.mark.integration
+
+UNPULLABLE_HOST = """\
+name: registry-only
+description: a registry host whose image cannot be pulled here
+base:
+  image: registry.invalid/dib-matrix/nothing:1
+package-manager: apt
+packages: [python3]
+"""
+
+
+def write_matrix(tmp_path, body):
+    (tmp_path / "hosts").mkdir(exist_ok=True)
+    (tmp_path / "hosts" / "registry-only.yaml").write_text(UNPULLABLE_HOST)
+    path = tmp_path / "matrix.yaml"
+    path.write_text(body)
+    return path
+
+
+def dib_matrix(*args, timeout=1500):
+    return subprocess.run([sys.executable, "-m", "matrix.cli", *args], cwd=REPO, text=True,
+                          capture_output=True, timeout=timeout, check=False)
+
+
+def run_containers(run_dir):
+    """Containers and volumes the run left (other runs may be going on beside this test)."""
+    run_id = run_dir.name
+    client = docker.from_env()
+    selector = {"label": f"org.dib-matrix.run={run_id}"}
+    return client.containers.list(all=True, filters=selector) + client.volumes.list(
+        filters=selector)
+
+
+def cells_of(run_dir):
+    data = json.loads((run_dir / "results.json").read_text())
+    return {c["id"]: c for c in data["cells"]}, data
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("matrix")
+    matrix = write_matrix(tmp, """\
+name: small
+hosts: [debian-bookworm, hosts/registry-only.yaml]
+targets: [debian-bookworm, debian-forky, opensuse-leap-15]
+checks: [tox]
+allowed-failures:
+  - target: opensuse-leap-15
+max-parallel: 2
+timeout: 20m
+""")
+    done = dib_matrix("run", str(matrix), "--out", str(tmp / "out"))
+    run_dir = (tmp / "out" / "latest").resolve()
+    return done, run_dir
+
+
+def test_exit_code_says_voting_cells_failed(small_run):
+    done, _ = small_run
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_cells_get_the_seeds_verdicts(small_run):
+    _, run_dir = small_run
+    cells, data = cells_of(run_dir)
+    assert data["schema_version"] == 1
+    assert cells["debian-bookworm.hostgen"]["state"] == "success"
+    assert cells["debian-bookworm.tox"]["state"] == "success"
+    assert cells["debian-bookworm.debian-bookworm"]["state"] == "success"
+    forky = cells["debian-bookworm.debian-forky"]
+    assert forky["state"] == "failed"
+    assert forky["category"]["legend"] == "No such script: /usr/share/debootstrap/scripts/forky"
+    suse = cells["debian-bookworm.opensuse-leap-15"]
+    assert suse["state"] == "allowed-failure"
+    assert suse["category"]["id"] == "zypper-not-available"
+    hostgen = cells["registry-only.hostgen"]
+    assert hostgen["state"] == "failed"
+    assert hostgen["category"]["id"] == "base-image-unavailable"
+    assert hostgen["duration"] < 60
+    for row in ("tox", "debian-bookworm", "debian-forky"):
+        skipped = cells[f"registry-only.{row}"]
+        assert skipped["state"] == "skipped"
+        assert skipped["category"]["legend"] == "missing dependency"
+
+
+def test_artifacts_logs_and_reproducer_are_recorded(small_run):
+    _, run_dir = small_run
+    cells, data = cells_of(run_dir)
+    build = cells["debian-bookworm.debian-bookworm"]
+    (artifact,) = build["artifacts"]
+    image = run_dir / artifact["path"]
+    assert artifact["path"] == "images/debian-bookworm/debian-bookworm.tar"
+    assert image.stat().st_size == artifact["size"]
+    assert len(artifact["sha256"]) == 64
+    assert (run_dir / build["log"]).read_text().count("build finished") == 1
+    assert build["reproducer"].startswith("docker run --rm --network=host --cap-drop=ALL")
+    assert "python3 -m dib" in build["reproducer"]
+    assert data["dib_tree"]["path"] == str(REPO)
+    assert data["host_images"]["debian-bookworm"].startswith("dib-matrix/host-debian-bookworm:")
+
+
+def test_nothing_is_left_on_the_engine(small_run):
+    assert run_containers(small_run[1]) == []
+
+
+def test_ctrl_c_keeps_finished_cells_and_resume_finishes(tmp_path):
+    matrix = write_matrix(tmp_path, """\
+name: interrupted
+hosts: [debian-bookworm]
+targets: [debian-bookworm, debian-trixie]
+checks: [tox]
+max-parallel: 1
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "matrix.cli", "run", str(matrix), "--out",
+                             str(tmp_path / "out")], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "debian-bookworm.tox" in line and "success" in line:
+            break
+    time.sleep(3)  # the next cell's container is running now
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(lines) + rest
+    run_dir = (tmp_path / "out" / "latest").resolve()
+    cells, data = cells_of(run_dir)
+    assert data["interrupted"] is True
+    assert cells["debian-bookworm.tox"]["state"] == "success"
+    assert "pending" in {c["state"] for c in cells.values()}
+    assert run_containers(run_dir) == []
+
+    done = dib_matrix("run", "--resume", str(run_dir))
+    assert done.returncode == 0, done.stdout[-3000:]
+    cells, data = cells_of(run_dir)
+    assert {c["state"] for c in cells.values()} == {"success"}
+    assert data["interrupted"] is False
+
+
+def test_timeout_kills_and_removes_the_container(tmp_path):
+    matrix = write_matrix(tmp_path, """\
+name: timeout
+hosts: [debian-bookworm]
+targets: [debian-trixie]
+checks: []
+timeout: 5s
+""")
+    started = time.monotonic()
+    done = dib_matrix("run", str(matrix), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1
+    run_dir = (tmp_path / "out" / "latest").resolve()
+    cells, _ = cells_of(run_dir)
+    cell = cells["debian-bookworm.debian-trixie"]
+    assert cell["state"] == "timeout"
+    assert cell["category"]["id"] == "timeout"
+    assert time.monotonic() - started < 120
+    assert run_containers(run_dir) == []
+
+
+def test_config_errors_exit_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hosts: [debian-bookwrm]\ntargets: [debian-sid]\nretries: -1\n")
+    done = dib_matrix("run", str(bad))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "bad.yaml:1: hosts[0]: unknown host 'debian-bookwrm'" in done.stderr
+    assert "bad.yaml:3: retries:" in done.stderr
