@@ -1,1 +1,48 @@
-"""dib-matrix reports: text, HTML, JSON and JUnit views of a run's results."""
+"""dib-matrix reports: text, HTML, JSON and JUnit views of a run's results.
+
+Reporters only read ``matrix.results.RunResults`` (and the logs it points to).
+The orchestrator writes results.json itself and then calls :func:`write_all`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matrix.results import RunResults, write_atomically
+from reports.compare import compare, render_comparison
+from reports.gate import gate_exit_code
+from reports.history import load_runs, trends_from, with_current, write_index
+from reports.html import render_html
+from reports.junit import render_junit
+from reports.text import render_report, render_table
+
+__all__ = ["compare", "gate_exit_code", "render_table", "write_all"]
+
+TREND_RUNS = 10
+
+
+def write_all(
+    run_dir: Path,
+    results: RunResults,
+    baseline: RunResults | None = None,
+    history_dir: Path | None = None,
+) -> None:
+    """Write report.txt, report.html and junit.xml into ``run_dir``.
+
+    With ``baseline`` the text and HTML reports include the comparison. With
+    ``history_dir`` (the output directory holding earlier runs) the HTML report
+    shows each cell's last states and ``<history_dir>/index.html`` is rewritten.
+    """
+    comparison = render_comparison(compare(baseline, results)) if baseline else None
+    trends = {}
+    if history_dir is not None:
+        runs = with_current(load_runs(history_dir), results)
+        trends = trends_from(runs, TREND_RUNS)
+    write_atomically(run_dir / "report.txt", render_report(results, comparison_text=comparison))
+    write_atomically(
+        run_dir / "report.html",
+        render_html(results, run_dir=run_dir, baseline=baseline, trends=trends),
+    )
+    write_atomically(run_dir / "junit.xml", render_junit(results))
+    if history_dir is not None:
+        write_index(history_dir, current=results)

@@ -1,0 +1,36 @@
+"""Release gating: the exit code a run (or a comparison) ends with.
+
+Exit codes of ``dib-matrix``: 0 ok, 1 failures/regressions, 2 usage or
+configuration error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from matrix.results import Cell, RunResults, State
+from reports.compare import compare
+
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def is_voting(cell: Cell) -> bool:
+    return cell.voting and cell.state is not State.ALLOWED_FAILURE
+
+
+def gating_cells(results: RunResults, baseline: RunResults | None = None) -> list[Cell]:
+    """The cells that fail the gate.
+
+    With a baseline: voting cells that regressed (success before, not now).
+    Without: voting cells that failed, timed out or hit an engine error. Skipped
+    cells follow a failure that is itself counted (or allowed), so never count.
+    """
+    if baseline is not None:
+        return [d.new for d in compare(baseline, results).voting_regressions if d.new]
+    return [c for c in results.cells if is_voting(c) and c.state.is_failure]
+
+
+def gate_exit_code(results: RunResults, baseline: RunResults | None = None) -> int:
+    """0 when the gate passes, 1 when a voting cell regressed (or failed, without baseline)."""
+    return EXIT_FAILURES if gating_cells(results, baseline) else EXIT_OK

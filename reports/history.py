@@ -1,0 +1,69 @@
+"""Nightly history: the runs under an output directory, each cell's recent trend, index.html."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from matrix.results import RunResults, State, load, write_atomically
+from reports.html import render_index
+
+DEFAULT_TREND = 10
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    run_id: str
+    state: State | None  # None: the cell was not in that run
+
+
+def load_runs(out_dir: Path) -> list[RunResults]:
+    """Every readable run directly under ``out_dir``, oldest first.
+
+    Symlinks (``latest``) are skipped so no run counts twice; directories without a
+    readable results.json of this schema version are skipped too.
+    """
+    runs: list[RunResults] = []
+    if not out_dir.is_dir():
+        return runs
+    for child in sorted(out_dir.iterdir()):
+        if child.is_symlink() or not (child / "results.json").is_file():
+            continue
+        try:
+            runs.append(load(child))
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+            continue
+    return sorted(runs, key=lambda r: (r.started or "", r.run_id))
+
+
+def with_current(runs: list[RunResults], current: RunResults | None) -> list[RunResults]:
+    """``runs`` with ``current`` in place of (or after) the stored copy of the same run."""
+    if current is None:
+        return runs
+    others = [r for r in runs if r.run_id != current.run_id]
+    return sorted([*others, current], key=lambda r: (r.started or "", r.run_id))
+
+
+def trends_from(runs: list[RunResults], n: int = DEFAULT_TREND) -> dict[str, list[TrendPoint]]:
+    """For each cell id of the last ``n`` runs, its state in each of them (oldest first)."""
+    recent = runs[-n:] if n > 0 else []
+    states = [{c.id: c.state for c in run.cells} for run in recent]
+    ids = sorted({cell_id for by_id in states for cell_id in by_id})
+    return {
+        cell_id: [TrendPoint(run.run_id, by_id.get(cell_id)) for run, by_id in zip(recent, states)]
+        for cell_id in ids
+    }
+
+
+def trends(out_dir: Path, n: int = DEFAULT_TREND) -> dict[str, list[TrendPoint]]:
+    """Each cell's states over the last ``n`` runs stored under ``out_dir``."""
+    return trends_from(load_runs(out_dir), n)
+
+
+def write_index(out_dir: Path, current: RunResults | None = None) -> Path:
+    """Write ``<out>/index.html`` listing every run, newest first; returns its path."""
+    runs = with_current(load_runs(out_dir), current)
+    path = out_dir / "index.html"
+    write_atomically(path, render_index(list(reversed(runs))))
+    return path

@@ -1,0 +1,76 @@
+"""The seed's text table (tabulate, grid borders, no padding) and report.txt around it."""
+
+from __future__ import annotations
+
+from tabulate import DataRow, Line, TableFormat, tabulate
+
+from matrix.results import RunResults
+from reports.grid import build_grid
+from reports.legend import build_legend, cell_mark
+from reports.sanitize import one_line
+from reports.summary import counts_text, rate_text, retried, uncategorized
+
+_RULE = Line("+", "-", "+", "+")
+_ROW = DataRow("|", "|", "|")
+# The seed's borders: '+---+' everywhere (no '=' under the header), no padding.
+SEED_GRID = TableFormat(
+    lineabove=_RULE,
+    linebelowheader=_RULE,
+    linebetweenrows=_RULE,
+    linebelow=_RULE,
+    headerrow=_ROW,
+    datarow=_ROW,
+    padding=0,
+    with_header_hide=None,
+)
+
+MARKS = (
+    ("- N -", "a named cause, see the legend"),
+    ("failed", "failed, cause not recognised (uncategorized): read the log"),
+    ("n/a - N -", "excluded by the matrix file, reason in the legend"),
+    ("timeout", "killed at the per-cell timeout"),
+    ("error", "the container engine failed, not the build"),
+    ("(try N)", "passed only on attempt N"),
+    ("(allowed)", "non-voting cell: its failure never fails the gate"),
+    ("(reused)", "result reused from an earlier run"),
+)
+
+
+def render_table(results: RunResults, transpose: bool = False) -> str:
+    """The table and its numbered legend, exactly as printed at the end of a run."""
+    legend = build_legend(results)
+    grid = build_grid(results, transpose)
+    header = [grid.corner, *(one_line(c) for c in grid.columns)]
+    body = [
+        [one_line(row.label), *(cell_mark(c, legend) if c else "" for c in row.cells)]
+        for row in grid.rows
+    ]
+    # The header goes in as the first row: tabulate pads real headers by two spaces.
+    table = tabulate([header, *body], tablefmt=SEED_GRID, disable_numparse=True, stralign="left")
+    lines = [table]
+    if legend.entries:
+        lines += ["", *legend.lines()]
+    return "\n".join(lines) + "\n"
+
+
+def render_report(
+    results: RunResults, transpose: bool = False, comparison_text: str | None = None
+) -> str:
+    """report.txt: a heading, the table with its legend, the marks, counts and rate."""
+    heading = f"dib-matrix run {results.run_id} - matrix {results.matrix}"
+    when = f"started {results.started or '?'}, finished {results.finished or '?'}"
+    if results.interrupted:
+        when += " (INTERRUPTED: results are partial)"
+    lines = [heading, when, "", render_table(results, transpose)]
+    lines += ["marks:", *(f"  {mark:<10} {meaning}" for mark, meaning in MARKS), ""]
+    lines.append(counts_text(results))
+    lines.append(rate_text(results))
+    unnamed = uncategorized(results)
+    if unnamed:
+        lines.append("uncategorized failures: " + ", ".join(c.id for c in unnamed))
+    flaky = retried(results)
+    if flaky:
+        lines.append("passed only on retry: " + ", ".join(f"{c.id} ({c.attempts})" for c in flaky))
+    if comparison_text:
+        lines += ["", comparison_text.rstrip("\n")]
+    return "\n".join(lines) + "\n"
