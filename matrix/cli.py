@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from matrix import hostcli, runcli
+from reports import cli as reportcli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     runcli.add_parsers(sub)
     hostcli.add_parser(sub)
+    reportcli.add_parsers(sub)
     return parser
 
 
