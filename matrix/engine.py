@@ -43,23 +43,21 @@ CACHE_MOUNT = "/cache"
 # Socket read timeout of API calls; log streams re-attach when it expires.
 API_TIMEOUT = 600
 
-# What debootstrap, chroot, dpkg and the proc/sysfs/tmpfs/bind mounts of a
-# build need, found by dropping one capability at a time from a working set:
-# SYS_ADMIN for mount(2) (and the seccomp rules the engine unlocks with it),
-# MKNOD for the device nodes debootstrap creates, CHOWN/FOWNER/DAC_OVERRIDE/
-# FSETID/SETUID/SETGID/SETFCAP for dpkg unpacking files of other owners and
-# modes, SYS_CHROOT for chroot, KILL/AUDIT_WRITE for maintainer scripts and
-# runuser. Everything else is dropped, so the set does not depend on the
-# engine's defaults.
+# Found by running dib (debian-minimal, tar) in a cell with cap_drop=ALL and
+# dropping one capability at a time. A build fails without: SYS_ADMIN (mount of
+# proc/sysfs/tmpfs/bind; also unlocks the engine's seccomp rules for mount),
+# SYS_CHROOT, MKNOD (debootstrap's device nodes), CHOWN and DAC_OVERRIDE
+# (dpkg unpacking), SETUID and SETGID (apt drops to its _apt user). FOWNER
+# stops apt's chmod warnings on _apt-owned files; AUDIT_WRITE lets runuser/su
+# pass PAM as root on kernels with audit on. Not needed: FSETID, KILL,
+# SETFCAP, SETPCAP, NET_RAW, NET_BIND_SERVICE. Everything not listed is
+# dropped, so the set does not depend on the engine's defaults.
 CELL_CAPABILITIES: tuple[str, ...] = (
     "AUDIT_WRITE",
     "CHOWN",
     "DAC_OVERRIDE",
     "FOWNER",
-    "FSETID",
-    "KILL",
     "MKNOD",
-    "SETFCAP",
     "SETGID",
     "SETUID",
     "SYS_ADMIN",

@@ -138,6 +138,10 @@ def build_host(
                 facts,
             )
         log.write(f"\ndib-matrix: hostgen failed: {diagnosis.one_line()}\n".encode())
+        # A failed build leaves its cached steps as untagged images; they
+        # inherit the host label from the base, so they can be found.
+        with suppress(docker.errors.DockerException):
+            client.images.prune(filters={"dangling": True, "label": f"{LABEL_HOST}={host.name}"})
     return HostgenOutcome(
         host.name,
         HostgenStatus.FAILED,

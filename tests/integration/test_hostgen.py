@@ -20,6 +20,7 @@ from matrix import cli
 from matrix.engine import bake_dib_layer, dib_command, dib_environment
 from matrix.hostcauses import HostgenCause
 from matrix.hostgen import HostgenStatus, build_host
+from matrix.hostimage import LABEL_HOST
 from matrix.hosts import load_host
 from tests.integration.hostfixtures import REPO, HostgenSession, open_hostgen_session
 
@@ -185,6 +186,34 @@ def test_cli_hosts_build_and_list(hostgen_session: HostgenSession, capsys, tmp_p
     assert cli.main(["hosts", "list"]) == 0
     out = capsys.readouterr().out
     assert "cached" in out and "debootstrap bookworm (minbase)" in out
+
+
+def _host_file(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\n{body}")
+    return path
+
+
+def test_unreachable_mirror_is_categorised(hostgen_session: HostgenSession, tmp_path: Path) -> None:
+    body = "base:\n  bootstrap:\n    suite: bookworm\n    mirror: http://mirror.invalid/debian\n"
+    host = load_host(_host_file(tmp_path, "test-no-mirror", body))
+    outcome = build_host(hostgen_session.client, host, tmp_path / "no-mirror.log")
+    assert outcome.cause is HostgenCause.MIRROR_UNREACHABLE, outcome.message
+    assert "mirror.invalid" in outcome.message
+
+
+@pytest.mark.slow
+def test_missing_package_is_categorised(hostgen_session: HostgenSession, tmp_path: Path) -> None:
+    body = "base: {bootstrap: bookworm}\npackages: [python3, dib-matrix-no-such-package]\n"
+    host = load_host(_host_file(tmp_path, "test-missing-package", body))
+    client = hostgen_session.client
+    try:
+        outcome = build_host(client, host, tmp_path / "missing.log", mirror=hostgen_session.mirror)
+        assert outcome.cause is HostgenCause.PACKAGE_NOT_FOUND, outcome.message
+        assert outcome.message.endswith("Unable to locate package dib-matrix-no-such-package")
+    finally:
+        for image in client.images.list(filters={"label": f"{LABEL_HOST}={host.name}"}):
+            client.images.remove(image.id, force=True)
 
 
 def test_no_labelled_container_remains(hostgen_session: HostgenSession) -> None:
