@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-from matrix.results import Artifact, Cell, RunResults
+from matrix.results import Artifact, Cell, RunResults, State
 from reports.compare import Comparison, describe, summary_line
 from reports.grid import build_grid
 from reports.legend import (
@@ -20,6 +20,7 @@ from reports.legend import (
     LegendEntry,
     base_mark,
     cell_mark,
+    footnote_text,
     grid_order,
     has_named_cause,
 )
@@ -74,6 +75,7 @@ class DetailView:
     mark: str
     flags: list[Flag]
     footnote: str | None
+    cause: str | None
     category: str | None
     category_legend: str | None
     category_link: str | None
@@ -188,7 +190,18 @@ def run_duration(results: RunResults) -> float | None:
     return (end - start).total_seconds()
 
 
+def cause(cell: Cell) -> str | None:
+    """What the panel's summary line says after the state: the legend text, if any."""
+    text = footnote_text(cell)
+    if text is None and cell.category and cell.state is not State.SUCCESS:
+        text = one_line(cell.category.legend)
+    return text
+
+
 def trend_view(points: list[TrendPoint]) -> list[TrendView]:
+    """Coloured squares for the last runs; nothing when there is no history yet."""
+    if len(points) < 2:
+        return []
     views = []
     for point in points:
         if point.state is None:
@@ -253,6 +266,7 @@ def detail_view(cell: Cell, inputs: ViewInputs) -> DetailView:
         mark=base_mark(cell, inputs.legend),
         flags=flags(cell),
         footnote=f"- {number} -" if number is not None else None,
+        cause=cause(cell),
         category=category.id if category else None,
         category_legend=one_line(category.legend) if category else None,
         category_link=safe_href(category.link) if category else None,
