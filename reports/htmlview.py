@@ -190,6 +190,11 @@ def run_duration(results: RunResults) -> float | None:
     return (end - start).total_seconds()
 
 
+def shows_log(cell: Cell) -> bool:
+    """Only failures get a log excerpt; other panels link to the log."""
+    return cell.state.is_failure or cell.state is State.ALLOWED_FAILURE
+
+
 def cause(cell: Cell) -> str | None:
     """What the panel's summary line says after the state: the legend text, if any."""
     text = footnote_text(cell)
@@ -272,7 +277,7 @@ def detail_view(cell: Cell, inputs: ViewInputs) -> DetailView:
         category_link=safe_href(category.link) if category else None,
         labels=list(category.labels) if category else [],
         reason=one_line(cell.reason) if cell.reason else None,
-        excerpt=excerpt(inputs.run_dir, cell),
+        excerpt=excerpt(inputs.run_dir if shows_log(cell) else None, cell),
         started=cell.started,
         finished=cell.finished,
         duration=human_duration(cell.duration),

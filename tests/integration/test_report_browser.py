@@ -181,8 +181,8 @@ def test_report_in_headless_chromium(browser, run_dir):
     browser.call("Page.navigate", url=url)
     browser.wait_event("Page.loadEventFired")
     assert browser.js("document.title") == f"dib-matrix run {results.run_id}"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    browser.screenshot(ARTIFACTS / "report-full.png", full_page=True)
+    shots = ARTIFACTS / results.run_id
+    browser.screenshot(shots / "report-full.png", full_page=True)
 
     # The grid: one cell per result, painted with its state's colour.
     cells = browser.js(
@@ -220,7 +220,7 @@ def test_report_in_headless_chromium(browser, run_dir):
     )
     assert state["open"] is True and state["height"] > 0
     assert failing.id in state["text"]
-    browser.screenshot(ARTIFACTS / "report-details.png")
+    browser.screenshot(shots / "report-details.png")
 
     # A click on a grid cell opens and shows that cell's panel.
     other = next(c for c in reversed(results.cells) if c.id != failing.id)
@@ -232,7 +232,7 @@ def test_report_in_headless_chromium(browser, run_dir):
         " hash: location.hash}; })()"
     )
     assert opened == {"open": True, "visible": True, "hash": f"#{_anchor(other.id)}"}
-    browser.screenshot(ARTIFACTS / "report-cell-link.png")
+    browser.screenshot(shots / "report-cell-link.png")
 
     # Untrusted text stayed text: only the report's own script, no dialog, no fetch.
     assert browser.js("document.scripts.length") == 1
@@ -250,4 +250,4 @@ def test_history_index_in_headless_chromium(browser, run_dir):
     browser.wait_event("Page.loadEventFired")
     links = browser.js("[...document.querySelectorAll('#runs a')].map(a => a.href)")
     assert links == [(run_dir / "report.html").as_uri()]
-    browser.screenshot(ARTIFACTS / "index.png")
+    browser.screenshot(ARTIFACTS / load(run_dir).run_id / "index.png")
