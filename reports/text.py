@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tabulate import DataRow, Line, TableFormat, tabulate
 
 from matrix.results import RunResults
@@ -24,16 +26,30 @@ SEED_GRID = TableFormat(
     with_header_hide=None,
 )
 
+# (pattern found in a rendered mark, how the key shows it, meaning); listed when used.
 MARKS = (
-    ("- N -", "a named cause, see the legend"),
-    ("failed", "failed, cause not recognised (uncategorized): read the log"),
-    ("n/a - N -", "excluded by the matrix file, reason in the legend"),
-    ("timeout", "killed at the per-cell timeout"),
-    ("error", "the container engine failed, not the build"),
-    ("(try N)", "passed only on attempt N"),
-    ("(allowed)", "non-voting cell: its failure never fails the gate"),
-    ("(reused)", "result reused from an earlier run"),
+    (r"^- \d+ -", "- N -", "a named cause (or missing dependency), see the legend"),
+    (r"^failed", "failed", "failed, cause not recognised (uncategorized): read the log"),
+    (r"^n/a - ", "n/a - N -", "excluded by the matrix file, reason in the legend"),
+    (r"^timeout", "timeout", "killed at the per-cell timeout"),
+    (r"^error", "error", "the container engine failed, not the build"),
+    (r"^pending", "pending", "not finished: the run was interrupted"),
+    (r"\(.*try \d+", "(try N)", "passed only on attempt N, not a clean pass"),
+    (r"\(.*allowed", "(allowed)", "non-voting cell: its failure never fails the gate"),
+    (r"\(.*non-voting", "(non-voting)", "non-voting cell"),
+    (r"\(.*reused", "(reused)", "result reused from an earlier run"),
 )
+
+
+def marks_key(results: RunResults) -> list[str]:
+    """The key to the marks the table uses, one line each."""
+    legend = build_legend(results)
+    shown = [cell_mark(c, legend) for c in results.cells]
+    return [
+        f"  {key:<12} {meaning}"
+        for pattern, key, meaning in MARKS
+        if any(re.search(pattern, mark) for mark in shown)
+    ]
 
 
 def render_table(results: RunResults, transpose: bool = False) -> str:
@@ -62,7 +78,9 @@ def render_report(
     if results.interrupted:
         when += " (INTERRUPTED: results are partial)"
     lines = [heading, when, "", render_table(results, transpose)]
-    lines += ["marks:", *(f"  {mark:<10} {meaning}" for mark, meaning in MARKS), ""]
+    key = marks_key(results)
+    if key:
+        lines += ["marks:", *key, ""]
     lines.append(counts_text(results))
     lines.append(rate_text(results))
     unnamed = uncategorized(results)

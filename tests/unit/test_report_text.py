@@ -219,3 +219,10 @@ def test_report_mentions_rate_uncategorized_and_retries():
     interrupted = all_states()
     interrupted.interrupted = True
     assert "INTERRUPTED" in render_report(interrupted)
+
+
+def test_marks_key_lists_only_marks_in_use():
+    text = render_report(make_run([make_cell("h", "a"), make_cell("h", "b", attempts=2)]))
+    assert "marks:\n  (try N)      passed only on attempt N, not a clean pass\n\n" in text
+    assert "- N -" not in text
+    assert "marks:" not in render_report(make_run([make_cell("h", "a")]))
