@@ -183,11 +183,16 @@ def human_duration(seconds: float | None) -> str:
 
 def run_duration(results: RunResults) -> float | None:
     try:
-        start = datetime.fromisoformat(results.started or "")
-        end = datetime.fromisoformat(results.finished or "")
-    except ValueError:
+        start = _parse_time(results.started)
+        end = _parse_time(results.finished)
+        return (end - start).total_seconds()
+    except (ValueError, TypeError):  # missing, unparsable, or naive mixed with aware
         return None
-    return (end - start).total_seconds()
+
+
+def _parse_time(stamp: str | None) -> datetime:
+    text = stamp or ""
+    return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
 
 
 def shows_log(cell: Cell) -> bool:

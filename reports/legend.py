@@ -71,6 +71,10 @@ class Legend:
     def __post_init__(self) -> None:
         self._numbers = {e.text: e.number for e in self.entries}
 
+    def numbers(self) -> dict[str, int]:
+        """Legend text -> footnote number."""
+        return dict(self._numbers)
+
     def number(self, cell: Cell) -> int | None:
         text = footnote_text(cell)
         return None if text is None else self._numbers[text]

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 from matrix.results import Artifact, Category, State
 from reports.history import TrendPoint
 from reports.html import render_html
-from reports.htmlview import anchor, human_duration, human_size, safe_href
+from reports.htmlview import anchor, human_duration, human_size, run_duration, safe_href
 from reports.styles import STYLES
 from tests.unit.test_report_fixtures import (
     ALL_STATES,
@@ -209,3 +209,8 @@ def test_helpers():
     assert human_size(512) == "512 B" and human_size(3 * 1024**3) == "3.0 GiB"
     assert human_duration(None) == "-" and human_duration(42) == "42.0 s"
     assert human_duration(3725) == "1h 02m 05s"
+    run = make_run([])
+    run.started, run.finished = "2025-06-01T02:00:00Z", "2025-06-01T02:01:30Z"
+    assert run_duration(run) == 90.0
+    run.finished = None
+    assert run_duration(run) is None

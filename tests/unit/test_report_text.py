@@ -69,7 +69,8 @@ def test_seed_table_is_reproduced():
     rendered = render_table(results)
     ours = build_legend(results)
     # Footnote numbers are ours (reading order); map the seed's numbers through the texts.
-    renumber = {n: ours._numbers[t] for n, t in seed_legend.items() if t in ours._numbers}
+    numbers = ours.numbers()
+    renumber = {n: numbers[t] for n, t in seed_legend.items() if t in numbers}
     expected = [
         re.sub(r"- (\d+) -", lambda m: f"- {renumber[int(m.group(1))]} -", line)
         for line in table
