@@ -187,6 +187,16 @@ def image_path(output: Path, image_type: str) -> Path:
     return output.with_name(f"{output.name}.{image_type}")
 
 
+def _vm_disk(root: Path, raw: Path, workdir: Path, image_size: Optional[int]) -> bool:
+    """Hook for vm builds (issue 6): assemble the planned partitioned disk, if there is one."""
+    from dib import disk  # imported here: dib.disk builds on this module's helpers
+
+    if not disk.planned(workdir):
+        return False
+    disk.assemble(root, raw, workdir, image_size)
+    return True
+
+
 def make_outputs(
     root: Path,
     output: Path,
@@ -208,9 +218,11 @@ def make_outputs(
     disk_types = [t for t in types if t not in TAR_TYPES]
     if disk_types:
         raw = image_path(output, "raw") if "raw" in disk_types else workdir / "image.raw"
-        size = max(image_size or 0, estimate_fs_size(tree_usage(root)))
-        final = make_ext4(root, raw, size)
-        LOG.info("ext4 filesystem %s: %d MiB", raw.name, final // MIB)
+        # issue 6: a vm build gets a partitioned, bootable disk instead of a bare ext4.
+        if not _vm_disk(root, raw, workdir, image_size):
+            size = max(image_size or 0, estimate_fs_size(tree_usage(root)))
+            final = make_ext4(root, raw, size)
+            LOG.info("ext4 filesystem %s: %d MiB", raw.name, final // MIB)
         if "raw" in disk_types:
             made.append(raw)
         for image_type in (t for t in disk_types if t != "raw"):

@@ -1,0 +1,605 @@
+"""Boot an image under qemu (software emulation) and tell from its serial console how it went.
+
+``python -m dib.boottest IMAGE --timeout 600 --serial-log PATH [--uefi] [--result-json PATH]``
+
+The image is attached with ``-snapshot`` (never modified), the serial console goes
+to the log, and the run ends as soon as the outcome is known:
+
+- passed: the boot marker appeared (``DIB-BOOT-MARKER-OK``, printed by the
+  ``boot-marker`` element once multi-user.target is up); a login prompt also
+  passes, after a short wait for the marker;
+- failed, with a category (:class:`Category`) and the log line that shows it;
+  categories end the run early when the machine cannot recover (a panic, the
+  initramfs shell, the firmware finding nothing to boot).
+
+qemu runs in its own process group and is terminated, then killed, and reaped on
+every way out: success, failure, timeout, Ctrl-C, SIGTERM.
+Exit status: 0 passed, 1 boot failed, 2 qemu or the set-up failed (an
+infrastructure error, not a verdict on the image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import enum
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from dib.errors import DibError
+
+DEFAULT_MARKER = "DIB-BOOT-MARKER-OK"
+DEFAULT_TIMEOUT = 600.0
+OVMF_CANDIDATES = ("/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd")
+KILL_GRACE_SECONDS = 5.0
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78cDEHMZ])")
+FACT = re.compile(r"\b([a-z][a-z0-9-]*)=(\S+)")
+LOGIN_PROMPT = re.compile(r"\S+ login: *$")
+
+
+class Category(str, enum.Enum):
+    """Why a boot failed; the value is the id reports and the matrix catalogue use."""
+
+    NO_BOOTLOADER = "no-bootloader"
+    BOOTLOADER_ERROR = "bootloader-error"
+    KERNEL_PANIC = "kernel-panic"
+    ROOT_FS_NOT_FOUND = "root-fs-not-found"
+    VM_RESET = "vm-reset"
+    BOOT_TIMEOUT = "boot-timeout"
+    QEMU_ERROR = "qemu-error"
+
+    @property
+    def legend(self) -> str:
+        return LEGENDS[self]
+
+    @property
+    def is_infrastructure(self) -> bool:
+        """qemu itself failed: the image got no verdict (report it as an error state)."""
+        return self is Category.QEMU_ERROR
+
+
+LEGENDS = {
+    Category.NO_BOOTLOADER: "boot: the firmware found nothing to boot",
+    Category.BOOTLOADER_ERROR: "boot: GRUB started but could not load the kernel",
+    Category.KERNEL_PANIC: "boot: kernel panic",
+    Category.ROOT_FS_NOT_FOUND: "boot: root filesystem not found",
+    Category.VM_RESET: "boot: the machine reset before the system was up",
+    Category.BOOT_TIMEOUT: "boot: no boot marker before the timeout",
+    Category.QEMU_ERROR: "boot: qemu failed (infrastructure)",
+}
+
+
+class Stage(enum.IntEnum):
+    """How far the boot got, from what the console showed."""
+
+    NOTHING = 0
+    FIRMWARE = 1
+    BOOTLOADER = 2
+    KERNEL = 3
+    INITRAMFS = 4
+    USERSPACE = 5
+
+
+STAGES = (
+    (Stage.FIRMWARE, re.compile(r"SeaBIOS|iPXE|Booting from |BdsDxe|UEFI|EFI stub")),
+    (Stage.BOOTLOADER, re.compile(r"GRUB|Loading Linux|Booting `")),
+    (Stage.KERNEL, re.compile(r"Linux version \d|^\[\s*\d+\.\d+\] ")),
+    (Stage.INITRAMFS, re.compile(r"^Begin: |initramfs|dracut")),
+    (Stage.USERSPACE, re.compile(r"systemd\[1\]|Welcome to .*!|Reached target|\[  OK  \]")),
+)
+# The firmware handing over to the disk; silence after it means no boot code ran.
+HANDOFF = re.compile(r"Booting from Hard Disk|BdsDxe: starting Boot")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A console line that decides the verdict; ``final`` ones end the run (after a grace)."""
+
+    category: Category
+    pattern: re.Pattern
+    final: bool = True
+
+
+def _rule(category: Category, pattern: str, final: bool = True) -> Rule:
+    return Rule(category, re.compile(pattern), final)
+
+
+# In priority order: when several match, the first names the verdict (a panic because
+# the root is missing is a missing root).
+RULES = (
+    _rule(Category.ROOT_FS_NOT_FOUND, r"ALERT!\s+\S+ does not exist"),
+    _rule(Category.ROOT_FS_NOT_FOUND, r"Gave up waiting for root (file system )?device", False),
+    _rule(Category.ROOT_FS_NOT_FOUND, r"VFS: Unable to mount root fs|Cannot open root device"),
+    _rule(Category.ROOT_FS_NOT_FOUND, r"Timed out waiting for device .*(by-uuid|by-label)"),
+    _rule(Category.ROOT_FS_NOT_FOUND, r"dracut.*(does not exist|Could not boot)"),
+    _rule(Category.KERNEL_PANIC, r"Kernel panic - not syncing"),
+    _rule(Category.BOOTLOADER_ERROR, r"grub rescue>"),
+    _rule(
+        Category.BOOTLOADER_ERROR,
+        r"^error: (no such device|file .* not found|you need to load the kernel first"
+        r"|unknown filesystem|invalid magic number|disk .* not found|out of memory)",
+        False,
+    ),
+    _rule(Category.BOOTLOADER_ERROR, r"Press any key to continue\.\.\.", False),
+    _rule(Category.NO_BOOTLOADER, r"No bootable device|Boot failed: not a bootable disk"),
+    _rule(Category.NO_BOOTLOADER, r"No bootable option or device was found"),
+    _rule(Category.NO_BOOTLOADER, r"UEFI Interactive Shell|Press ESC in \d+ seconds to skip"),
+    _rule(Category.NO_BOOTLOADER, r"BdsDxe: failed to (load|start) Boot", False),
+)
+PRIORITY = {category: index for index, category in enumerate(Category)}
+RULE_ORDER = {rule: index for index, rule in enumerate(RULES)}
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    markers: Tuple[str, ...] = (DEFAULT_MARKER,)
+    accept_login_prompt: bool = True
+    login_grace: float = 30.0  # after a login prompt, wait this long for the marker
+    final_grace: float = 3.0  # after a fatal line, keep reading this long for context
+    stall_seconds: float = 120.0  # silence after the firmware hand-off = no boot code
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    category: Optional[Category]
+    evidence: str
+    seconds_to_marker: Optional[float]
+    stage: Stage
+    labels: Tuple[str, ...] = ()
+    facts: Mapping[str, str] = field(default_factory=dict)
+
+
+def clean(raw: bytes) -> str:
+    """A console line without terminal escapes and carriage returns."""
+    text = raw.decode("utf-8", errors="replace")
+    return ANSI.sub("", text).replace("\r", "").replace("\x00", "").strip()
+
+
+class Watcher:
+    """Reads console lines as they come and decides when the outcome is known.
+
+    Time is passed in (seconds since qemu started), so sample logs can be replayed
+    in tests.
+    """
+
+    def __init__(self, settings: WatchSettings):
+        self.settings = settings
+        self.stage = Stage.NOTHING
+        self.matches: List[Tuple[Rule, str]] = []
+        self.final_at: Optional[float] = None
+        self.success: Optional[Tuple[str, float, bool]] = None  # line, time, is the marker
+        self.handoff: Optional[Tuple[str, float]] = None
+        self.last_output = 0.0
+        self.last_line = ""
+
+    def feed(self, line: str, now: float) -> None:
+        self.last_output = now
+        if not line:
+            return
+        self.last_line = line
+        for stage, pattern in STAGES:
+            if stage > self.stage and pattern.search(line):
+                self.stage = stage
+        if HANDOFF.search(line):
+            self.handoff = (line, now)
+        if any(marker in line for marker in self.settings.markers):
+            if not (self.success and self.success[2]):
+                self.success = (line, now, True)
+            return
+        if self.settings.accept_login_prompt and LOGIN_PROMPT.search(line) and not self.success:
+            self.success = (line, now, False)
+            return
+        for rule in RULES:
+            if rule.pattern.search(line):
+                self.matches.append((rule, line))
+                if rule.final and self.final_at is None:
+                    self.final_at = now
+
+    def partial(self, text: str, now: float) -> None:
+        """An unterminated line so far (a login prompt does not end with a newline)."""
+        self.last_output = now
+        if self.settings.accept_login_prompt and LOGIN_PROMPT.search(text) and not self.success:
+            self.success = (text, now, False)
+
+    def stalled(self, now: float) -> bool:
+        return (
+            self.handoff is not None
+            and self.stage <= Stage.FIRMWARE
+            and now - self.last_output >= self.settings.stall_seconds
+        )
+
+    def done(self, now: float) -> bool:
+        if self.success:
+            line, seen, is_marker = self.success
+            return is_marker or now - seen >= self.settings.login_grace
+        if self.final_at is not None and now - self.final_at >= self.settings.final_grace:
+            return True
+        return self.stalled(now)
+
+    def verdict(self, now: float, *, timed_out: bool = False, exited: bool = False) -> Verdict:
+        if self.success:
+            line, seen, _ = self.success
+            return Verdict(True, None, line, round(seen, 1), Stage.USERSPACE, facts=_facts(line))
+        labels = tuple(sorted({rule.category.value for rule, _ in self.matches}))
+        if self.matches:
+            rule, line = min(
+                self.matches, key=lambda m: (PRIORITY[m[0].category], RULE_ORDER[m[0]])
+            )
+            return Verdict(False, rule.category, line, None, self.stage, labels)
+        if self.handoff and self.stage <= Stage.FIRMWARE:
+            why = (
+                "the machine reset"
+                if exited
+                else f"nothing followed for {now - self.handoff[1]:.0f} s"
+            )
+            return Verdict(
+                False,
+                Category.NO_BOOTLOADER,
+                f"{self.handoff[0]} ({why})",
+                None,
+                self.stage,
+                (Category.NO_BOOTLOADER.value,),
+            )
+        if exited and not timed_out:
+            category = _reset_category(self.stage)
+            evidence = f"the machine reset during the {self.stage.name.lower()} stage"
+            if self.last_line:
+                evidence += f"; last line: {self.last_line}"
+            return Verdict(False, category, evidence, None, self.stage, (category.value,))
+        evidence = f"no marker after {now:.0f} s; furthest stage: {self.stage.name.lower()}"
+        if self.last_line:
+            evidence += f"; last line: {self.last_line}"
+        return Verdict(
+            False, Category.BOOT_TIMEOUT, evidence, None, self.stage, (Category.BOOT_TIMEOUT.value,)
+        )
+
+
+def _reset_category(stage: Stage) -> Category:
+    if stage <= Stage.FIRMWARE:
+        return Category.NO_BOOTLOADER
+    if stage == Stage.BOOTLOADER:
+        return Category.BOOTLOADER_ERROR
+    return Category.VM_RESET
+
+
+def _facts(line: str) -> Dict[str, str]:
+    return dict(FACT.findall(line))
+
+
+def classify_log(
+    text: str,
+    settings: WatchSettings = WatchSettings(),
+    *,
+    timed_out: bool = True,
+    exited: bool = False,
+) -> Verdict:
+    """The verdict for a whole serial log (as saved), e.g. to re-check an old run."""
+    watcher = Watcher(settings)
+    for raw in text.encode().split(b"\n"):
+        watcher.feed(clean(raw), 0.0)
+    return watcher.verdict(0.0, timed_out=timed_out, exited=exited)
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    image: Path
+    serial_log: Path
+    timeout: float = DEFAULT_TIMEOUT
+    uefi: bool = False
+    firmware: Optional[Path] = None  # OVMF for --uefi; found in Debian's ovmf package
+    memory_mib: int = 1024
+    cpus: int = 1
+    accel: str = "tcg"
+    disk_size: Optional[str] = None  # boot a larger copy-on-write overlay (tests growroot)
+    qemu: str = "qemu-system-x86_64"
+    watch: WatchSettings = WatchSettings()
+
+
+@dataclass(frozen=True)
+class BootResult:
+    """The outcome of one boot test: plain data for the orchestrator and reports."""
+
+    passed: bool
+    category: Optional[Category]
+    evidence: str
+    seconds: float
+    seconds_to_marker: Optional[float]
+    stage: str
+    labels: Tuple[str, ...]
+    facts: Mapping[str, str]
+    serial_log: str
+    command: Tuple[str, ...]
+    qemu_exit: Optional[int] = None
+
+    def to_dict(self) -> Dict[str, object]:
+        data = asdict(self)
+        data["category"] = self.category.value if self.category else None
+        data["legend"] = self.category.legend if self.category else None
+        return data
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"boot passed: marker after {self.seconds_to_marker} s: {self.evidence}"
+        assert self.category is not None
+        return f"boot FAILED [{self.category.value}] after {self.seconds:.0f} s: {self.evidence}"
+
+
+class BootTestError(DibError):
+    """The boot test could not start (no qemu, no firmware, no image)."""
+
+    exit_code = 2
+
+
+def find_firmware(explicit: Optional[Path]) -> Path:
+    if explicit:
+        if not explicit.is_file():
+            raise BootTestError(f"firmware {explicit} does not exist")
+        return explicit
+    for candidate in OVMF_CANDIDATES:
+        if os.path.isfile(candidate):
+            return Path(candidate)
+    raise BootTestError(
+        "OVMF (UEFI firmware for qemu) not found: install the ovmf package or pass --firmware"
+    )
+
+
+def image_format(image: Path) -> str:
+    """What qemu-img says the image is; the file suffix when qemu-img is missing."""
+    if shutil.which("qemu-img"):
+        done = subprocess.run(
+            ["qemu-img", "info", "--output=json", str(image)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode == 0:
+            return str(json.loads(done.stdout)["format"])
+    return "qcow2" if image.suffix == ".qcow2" else "raw"
+
+
+def qemu_command(opts: BootOptions, disk: Path, fmt: str, firmware: Optional[Path]) -> List[str]:
+    """The qemu command line: software emulation, serial on stdout, disk as a snapshot."""
+    drive = str(disk).replace(",", ",,")  # qemu's option syntax doubles literal commas
+    cmd = [
+        opts.qemu,
+        "-accel",
+        opts.accel,
+        "-machine",
+        "q35",
+        "-m",
+        str(opts.memory_mib),
+        "-smp",
+        str(opts.cpus),
+        "-nodefaults",
+        "-nographic",  # also makes SeaBIOS print to the serial port
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-nic",
+        "none",
+        "-no-reboot",  # a reset ends the run instead of looping
+        "-snapshot",  # writes go to a temporary overlay, never to the image
+        "-drive",
+        f"file={drive},format={fmt},if=virtio,media=disk",
+    ]
+    if firmware is not None:
+        cmd += ["-bios", str(firmware)]
+    return cmd
+
+
+@contextlib.contextmanager
+def _boot_disk(opts: BootOptions, fmt: str) -> Iterator[Tuple[Path, str]]:
+    """The image itself, or a larger qcow2 overlay on it when ``disk_size`` is set."""
+    if not opts.disk_size:
+        yield opts.image, fmt
+        return
+    with tempfile.TemporaryDirectory(prefix="dib-boottest.") as tmp:
+        overlay = Path(tmp) / "overlay.qcow2"
+        done = subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                fmt,
+                "-b",
+                str(opts.image.resolve()),
+                str(overlay),
+                opts.disk_size,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BootTestError(f"qemu-img create overlay failed: {done.stderr.strip()}")
+        yield overlay, "qcow2"
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate qemu's process group, kill what is left after a grace period, reap it."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
+
+
+def _watch(
+    proc: subprocess.Popen, watcher: Watcher, log, timeout: float
+) -> Tuple[float, bool, bool]:
+    """Feed qemu's console output to ``watcher`` until done; (elapsed, timed_out, exited)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    started = time.monotonic()
+    pending = b""
+    while True:
+        now = time.monotonic() - started
+        if now >= timeout:
+            return now, True, False
+        ready, _, _ = select.select([fd], [], [], min(1.0, timeout - now))
+        if ready:
+            chunk = os.read(fd, 65536)
+            now = time.monotonic() - started
+            if not chunk:
+                return now, False, True
+            log.write(chunk)
+            log.flush()
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                watcher.feed(clean(line), now)
+            if pending:
+                watcher.partial(clean(pending[-4096:]), now)
+        if watcher.done(now):
+            return now, False, False
+
+
+def run_boot_test(opts: BootOptions) -> BootResult:
+    """Boot ``opts.image`` and return the categorised outcome; raise BootTestError when
+    the test cannot even start."""
+    if not opts.image.is_file():
+        raise BootTestError(f"image {opts.image} does not exist")
+    if shutil.which(opts.qemu) is None:
+        raise BootTestError(f"{opts.qemu} not found: install qemu-system-x86")
+    firmware = find_firmware(opts.firmware) if opts.uefi else None
+    opts.serial_log.parent.mkdir(parents=True, exist_ok=True)
+    watcher = Watcher(opts.watch)
+    with _boot_disk(opts, image_format(opts.image)) as (disk, fmt), tempfile.TemporaryFile() as err:
+        cmd = qemu_command(opts, disk, fmt, firmware)
+        with open(opts.serial_log, "wb") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
+            )
+            try:
+                elapsed, timed_out, exited = _watch(proc, watcher, log, opts.timeout)
+            finally:
+                stop(proc)
+                if proc.stdout:
+                    proc.stdout.close()
+        err.seek(0)
+        stderr = err.read().decode(errors="replace").strip().splitlines()
+    verdict = watcher.verdict(elapsed, timed_out=timed_out, exited=exited)
+    exit_code = proc.returncode if exited else None
+    if exited and exit_code not in (0, None) and not verdict.passed:
+        reason = stderr[-1] if stderr else f"qemu exited with status {exit_code}"
+        verdict = Verdict(
+            False, Category.QEMU_ERROR, reason, None, watcher.stage, (Category.QEMU_ERROR.value,)
+        )
+    return BootResult(
+        passed=verdict.passed,
+        category=verdict.category,
+        evidence=verdict.evidence,
+        seconds=round(elapsed, 1),
+        seconds_to_marker=verdict.seconds_to_marker,
+        stage=verdict.stage.name.lower(),
+        labels=verdict.labels,
+        facts=dict(verdict.facts),
+        serial_log=str(opts.serial_log),
+        command=tuple(cmd),
+        qemu_exit=exit_code,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dib.boottest",
+        description="Boot an image under qemu (TCG) and check its serial console for the marker.",
+    )
+    parser.add_argument("image", type=Path)
+    parser.add_argument("--serial-log", type=Path, required=True, help="where the console goes")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds (600)")
+    parser.add_argument("--uefi", action="store_true", help="boot with OVMF instead of SeaBIOS")
+    parser.add_argument("--firmware", type=Path, help="OVMF image (default: Debian's ovmf)")
+    parser.add_argument("--memory", type=int, default=1024, help="MiB of RAM (1024)")
+    parser.add_argument("--cpus", type=int, default=1, help="virtual CPUs (1)")
+    parser.add_argument("--accel", default="tcg", help="qemu accelerator (tcg; kvm where allowed)")
+    parser.add_argument("--disk-size", help="boot a larger overlay of the image, e.g. 4G")
+    parser.add_argument(
+        "--marker", action="append", help=f"success marker (repeatable; {DEFAULT_MARKER})"
+    )
+    parser.add_argument(
+        "--marker-only", action="store_true", help="a login prompt alone does not pass"
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        help="silence after the firmware hands over that means no boot code",
+    )
+    parser.add_argument("--result-json", type=Path, help="also write the result as JSON here")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> BootOptions:
+    watch = WatchSettings(
+        markers=tuple(args.marker or (DEFAULT_MARKER,)),
+        accept_login_prompt=not args.marker_only,
+        stall_seconds=args.stall_timeout,
+    )
+    return BootOptions(
+        image=args.image,
+        serial_log=args.serial_log,
+        timeout=args.timeout,
+        uefi=args.uefi,
+        firmware=args.firmware,
+        memory_mib=args.memory,
+        cpus=args.cpus,
+        accel=args.accel,
+        disk_size=args.disk_size,
+        watch=watch,
+    )
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # unwind through the finally that stops qemu
+    try:
+        result = run_boot_test(options_from_args(args))
+    except BootTestError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("ERROR: interrupted; qemu stopped", file=sys.stderr)
+        return 130
+    if args.result_json:
+        args.result_json.parent.mkdir(parents=True, exist_ok=True)
+        args.result_json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    print(result.summary())
+    if result.passed:
+        return 0
+    return 2 if result.category and result.category.is_infrastructure else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
