@@ -28,7 +28,7 @@ def outcome_type(cell: Cell) -> str:
         return cell.category.id
     if cell.state is State.FAILED:
         return UNCATEGORIZED
-    return cell.state.value
+    return str(cell.state.value)
 
 
 def outcome_message(cell: Cell) -> str:
