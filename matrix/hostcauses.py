@@ -14,6 +14,7 @@ class HostgenCause(str, enum.Enum):
     BASE_IMAGE_UNAVAILABLE = "base-image-unavailable"
     MIRROR_NOT_CONFIGURED = "mirror-not-configured"
     MIRROR_UNREACHABLE = "mirror-unreachable"
+    MIRROR_EXPIRED = "mirror-expired"
     PACKAGE_NOT_FOUND = "package-not-found"
     NO_SUCH_SCRIPT = "no-such-script"
     BOOTSTRAP_FAILED = "bootstrap-failed"
@@ -32,6 +33,7 @@ _LEGENDS = {
     HostgenCause.BASE_IMAGE_UNAVAILABLE: "base image unavailable",
     HostgenCause.MIRROR_NOT_CONFIGURED: "no distribution mirror configured",
     HostgenCause.MIRROR_UNREACHABLE: "mirror unreachable",
+    HostgenCause.MIRROR_EXPIRED: "mirror metadata expired or not yet valid",
     HostgenCause.PACKAGE_NOT_FOUND: "package not found in that release",
     HostgenCause.NO_SUCH_SCRIPT: "debootstrap does not know this release",
     HostgenCause.BOOTSTRAP_FAILED: "bootstrap of the base system failed",
@@ -67,6 +69,7 @@ _PATTERNS: tuple[tuple[HostgenCause, re.Pattern[str]], ...] = tuple(
         (HostgenCause.PACKAGE_NOT_FOUND, r"there are no ebuilds to satisfy \"[^\"]+\""),
         (HostgenCause.PACKAGE_NOT_FOUND, r"Couldn't find these debs: .+"),
         (HostgenCause.NO_SUCH_SCRIPT, r"No such script: \S+"),
+        (HostgenCause.MIRROR_EXPIRED, r"Release file for \S+ is (?:expired|not valid yet)[^.]*"),
         (HostgenCause.MIRROR_UNREACHABLE, r"Failed getting release (?:signature )?file \S+"),
         (HostgenCause.MIRROR_UNREACHABLE, r"Temporary failure resolving '[^']+'"),
         (HostgenCause.MIRROR_UNREACHABLE, r"Could not (?:resolve|connect to) .+"),
@@ -81,18 +84,21 @@ _PATTERNS: tuple[tuple[HostgenCause, re.Pattern[str]], ...] = tuple(
 
 
 def classify_log(lines: Iterable[str], fallback: HostgenCause, fallback_evidence: str) -> Diagnosis:
-    """The first known cause seen in ``lines``; else ``fallback`` with the last error-ish line."""
+    """The first known cause seen in ``lines``.
+
+    Else ``fallback`` with the last error-looking line, or ``fallback_evidence``.
+    """
     lines = [line.strip() for line in lines if line.strip()]
     for cause, pattern in _PATTERNS:
         for line in lines:
             found = pattern.search(line)
             if found:
                 return Diagnosis(cause, found.group(0))
-    return Diagnosis(fallback, fallback_evidence or _last_error_line(lines))
+    return Diagnosis(fallback, _last_error_line(lines) or fallback_evidence)
 
 
 def _last_error_line(lines: list[str]) -> str:
     for line in reversed(lines):
         if re.match(r"^(E:|Error|error|ERROR|FATAL|fatal)", line):
             return line
-    return lines[-1] if lines else ""
+    return ""

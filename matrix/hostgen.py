@@ -10,6 +10,7 @@ category and one clear line; the full story is in the per-host log.
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections.abc import Collection
 from contextlib import suppress
@@ -293,10 +294,14 @@ def _diagnose_build(host: HostDefinition, exc: BuildFailed) -> Diagnosis:
     fallback = HostgenCause.BUILD_FAILED
     if any(command in exc.step for command in host.setup + host.prepare):
         fallback = HostgenCause.SETUP_FAILED
-    found = classify_log(exc.tail, fallback, "")
-    if found.cause is fallback and found.evidence == (exc.tail[-1] if exc.tail else ""):
-        return Diagnosis(fallback, str(exc))
-    return found
+    return classify_log(exc.tail, fallback, _short_failure(exc))
+
+
+def _short_failure(exc: BuildFailed) -> str:
+    """'RUN ["/bin/sh", "-c", "apt-get ... exited with 100' instead of the whole command."""
+    code = re.search(r"non-zero code: (\d+)", str(exc))
+    step = exc.step if len(exc.step) <= 60 else exc.step[:57] + "..."
+    return f"{step} exited with {code.group(1)}" if code else str(exc)
 
 
 def _probe(

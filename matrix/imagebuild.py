@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 from collections import deque
 from collections.abc import Mapping
@@ -14,6 +15,8 @@ from typing import Any, BinaryIO
 import docker.errors
 
 TAIL_LINES = 300
+# The engine colours RUN steps' stderr; logs and evidence lines want plain text.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Proxy settings of the orchestrating machine reach RUN steps as build args
 # (predefined by the engine, so they are not baked into the image's config).
 PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
@@ -76,7 +79,7 @@ def build_image(
         decode=True,
     )
     for chunk in stream:
-        text = chunk.get("stream") or chunk.get("status") or ""
+        text = ANSI_ESCAPE.sub("", chunk.get("stream") or chunk.get("status") or "")
         if text:
             log.write(text.encode("utf-8", "replace"))
             log.flush()

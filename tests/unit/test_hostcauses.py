@@ -71,6 +71,25 @@ def test_unknown_falls_back_to_last_error_line():
     assert diagnosis.evidence == "E: something odd happened"
 
 
+def test_expired_snapshot_mirror():
+    line = (
+        "E: Release file for http://m.invalid/debian/dists/sid/InRelease is expired "
+        "(invalid since 15d 19h 1min 56s). Updates for this repository will not be applied."
+    )
+    diagnosis = classify_log([line], HostgenCause.BUILD_FAILED, "")
+    assert diagnosis.cause is HostgenCause.MIRROR_EXPIRED
+    assert diagnosis.evidence == (
+        "Release file for http://m.invalid/debian/dists/sid/InRelease is expired "
+        "(invalid since 15d 19h 1min 56s)"
+    )
+
+
+def test_no_error_line_uses_the_given_evidence():
+    lines = ["Removing intermediate container 887cf8ef2342"]
+    diagnosis = classify_log(lines, HostgenCause.BUILD_FAILED, "RUN step exited with 100")
+    assert diagnosis.evidence == "RUN step exited with 100"
+
+
 def test_every_cause_has_a_legend():
     for cause in HostgenCause:
         assert cause.legend
