@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from matrix.facts import load_facts
 from matrix.hostimage import image_names
 from matrix.plan import Plan, SelectionError, make_plan, preflight
 from matrix.results import RunResults, State
+from matrix.results import load as load_results
 from matrix.runner import REPO_ROOT, MatrixRun, RunRequest, check_dib_tree, execute
 
 LOG = logging.getLogger("dib-matrix")
@@ -64,6 +66,11 @@ def add_parsers(sub: Any) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan]:
+    resumed = None
+    if getattr(args, "resume", None) is not None:
+        # A resumed run keeps its matrix file and its selection of cells.
+        resumed = load_results(args.resume)
+        args.matrix = args.matrix or resumed.matrix
     config = load_matrix(resolve_matrix_path(args.matrix))
     overrides: dict[str, Any] = {}
     for key in ("max_parallel", "retries", "fail_fast"):
@@ -72,10 +79,13 @@ def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan]:
     if getattr(args, "timeout", None):
         overrides["timeout"] = parse_duration(args.timeout)
     if overrides:
-        from dataclasses import replace
-
         config = replace(config, **overrides)
-    return config, make_plan(config, args.hosts, args.targets)
+    plan = make_plan(config, args.hosts, args.targets)
+    if resumed is not None:
+        wanted = {c.id for c in resumed.cells}
+        plan = replace(plan, hosts=tuple(h for h in plan.hosts if h.name in resumed.hosts),
+                       cells=tuple(c for c in plan.cells if c.id in wanted))
+    return config, plan
 
 
 def _setup_logging(debug: bool) -> None:
@@ -109,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config, plan = _load(args)
         dib_tree = check_dib_tree(args.dib_tree)
         client = engine.connect()
-    except (ConfigError, SelectionError, ValueError) as err:
+    except (ConfigError, SelectionError, ValueError, OSError) as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
     except engine.EngineError as err:

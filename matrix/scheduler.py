@@ -29,6 +29,7 @@ class Outcome:
     extra: dict = field(default_factory=dict)  # executor-specific (log path, artifacts, ...)
 
 
+CUT_SHORT = (State.FAILED, State.TIMEOUT, State.ERROR, State.SKIPPED)
 Execute = Callable[[PlannedCell, int], Outcome]
 Finish = Callable[[PlannedCell, Outcome], None]
 
@@ -74,11 +75,17 @@ class Scheduler:
                 return outcome
 
     def _record(self, cell: PlannedCell, outcome: Outcome) -> None:
+        if self.stop.is_set() and outcome.state in CUT_SHORT:
+            # Cut short by Ctrl-C or fail-fast: no verdict; a resumed run runs it again.
+            outcome = Outcome(State.PENDING, reason="interrupted", attempts=outcome.attempts,
+                              extra=outcome.extra)
         self.state[cell.id] = outcome.state
         self.finish(cell, outcome)
-        if self.fail_fast and cell.voting and outcome.state.is_failure:
+        if self.fail_fast and cell.voting and outcome.state.is_failure and not self.stop.is_set():
             self.failed_fast = True
             self.stop.set()
+            if self.on_stop is not None:
+                self.on_stop()  # stop the cells still running
 
     def run(self) -> None:
         """Run until every cell is finished or ``stop`` is set (then the rest stay pending)."""
@@ -108,9 +115,10 @@ class Scheduler:
                     for future in finished:
                         self._record(running.pop(future), _result(future))
             finally:
-                if running and self.on_stop is not None:
+                if running and not self.stop.is_set():
                     self.stop.set()
-                    self.on_stop()
+                    if self.on_stop is not None:
+                        self.on_stop()
                 self.stop.set()
                 for future, cell in list(running.items()):
                     self._record(cell, _result(future))
