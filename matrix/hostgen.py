@@ -22,7 +22,7 @@ import docker
 import docker.errors
 
 from dib.mirror import MirrorNotFound, find_mirror
-from matrix.engine import run_captured
+from matrix.engine import LABEL_RUN, run_captured
 from matrix.facts import (
     FACTS_LABEL,
     FactsError,
@@ -42,12 +42,11 @@ from matrix.hostimage import (
     image_names,
     render_dockerfile,
 )
-from matrix.hosts import BaseKind, BootstrapBase, HostDefinition, RootfsBase
+from matrix.hosts import BootstrapBase, HostDefinition, ImageBase, RootfsBase
 from matrix.imagebuild import BuildFailed, build_image, import_tarball
 from matrix.rootfs import RootfsError, make_rootfs_tarball, new_work_dir, remove_tree
 
 PROBE_TIMEOUT = 300.0
-LABEL_RUN = "org.dib-matrix.run"
 
 
 class HostgenStatus(str, enum.Enum):
@@ -123,20 +122,17 @@ def build_host(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         log.write(f"# hostgen {host.name} -> {names.image}\n".encode())
+        job = _Job(client, host, names, log, rebuild, work_dir, run_id)
         try:
-            facts = _generate(client, host, names, log, rebuild, mirror, work_dir, run_id)
+            facts = _generate(job, mirror)
         except _Failed as failed:
             diagnosis = failed.diagnosis
         except docker.errors.DockerException as exc:
             diagnosis = Diagnosis(HostgenCause.ENGINE_ERROR, _engine_message(exc))
         else:
+            duration = time.monotonic() - start
             return HostgenOutcome(
-                host.name,
-                HostgenStatus.BUILT,
-                names.image,
-                time.monotonic() - start,
-                log_path,
-                facts,
+                host.name, HostgenStatus.BUILT, names.image, duration, log_path, facts
             )
         log.write(f"\ndib-matrix: hostgen failed: {diagnosis.one_line()}\n".encode())
         # A failed build leaves its cached steps as untagged images; they
@@ -154,54 +150,70 @@ def build_host(
     )
 
 
-def _generate(
-    client: docker.DockerClient,
-    host: HostDefinition,
-    names: HostImageNames,
-    log: BinaryIO,
-    rebuild: bool,
-    mirror: str | None,
-    work_dir: Path | None,
-    run_id: str,
-) -> HostFacts:
-    replaced = _image_ids(client, (names.image, names.base))
+@dataclass(frozen=True)
+class _Job:
+    """One hostgen in progress."""
+
+    client: docker.DockerClient
+    host: HostDefinition
+    names: HostImageNames
+    log: BinaryIO
+    rebuild: bool
+    work_dir: Path | None
+    run_id: str
+
+    def note(self, text: str) -> None:
+        self.log.write(f"{text}\n".encode())
+        self.log.flush()
+
+
+def _generate(job: _Job, mirror: str | None) -> HostFacts:
+    """base -> Dockerfile build (stage) -> facts probe -> labelled, tagged image."""
+    replaced = _image_ids(job.client, (job.names.image, job.names.base))
+    host = job.host
     sources_list = None
     if isinstance(host.base, BootstrapBase):
         mirror = _mirror_for(host.base, mirror)
         sources_list = apt_sources(host.base, mirror)
-    if host.kind is BaseKind.IMAGE:
-        _ensure_registry_image(client, host.base.reference, log, rebuild)  # type: ignore[union-attr]
+    if isinstance(host.base, ImageBase):
+        _ensure_registry_image(job, host.base.reference)
     else:
-        _ensure_base(client, host, names, log, rebuild, mirror, work_dir)
-    files = {"Dockerfile": render_dockerfile(host, from_image(host, names), sources_list).encode()}
+        _ensure_base(job, mirror)
+    dockerfile = render_dockerfile(host, from_image(host, job.names), sources_list).encode()
+    files = {"Dockerfile": dockerfile}
     if sources_list is not None:
         files["sources.list"] = sources_list.encode()
-    log.write(b"\n# ---- Dockerfile ----\n" + files["Dockerfile"] + b"# --------------------\n")
+    job.note(f"\n# ---- Dockerfile ----\n{dockerfile.decode()}# --------------------")
     stage_labels = {LABEL_HOST: host.name, LABEL_ROLE: "stage"}
     try:
-        stage = build_image(client, files, log, labels=stage_labels, nocache=rebuild)
+        stage = build_image(job.client, files, job.log, labels=stage_labels, nocache=job.rebuild)
     except BuildFailed as exc:
         raise _Failed(_diagnose_build(host, exc)) from exc
     try:
-        facts = _probe(client, stage.id, host.name, run_id, log)
-        labels = {
-            LABEL_HOST: host.name,
-            LABEL_ROLE: "host",
-            LABEL_DIGEST: names.digest,
-            FACTS_LABEL: facts.to_json(),
-        }
-        final = {"Dockerfile": f"FROM {stage.id}\n".encode()}
-        try:
-            build_image(client, final, log, labels=labels, tag=names.image)
-        except BuildFailed as exc:
-            raise _Failed(Diagnosis(HostgenCause.ENGINE_ERROR, str(exc))) from exc
+        facts = _probe(job, stage.id)
+        _tag_with_facts(job, stage.id, facts)
     except BaseException:
         with suppress(docker.errors.DockerException):
-            client.images.remove(stage.id, force=True)
+            job.client.images.remove(stage.id, force=True)
         raise
-    _prune_stale(client, host.name, keep={names.image, names.base or ""})
-    _remove_replaced(client, replaced)
+    _prune_stale(job.client, host.name, keep={job.names.image, job.names.base or ""})
+    _remove_replaced(job.client, replaced)
     return facts
+
+
+def _tag_with_facts(job: _Job, stage_id: str, facts: HostFacts) -> None:
+    """Labels need their values at build time: a one-line build on top of the stage."""
+    labels = {
+        LABEL_HOST: job.host.name,
+        LABEL_ROLE: "host",
+        LABEL_DIGEST: job.names.digest,
+        FACTS_LABEL: facts.to_json(),
+    }
+    final = {"Dockerfile": f"FROM {stage_id}\n".encode()}
+    try:
+        build_image(job.client, final, job.log, labels=labels, tag=job.names.image)
+    except BuildFailed as exc:
+        raise _Failed(Diagnosis(HostgenCause.ENGINE_ERROR, str(exc))) from exc
 
 
 def _mirror_for(base: BootstrapBase, mirror: str | None) -> str:
@@ -221,69 +233,58 @@ def _engine_message(exc: docker.errors.DockerException) -> str:
     return str(exc).strip()
 
 
-def _ensure_registry_image(
-    client: docker.DockerClient, reference: str, log: BinaryIO, rebuild: bool
-) -> None:
+def _ensure_registry_image(job: _Job, reference: str) -> None:
     """Have ``reference`` locally: pull it (always on rebuild, else only when missing)."""
     present = True
     try:
-        client.images.get(reference)
+        job.client.images.get(reference)
     except docker.errors.ImageNotFound:
         present = False
-    if present and not rebuild:
-        log.write(f"base image {reference}: present\n".encode())
+    if present and not job.rebuild:
+        job.note(f"base image {reference}: present")
         return
-    log.write(f"pulling {reference}\n".encode())
-    log.flush()
+    job.note(f"pulling {reference}")
     try:
-        client.images.pull(reference)
+        job.client.images.pull(reference)
     except docker.errors.DockerException as exc:
         message = f"cannot pull {reference}: {_engine_message(exc)}"
-        log.write(f"{message}\n".encode())
+        job.note(message)
         if present:
-            log.write(b"using the image already present\n")
+            job.note("using the image already present")
             return
         raise _Failed(Diagnosis(HostgenCause.BASE_IMAGE_UNAVAILABLE, message)) from exc
 
 
-def _ensure_base(
-    client: docker.DockerClient,
-    host: HostDefinition,
-    names: HostImageNames,
-    log: BinaryIO,
-    rebuild: bool,
-    mirror: str | None,
-    work_dir: Path | None,
-) -> None:
+def _ensure_base(job: _Job, mirror: str | None) -> None:
     """Import the bootstrapped (or given) root filesystem as the host's base image."""
-    assert names.base is not None
-    if not rebuild:
+    base_ref, base = job.names.base, job.host.base
+    assert base_ref is not None
+    if not job.rebuild:
         with suppress(docker.errors.ImageNotFound):
-            client.images.get(names.base)
-            log.write(f"base image {names.base}: cached\n".encode())
+            job.client.images.get(base_ref)
+            job.note(f"base image {base_ref}: cached")
             return
-    labels = {LABEL_HOST: host.name, LABEL_ROLE: "base"}
-    if isinstance(host.base, RootfsBase):
-        if not host.base.path.is_file():
+    labels = {LABEL_HOST: job.host.name, LABEL_ROLE: "base"}
+    if isinstance(base, RootfsBase):
+        if not base.path.is_file():
             raise _Failed(
-                Diagnosis(HostgenCause.BASE_IMAGE_UNAVAILABLE, f"{host.base.path} does not exist")
+                Diagnosis(HostgenCause.BASE_IMAGE_UNAVAILABLE, f"{base.path} does not exist")
             )
-        log.write(f"importing {host.base.path} as {names.base}\n".encode())
-        import_tarball(client, host.base.path, names.base, labels)
+        job.note(f"importing {base.path} as {base_ref}")
+        import_tarball(job.client, base.path, base_ref, labels)
         return
-    assert isinstance(host.base, BootstrapBase) and mirror is not None
-    scratch = new_work_dir(work_dir)
+    assert isinstance(base, BootstrapBase) and mirror is not None
+    scratch = new_work_dir(job.work_dir)
     try:
-        tarball = make_rootfs_tarball(host.base, mirror, scratch, log)
-        log.write(f"importing the root filesystem as {names.base}\n".encode())
-        log.flush()
-        import_tarball(client, tarball, names.base, labels)
+        tarball = make_rootfs_tarball(base, mirror, scratch, job.log)
+        job.note(f"importing the root filesystem as {base_ref}")
+        import_tarball(job.client, tarball, base_ref, labels)
     except RootfsError as exc:
         result = exc.result
         if result is not None and result.timed_out:
             raise _Failed(Diagnosis(HostgenCause.TIMEOUT, str(exc))) from exc
         tail = result.tail if result is not None else ()
-        raise _Failed(classify_log(tail, HostgenCause.BOOTSTRAP_FAILED, "")) from exc
+        raise _Failed(classify_log(tail, HostgenCause.BOOTSTRAP_FAILED, str(exc))) from exc
     finally:
         remove_tree(scratch)
 
@@ -304,18 +305,16 @@ def _short_failure(exc: BuildFailed) -> str:
     return f"{step} exited with {code.group(1)}" if code else str(exc)
 
 
-def _probe(
-    client: docker.DockerClient, image_id: str, host: str, run_id: str, log: BinaryIO
-) -> HostFacts:
-    log.write(b"\n# probing host facts\n")
+def _probe(job: _Job, image_id: str) -> HostFacts:
+    job.note("\n# probing host facts")
     captured = run_captured(
-        client,
+        job.client,
         image_id,
         probe_command(),
-        labels={LABEL_HOST: host, LABEL_RUN: run_id},
+        labels={LABEL_HOST: job.host.name, LABEL_RUN: job.run_id},
         timeout=PROBE_TIMEOUT,
     )
-    log.write(captured.stdout.encode() + captured.stderr.encode())
+    job.note(captured.stdout + captured.stderr)
     if captured.exit_code != 0:
         raise _Failed(
             Diagnosis(HostgenCause.PROBE_FAILED, f"probe exited with {captured.exit_code}")
@@ -324,7 +323,7 @@ def _probe(
         facts = parse_probe_output(captured.stdout)
     except FactsError as exc:
         raise _Failed(Diagnosis(HostgenCause.PROBE_FAILED, str(exc))) from exc
-    log.write(f"facts: {facts.summary()}\n".encode())
+    job.note(f"facts: {facts.summary()}")
     return facts
 
 

@@ -1,0 +1,96 @@
+"""matrix.hostgen against a fake engine: cached, unpullable and unconfigured outcomes."""
+
+from types import SimpleNamespace
+
+import docker.errors
+
+import matrix.hostgen as hostgen
+from dib.mirror import MirrorNotFound
+from matrix.facts import FACTS_LABEL, HostFacts
+from matrix.hostcauses import HostgenCause
+from matrix.hostgen import HostgenStatus, build_host
+from matrix.hostimage import image_names
+from matrix.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager
+
+FACTS = HostFacts(tools=("debootstrap",), debootstrap_scripts=("bookworm",), arch="x86_64")
+
+
+class FakeImages:
+    def __init__(self, present=None, pull_error=None):
+        self.present = dict(present or {})
+        self.pull_error = pull_error
+        self.pruned = []
+
+    def get(self, reference):
+        if reference not in self.present:
+            raise docker.errors.ImageNotFound(reference)
+        return SimpleNamespace(id="sha256:1", labels=self.present[reference], tags=[reference])
+
+    def pull(self, reference):
+        raise self.pull_error
+
+    def prune(self, filters):
+        self.pruned.append(filters)
+
+
+def image_host() -> HostDefinition:
+    return HostDefinition(
+        name="img", base=ImageBase("unpullable:1"), package_manager=PackageManager.DNF
+    )
+
+
+def test_cached_host_is_not_built(tmp_path):
+    host = image_host()
+    names = image_names(host)
+    client = SimpleNamespace(images=FakeImages({names.image: {FACTS_LABEL: FACTS.to_json()}}))
+    outcome = build_host(client, host, tmp_path / "log")
+    assert outcome.status is HostgenStatus.CACHED
+    assert outcome.facts == FACTS and outcome.image == names.image
+    assert not (tmp_path / "log").exists()
+
+
+def test_image_without_facts_is_not_a_cache_hit(tmp_path):
+    host = image_host()
+    names = image_names(host)
+    error = docker.errors.APIError("pull failed", explanation="manifest unknown")
+    client = SimpleNamespace(images=FakeImages({names.image: {}}, pull_error=error))
+    outcome = build_host(client, host, tmp_path / "log")
+    assert outcome.status is HostgenStatus.FAILED
+
+
+def test_unpullable_image_is_base_image_unavailable(tmp_path):
+    error = docker.errors.APIError("500", explanation="dial tcp: lookup registry: no such host")
+    images = FakeImages(pull_error=error)
+    outcome = build_host(SimpleNamespace(images=images), image_host(), tmp_path / "img.log")
+    assert outcome.status is HostgenStatus.FAILED and not outcome.ok
+    assert outcome.cause is HostgenCause.BASE_IMAGE_UNAVAILABLE
+    assert outcome.message == (
+        "base image unavailable: cannot pull unpullable:1: dial tcp: lookup registry: no such host"
+    )
+    assert outcome.one_line().startswith("img: failed (base-image-unavailable): ")
+    assert outcome.message in (tmp_path / "img.log").read_text()
+    assert images.pruned == [{"dangling": True, "label": "org.dib-matrix.host=img"}]
+
+
+def test_no_mirror_is_a_clear_cause(tmp_path, monkeypatch):
+    def no_mirror(distro):
+        raise MirrorNotFound("no debian mirror: set DIB_DISTRIBUTION_MIRROR")
+
+    monkeypatch.setattr(hostgen, "find_mirror", no_mirror)
+    host = HostDefinition(
+        name="deb", base=BootstrapBase("bookworm"), package_manager=PackageManager.APT
+    )
+    client = SimpleNamespace(images=FakeImages())
+    outcome = build_host(client, host, tmp_path / "deb.log")
+    assert outcome.cause is HostgenCause.MIRROR_NOT_CONFIGURED
+    assert "DIB_DISTRIBUTION_MIRROR" in outcome.message
+
+
+def test_rebuild_skips_the_cache(tmp_path):
+    host = image_host()
+    names = image_names(host)
+    error = docker.errors.APIError("500", explanation="offline")
+    images = FakeImages({names.image: {FACTS_LABEL: FACTS.to_json()}}, pull_error=error)
+    outcome = build_host(SimpleNamespace(images=images), host, tmp_path / "l", rebuild=True)
+    assert outcome.status is HostgenStatus.FAILED
+    assert outcome.cause is HostgenCause.BASE_IMAGE_UNAVAILABLE
