@@ -86,7 +86,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     for host in chosen:
         log_path = args.log_dir / f"{host.name}.log"
         print(f"{host.name}: {host.base.describe()} ...", flush=True)
-        outcome = build_host(client, host, log_path, rebuild=args.rebuild, mirror=args.mirror)
+        try:
+            outcome = build_host(client, host, log_path, rebuild=args.rebuild, mirror=args.mirror)
+        except KeyboardInterrupt:
+            # hostgen has already released its processes, mounts and containers.
+            print(f"{host.name}: interrupted (log: {log_path})", file=sys.stderr)
+            return 130
         print(outcome.one_line() + ("" if outcome.ok else f" (log: {log_path})"), flush=True)
         if outcome.facts is not None:
             print(f"  facts: {outcome.facts.summary()}")
