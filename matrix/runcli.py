@@ -13,6 +13,7 @@ from typing import Any
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 from tabulate import tabulate
 
+import reports
 from matrix import engine
 from matrix.config import MatrixConfig, load_matrix, parse_duration, resolve_matrix_path
 from matrix.diagnostics import ConfigError
@@ -53,6 +54,9 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--retries", type=int, help="override the matrix's retries")
     run.add_argument("--fail-fast", action="store_true", default=None,
                      help="stop at the first voting failure")
+    run.add_argument("--baseline", type=Path, metavar="RUN",
+                     help="compare with this earlier run (dir or results.json); the exit code "
+                     "then fails only on regressions of voting cells (release gating)")
     run.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
     run.set_defaults(func=cmd_run)
 
@@ -108,17 +112,13 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def exit_code(results: RunResults) -> int:
-    failed = [c for c in results.cells if c.voting and c.state.is_failure]
-    return EXIT_FAILED if failed else EXIT_OK
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.debug)
     try:
         config, plan = _load(args)
         dib_tree = check_dib_tree(args.dib_tree)
         client = engine.connect()
+        baseline = load_results(args.baseline) if args.baseline else None
     except (ConfigError, SelectionError, ValueError, OSError) as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -137,31 +137,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         run = execute(request, client, on_start=lambda r: (holder.append(r), _log_to_run_dir(r)))
     except KeyboardInterrupt:
         if holder:
-            _write_reports(holder[0])
+            _write_reports(holder[0], baseline, request.out_dir)
             print(f"dib-matrix: interrupted; finished cells kept in {holder[0].run_dir}"
                   f" (resume with --resume {holder[0].run_dir})", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_FAILED
-    _write_reports(run)
-    return exit_code(run.results)
+    _write_reports(run, baseline, request.out_dir)
+    return reports.gate_exit_code(run.results, baseline)
 
 
-def _write_reports(run: MatrixRun) -> None:
-    try:
-        import reports
-
-        reports.write_all(run.run_dir, run.results)
-        print((run.run_dir / "report.txt").read_text())
-    except (ImportError, AttributeError):
-        rows = [[c.id, c.state.value, c.category.legend if c.category else c.reason or ""]
-                for c in run.results.cells]
-        print(tabulate(rows, headers=["cell", "state", "cause"]))
-    rate = run.results.classification_rate()
-    if rate is not None:
-        print(f"classification rate: {rate:.0%} of failures have a named cause")
-    print(f"results: {run.run_dir}")
+def _write_reports(run: MatrixRun, baseline: RunResults | None, out_dir: Path) -> None:
+    reports.write_all(run.run_dir, run.results, baseline=baseline, history_dir=out_dir)
+    print((run.run_dir / "report.txt").read_text())
+    print(f"results: {run.run_dir} (report.html, junit.xml, results.json)")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
