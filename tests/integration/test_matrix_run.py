@@ -150,26 +150,6 @@ max-parallel: 1
     assert data["interrupted"] is False
 
 
-def test_timeout_kills_and_removes_the_container(tmp_path):
-    matrix = write_matrix(tmp_path, """\
-name: timeout
-hosts: [debian-bookworm]
-targets: [debian-trixie]
-checks: []
-timeout: 5s
-""")
-    started = time.monotonic()
-    done = dib_matrix("run", str(matrix), "--out", str(tmp_path / "out"))
-    assert done.returncode == 1
-    run_dir = (tmp_path / "out" / "latest").resolve()
-    cells, _ = cells_of(run_dir)
-    cell = cells["debian-bookworm.debian-trixie"]
-    assert cell["state"] == "timeout"
-    assert cell["category"]["id"] == "timeout"
-    assert time.monotonic() - started < 120
-    assert run_containers(run_dir) == []
-
-
 def test_config_errors_exit_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("hosts: [debian-bookwrm]\ntargets: [debian-sid]\nretries: -1\n")
@@ -178,3 +158,53 @@ def test_config_errors_exit_2_without_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     assert "bad.yaml:1: hosts[0]: unknown host 'debian-bookwrm'" in done.stderr
     assert "bad.yaml:3: retries:" in done.stderr
+
+
+def patched_tree(tmp_path):
+    """A copy of the dib tree with a patch under review: a sleeping and a broken element."""
+    import shutil
+
+    tree = tmp_path / "patched"
+    shutil.copytree(REPO / "dib", tree / "dib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "elements", tree / "elements")
+    sleeper = tree / "elements" / "sleeper" / "root.d"
+    sleeper.mkdir(parents=True)
+    (sleeper / "01-sleep").write_text("#!/bin/bash\necho sleeping\nsleep 600\n")
+    (sleeper / "01-sleep").chmod(0o755)
+    broken = tree / "elements" / "broken" / "root.d"
+    broken.mkdir(parents=True)
+    (broken / "01-broken").write_text("#!/bin/bash\necho 'patched element is broken' >&2\n"
+                                      "exit 7\n")
+    (broken / "01-broken").chmod(0o755)
+    return tree
+
+
+def test_patch_review_tree_with_timeout_and_real_failure(tmp_path):
+    tree = patched_tree(tmp_path)
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    for name, element in (("sleepy", "sleeper"), ("broken", "broken")):
+        (targets / f"{name}.yaml").write_text(
+            f"name: {name}\nelements: [debian-minimal, {element}]\nenv:\n"
+            "  DIB_RELEASE: bookworm\noutputs: [tar]\n")
+    matrix = write_matrix(tmp_path, """\
+name: review
+hosts: [debian-bookworm]
+targets: [targets/sleepy.yaml, targets/broken.yaml]
+checks: []
+timeout: 20s
+""")
+    started = time.monotonic()
+    done = dib_matrix("run", str(matrix), "--out", str(tmp_path / "out"), "--dib-tree", str(tree))
+    assert done.returncode == 1, done.stdout[-3000:]
+    run_dir = (tmp_path / "out" / "latest").resolve()
+    cells, data = cells_of(run_dir)
+    assert data["dib_tree"]["path"] == str(tree)
+    sleepy = cells["debian-bookworm.sleepy"]
+    assert sleepy["state"] == "timeout"
+    assert 20 <= sleepy["duration"] < 60
+    broken = cells["debian-bookworm.broken"]
+    assert broken["state"] == "failed"
+    assert "patched element is broken" in broken["evidence"]
+    assert time.monotonic() - started < 180
+    assert run_containers(run_dir) == []

@@ -1,0 +1,89 @@
+import json
+import os
+
+import pytest
+
+from matrix import results
+from matrix.results import Artifact, Category, Cell, CellKind, RunResults, State
+
+
+def sample():
+    run = RunResults("r1", "m.yaml", ["h1"], ["hostgen", "t"])
+    run.cells = [
+        Cell("h1", "hostgen", CellKind.HOSTGEN, State.SUCCESS, attempts=1),
+        Cell(
+            "h1",
+            "t",
+            CellKind.BUILD,
+            State.FAILED,
+            Category("x", "X thing", labels=["x"]),
+            evidence="<script>alert(1)</script>",
+            attempts=2,
+            artifacts=[Artifact("images/h1/t.tar", "tar", 10, "ab" * 32)],
+        ),
+    ]
+    return run
+
+
+def test_round_trip(tmp_path):
+    run = sample()
+    results.save(run, tmp_path)
+    back = results.load(tmp_path)
+    assert back.to_json() == run.to_json()
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["schema_version"] == results.SCHEMA_VERSION
+    assert data["cells"][1]["id"] == "h1.t"
+    assert data["classification_rate"] == 1.0
+
+
+def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
+    results.save(sample(), tmp_path)
+    before = (tmp_path / "results.json").read_text()
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space left"):
+        results.save(RunResults("r2", "m.yaml", [], []), tmp_path)
+    assert (tmp_path / "results.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_unknown_schema_version_is_refused(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(ValueError, match="schema_version 99"):
+        results.load(tmp_path)
+
+
+def test_pending_cells_are_what_a_resume_runs():
+    run = sample()
+    run.cells.append(Cell("h1", "u", CellKind.BUILD))
+    unfinished = [c.id for c in run.cells if not c.state.is_finished]
+    assert unfinished == ["h1.u"]
+    assert run.cells[1].passed_on_retry is False
+    assert Cell("h", "r", CellKind.BUILD, State.SUCCESS, attempts=2).passed_on_retry
+
+
+def test_resume_keeps_the_runs_matrix_and_selection(tmp_path):
+    import argparse
+
+    from matrix import runcli
+
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(
+        "hosts: [debian-bookworm, debian-trixie]\ntargets: [debian-sid, debian-forky]\nchecks: []\n"
+    )
+    run = RunResults("r1", str(matrix), ["debian-trixie"], ["hostgen", "debian-sid"])
+    run.cells = [
+        Cell("debian-trixie", "hostgen", CellKind.HOSTGEN, State.SUCCESS),
+        Cell("debian-trixie", "debian-sid", CellKind.BUILD),
+    ]
+    results.save(run, tmp_path / "run")
+    args = argparse.Namespace(
+        matrix=None, resume=tmp_path / "run", hosts=[], targets=[], timeout=None
+    )
+    config, plan = runcli._load(args)
+    assert config.path == matrix
+    assert [c.id for c in plan.cells] == ["debian-trixie.hostgen", "debian-trixie.debian-sid"]
+    assert [h.name for h in plan.hosts] == ["debian-trixie"]
