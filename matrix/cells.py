@@ -21,6 +21,7 @@ from matrix.facts import HostFacts
 from matrix.hostgen import build_host
 from matrix.plan import PlannedCell, preflight
 from matrix.results import Artifact, CellKind, State
+from matrix.reuse import KeyMaker, Reusable, link_or_copy
 from matrix.scheduler import Outcome
 
 LOG = logging.getLogger("dib-matrix")
@@ -44,6 +45,15 @@ class RunContext:
     facts: dict[str, HostFacts] = field(default_factory=dict)
     host_images: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    keys: KeyMaker | None = None
+    reusable: dict[str, Reusable] | None = None  # earlier cells by key, with --reuse
+    image_ids: dict[str, str] = field(default_factory=dict)
+
+    def image_id(self, host: str) -> str:
+        with self.lock:
+            if host not in self.image_ids:
+                self.image_ids[host] = self.client.images.get(self.host_images[host]).id
+            return self.image_ids[host]
 
     def log_path(self, cell: PlannedCell) -> Path:
         return self.run_dir / "logs" / cell.host.name / f"{cell.row.replace(':', '-')}.log"
@@ -102,9 +112,12 @@ class CellRunner:
         if verdict is not None:
             _write(log, f"preflight: {verdict}")
             return Outcome(State.FAILED, verdict, extra={"log": log, "preflight": True})
+        key = self.ctx.keys.key(cell, self.ctx.image_id(cell.host.name)) if self.ctx.keys else None
+        if key and self.ctx.reusable and key in self.ctx.reusable:
+            return self._reuse(self.ctx.reusable[key], log, key)
         spec = self.spec(cell)
         result = engine.run_cell(self.ctx.client, spec)
-        extra = {"log": log, "reproducer": reproducer(spec)}
+        extra = {"log": log, "reproducer": reproducer(spec), "key": key}
         if self.ctx.stop.is_set() and not result.ok:
             return Outcome(State.SKIPPED, reason="cancelled", extra=extra)
         if result.timed_out:
@@ -114,6 +127,22 @@ class CellRunner:
         if cell.kind is CellKind.BUILD:
             extra["artifacts"] = collect_artifacts(self.ctx, cell)
         return Outcome(State.SUCCESS if result.ok else State.FAILED, extra=extra)
+
+    def _reuse(self, earlier: Reusable, log: Path, key: str) -> Outcome:
+        """Take an earlier run's result for the same key: artifacts hard-linked, log copied."""
+        old = earlier.cell
+        for artifact in old.artifacts:
+            source = earlier.run_dir / artifact.path
+            for suffix in ("", ".sha256"):
+                if Path(str(source) + suffix).exists():
+                    link_or_copy(Path(str(source) + suffix),
+                                 self.ctx.run_dir / (artifact.path + suffix))
+        _write(log, f"# dib-matrix: reused from run {earlier.run_dir.name} (key {key[:16]})")
+        if old.log and (earlier.run_dir / old.log).exists():
+            _write(log, (earlier.run_dir / old.log).read_text(errors="replace"))
+        extra = {"log": log, "key": key, "reused": True, "artifacts": list(old.artifacts),
+                 "reproducer": old.reproducer}
+        return Outcome(old.state, reason=f"reused from {earlier.run_dir.name}", extra=extra)
 
     def spec(self, cell: PlannedCell) -> engine.CellSpec:
         env = dict(cell.env)

@@ -54,6 +54,11 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--retries", type=int, help="override the matrix's retries")
     run.add_argument("--fail-fast", action="store_true", default=None,
                      help="stop at the first voting failure")
+    run.add_argument("--reuse", action="store_true",
+                     help="take successful cells of earlier runs in --out whose key (host "
+                     "image, element closure, target, dib) is unchanged")
+    run.add_argument("--reuse-failures", action="store_true",
+                     help="with --reuse, also reuse failed cells")
     run.add_argument("--baseline", type=Path, metavar="RUN",
                      help="compare with this earlier run (dir or results.json); the exit code "
                      "then fails only on regressions of voting cells (release gating)")
@@ -130,7 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         out_dir = args.resume.resolve().parent
     request = RunRequest(config, plan, out_dir.resolve(), dib_tree, args.resume,
-                         args.rebuild_hosts, tuple(args.categories))
+                         args.rebuild_hosts, tuple(args.categories), args.reuse,
+                         args.reuse_failures)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     holder: list[MatrixRun] = []
     try:

@@ -21,6 +21,7 @@ from matrix.classify import CategoryRule, classify, classify_file, load_catalogu
 from matrix.config import MatrixConfig
 from matrix.plan import Plan, PlannedCell
 from matrix.results import Category, Cell, RunResults, State, load, save
+from matrix.reuse import KeyMaker, index_previous
 from matrix.scheduler import Outcome, Scheduler
 
 LOG = logging.getLogger("dib-matrix")
@@ -66,6 +67,8 @@ class RunRequest:
     resume: Path | None = None
     rebuild_hosts: bool = False
     extra_categories: tuple[Path, ...] = ()
+    reuse: bool = False
+    reuse_failures: bool = False
 
 
 class MatrixRun:
@@ -129,6 +132,8 @@ class MatrixRun:
         if log is not None and Path(log).exists():
             cell.log = str(Path(log).relative_to(self.run_dir))
         cell.reproducer = extra.get("reproducer")
+        cell.key = extra.get("key")
+        cell.reused = bool(extra.get("reused"))
         cell.artifacts = extra.get("artifacts", [])
         cell.category, cell.evidence = None, None
         if outcome.state is State.SKIPPED and outcome.evidence:
@@ -187,7 +192,11 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
                      client=client, mirror=mirror, timeout=request.config.timeout,
                      hostgen_timeout=request.config.hostgen_timeout,
                      network=engine.Network(request.config.network),
-                     rebuild_hosts=request.rebuild_hosts, stop=run.stop)
+                     rebuild_hosts=request.rebuild_hosts, stop=run.stop,
+                     keys=KeyMaker(request.dib_tree))
+    if request.reuse:
+        ctx.reusable = index_previous(request.out_dir, run.results.run_id,
+                                      request.reuse_failures)
     run.results.engine = _engine_info(client)
     save(run.results, run.run_dir)
     _point_latest(request.out_dir, run.results.run_id)

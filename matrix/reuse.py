@@ -1,0 +1,113 @@
+"""Content-addressed cell reuse: a cell's key names everything its result depends on.
+
+key = hash(host image id, the files of every element the target resolves to, the
+target definition, the dib package, the options that change the output). A later
+run with ``--reuse`` takes a finished cell with the same key instead of building
+again, so a patch to one element re-runs only the cells whose closure holds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dib.elements import index_elements, resolve
+from dib.errors import DibError
+from matrix.plan import PlannedCell
+from matrix.results import Cell, CellKind, RunResults, State, load
+
+KEY_VERSION = "1"
+CHECK_INPUTS = ("dib", "elements", "tests/unit/dib", "tox.ini", "matrix/incontainer")
+
+
+def _hash_files(digest: hashlib._Hash, root: Path, paths: Iterable[Path]) -> None:
+    for path in sorted(paths):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            digest.update(b"x" if os.access(path, os.X_OK) else b"-")
+
+
+def _tree_files(root: Path, top: str) -> list[Path]:
+    base = root / top
+    return [base] if base.is_file() else list(base.rglob("*"))
+
+
+@dataclass
+class KeyMaker:
+    """Computes cell keys against one dib tree; element closures are cached per target."""
+
+    dib_tree: Path
+
+    def __post_init__(self) -> None:
+        self._closures: dict[tuple[str, ...], list[Path]] = {}
+        self._index = index_elements([self.dib_tree / "elements"])
+
+    def element_dirs(self, elements: tuple[str, ...]) -> list[Path]:
+        if elements not in self._closures:
+            try:
+                resolution = resolve(["base", *elements], self._index)
+                dirs = [e.path for e in resolution.elements]
+            except DibError:
+                dirs = []  # the build will fail on it; nothing to reuse anyway
+            self._closures[elements] = dirs
+        return self._closures[elements]
+
+    def key(self, cell: PlannedCell, host_image_id: str) -> str | None:
+        digest = hashlib.sha256(f"dib-matrix-cell/{KEY_VERSION}\0{host_image_id}\0".encode())
+        digest.update(cell.kind.value.encode() + b"\0")
+        if cell.kind is CellKind.CHECK:
+            for top in CHECK_INPUTS:
+                _hash_files(digest, self.dib_tree, _tree_files(self.dib_tree, top))
+            return digest.hexdigest()
+        if cell.kind is not CellKind.BUILD or cell.target is None:
+            return None
+        target = cell.target
+        definition = {"elements": target.elements, "outputs": target.outputs,
+                      "arch": target.arch, "env": cell.env}
+        digest.update(json.dumps(definition, sort_keys=True).encode())
+        _hash_files(digest, self.dib_tree, _tree_files(self.dib_tree, "dib"))
+        for element_dir in self.element_dirs(target.elements):
+            _hash_files(digest, self.dib_tree, element_dir.rglob("*"))
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Reusable:
+    cell: Cell
+    run_dir: Path
+
+
+def index_previous(out_dir: Path, exclude_run: str, with_failures: bool = False
+                   ) -> dict[str, Reusable]:
+    """Finished cells of earlier runs by key, newest run first wins."""
+    found: dict[str, Reusable] = {}
+    runs = sorted((p for p in out_dir.iterdir() if (p / "results.json").is_file()
+                   and not p.is_symlink() and p.name != exclude_run),
+                  key=lambda p: p.name, reverse=True) if out_dir.is_dir() else []
+    accepted = {State.SUCCESS} | ({State.FAILED} if with_failures else set())
+    for run_dir in runs:
+        try:
+            results: RunResults = load(run_dir)
+        except (ValueError, OSError):
+            continue
+        for cell in results.cells:
+            if cell.key and cell.state in accepted and not cell.passed_on_retry:
+                found.setdefault(cell.key, Reusable(cell, run_dir))
+    return found
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    """Hard-link an artifact into this run (copy across filesystems)."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
