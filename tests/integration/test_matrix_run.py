@@ -65,16 +65,16 @@ timeout: 20m
 """)
     done = dib_matrix("run", str(matrix), "--out", str(tmp / "out"))
     run_dir = (tmp / "out" / "latest").resolve()
-    return done, run_dir
+    return done, run_dir, matrix
 
 
 def test_exit_code_says_voting_cells_failed(small_run):
-    done, _ = small_run
+    done, _, _ = small_run
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def test_cells_get_the_seeds_verdicts(small_run):
-    _, run_dir = small_run
+    _, run_dir, _ = small_run
     cells, data = cells_of(run_dir)
     assert data["schema_version"] == 1
     assert cells["debian-bookworm.hostgen"]["state"] == "success"
@@ -97,7 +97,7 @@ def test_cells_get_the_seeds_verdicts(small_run):
 
 
 def test_artifacts_logs_and_reproducer_are_recorded(small_run):
-    _, run_dir = small_run
+    _, run_dir, _ = small_run
     cells, data = cells_of(run_dir)
     build = cells["debian-bookworm.debian-bookworm"]
     (artifact,) = build["artifacts"]
@@ -114,6 +114,23 @@ def test_artifacts_logs_and_reproducer_are_recorded(small_run):
 
 def test_nothing_is_left_on_the_engine(small_run):
     assert run_containers(small_run[1]) == []
+
+
+def test_reuse_takes_unchanged_cells_and_links_their_images(small_run):
+    _, first_dir, matrix = small_run
+    started = time.monotonic()
+    done = dib_matrix("run", str(matrix), "--out", str(first_dir.parent), "--reuse")
+    seconds = time.monotonic() - started
+    second_dir = (first_dir.parent / "latest").resolve()
+    assert second_dir != first_dir
+    cells, _ = cells_of(second_dir)
+    build = cells["debian-bookworm.debian-bookworm"]
+    assert build["reused"] is True and build["state"] == "success"
+    assert cells["debian-bookworm.tox"]["reused"] is True
+    path = build["artifacts"][0]["path"]
+    assert (second_dir / path).stat().st_ino == (first_dir / path).stat().st_ino
+    assert "(reused)" in (second_dir / "report.txt").read_text()
+    assert seconds < 60, done.stdout[-2000:]
 
 
 def test_ctrl_c_keeps_finished_cells_and_resume_finishes(tmp_path):
