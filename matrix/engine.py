@@ -21,7 +21,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +40,7 @@ LABEL_CELL = "org.dib-matrix.cell"
 DIB_MOUNT = "/opt/dib-matrix"
 OUT_MOUNT = "/out"
 CACHE_MOUNT = "/cache"
-# Socket read timeout of API calls; log streams re-attach when it expires.
+# Socket read timeout of API calls (image builds stream with it too).
 API_TIMEOUT = 600
 
 # Found by running dib (debian-minimal, tar) in a cell with cap_drop=ALL and
@@ -160,22 +160,6 @@ def _kill(container: Any, expired: threading.Event) -> None:
         container.kill()
 
 
-def _stream_logs(container: Any) -> Iterator[bytes]:
-    """Follow the container's output; re-attach if the API read times out while it runs."""
-    since: int | None = None
-    while True:
-        try:
-            yield from container.logs(stream=True, follow=True, since=since)
-            return
-        except requests.exceptions.ConnectionError:
-            # A long silence outlasted the socket timeout: nothing was printed
-            # since, so re-attaching from now loses no output.
-            container.reload()
-            if container.status not in ("running", "created"):
-                return
-            since = int(time.time())
-
-
 def _header(spec: CellSpec, name: str) -> bytes:
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.environment.items()))
     lines = [
@@ -240,7 +224,9 @@ def run_cell(client: docker.DockerClient, spec: CellSpec) -> CellResult:
 
 
 def _copy_output(container: Any, log: BinaryIO) -> None:
-    for chunk in _stream_logs(container):
+    # The SDK's follow stream is not subject to the client's read timeout, so a
+    # long-silent build does not break it; it ends when the container stops.
+    for chunk in container.logs(stream=True, follow=True):
         log.write(chunk)
         log.flush()
 

@@ -8,7 +8,11 @@ host. Marked slow: the trixie host and everything run inside it.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +21,13 @@ import pytest
 
 from dib.mirror import find_mirror
 from matrix import cli
-from matrix.engine import bake_dib_layer, dib_command, dib_environment
+from matrix.engine import (
+    LABEL_RUN,
+    bake_dib_layer,
+    dib_command,
+    dib_environment,
+    remove_run_objects,
+)
 from matrix.hostcauses import HostgenCause
 from matrix.hostgen import HostgenStatus, build_host
 from matrix.hostimage import LABEL_HOST
@@ -112,6 +122,35 @@ def test_cell_timeout_kills_and_removes(hostgen_session: HostgenSession) -> None
     assert result.timed_out and not result.ok
     assert time.monotonic() - started < 30
     assert not [c for c in hostgen_session.labelled_containers() if "sleeper" in c.name]
+
+
+def test_ctrl_c_removes_the_cell_container(hostgen_session: HostgenSession, tmp_path: Path) -> None:
+    run_id = f"{hostgen_session.run_id}-sigint"
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from matrix.engine import CellSpec, connect, run_cell
+        spec = CellSpec({run_id!r}, "sleeper", "debian-bookworm",
+                        {hostgen_session.image("debian-bookworm")!r},
+                        ("/bin/sh", "-c", "echo up; sleep 300"),
+                        Path({str(tmp_path / "sigint.log")!r}), 600)
+        run_cell(connect(), spec)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    selector = {"label": f"{LABEL_RUN}={run_id}"}
+    client = hostgen_session.client
+    try:
+        deadline = time.monotonic() + 60
+        while not client.containers.list(filters=selector) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.containers.list(filters=selector), "the cell container never started"
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=60) != 0
+        assert client.containers.list(all=True, filters=selector) == []
+    finally:
+        child.kill()
+        remove_run_objects(client, run_id)
 
 
 def test_dib_builds_bookworm_tar_in_bookworm_host(hostgen_session: HostgenSession) -> None:
