@@ -61,8 +61,7 @@ def build_image(
     modes: Mapping[str, int] | None = None,
 ) -> BuiltImage:
     """Build the Dockerfile in ``files`` with host networking; stream output into ``log``."""
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    step = ""
+    lines = _LineTail()
     image_id = None
     buildargs = {key: os.environ[key] for key in PROXY_ARGS if key in os.environ}
     stream = client.api.build(
@@ -83,22 +82,46 @@ def build_image(
         if text:
             log.write(text.encode("utf-8", "replace"))
             log.flush()
-            for line in text.splitlines():
-                if line.strip():
-                    tail.append(line.rstrip())
-                if line.startswith("Step "):
-                    step = line.split(" : ", 1)[-1]
+            lines.feed(text)
         if "error" in chunk:
             message = str(chunk.get("errorDetail", {}).get("message") or chunk["error"]).strip()
             log.write(f"\nERROR: {message}\n".encode("utf-8", "replace"))
             log.flush()
-            raise BuildFailed(message, tuple(tail), step)
+            raise BuildFailed(message, lines.done(), lines.step)
         aux: Any = chunk.get("aux")
         if isinstance(aux, dict) and "ID" in aux:
             image_id = aux["ID"]
     if image_id is None:
-        raise BuildFailed("the engine reported no image id", tuple(tail), step)
-    return BuiltImage(image_id, tuple(tail))
+        raise BuildFailed("the engine reported no image id", lines.done(), lines.step)
+    return BuiltImage(image_id, lines.done())
+
+
+class _LineTail:
+    """The last whole lines of a build's output; chunks may split lines anywhere."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque(maxlen=TAIL_LINES)
+        self.partial = ""
+        self.step = ""  # the instruction of the last "Step N/M : ..." line
+
+    def feed(self, text: str) -> None:
+        *complete, self.partial = (self.partial + text).split("\n")
+        for line in complete:
+            self._add(line)
+
+    def done(self) -> tuple[str, ...]:
+        if self.partial:
+            self._add(self.partial)
+            self.partial = ""
+        return tuple(self.lines)
+
+    def _add(self, line: str) -> None:
+        line = ANSI_ESCAPE.sub("", line).rstrip()  # also codes split across chunks
+        if not line.strip():
+            return
+        self.lines.append(line)
+        if line.startswith("Step "):
+            self.step = line.split(" : ", 1)[-1]
 
 
 def import_tarball(

@@ -1,8 +1,10 @@
 """matrix.hostgen against a fake engine: cached, unpullable and unconfigured outcomes."""
 
+import io
 from types import SimpleNamespace
 
 import docker.errors
+import pytest
 
 import matrix.hostgen as hostgen
 from dib.mirror import MirrorNotFound
@@ -11,6 +13,7 @@ from matrix.hostcauses import HostgenCause
 from matrix.hostgen import HostgenStatus, build_host
 from matrix.hostimage import image_names
 from matrix.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager
+from matrix.imagebuild import BuildFailed, build_image
 
 FACTS = HostFacts(tools=("debootstrap",), debootstrap_scripts=("bookworm",), arch="x86_64")
 
@@ -94,3 +97,42 @@ def test_rebuild_skips_the_cache(tmp_path):
     outcome = build_host(SimpleNamespace(images=images), host, tmp_path / "l", rebuild=True)
     assert outcome.status is HostgenStatus.FAILED
     assert outcome.cause is HostgenCause.BASE_IMAGE_UNAVAILABLE
+
+
+class FakeBuildApi:
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    def build(self, **kwargs):
+        assert kwargs["network_mode"] == "host" and kwargs["pull"] is False
+        return iter(self.chunks)
+
+
+def test_build_output_lines_split_across_chunks(tmp_path):
+    # The engine sends apt's coloured stderr in pieces: "E", ":", " Unable ...".
+    chunks = [
+        {"stream": "Step 3/6 : RUN apt-get install"},
+        {"stream": "\n"},
+        {"stream": "\x1b[91mE"},
+        {"stream": ":"},
+        {"stream": " Unable to locate package nope\n\x1b[0"},
+        {"stream": "m"},
+        {"error": "returned a non-zero code: 100", "errorDetail": {"message": "code: 100"}},
+    ]
+    client = SimpleNamespace(api=FakeBuildApi(chunks))
+    log = io.BytesIO()
+    with pytest.raises(BuildFailed) as failed:
+        build_image(client, {"Dockerfile": b"FROM x\n"}, log, labels={})
+    assert failed.value.tail == (
+        "Step 3/6 : RUN apt-get install",
+        "E: Unable to locate package nope",
+    )
+    assert failed.value.step == "RUN apt-get install"
+    assert b"E: Unable to locate package nope" in log.getvalue()
+
+
+def test_build_returns_the_image_id():
+    chunks = [{"stream": "Step 1/1 : FROM x\n"}, {"aux": {"ID": "sha256:abc"}}]
+    client = SimpleNamespace(api=FakeBuildApi(chunks))
+    built = build_image(client, {"Dockerfile": b"FROM x\n"}, io.BytesIO(), labels={})
+    assert built.id == "sha256:abc"
