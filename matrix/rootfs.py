@@ -65,6 +65,9 @@ def make_rootfs_tarball(
 
 
 def new_work_dir(parent: Path | None = None) -> Path:
+    # /var/tmp rather than /tmp: a tmpfs /tmp is often nodev, which debootstrap refuses.
+    if parent is None and Path("/var/tmp").is_dir():
+        parent = Path("/var/tmp")
     return Path(tempfile.mkdtemp(prefix="dib-matrix-rootfs-", dir=parent))
 
 
