@@ -137,7 +137,6 @@ RULES = (
     _rule(Category.NO_BOOTLOADER, r"UEFI Interactive Shell|Press ESC in \d+ seconds to skip"),
     _rule(Category.NO_BOOTLOADER, r"BdsDxe: failed to (load|start) Boot", False),
 )
-PRIORITY = {category: index for index, category in enumerate(Category)}
 RULE_ORDER = {rule: index for index, rule in enumerate(RULES)}
 
 
@@ -210,6 +209,7 @@ class Watcher:
     def partial(self, text: str, now: float) -> None:
         """An unterminated line so far (a login prompt does not end with a newline)."""
         self.last_output = now
+        text = text.strip()
         if self.settings.accept_login_prompt and LOGIN_PROMPT.search(text) and not self.success:
             self.success = (text, now, False)
 
@@ -234,9 +234,7 @@ class Watcher:
             return Verdict(True, None, line, round(seen, 1), Stage.USERSPACE, facts=_facts(line))
         labels = tuple(sorted({rule.category.value for rule, _ in self.matches}))
         if self.matches:
-            rule, line = min(
-                self.matches, key=lambda m: (PRIORITY[m[0].category], RULE_ORDER[m[0]])
-            )
+            rule, line = min(self.matches, key=lambda m: RULE_ORDER[m[0]])
             return Verdict(False, rule.category, line, None, self.stage, labels)
         if self.handoff and self.stage <= Stage.FIRMWARE:
             why = (

@@ -223,11 +223,10 @@ class _Problems:
         self.items.append(f"{where}{path}: {message}" if path else f"{where}{message}")
 
     def _line(self, path: str) -> Optional[int]:
-        while path:
-            if path in self.lines:
-                return self.lines[path]
-            path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
-        return self.lines.get("")
+        while path and path not in self.lines:
+            parent = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+            path = parent if parent != path else ""
+        return self.lines.get(path)
 
     def check_keys(self, data: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
         for key in sorted(set(map(str, data)) - set(allowed)):
@@ -376,6 +375,7 @@ def _partition(
             size = parse_size(item["size"])
         except ValueError as err:
             problems.add(f"{path}.size", str(err))
+            size = Size(bytes=SECTOR)  # a stand-in, so no follow-on "100%" complaint
     elif not last:
         problems.add(f"{path}.size", "missing (only the last partition may leave it out)")
     flags = item.get("flags", [])

@@ -1,0 +1,309 @@
+"""Boot test: serial-log classification from real console samples, and qemu handling with a
+fake qemu on PATH (timeouts, kills, exit codes) — no real VM."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from dib import boottest
+from dib.boottest import (
+    BootOptions,
+    BootTestError,
+    Category,
+    Stage,
+    Watcher,
+    WatchSettings,
+    classify_log,
+    clean,
+    qemu_command,
+    run_boot_test,
+)
+
+# Excerpts of real serial logs from bookworm vm images under qemu TCG (SeaBIOS and OVMF).
+BIOS_OK = (
+    "\x1b[2J\x1b[1;1HSeaBIOS (version 1.16.2-debian-1.16.2-1)\r\n"
+    "Booting from Hard Disk...\r\n"
+    "GRUB loading...\r\n"
+    "Welcome to GRUB!\r\n"
+    "\x1b[0m\x1b[30m\x1b[47mLoading Linux ...\r\n"
+    "[    0.000000] Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org)\r\n"
+    "Begin: Mounting root file system ... done.\r\n"
+    "[  OK  ] Reached target multi-user.target - Multi-User System.\r\n"
+    "DIB-BOOT-MARKER-OK kernel=6.1.0-50-amd64 root=/dev/vda1 root-bytes=3184697344\r\n"
+)
+UEFI_NO_BOOTLOADER = (
+    'BdsDxe: failed to load Boot0001 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x1,0x0): '
+    "Not Found\r\n"
+    "BdsDxe: No bootable option or device was found.\r\n"
+    "UEFI Interactive Shell v2.2\r\n"
+    "Press ESC in 5 seconds to skip startup.nsh or any other key to continue.\r\n"
+)
+BIOS_NOT_BOOTABLE = (
+    "SeaBIOS (version 1.16.2-debian-1.16.2-1)\r\n"
+    "Booting from Hard Disk...\r\n"
+    "Boot failed: not a bootable disk\r\n"
+    "\r\n"
+    "No bootable device.  Retrying in 60 seconds.\r\n"
+)
+ROOT_MISSING = (
+    "[    1.903210] Run /init as init process\r\n"
+    "Begin: Running /scripts/local-block ... done.\r\n"
+    "Gave up waiting for root file system device.  Common problems:\r\n"
+    " - Boot args (cat /proc/cmdline)\r\n"
+    "ALERT!  UUID=00000000-1111-2222-3333-444444444444 does not exist.  Dropping to a shell!\r\n"
+    "(initramfs) "
+)
+NO_ROOT_PANIC = (
+    "[    5.354426] No filesystem could mount root, tried: \r\n"
+    "[    5.354622] Kernel panic - not syncing: VFS: Unable to mount root fs on "
+    "unknown-block(0,0)\r\n"
+    "[    5.355184] Call Trace:\r\n"
+)
+INIT_PANIC = (
+    "[    0.000000] Linux version 6.1.0-50-amd64\r\n"
+    "[    3.100000] Run /init as init process\r\n"
+    "[    6.661234] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n"
+    "[    6.662000] CPU: 0 PID: 1 Comm: false Not tainted 6.1.0-50-amd64\r\n"
+)
+GRUB_ERROR = (
+    "Booting from Hard Disk...\r\n"
+    "GRUB loading...\r\n"
+    "Welcome to GRUB!\r\n"
+    "error: file `/vmlinuz' not found.\r\n"
+    "error: you need to load the kernel first.\r\n"
+    "Press any key to continue...\r\n"
+)
+GRUB_RESCUE = "GRUB loading.\r\nWelcome to GRUB!\r\nerror: unknown filesystem.\r\ngrub rescue> "
+
+
+@pytest.mark.parametrize(
+    "log, category, evidence",
+    [
+        (UEFI_NO_BOOTLOADER, Category.NO_BOOTLOADER, "No bootable option or device was found"),
+        (BIOS_NOT_BOOTABLE, Category.NO_BOOTLOADER, "Boot failed: not a bootable disk"),
+        (ROOT_MISSING, Category.ROOT_FS_NOT_FOUND, "ALERT!  UUID=00000000-1111"),
+        (NO_ROOT_PANIC, Category.ROOT_FS_NOT_FOUND, "VFS: Unable to mount root fs"),
+        (INIT_PANIC, Category.KERNEL_PANIC, "Attempted to kill init!"),
+        (GRUB_ERROR, Category.BOOTLOADER_ERROR, "error: file `/vmlinuz' not found."),
+        (GRUB_RESCUE, Category.BOOTLOADER_ERROR, "grub rescue>"),
+    ],
+)
+def test_failure_logs_are_categorised(log, category, evidence):
+    verdict = classify_log(log)
+    assert not verdict.passed
+    assert verdict.category is category
+    assert evidence in verdict.evidence
+
+
+def test_success_log_passes_with_facts():
+    verdict = classify_log(BIOS_OK)
+    assert verdict.passed and verdict.category is None
+    assert verdict.facts == {
+        "kernel": "6.1.0-50-amd64",
+        "root": "/dev/vda1",
+        "root-bytes": "3184697344",
+    }
+
+
+def test_panic_because_of_a_missing_root_keeps_both_labels():
+    verdict = classify_log(NO_ROOT_PANIC)
+    assert verdict.labels == ("kernel-panic", "root-fs-not-found")
+
+
+def test_timeout_reports_the_furthest_stage_and_last_line():
+    verdict = classify_log(BIOS_OK.replace("DIB-BOOT-MARKER-OK", "something else"))
+    assert verdict.category is Category.BOOT_TIMEOUT
+    assert verdict.stage is Stage.USERSPACE
+    assert "furthest stage: userspace" in verdict.evidence
+
+
+def test_firmware_handoff_then_silence_is_no_bootloader():
+    verdict = classify_log("SeaBIOS (version 1.16.2)\r\nBooting from Hard Disk...\r\n")
+    assert verdict.category is Category.NO_BOOTLOADER
+    assert verdict.evidence.startswith("Booting from Hard Disk...")
+
+
+def test_reset_during_the_kernel_is_a_vm_reset():
+    verdict = classify_log(INIT_PANIC.split("[    6.66")[0], timed_out=False, exited=True)
+    assert verdict.category is Category.VM_RESET
+
+
+def test_clean_strips_terminal_escapes():
+    assert clean(b"\x1b[2J\x1b[1;1H\x1b(BSeaBIOS\r") == "SeaBIOS"
+    assert clean(b"\x1b[0m\x1b[?25lGRUB\x1b[m") == "GRUB"
+
+
+def test_watcher_stops_after_a_final_line_plus_grace():
+    watcher = Watcher(WatchSettings(final_grace=3.0))
+    watcher.feed("[ 6.6] Kernel panic - not syncing: Attempted to kill init!", 10.0)
+    assert not watcher.done(12.0)
+    assert watcher.done(13.0)
+
+
+def test_watcher_stall_only_before_the_bootloader_speaks():
+    watcher = Watcher(WatchSettings(stall_seconds=30))
+    watcher.feed("Booting from Hard Disk...", 1.0)
+    assert not watcher.done(30.0)
+    assert watcher.done(31.5)
+    watcher.feed("GRUB loading.", 32.0)
+    assert not watcher.done(100.0)
+
+
+def test_login_prompt_passes_after_waiting_for_the_marker():
+    watcher = Watcher(WatchSettings(login_grace=30))
+    watcher.partial("debian login: ", 50.0)
+    assert not watcher.done(60.0)
+    watcher.feed("DIB-BOOT-MARKER-OK kernel=6.1", 61.0)
+    assert watcher.done(61.0)
+    verdict = watcher.verdict(61.0)
+    assert verdict.passed and verdict.evidence.startswith("DIB-BOOT-MARKER-OK")
+    alone = Watcher(WatchSettings(login_grace=30))
+    alone.partial("debian login: ", 50.0)
+    assert alone.done(80.0) and alone.verdict(80.0).evidence == "debian login:"
+
+
+def test_login_prompt_ignored_when_the_marker_is_required():
+    watcher = Watcher(WatchSettings(accept_login_prompt=False))
+    watcher.partial("debian login: ", 50.0)
+    assert not watcher.done(500.0)
+
+
+def test_qemu_command_is_a_snapshot_under_tcg():
+    opts = BootOptions(image=Path("/x/a,b.qcow2"), serial_log=Path("/tmp/s.log"))
+    cmd = qemu_command(opts, opts.image, "qcow2", None)
+    assert cmd[0] == "qemu-system-x86_64"
+    assert cmd[1:3] == ["-accel", "tcg"]
+    assert "-snapshot" in cmd and "-no-reboot" in cmd and "-bios" not in cmd
+    assert "file=/x/a,,b.qcow2,format=qcow2,if=virtio,media=disk" in cmd
+    uefi = qemu_command(opts, opts.image, "raw", Path("/usr/share/ovmf/OVMF.fd"))
+    assert uefi[-2:] == ["-bios", "/usr/share/ovmf/OVMF.fd"]
+
+
+def test_result_serialises_with_category_id_and_legend(fake_qemu, tmp_path):
+    result = fake_qemu("echo 'Boot failed: not a bootable disk'; sleep 30", timeout=20)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["category"] == "no-bootloader"
+    assert data["legend"] == Category.NO_BOOTLOADER.legend
+    assert data["passed"] is False
+    assert "FAILED [no-bootloader]" in result.summary()
+
+
+FAKE_QEMU = """#!/bin/sh
+echo $$ > {pids}/qemu.pid
+{body}
+"""
+
+
+@pytest.fixture
+def fake_qemu(tmp_path, monkeypatch):
+    """Run the boot test against a shell script standing in for qemu."""
+    monkeypatch.setattr(boottest, "KILL_GRACE_SECONDS", 1.0)
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\0" * 1024)
+
+    def start(body, timeout=10.0, **watch):
+        script = tmp_path / "qemu-system-x86_64"
+        script.write_text(FAKE_QEMU.format(pids=tmp_path, body=body))
+        script.chmod(0o755)
+        opts = BootOptions(
+            image=image,
+            serial_log=tmp_path / "serial.log",
+            timeout=timeout,
+            qemu=str(script),
+            watch=WatchSettings(**watch),
+        )
+        return run_boot_test(opts)
+
+    start.pids = tmp_path
+    return start
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (orphans wait for a reaper that a container may not have)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _pids(directory: Path):
+    return [int(p.read_text()) for p in sorted(directory.glob("*.pid"))]
+
+
+def test_marker_ends_the_run_and_qemu_is_reaped(fake_qemu):
+    started = time.monotonic()
+    result = fake_qemu(
+        "echo 'Booting from Hard Disk...'; echo 'DIB-BOOT-MARKER-OK root=/dev/vda1'; "
+        f"sleep 30 & echo $! > {fake_qemu.pids}/child.pid; wait"
+    )
+    assert result.passed
+    assert result.seconds_to_marker is not None and result.seconds_to_marker < 5
+    assert time.monotonic() - started < 8
+    assert result.facts == {"root": "/dev/vda1"}
+    assert Path(result.serial_log).read_text().count("DIB-BOOT-MARKER-OK") == 1
+    assert not any(_alive(pid) for pid in _pids(fake_qemu.pids))
+
+
+def test_timeout_kills_the_whole_process_group(fake_qemu):
+    result = fake_qemu(
+        f"echo 'SeaBIOS'; sleep 60 & echo $! > {fake_qemu.pids}/child.pid; wait",
+        timeout=2,
+    )
+    assert result.category is Category.BOOT_TIMEOUT
+    assert 2 <= result.seconds < 5
+    assert not any(_alive(pid) for pid in _pids(fake_qemu.pids))
+
+
+def test_qemu_that_ignores_sigterm_is_killed(fake_qemu):
+    started = time.monotonic()
+    result = fake_qemu("trap '' TERM; echo starting; while :; do sleep 0.1; done", timeout=1)
+    assert result.category is Category.BOOT_TIMEOUT
+    assert time.monotonic() - started < 6
+    assert not any(_alive(pid) for pid in _pids(fake_qemu.pids))
+
+
+def test_fatal_line_ends_the_run_early(fake_qemu):
+    result = fake_qemu(
+        "echo '[ 6.6] Kernel panic - not syncing: Attempted to kill init!'; sleep 60",
+        timeout=60,
+        final_grace=0.5,
+    )
+    assert result.category is Category.KERNEL_PANIC
+    assert result.seconds < 10
+
+
+def test_qemu_failing_to_start_is_an_infrastructure_error(fake_qemu):
+    result = fake_qemu('echo "qemu: could not open disk image" >&2; exit 1')
+    assert result.category is Category.QEMU_ERROR
+    assert result.category.is_infrastructure
+    assert result.evidence == "qemu: could not open disk image"
+    assert result.qemu_exit == 1
+
+
+def test_missing_image_or_qemu_raises(tmp_path):
+    with pytest.raises(BootTestError, match="does not exist"):
+        run_boot_test(BootOptions(image=tmp_path / "nope.qcow2", serial_log=tmp_path / "s"))
+    image = tmp_path / "a.raw"
+    image.write_bytes(b"\0")
+    with pytest.raises(BootTestError, match="not found"):
+        run_boot_test(BootOptions(image=image, serial_log=tmp_path / "s", qemu="no-such-qemu"))
+
+
+def test_cli_exit_codes_and_json(fake_qemu, tmp_path, monkeypatch):
+    script = tmp_path / "qemu-system-x86_64"
+    script.write_text("#!/bin/sh\necho 'DIB-BOOT-MARKER-OK kernel=6'\nsleep 30\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\0" * 512)
+    result_json = tmp_path / "result.json"
+    code = boottest.main(
+        [str(image), "--serial-log", str(tmp_path / "s.log"), "--result-json", str(result_json)]
+    )
+    assert code == 0
+    assert json.loads(result_json.read_text())["facts"] == {"kernel": "6"}
+    assert boottest.main([str(tmp_path / "missing"), "--serial-log", str(tmp_path / "s")]) == 2
