@@ -280,16 +280,23 @@ def dib_environment(env: Mapping[str, str], mirror: str | None) -> dict[str, str
 DIB_LAYER_FILES = ("dib", "elements")
 
 
-def bake_dib_layer(client: docker.DockerClient, host_image: str, tree: Path, log: BinaryIO) -> str:
+def bake_dib_layer(
+    client: docker.DockerClient,
+    host_image: str,
+    tree: Path,
+    log: BinaryIO,
+    parts: Sequence[str] = DIB_LAYER_FILES,
+) -> str:
     """An image with the dib tree copied to DIB_MOUNT on top of ``host_image``.
 
     For engines that cannot see this machine's files (remote, swarm): run cells
     from the returned image with ``dib_tree=None``. Tagged by content, so an
-    unchanged tree is built once.
+    unchanged tree is built once. ``parts``: the directories of ``tree`` to copy
+    (add e.g. ``matrix/incontainer`` for the tox row).
     """
     files: dict[str, bytes] = {}
     modes: dict[str, int] = {}
-    for top in DIB_LAYER_FILES:
+    for top in parts:
         for path in sorted((tree / top).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 name = str(path.relative_to(tree))
@@ -304,7 +311,7 @@ def bake_dib_layer(client: docker.DockerClient, host_image: str, tree: Path, log
         client.images.get(reference)
         return reference
     # One COPY per directory: COPY of several sources copies their contents.
-    copies = "".join(f"COPY {top} {DIB_MOUNT}/{top}\n" for top in DIB_LAYER_FILES)
+    copies = "".join(f"COPY {top} {DIB_MOUNT}/{top}\n" for top in parts)
     files["Dockerfile"] = f"FROM {host_image}\n{copies}".encode()
     labels = dict(client.images.get(host_image).labels or {})
     labels[LABEL_ROLE] = "dib-layer"
