@@ -16,6 +16,13 @@ qemu runs in its own process group and is terminated, then killed, and reaped on
 every way out: success, failure, timeout, Ctrl-C, SIGTERM.
 Exit status: 0 passed, 1 boot failed, 2 qemu or the set-up failed (an
 infrastructure error, not a verdict on the image).
+
+From Python: ``run_boot_test(BootOptions(image, serial_log, uefi=...))`` returns a
+:class:`BootResult` (``passed``, ``category``, ``evidence``, ``seconds_to_marker``,
+``to_dict()``), or raises :class:`BootTestError` when it cannot start;
+``BootOptions.to_argv()`` is the command line that repeats it. Meant to run where
+the images land (the orchestrating machine), not inside the build host's container:
+one qemu and one firmware for every host, so boot verdicts compare across hosts.
 """
 
 from __future__ import annotations
@@ -303,6 +310,26 @@ class BootOptions:
     disk_size: Optional[str] = None  # boot a larger copy-on-write overlay (tests growroot)
     qemu: str = "qemu-system-x86_64"
     watch: WatchSettings = WatchSettings()
+
+    def to_argv(self) -> List[str]:
+        """The ``python -m dib.boottest`` arguments that repeat this test by hand."""
+        argv = [str(self.image), "--serial-log", str(self.serial_log)]
+        argv += ["--timeout", f"{self.timeout:g}"]
+        argv += ["--uefi"] if self.uefi else []
+        argv += ["--firmware", str(self.firmware)] if self.firmware else []
+        if self.memory_mib != 1024:
+            argv += ["--memory", str(self.memory_mib)]
+        if self.cpus != 1:
+            argv += ["--cpus", str(self.cpus)]
+        if self.accel != "tcg":
+            argv += ["--accel", self.accel]
+        argv += ["--disk-size", self.disk_size] if self.disk_size else []
+        for marker in self.watch.markers if self.watch.markers != (DEFAULT_MARKER,) else ():
+            argv += ["--marker", marker]
+        argv += [] if self.watch.accept_login_prompt else ["--marker-only"]
+        if self.watch.stall_seconds != WatchSettings.stall_seconds:
+            argv += ["--stall-timeout", f"{self.watch.stall_seconds:g}"]
+        return argv
 
 
 @dataclass(frozen=True)

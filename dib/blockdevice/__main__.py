@@ -1,5 +1,7 @@
 """``python -m dib.blockdevice``: the hooks' entry points, and a layout checker for users.
 
+- ``validate``   (vm's root.d, first): fail in seconds on a bad layout, not after the
+  packages are installed.
 - ``plan``       (vm's block-device.d): validate the layout, choose UUIDs, write fstab.
 - ``bootloader`` (bootloader's pre-finalise.d): GRUB config and core images.
 - ``check LAYOUT [--disk-size SIZE]``: validate a layout file and print where each
@@ -39,6 +41,13 @@ def _required(env: Mapping[str, str], name: str) -> Path:
     if not value:
         raise DibError(f"{name} is not set: run this from a dib build hook")
     return Path(value)
+
+
+def do_validate(env: Mapping[str, str]) -> None:
+    text, origin = layout_source(env, _required(env, "TMP_HOOKS_PATH"))
+    plan = make_plan(parse_layout_text(text, origin), text, origin)
+    boots = grub.describe([p.name for p in grub.platforms(plan, env.get("ARCH", "amd64"))])
+    print(f"block-device: layout {origin} is valid; boots with {boots}")
 
 
 def do_plan(env: Mapping[str, str]) -> None:
@@ -83,6 +92,7 @@ def do_check(path: str, disk_size: Optional[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dib.blockdevice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("validate", help="root.d: check the build's layout early")
     sub.add_parser("plan", help="block-device.d: plan the disk, write fstab")
     sub.add_parser("bootloader", help="pre-finalise.d: GRUB config and core images")
     check = sub.add_parser("check", help="validate a layout file and show its partitions")
@@ -91,7 +101,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
-        if args.command == "plan":
+        if args.command == "validate":
+            do_validate(os.environ)
+        elif args.command == "plan":
             do_plan(os.environ)
         elif args.command == "bootloader":
             do_bootloader(os.environ)

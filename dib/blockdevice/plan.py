@@ -13,10 +13,9 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 from dib.blockdevice.layout import (
-    EXT_TYPES,
     LABEL_LIMITS,
     ROOT_LABEL,
     Layout,
@@ -189,10 +188,3 @@ def prepare_tree(plan: Plan, root: Path) -> List[Path]:
     written.append(fstab)
     return written
 
-
-def ext_filesystems(plan: Plan) -> Dict[str, FsIdentity]:
-    return {
-        p.name: plan.identity(p)
-        for p in plan.layout.partitions
-        if p.filesystem and p.filesystem.type in EXT_TYPES
-    }

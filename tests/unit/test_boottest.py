@@ -182,6 +182,21 @@ def test_qemu_command_is_a_snapshot_under_tcg():
     assert uefi[-2:] == ["-bios", "/usr/share/ovmf/OVMF.fd"]
 
 
+def test_options_round_trip_through_the_command_line():
+    opts = BootOptions(
+        image=Path("/img/a.qcow2"),
+        serial_log=Path("/logs/a.log"),
+        timeout=300,
+        uefi=True,
+        disk_size="3G",
+        watch=WatchSettings(accept_login_prompt=False, stall_seconds=60),
+    )
+    argv = opts.to_argv()
+    assert argv[:6] == ["/img/a.qcow2", "--serial-log", "/logs/a.log", "--timeout", "300", "--uefi"]
+    again = boottest.options_from_args(boottest.build_parser().parse_args(argv))
+    assert again == opts
+
+
 def test_result_serialises_with_category_id_and_legend(fake_qemu, tmp_path):
     result = fake_qemu("echo 'Boot failed: not a bootable disk'; sleep 30", timeout=20)
     data = json.loads(json.dumps(result.to_dict()))
