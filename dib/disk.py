@@ -61,7 +61,7 @@ class FilesystemTooSmall(DibError):
 
 
 def planned(build_dir: Path) -> bool:
-    """True when a vm build planned a block-device layout (block-device.d ran)."""
+    """True when a vm build planned a block-device layout (its extra-data.d step ran)."""
     return has_plan(build_dir)
 
 
@@ -70,14 +70,15 @@ def check_tools(layout: Layout) -> None:
     types = {p.filesystem.type for p in layout.partitions if p.filesystem}
     kinds += ["ext"] if types & set(EXT_TYPES) else []
     kinds += ["vfat"] if "vfat" in types else []
+    # Worded like every other missing tool ("X not available") for the matrix's catalogue.
     missing = [
-        f"{tool} (package {package})"
+        f"{tool} not available: install {package} (the vm disk image needs it)"
         for kind in kinds
         for tool, package in TOOLS[kind]
         if shutil.which(tool) is None
     ]
     if missing:
-        raise DibError(f"missing host tool(s) for the disk image: {', '.join(missing)}")
+        raise DibError("; ".join(missing))
 
 
 @contextlib.contextmanager

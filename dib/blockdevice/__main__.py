@@ -2,7 +2,8 @@
 
 - ``validate``   (vm's root.d, first): fail in seconds on a bad layout, not after the
   packages are installed.
-- ``plan``       (vm's block-device.d): validate the layout, choose UUIDs, write fstab.
+- ``plan``       (vm's extra-data.d): validate the layout, choose UUIDs, write fstab.
+- ``fstab``      (vm's block-device.d): write fstab from the plan again.
 - ``bootloader`` (bootloader's pre-finalise.d): GRUB config and core images.
 - ``check LAYOUT [--disk-size SIZE]``: validate a layout file and print where each
   partition would go.
@@ -31,6 +32,7 @@ from dib.blockdevice.plan import (
     prepare_tree,
     save_plan,
 )
+from dib.disk import check_tools
 from dib.errors import DibError
 
 LOG = logging.getLogger("dib")
@@ -46,6 +48,7 @@ def _required(env: Mapping[str, str], name: str) -> Path:
 def do_validate(env: Mapping[str, str]) -> None:
     text, origin = layout_source(env, _required(env, "TMP_HOOKS_PATH"))
     plan = make_plan(parse_layout_text(text, origin), text, origin)
+    check_tools(plan.layout)
     boots = grub.describe([p.name for p in grub.platforms(plan, env.get("ARCH", "amd64"))])
     print(f"block-device: layout {origin} is valid; boots with {boots}")
 
@@ -62,6 +65,12 @@ def do_plan(env: Mapping[str, str]) -> None:
     )
     print(f"block-device: layout {origin}: {plan.layout.label} table, {parts}")
     print(f"block-device: root filesystem UUID={plan.root_identity.uuid}; /etc/fstab written")
+
+
+def do_fstab(env: Mapping[str, str]) -> None:
+    root, build = _required(env, "TARGET_ROOT"), _required(env, "TMP_BUILD_DIR")
+    prepare_tree(load_plan(build), root)
+    print("block-device: /etc/fstab written from the plan")
 
 
 def do_bootloader(env: Mapping[str, str]) -> None:
@@ -93,7 +102,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dib.blockdevice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("validate", help="root.d: check the build's layout early")
-    sub.add_parser("plan", help="block-device.d: plan the disk, write fstab")
+    sub.add_parser("plan", help="extra-data.d: plan the disk, write fstab")
+    sub.add_parser("fstab", help="block-device.d: write fstab from the plan again")
     sub.add_parser("bootloader", help="pre-finalise.d: GRUB config and core images")
     check = sub.add_parser("check", help="validate a layout file and show its partitions")
     check.add_argument("layout")
@@ -105,6 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             do_validate(os.environ)
         elif args.command == "plan":
             do_plan(os.environ)
+        elif args.command == "fstab":
+            do_fstab(os.environ)
         elif args.command == "bootloader":
             do_bootloader(os.environ)
         else:

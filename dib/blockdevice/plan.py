@@ -1,6 +1,6 @@
 """The plan of one build's disk: its layout plus each filesystem's UUID and label.
 
-Made in block-device.d, before the bootloader and before any filesystem exists:
+Made in extra-data.d, before any package is installed or any filesystem exists:
 UUIDs are chosen here and handed to mkfs later, so that ``/etc/fstab``, GRUB's
 config and the kernel command line can name the filesystems already.
 """
@@ -187,4 +187,3 @@ def prepare_tree(plan: Plan, root: Path) -> List[Path]:
     fstab.write_text(fstab_text(plan))
     written.append(fstab)
     return written
-

@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import pytest
+
 from dib.blockdevice.geometry import place
 from dib.blockdevice.layout import GPT_TYPES, MIB, parse_layout_text
-from dib.disk import set_aside, sfdisk_script, vfat_need
+from dib.disk import check_tools, set_aside, sfdisk_script, vfat_need
+from dib.errors import DibError
 
 LAYOUTS = Path(__file__).resolve().parents[2] / "elements" / "vm" / "layouts"
 
@@ -65,3 +68,10 @@ def test_vfat_need_counts_clusters_and_slack(tmp_path):
     (tmp_path / "EFI" / "a").write_bytes(b"x" * 5000)
     need = vfat_need(tmp_path)
     assert need % MIB == 0 and 2 * MIB < need <= 3 * MIB
+
+
+def test_missing_tools_are_named_with_their_package(monkeypatch):
+    monkeypatch.setattr("dib.disk.shutil.which", lambda tool: None if tool == "mcopy" else tool)
+    check_tools(layout("mbr"))  # no FAT filesystem: mtools not needed
+    with pytest.raises(DibError, match=r"^mcopy not available: install mtools"):
+        check_tools(layout("efi"))
