@@ -23,7 +23,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from dib.blockdevice import biosboot, geometry, grub
 from dib.blockdevice.geometry import Extent
@@ -264,7 +264,11 @@ def write_filesystems(
             _mkfs_ext(disk, extent, part, plan, sources[part.name], root)
 
 
-def install_bios_boot(disk: Path, layout: Layout, extents: Sequence[Extent], record) -> None:
+def install_bios_boot(
+    disk: Path, layout: Layout, extents: Sequence[Extent], record: Optional[Mapping[str, Any]]
+) -> None:
+    """boot.img and core.img from the bootloader step, if it made them (no record: no
+    bootloader element, the disk gets no boot code)."""
     bios = record.get("bios") if record else None
     if not bios:
         return
