@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import docker
 
+from dib.boottest import BootOptions, BootTestError, run_boot_test
+from dib.boottest import Category as BootCategory
 from matrix import engine
 from matrix.facts import HostFacts
 from matrix.hostgen import build_host
@@ -39,6 +42,7 @@ class RunContext:
     mirror: str | None
     timeout: float
     hostgen_timeout: float
+    boot_timeout: float = 600.0
     network: engine.Network = engine.Network.HOST
     rebuild_hosts: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
@@ -169,8 +173,38 @@ class CellRunner:
         )
 
     def _boot(self, cell: PlannedCell, log: Path) -> Outcome:
-        _write(log, "boot tests are not wired into the matrix yet")
-        return Outcome(State.SKIPPED, reason="boot test not available", extra={"log": log})
+        """Boot the build cell's image under qemu on this machine (same firmware for every
+        host, so boot verdicts compare across hosts); the image is never modified."""
+        assert cell.target is not None
+        image = boot_image(self.ctx, cell)
+        if image is None:
+            _write(log, "boot: the build produced no qcow2 or raw image to boot")
+            return Outcome(State.FAILED, "boot: no disk image to boot", extra={"log": log})
+        opts = BootOptions(image=image, serial_log=log, timeout=self.ctx.boot_timeout,
+                           uefi="block-device-efi" in cell.target.elements)
+        command = shlex.join([sys.executable, "-m", "dib.boottest", *opts.to_argv()])
+        extra: dict = {"log": log, "reproducer": command}
+        try:
+            result = run_boot_test(opts)
+        except BootTestError as err:
+            _write(log, f"engine error: boot test could not start: {err}")
+            return Outcome(State.ERROR, f"engine error: {err}", extra=extra)
+        if result.passed:
+            return Outcome(State.SUCCESS, reason=f"marker after {result.seconds_to_marker:.0f} s",
+                           extra=extra)
+        category = result.category
+        extra["category"] = (category.value, category.legend) if category else None
+        state = State.ERROR if category is BootCategory.QEMU_ERROR else State.FAILED
+        return Outcome(state, result.evidence, extra=extra)
+
+
+def boot_image(ctx: RunContext, cell: PlannedCell) -> Path | None:
+    assert cell.target is not None
+    for image_type in ("qcow2", "raw"):
+        path = ctx.images_dir(cell.host.name) / f"{cell.target.name}.{image_type}"
+        if image_type in cell.target.outputs and path.exists():
+            return path
+    return None
 
 
 def collect_artifacts(ctx: RunContext, cell: PlannedCell) -> list[Artifact]:

@@ -37,6 +37,7 @@ from matrix.imagebuild import build_image
 
 LABEL_RUN = "org.dib-matrix.run"
 LABEL_CELL = "org.dib-matrix.cell"
+LABEL_CACHE = "org.dib-matrix.cache"
 DIB_MOUNT = "/opt/dib-matrix"
 OUT_MOUNT = "/out"
 CACHE_MOUNT = "/cache"
@@ -135,7 +136,13 @@ def ensure_volume(client: docker.DockerClient, name: str, run_id: str, host: str
     try:
         client.volumes.get(name)
     except docker.errors.NotFound:
-        client.volumes.create(name, labels={LABEL_RUN: run_id, LABEL_HOST: host})
+        if name == cache_volume_name(host):
+            # The host's image cache outlives runs (warm builds), so it carries no run
+            # label: cleaning up a run never drops it; `dib-matrix clean --caches` does.
+            labels = {LABEL_CACHE: host, LABEL_HOST: host}
+        else:  # any other volume is scratch space of this run
+            labels = {LABEL_RUN: run_id, LABEL_HOST: host}
+        client.volumes.create(name, labels=labels)
 
 
 def _mounts(spec: CellSpec) -> list[Mount]:

@@ -71,6 +71,8 @@ def add_parsers(sub: Any) -> None:
 
     clean = sub.add_parser("clean", help="remove containers and volumes dib-matrix left")
     clean.add_argument("--run", metavar="RUN_ID", help="only this run's objects")
+    clean.add_argument("--caches", action="store_true",
+                       help="also remove the per-host image-cache volumes")
     clean.set_defaults(func=cmd_clean)
 
 
@@ -211,6 +213,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
     for run_id in filter(None, runs):
         containers, volumes = engine.remove_run_objects(client, run_id)
         print(f"run {run_id}: removed {containers} container(s), {volumes} volume(s)")
+    if args.caches:
+        for volume in client.volumes.list(filters={"label": engine.LABEL_CACHE}):
+            volume.remove(force=True)
+            print(f"removed cache volume {volume.name}")
     return EXIT_OK
 
 

@@ -191,6 +191,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
     ctx = RunContext(run_id=run.results.run_id, run_dir=run.run_dir, dib_tree=request.dib_tree,
                      client=client, mirror=mirror, timeout=request.config.timeout,
                      hostgen_timeout=request.config.hostgen_timeout,
+                     boot_timeout=min(request.config.timeout, 600.0),
                      network=engine.Network(request.config.network),
                      rebuild_hosts=request.rebuild_hosts, stop=run.stop,
                      keys=KeyMaker(request.dib_tree))
