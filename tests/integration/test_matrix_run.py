@@ -225,3 +225,22 @@ timeout: 20s
     assert "patched element is broken" in broken["evidence"]
     assert time.monotonic() - started < 180
     assert run_containers(run_dir) == []
+
+
+def test_vm_target_is_built_and_boots_in_the_boot_row(tmp_path):
+    matrix = write_matrix(tmp_path, """\
+name: vm
+hosts: [debian-bookworm]
+targets: [debian-bookworm-vm]
+checks: []
+""")
+    done = dib_matrix("run", str(matrix), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stdout[-3000:]
+    run_dir = (tmp_path / "out" / "latest").resolve()
+    cells, data = cells_of(run_dir)
+    assert data["rows"] == ["hostgen", "debian-bookworm-vm", "debian-bookworm-vm:boot"]
+    boot = cells["debian-bookworm.debian-bookworm-vm:boot"]
+    assert boot["state"] == "success" and boot["kind"] == "boot"
+    assert "dib.boottest" in boot["reproducer"]
+    assert "DIB-BOOT-MARKER" in (run_dir / boot["log"]).read_text(errors="replace")
+    assert run_containers(run_dir) == []
