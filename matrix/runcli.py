@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -150,7 +151,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f" (resume with --resume {holder[0].run_dir})", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as err:
-        print(f"dib-matrix: {err}", file=sys.stderr)
+        where = f"; finished cells are kept in {holder[0].run_dir}/results.json" if holder else ""
+        cause = "out of disk space" if err.errno == errno.ENOSPC else "cannot write results"
+        print(f"dib-matrix: {cause}: {err}{where}", file=sys.stderr)
         return EXIT_FAILED
     _write_reports(run, baseline, request.out_dir)
     return reports.gate_exit_code(run.results, baseline)
