@@ -125,6 +125,19 @@ def _devtools_port(profile: Path, proc: subprocess.Popen[bytes]) -> int:
     raise TimeoutError("chromium did not open its DevTools port")
 
 
+def _pages(port: int) -> list[dict]:
+    """The browser's pages; retried, as a loaded machine may not be listening yet."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+                return [t for t in json.load(r) if t["type"] == "page"]
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture
 def browser(tmp_path):
     if CHROMIUM is None:
@@ -139,8 +152,7 @@ def browser(tmp_path):
     )
     try:
         port = _devtools_port(profile, proc)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-            pages = [t for t in json.load(r) if t["type"] == "page"]
+        pages = _pages(port)
         tools = DevTools(pages[0]["webSocketDebuggerUrl"])
         for domain in ("Page", "Runtime", "Network"):
             tools.call(f"{domain}.enable")
