@@ -7,6 +7,7 @@ never an exception that sinks the run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import sys
@@ -52,6 +53,7 @@ class RunContext:
     keys: KeyMaker | None = None
     reusable: dict[str, Reusable] | None = None  # earlier cells by key, with --reuse
     image_ids: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the package cache proxy
 
     def image_id(self, host: str) -> str:
         with self.lock:
@@ -121,7 +123,10 @@ class CellRunner:
             return self._reuse(self.ctx.reusable[key], log, key)
         spec = self.spec(cell)
         result = engine.run_cell(self.ctx.client, spec)
-        extra = {"log": log, "reproducer": reproducer(spec), "key": key}
+        # The reproducer leaves out this run's loopback package cache: it is gone by then.
+        by_hand = dataclasses.replace(spec, environment={
+            k: v for k, v in spec.environment.items() if k not in self.ctx.extra_env})
+        extra = {"log": log, "reproducer": reproducer(by_hand), "key": key}
         if self.ctx.stop.is_set() and not result.ok:
             return Outcome(State.SKIPPED, reason="cancelled", extra=extra)
         if result.timed_out:
@@ -165,7 +170,7 @@ class CellRunner:
             command=command,
             log_path=self.ctx.log_path(cell),
             timeout=self.ctx.timeout,
-            environment=engine.dib_environment(env, self.ctx.mirror),
+            environment={**engine.dib_environment(env, self.ctx.mirror), **self.ctx.extra_env},
             dib_tree=self.ctx.dib_tree,
             out_dir=self.ctx.images_dir(cell.host.name) if cell.kind is CellKind.BUILD else None,
             cache_volume=engine.cache_volume_name(cell.host.name),

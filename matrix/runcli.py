@@ -23,7 +23,14 @@ from matrix.hostimage import image_names
 from matrix.plan import Plan, SelectionError, make_plan, preflight
 from matrix.results import RunResults, State
 from matrix.results import load as load_results
-from matrix.runner import REPO_ROOT, MatrixRun, RunRequest, check_dib_tree, execute
+from matrix.runner import (
+    DEFAULT_PACKAGE_CACHE,
+    REPO_ROOT,
+    MatrixRun,
+    RunRequest,
+    check_dib_tree,
+    execute,
+)
 
 LOG = logging.getLogger("dib-matrix")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -60,6 +67,9 @@ def add_parsers(sub: Any) -> None:
                      "image, element closure, target, dib) is unchanged")
     run.add_argument("--reuse-failures", action="store_true",
                      help="with --reuse, also reuse failed cells")
+    run.add_argument("--no-package-cache", action="store_true",
+                     help="do not route cells' http package downloads through the shared "
+                     "apt-cacher-ng on loopback")
     run.add_argument("--baseline", type=Path, metavar="RUN",
                      help="compare with this earlier run (dir or results.json); the exit code "
                      "then fails only on regressions of voting cells (release gating)")
@@ -139,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         out_dir = args.resume.resolve().parent
     request = RunRequest(config, plan, out_dir.resolve(), dib_tree, args.resume,
                          args.rebuild_hosts, tuple(args.categories), args.reuse,
-                         args.reuse_failures)
+                         args.reuse_failures,
+                         None if args.no_package_cache else DEFAULT_PACKAGE_CACHE)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     holder: list[MatrixRun] = []
     try:

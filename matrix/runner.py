@@ -19,6 +19,7 @@ from matrix import engine
 from matrix.cells import CellRunner, RunContext
 from matrix.classify import CategoryRule, classify, classify_file, load_catalogue
 from matrix.config import MatrixConfig
+from matrix.pkgcache import PackageCache, PackageCacheError
 from matrix.plan import Plan, PlannedCell
 from matrix.results import Category, Cell, RunResults, State, load, save
 from matrix.reuse import KeyMaker, index_previous
@@ -26,6 +27,7 @@ from matrix.scheduler import Outcome, Scheduler
 
 LOG = logging.getLogger("dib-matrix")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PACKAGE_CACHE = Path.home() / ".cache" / "dib-matrix" / "apt-cacher-ng"
 
 
 def now() -> str:
@@ -69,6 +71,7 @@ class RunRequest:
     extra_categories: tuple[Path, ...] = ()
     reuse: bool = False
     reuse_failures: bool = False
+    package_cache: Path | None = DEFAULT_PACKAGE_CACHE  # None: cells fetch directly
 
 
 class MatrixRun:
@@ -198,6 +201,10 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
     if request.reuse:
         ctx.reusable = index_previous(request.out_dir, run.results.run_id,
                                       request.reuse_failures)
+    stack = contextlib.ExitStack()
+    package_cache = _start_package_cache(request.package_cache, stack)
+    if package_cache is not None:
+        ctx.extra_env = package_cache.environment()
     run.results.engine = _engine_info(client)
     save(run.results, run.run_dir)
     _point_latest(request.out_dir, run.results.run_id)
@@ -213,7 +220,13 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
                           retries=request.config.retries, fail_fast=request.config.fail_fast,
                           done=run.done_states(), stop=run.stop, on_stop=stop_everything)
     try:
-        scheduler.run()
+        with stack:
+            scheduler.run()
+            if package_cache is not None:
+                stats = package_cache.stats()
+                run.results.engine["package_cache"] = {
+                    "proxy": package_cache.proxy_url, "bytes_from_upstream":
+                    stats.bytes_from_upstream, "bytes_served": stats.bytes_served}
     except KeyboardInterrupt:
         run.results.interrupted = True
         raise
@@ -227,6 +240,20 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
         save(run.results, run.run_dir)
         engine.remove_run_objects(client, run.results.run_id)
     return run
+
+
+def _start_package_cache(cache_dir: Path | None, stack: contextlib.ExitStack
+                         ) -> PackageCache | None:
+    """The shared apt-cacher-ng for this run's cells; a run goes on without one."""
+    if cache_dir is None:
+        return None
+    try:
+        cache = stack.enter_context(PackageCache.start(cache_dir))
+    except PackageCacheError as err:
+        LOG.warning("no shared package cache (%s); cells download directly", err)
+        return None
+    LOG.info("shared package cache at %s (%s)", cache.proxy_url, cache_dir)
+    return cache
 
 
 def _engine_info(client) -> dict[str, object]:
