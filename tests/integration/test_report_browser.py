@@ -130,7 +130,10 @@ def _pages(port: int) -> list[dict]:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            # A private opener: urlopen's global one keeps whatever proxy the environment
+            # had at its first use (another test may have set http_proxy then).
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with direct.open(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
                 return [t for t in json.load(r) if t["type"] == "page"]
         except OSError:
             if time.monotonic() > deadline:
