@@ -1,0 +1,1 @@
+"""dib-matrix benchmark (run bench/run.py)."""

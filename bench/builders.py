@@ -1,0 +1,228 @@
+"""dib against the real diskimage-builder: debian-minimal bookworm to qcow2, cold then warm.
+
+Both run on this machine from the same mirror with the same apt sources (the
+release's main suite: diskimage-builder would otherwise add a security archive
+of its own choosing), each with its own empty cache for the cold build. DIB gets
+its best warm case: its debootstrap tarball kept and used (``DIB_DEBOOTSTRAP_CACHE``,
+``DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE``) besides its shared apt cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.figures import Figure, megabytes, ratio
+from bench.proc import Timed, base_env, release_mounts, timed
+from bench.steps import STAMP, dib_slowest, slowest_steps
+from bench.workspace import REPO, Bench, BenchError, package_version, venv_tool
+
+SECTION = "dib vs DIB"
+RELEASE = "bookworm"
+ELEMENT = "debian-minimal"
+DIB_PACKAGE = "diskimage-builder"
+COLD_RATIO_TARGET = 0.4
+WARM_RATIO_TARGET = 0.25
+
+
+@dataclass(frozen=True)
+class Built:
+    timed: Timed
+    size: int | None  # bytes of the qcow2
+    packages: frozenset[str]
+
+    @property
+    def seconds(self) -> float | None:
+        return self.timed.seconds if self.timed.ok else None
+
+    @property
+    def failure(self) -> str:
+        if self.timed.ok:
+            return ""
+        last = STAMP.sub(r"\2", self.timed.tail(1))  # without the log's time stamp
+        return f"failed (exit {self.timed.returncode}): {last[:140]}"
+
+
+@dataclass
+class Builder:
+    """One image builder with its own cache, scratch and output paths."""
+
+    name: str
+    root: Path
+    command: list[str]  # without -o/-t/elements
+    env: dict[str, str]
+    packages: Callable[[Path], set[str]]  # names installed in the image at that output
+    # dib hands the caller's TMPDIR to hooks inside the chroot, where that path does
+    # not exist (ca-certificates' postinst then fails): it builds under /tmp instead.
+    own_tmpdir: bool = True
+
+    @property
+    def image(self) -> Path:
+        return self.root / "image.qcow2"
+
+    def cold(self) -> None:
+        cache = self.root / "cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+
+    def build(self, bench: Bench, label: str, extra: tuple[str, ...] = ()) -> Built:
+        tmp = self.root / "tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.image.unlink(missing_ok=True)
+        env = {**self.env, "TMPDIR": str(tmp)} if self.own_tmpdir else dict(self.env)
+        argv = [*self.command, "-o", str(self.root / "image"), "-t", "qcow2", *extra, ELEMENT]
+        bench.say(f"{SECTION}: {label}")
+        try:
+            result = timed(argv, bench.log(label.replace(" ", "-")), env=env, timeout=3600)
+        finally:
+            release_mounts(self.root)  # a failed DIB build can leave its loop mount
+            shutil.rmtree(tmp, ignore_errors=True)
+        size = self.image.stat().st_size if result.ok and self.image.exists() else None
+        names = self.packages(self.root / "image") if result.ok else set()
+        return Built(result, size, frozenset(names))
+
+
+def our_packages(output: Path) -> set[str]:
+    manifest = output.with_name(output.name + ".packages")
+    if not manifest.exists():
+        return set()
+    return {line.split()[0] for line in manifest.read_text().splitlines() if line.strip()}
+
+
+def dib_packages(output: Path) -> set[str]:
+    directory = output.with_name(output.name + ".d") / "dib-manifests"
+    manifests = sorted(directory.glob("dib-manifest-dpkg-*"))
+    if not manifests:
+        return set()
+    # Multi-arch packages are listed as name:arch there.
+    return {entry["package"].split(":")[0]
+            for entry in json.loads(manifests[0].read_text())["packages"]}
+
+
+def ours(bench: Bench) -> Builder:
+    root = bench.path("builders", "dib")
+    env = base_env({"PYTHONPATH": str(REPO), "DIB_RELEASE": RELEASE,
+                    "DIB_DISTRIBUTION_MIRROR": bench.mirror})
+    return Builder("dib", root, [sys.executable, "-m", "dib", "--image-cache",
+                                 str(root / "cache")], env, our_packages, own_tmpdir=False)
+
+
+def diskimage_builder(bench: Bench) -> Builder:
+    for tool, package in (("sudo", "sudo"), ("qemu-img", "qemu-utils"),
+                          ("debootstrap", "debootstrap"), ("losetup", "mount")):
+        if shutil.which(tool, path=base_env()["PATH"] + ":/usr/sbin:/sbin") is None:
+            raise BenchError(f"diskimage-builder needs {tool}: apt-get install {package}")
+    program = venv_tool(bench, "diskimage-builder", [DIB_PACKAGE], "disk-image-create")
+    root = bench.path("builders", "diskimage-builder")
+    env = base_env({
+        "PATH": f"{program.parent}:{base_env()['PATH']}",
+        "DIB_RELEASE": RELEASE,
+        "DIB_DISTRIBUTION_MIRROR": bench.mirror,
+        "DIB_APT_SOURCES_CONF": f"default:deb {bench.mirror} {RELEASE} main",
+        "DIB_IMAGE_CACHE": str(root / "cache"),
+        # Its warm best: write the debootstrap tarball, and use it when there.
+        "DIB_DEBOOTSTRAP_CACHE": "1",
+        "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",
+    })
+    version = package_version(program.parent / "python", DIB_PACKAGE)
+    return Builder(f"DIB {version}", root, [str(program)], env, dib_packages)
+
+
+def run(bench: Bench) -> tuple[list[Figure], dict[str, list[str]]]:
+    mine = ours(bench)
+    reference: Builder | None = None
+    why_not = "skipped with --quick" if bench.quick else ""
+    if not bench.quick:
+        try:
+            reference = diskimage_builder(bench)
+        except BenchError as err:
+            why_not = str(err)
+    builds: dict[str, Built] = {}
+    # Interleaved, so both meet the same contention on a shared machine.
+    for label, builder in (("DIB cold", reference), ("dib cold", mine),
+                           ("DIB warm", reference), ("dib warm", mine)):
+        if builder is not None:
+            if label.endswith("cold"):
+                builder.cold()
+            builds[label] = builder.build(bench, label)
+    same = _same_packages(bench, mine, builds)
+    if same is not None:
+        builds["dib cold, DIB's packages"] = same
+    figures = _figures(builds, reference, why_not)
+    return figures, _profiles(bench, figures)
+
+
+def _profiles(bench: Bench, figures: list[Figure]) -> dict[str, list[str]]:
+    """Each build's slowest steps, for the ratios that missed their target."""
+    missed = {f.name for f in figures if f.status == "MISSED"}
+    logs = []
+    if "dib cold / DIB cold" in missed:
+        logs += [("dib cold", "dib-cold"), ("DIB cold", "DIB-cold")]
+    if "  / DIB cold" in missed:
+        logs += [("dib cold, DIB's package set", "dib-cold-same-packages"),
+                 ("DIB cold", "DIB-cold")]
+    if "dib warm / dib cold" in missed:
+        logs += [("dib warm", "dib-warm")]
+    profiles = {}
+    for title, name in logs:
+        steps = dib_slowest if title.startswith("DIB") else slowest_steps
+        profiles[f"{title}: slowest steps (from its log)"] = steps(bench.log(name))
+    return profiles
+
+
+def _same_packages(bench: Bench, mine: Builder, builds: dict[str, Built]) -> Built | None:
+    """dib again, cold, asked for every package DIB's image has: like for like content."""
+    if bench.quick or "DIB cold" not in builds or "dib cold" not in builds:
+        return None
+    extra = builds["DIB cold"].packages - builds["dib cold"].packages
+    if not extra or not builds["dib cold"].packages:
+        return None
+    mine.cold()
+    return mine.build(bench, "dib cold same packages", ("-p", ",".join(sorted(extra))))
+
+
+def _figures(builds: dict[str, Built], reference: Builder | None,
+             why_not: str) -> list[Figure]:
+    def seconds(label: str) -> float | None:
+        return builds[label].seconds if label in builds else None
+
+    def note(label: str, otherwise: str = "") -> str:
+        return builds[label].failure if label in builds else (why_not or otherwise)
+
+    dib_name = reference.name if reference else "DIB"
+    same = "dib cold, DIB's packages"
+    figures = [
+        Figure(SECTION, f"{dib_name} cold", seconds("DIB cold"), "s", note=note("DIB cold")),
+        Figure(SECTION, "dib cold", seconds("dib cold"), "s", note=note("dib cold")),
+        Figure(SECTION, "dib cold / DIB cold", ratio(seconds("dib cold"), seconds("DIB cold")),
+               "x", COLD_RATIO_TARGET),
+        Figure(SECTION, f"{dib_name} warm", seconds("DIB warm"), "s", note=note("DIB warm")),
+        Figure(SECTION, "dib warm", seconds("dib warm"), "s", note=note("dib warm")),
+        Figure(SECTION, "dib warm / dib cold", ratio(seconds("dib warm"), seconds("dib cold")),
+               "x", WARM_RATIO_TARGET),
+        Figure(SECTION, "DIB warm / DIB cold", ratio(seconds("DIB warm"), seconds("DIB cold")),
+               "x", note="reference"),
+    ]
+    if same in builds:
+        extra = len(builds["DIB cold"].packages - builds["dib cold"].packages)
+        figures += [
+            Figure(SECTION, "dib cold, DIB's package set", seconds(same), "s",
+                   note=note(same) or f"-p with the {extra} packages only DIB's image had"),
+            Figure(SECTION, "  / DIB cold", ratio(seconds(same), seconds("DIB cold")), "x",
+                   COLD_RATIO_TARGET, note="stricter reading: the same content"),
+        ]
+    for label in ("DIB cold", "dib cold", same):
+        if label in builds and builds[label].timed.ok:
+            figures.append(Figure(SECTION, f"peak RSS, {label}",
+                                  megabytes(builds[label].timed.peak_rss), "MB",
+                                  note="largest single process of the build"))
+    for label in ("DIB cold", "dib cold", same):
+        if label in builds and builds[label].size is not None:
+            figures.append(Figure(SECTION, f"qcow2 size, {label}", megabytes(builds[label].size),
+                                  "MB", note=f"{len(builds[label].packages)} packages"))
+    return figures

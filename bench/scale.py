@@ -1,0 +1,48 @@
+"""The synthetic H x T matrix (bench/synthetic.py) in a child process: wall time and peak RSS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+from bench.figures import Figure, megabytes, ratio
+from bench.proc import base_env, timed
+from bench.workspace import REPO, Bench
+
+RSS_TARGET_MB = 200.0
+
+
+def run(bench: Bench) -> tuple[list[Figure], dict[str, list[str]]]:
+    hosts, targets = (10, 10) if bench.quick else (50, 50)
+    section = f"{hosts}x{targets} synthetic"
+    work = bench.path("synthetic")
+    shutil.rmtree(work, ignore_errors=True)
+    bench.say(f"{section}: in-process scheduler, no-op executor")
+    log = bench.log("synthetic")
+    try:
+        result = timed([sys.executable, str(REPO / "bench" / "synthetic.py"), "--hosts",
+                        str(hosts), "--targets", str(targets), "--work", str(work)], log,
+                       env=base_env(), timeout=3 * 3600)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lines = log.read_text(errors="replace").strip().splitlines()
+    if not result.ok or not lines or not lines[-1].startswith("{"):
+        return [Figure(section, "run", None, note=f"failed: {result.tail(2)}")], {}
+    data = json.loads(lines[-1])
+    cells = int(data["cells"])
+    schedule = data["schedule_s"]
+    saves = data["results_saves_s"]
+    how = "in-process, no-op executor, no engine"
+    return [
+        Figure(section, "cells", float(cells), note=f"{hosts} hosts x ({targets} targets "
+               "+ hostgen + tox); " + how),
+        Figure(section, "wall (child process)", result.seconds, "s",
+               note=f"load+plan {data['load_and_plan_s']:.1f} s, reports "
+               f"{data['reports_s']:.1f} s"),
+        Figure(section, "scheduling per cell", ratio(1000 * schedule, cells), "ms"),
+        Figure(section, "  results.json rewrites / scheduling", ratio(100 * saves, schedule),
+               "%", note=f"{saves:.1f} s rewriting results.json after each of {cells} cells"),
+        Figure(section, "orchestrator peak RSS", megabytes(result.peak_rss), "MB",
+               RSS_TARGET_MB),
+    ], {}
