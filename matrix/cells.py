@@ -21,6 +21,7 @@ import docker
 from dib.boottest import BootOptions, BootTestError, run_boot_test
 from dib.boottest import Category as BootCategory
 from matrix import engine
+from matrix.diblayer import DibLayerError, LayerBaker
 from matrix.facts import HostFacts
 from matrix.hostgen import build_host
 from matrix.plan import PlannedCell, preflight
@@ -54,6 +55,8 @@ class RunContext:
     reusable: dict[str, Reusable] | None = None  # earlier cells by key, with --reuse
     image_ids: dict[str, str] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the package cache proxy
+    layers: LayerBaker | None = None  # None: bind-mount dib_tree into cells (--dib-mount)
+    cell_images: dict[str, str] = field(default_factory=dict)  # host -> its dib layer
 
     def image_id(self, host: str) -> str:
         with self.lock:
@@ -100,7 +103,8 @@ class CellRunner:
 
     def _hostgen(self, cell: PlannedCell, log: Path) -> Outcome:
         outcome = build_host(self.ctx.client, cell.host, log, rebuild=self.ctx.rebuild_hosts,
-                             mirror=self.ctx.mirror, run_id=self.ctx.run_id)
+                             mirror=self.ctx.mirror, run_id=self.ctx.run_id,
+                             proxy_env=self.ctx.extra_env)
         with self.ctx.lock:
             self.ctx.host_images[cell.host.name] = outcome.image
             if outcome.facts is not None:
@@ -108,10 +112,22 @@ class CellRunner:
         if not log.exists():  # cached: the build log is from an earlier run
             _write(log, f"{outcome.one_line()}\n")
         extra = {"log": log, "note": outcome.status.value}
-        if outcome.ok:
-            return Outcome(State.SUCCESS, reason=outcome.status.value, extra=extra)
-        extra["category"] = (outcome.cause.value, outcome.cause.legend) if outcome.cause else None
-        return Outcome(State.FAILED, outcome.message, extra=extra)
+        if not outcome.ok:
+            extra["category"] = ((outcome.cause.value, outcome.cause.legend) if outcome.cause
+                                 else None)
+            return Outcome(State.FAILED, outcome.message, extra=extra)
+        if self.ctx.layers is not None:
+            try:
+                with log.open("ab") as stream:
+                    layer = self.ctx.layers.bake(self.ctx.client, cell.host.name,
+                                                 outcome.image, stream)
+            except DibLayerError as err:
+                _write(log, f"engine error: {err}")
+                return Outcome(State.ERROR, f"engine error: {err}", extra=extra)
+            _write(log, layer.one_line())
+            with self.ctx.lock:
+                self.ctx.cell_images[cell.host.name] = layer.reference
+        return Outcome(State.SUCCESS, reason=outcome.status.value, extra=extra)
 
     def _in_container(self, cell: PlannedCell, log: Path) -> Outcome:
         verdict = preflight(cell, self.ctx.facts.get(cell.host.name))
@@ -166,16 +182,26 @@ class CellRunner:
             run_id=self.ctx.run_id,
             cell_id=cell.id,
             host=cell.host.name,
-            image=self.ctx.host_images[cell.host.name],
+            image=self.cell_image(cell.host.name),
             command=command,
             log_path=self.ctx.log_path(cell),
             timeout=self.ctx.timeout,
             environment={**engine.dib_environment(env, self.ctx.mirror), **self.ctx.extra_env},
-            dib_tree=self.ctx.dib_tree,
+            dib_tree=self.ctx.dib_tree if self.ctx.layers is None else None,
             out_dir=self.ctx.images_dir(cell.host.name) if cell.kind is CellKind.BUILD else None,
             cache_volume=engine.cache_volume_name(cell.host.name),
             network=self.ctx.network,
         )
+
+    def cell_image(self, host: str) -> str:
+        """The host's dib layer, or its host image when the tree is bind-mounted."""
+        if self.ctx.layers is None:
+            return self.ctx.host_images[host]
+        with self.ctx.lock:
+            if host not in self.ctx.cell_images:
+                raise engine.EngineError(f"no dib layer for host {host} (its hostgen did not "
+                                         "finish)")
+            return self.ctx.cell_images[host]
 
     def _boot(self, cell: PlannedCell, log: Path) -> Outcome:
         """Boot the build cell's image under qemu on this machine (same firmware for every
@@ -185,10 +211,13 @@ class CellRunner:
         if image is None:
             _write(log, "boot: the build produced no qcow2 or raw image to boot")
             return Outcome(State.FAILED, "boot: no disk image to boot", extra={"log": log})
+        key = self.ctx.keys.key(cell, self.ctx.image_id(cell.host.name)) if self.ctx.keys else None
+        if key and self.ctx.reusable and key in self.ctx.reusable:
+            return self._reuse(self.ctx.reusable[key], log, key)
         opts = BootOptions(image=image, serial_log=log, timeout=self.ctx.boot_timeout,
                            uefi="block-device-efi" in cell.target.elements)
         command = shlex.join([sys.executable, "-m", "dib.boottest", *opts.to_argv()])
-        extra: dict = {"log": log, "reproducer": command}
+        extra: dict = {"log": log, "reproducer": command, "key": key}
         try:
             result = run_boot_test(opts)
         except BootTestError as err:

@@ -3,9 +3,9 @@
 A cell container is a fresh container of a host image that runs one command
 (normally dib) with:
 
-- the dib tree read-only at ``/opt/dib-matrix`` (a bind mount of the local tree,
-  or already inside the image when a dib layer was baked on top of the host
-  image for a remote engine: see ``bake_dib_layer``);
+- the dib tree at ``/opt/dib-matrix``: inside the image when the cell runs from a
+  dib layer baked on top of the host image (see ``matrix.diblayer``, the
+  default), or a read-only bind mount of the local tree (``--dib-mount``);
 - an output directory bind-mounted at ``/out``;
 - a per-host image-cache volume at ``/cache``;
 - host networking and a few named capabilities, never ``privileged``.
@@ -32,8 +32,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import Mount
 
-from matrix.hostimage import LABEL_HOST, LABEL_ROLE
-from matrix.imagebuild import build_image
+from matrix.hostimage import LABEL_HOST
 
 LABEL_RUN = "org.dib-matrix.run"
 LABEL_CELL = "org.dib-matrix.cell"
@@ -282,48 +281,6 @@ def dib_environment(env: Mapping[str, str], mirror: str | None) -> dict[str, str
     if mirror and "DIB_DISTRIBUTION_MIRROR" not in result:
         result["DIB_DISTRIBUTION_MIRROR"] = mirror
     return result
-
-
-DIB_LAYER_FILES = ("dib", "elements")
-
-
-def bake_dib_layer(
-    client: docker.DockerClient,
-    host_image: str,
-    tree: Path,
-    log: BinaryIO,
-    parts: Sequence[str] = DIB_LAYER_FILES,
-) -> str:
-    """An image with the dib tree copied to DIB_MOUNT on top of ``host_image``.
-
-    For engines that cannot see this machine's files (remote, swarm): run cells
-    from the returned image with ``dib_tree=None``. Tagged by content, so an
-    unchanged tree is built once. ``parts``: the directories of ``tree`` to copy
-    (add e.g. ``matrix/incontainer`` for the tox row).
-    """
-    files: dict[str, bytes] = {}
-    modes: dict[str, int] = {}
-    for top in parts:
-        for path in sorted((tree / top).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                name = str(path.relative_to(tree))
-                files[name] = path.read_bytes()
-                modes[name] = path.stat().st_mode & 0o777  # hook scripts keep their x bit
-    digest = hashlib.sha256(host_image.encode())
-    for name, data in sorted(files.items()):
-        digest.update(f"{name}\0{modes[name]:o}\0".encode() + hashlib.sha256(data).digest())
-    host_repo = host_image.rsplit(":", 1)[0].replace("/host-", "/dib-")
-    reference = f"{host_repo}:{digest.hexdigest()[:16]}"
-    with suppress(docker.errors.ImageNotFound):
-        client.images.get(reference)
-        return reference
-    # One COPY per directory: COPY of several sources copies their contents.
-    copies = "".join(f"COPY {top} {DIB_MOUNT}/{top}\n" for top in parts)
-    files["Dockerfile"] = f"FROM {host_image}\n{copies}".encode()
-    labels = dict(client.images.get(host_image).labels or {})
-    labels[LABEL_ROLE] = "dib-layer"
-    build_image(client, files, log, labels=labels, tag=reference, modes=modes)
-    return reference
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,12 +106,14 @@ def build_host(
     mirror: str | None = None,
     work_dir: Path | None = None,
     run_id: str = "hostgen",
+    proxy_env: Mapping[str, str] | None = None,
 ) -> HostgenOutcome:
     """Make sure ``host``'s image exists; build it unless cached (or ``rebuild``).
 
     ``mirror`` is the Debian mirror for bootstrap hosts whose definition names
-    none (default: ``dib.mirror.find_mirror``). Never raises for a failed
-    build: the outcome says why.
+    none (default: ``dib.mirror.find_mirror``). ``proxy_env`` (a run's shared
+    package cache) routes debootstrap's and the Dockerfile's http downloads.
+    Never raises for a failed build: the outcome says why.
     """
     if not rebuild:
         cached = cached_outcome(client, host)
@@ -122,7 +124,7 @@ def build_host(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         log.write(f"# hostgen {host.name} -> {names.image}\n".encode())
-        job = _Job(client, host, names, log, rebuild, work_dir, run_id)
+        job = _Job(client, host, names, log, rebuild, work_dir, run_id, dict(proxy_env or {}))
         try:
             facts = _generate(job, mirror)
         except _Failed as failed:
@@ -161,6 +163,7 @@ class _Job:
     rebuild: bool
     work_dir: Path | None
     run_id: str
+    proxy_env: dict[str, str]
 
     def note(self, text: str) -> None:
         self.log.write(f"{text}\n".encode())
@@ -186,7 +189,8 @@ def _generate(job: _Job, mirror: str | None) -> HostFacts:
     job.note(f"\n# ---- Dockerfile ----\n{dockerfile.decode()}# --------------------")
     stage_labels = {LABEL_HOST: host.name, LABEL_ROLE: "stage"}
     try:
-        stage = build_image(job.client, files, job.log, labels=stage_labels, nocache=job.rebuild)
+        stage = build_image(job.client, files, job.log, labels=stage_labels, nocache=job.rebuild,
+                            proxy=job.proxy_env or None)
     except BuildFailed as exc:
         raise _Failed(_diagnose_build(host, exc)) from exc
     try:
@@ -276,7 +280,7 @@ def _ensure_base(job: _Job, mirror: str | None) -> None:
     assert isinstance(base, BootstrapBase) and mirror is not None
     scratch = new_work_dir(job.work_dir)
     try:
-        tarball = make_rootfs_tarball(base, mirror, scratch, job.log)
+        tarball = make_rootfs_tarball(base, mirror, scratch, job.log, env=job.proxy_env)
         job.note(f"importing the root filesystem as {base_ref}")
         import_tarball(job.client, tarball, base_ref, labels)
     except RootfsError as exc:

@@ -59,11 +59,17 @@ def build_image(
     tag: str | None = None,
     nocache: bool = False,
     modes: Mapping[str, int] | None = None,
+    proxy: Mapping[str, str] | None = None,
 ) -> BuiltImage:
-    """Build the Dockerfile in ``files`` with host networking; stream output into ``log``."""
+    """Build the Dockerfile in ``files`` with host networking; stream output into ``log``.
+
+    ``proxy``: proxy variables for RUN steps instead of this process's own.
+    """
     lines = _LineTail()
     image_id = None
-    buildargs = {key: os.environ[key] for key in PROXY_ARGS if key in os.environ}
+    if proxy is None:
+        proxy = {key: os.environ[key] for key in PROXY_ARGS if key in os.environ}
+    buildargs = {key: value for key, value in proxy.items() if key in PROXY_ARGS}
     stream = client.api.build(
         fileobj=build_context(files, modes),
         custom_context=True,

@@ -64,7 +64,9 @@ class KeyMaker:
             for top in CHECK_INPUTS:
                 _hash_files(digest, self.dib_tree, _tree_files(self.dib_tree, top))
             return digest.hexdigest()
-        if cell.kind is not CellKind.BUILD or cell.target is None:
+        # A boot row's key is its build's inputs under another kind: it changes
+        # exactly when the image it boots would.
+        if cell.kind not in (CellKind.BUILD, CellKind.BOOT) or cell.target is None:
             return None
         target = cell.target
         definition = {"elements": target.elements, "outputs": target.outputs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,19 +43,21 @@ def make_rootfs_tarball(
     work_dir: Path,
     log: BinaryIO,
     timeout: float = BOOTSTRAP_TIMEOUT,
+    env: Mapping[str, str] | None = None,
 ) -> Path:
     """Bootstrap ``base`` into a fresh directory under ``work_dir``; return its tarball.
 
-    The caller owns ``work_dir`` and removes it (see ``remove_tree``).
+    The caller owns ``work_dir`` and removes it (see ``remove_tree``). ``env``:
+    extra variables for the bootstrap tool (e.g. a package cache's http_proxy).
     """
     tarball = work_dir / "rootfs.tar"
     if base.tool is BootstrapTool.MMDEBSTRAP:
-        result = run_logged(bootstrap_argv(base, mirror, tarball), log, timeout)
+        result = run_logged(bootstrap_argv(base, mirror, tarball), log, timeout, env)
         if not result.ok:
             raise RootfsError(f"mmdebstrap of {base.suite} failed", result)
         return tarball
     root = work_dir / "root"
-    result = run_logged(bootstrap_argv(base, mirror, root), log, timeout)
+    result = run_logged(bootstrap_argv(base, mirror, root), log, timeout, env)
     if not result.ok:
         raise RootfsError(f"debootstrap of {base.suite} failed", result)
     tar = ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(tarball), "."]

@@ -15,7 +15,7 @@ from concurrent_log_handler import ConcurrentRotatingFileHandler
 from tabulate import tabulate
 
 import reports
-from matrix import engine
+from matrix import diblayer, engine
 from matrix.config import MatrixConfig, load_matrix, parse_duration, resolve_matrix_path
 from matrix.diagnostics import ConfigError
 from matrix.facts import load_facts
@@ -52,6 +52,9 @@ def add_parsers(sub: Any) -> None:
                      "output, else out/)")
     run.add_argument("--dib-tree", type=Path, default=REPO_ROOT,
                      help="run dib and elements from this checkout (e.g. a patched one)")
+    run.add_argument("--dib-mount", action="store_true",
+                     help="bind-mount the dib tree into cells instead of baking it as a thin "
+                     "image layer on each host image (edits show up in cells still to run)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="finish an interrupted run: only cells without a result run")
     run.add_argument("--rebuild-hosts", action="store_true", help="rebuild host images")
@@ -83,7 +86,8 @@ def add_parsers(sub: Any) -> None:
     clean = sub.add_parser("clean", help="remove containers and volumes dib-matrix left")
     clean.add_argument("--run", metavar="RUN_ID", help="only this run's objects")
     clean.add_argument("--caches", action="store_true",
-                       help="also remove the per-host image-cache volumes")
+                       help="also remove the per-host image-cache volumes and the dib "
+                       "layers baked on host images")
     clean.set_defaults(func=cmd_clean)
 
 
@@ -150,7 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     request = RunRequest(config, plan, out_dir.resolve(), dib_tree, args.resume,
                          args.rebuild_hosts, tuple(args.categories), args.reuse,
                          args.reuse_failures,
-                         None if args.no_package_cache else DEFAULT_PACKAGE_CACHE)
+                         None if args.no_package_cache else DEFAULT_PACKAGE_CACHE,
+                         dib_mount=args.dib_mount)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     holder: list[MatrixRun] = []
     try:
@@ -231,6 +236,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
         for volume in client.volumes.list(filters={"label": engine.LABEL_CACHE}):
             volume.remove(force=True)
             print(f"removed cache volume {volume.name}")
+        for image in diblayer.all_layers(client):
+            client.images.remove(image.id, force=True)
+            print(f"removed dib layer {', '.join(image.tags) or image.short_id}")
     return EXIT_OK
 
 

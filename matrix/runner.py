@@ -19,6 +19,7 @@ from matrix import engine
 from matrix.cells import CellRunner, RunContext
 from matrix.classify import CategoryRule, classify, classify_file, load_catalogue
 from matrix.config import MatrixConfig
+from matrix.diblayer import LayerBaker
 from matrix.pkgcache import PackageCache, PackageCacheError
 from matrix.plan import Plan, PlannedCell
 from matrix.results import Category, Cell, RunResults, State, load, save
@@ -72,6 +73,7 @@ class RunRequest:
     reuse: bool = False
     reuse_failures: bool = False
     package_cache: Path | None = DEFAULT_PACKAGE_CACHE  # None: cells fetch directly
+    dib_mount: bool = False  # bind-mount the tree rather than bake a dib layer
 
 
 class MatrixRun:
@@ -197,19 +199,12 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
                      boot_timeout=min(request.config.timeout, 600.0),
                      network=engine.Network(request.config.network),
                      rebuild_hosts=request.rebuild_hosts, stop=run.stop,
-                     keys=KeyMaker(request.dib_tree))
+                     keys=KeyMaker(request.dib_tree),
+                     layers=None if request.dib_mount else LayerBaker(request.dib_tree))
     if request.reuse:
         ctx.reusable = index_previous(request.out_dir, run.results.run_id,
                                       request.reuse_failures)
-    stack = contextlib.ExitStack()
-    package_cache = _start_package_cache(request.package_cache, stack)
-    if package_cache is not None:
-        ctx.extra_env = package_cache.environment()
     run.results.engine = _engine_info(client)
-    save(run.results, run.run_dir)
-    _point_latest(request.out_dir, run.results.run_id)
-    if on_start:
-        on_start(run)
 
     def stop_everything() -> None:
         engine.remove_run_objects(client, run.results.run_id)
@@ -220,7 +215,14 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
                           retries=request.config.retries, fail_fast=request.config.fail_fast,
                           done=run.done_states(), stop=run.stop, on_stop=stop_everything)
     try:
-        with stack:
+        with contextlib.ExitStack() as stack:
+            save(run.results, run.run_dir)
+            _point_latest(request.out_dir, run.results.run_id)
+            if on_start:
+                on_start(run)
+            package_cache = _start_package_cache(request.package_cache, stack)
+            if package_cache is not None:
+                ctx.extra_env = package_cache.environment()
             scheduler.run()
             if package_cache is not None:
                 stats = package_cache.stats()

@@ -21,9 +21,9 @@ import pytest
 
 from dib.mirror import find_mirror
 from matrix import cli
+from matrix.diblayer import TreeSnapshot, bake
 from matrix.engine import (
     LABEL_RUN,
-    bake_dib_layer,
     dib_command,
     dib_environment,
     remove_run_objects,
@@ -161,7 +161,13 @@ def test_baked_dib_layer_replaces_the_mount(hostgen_session: HostgenSession) -> 
     client = hostgen_session.client
     log = hostgen_session.workdir / "bake.log"
     with log.open("wb") as stream:
-        baked = bake_dib_layer(client, hostgen_session.image("debian-bookworm"), REPO, stream)
+        snapshot = TreeSnapshot.read(REPO)
+        layer = bake(client, "debian-bookworm", hostgen_session.image("debian-bookworm"),
+                     snapshot, stream)
+        again = bake(client, "debian-bookworm", hostgen_session.image("debian-bookworm"),
+                     snapshot, stream)
+    baked = layer.reference
+    assert not layer.cached and again.cached and again.reference == baked
     executables = sum(
         1 for p in (REPO / "elements").rglob("*") if p.is_file() and os.access(p, os.X_OK)
     )

@@ -108,6 +108,11 @@ def test_artifacts_logs_and_reproducer_are_recorded(small_run):
     assert (run_dir / build["log"]).read_text().count("build finished") == 1
     assert build["reproducer"].startswith("docker run --rm --network=host --cap-drop=ALL")
     assert "python3 -m dib" in build["reproducer"]
+    # The tree is baked into a layer on the host image: the reproducer needs no checkout.
+    assert " dib-matrix/dib-debian-bookworm:" in build["reproducer"]
+    assert ":/opt/dib-matrix" not in build["reproducer"]
+    hostgen_log = (run_dir / cells["debian-bookworm.hostgen"]["log"]).read_text()
+    assert "dib layer dib-matrix/dib-debian-bookworm:" in hostgen_log
     assert data["dib_tree"]["path"] == str(REPO)
     assert data["host_images"]["debian-bookworm"].startswith("dib-matrix/host-debian-bookworm:")
 
@@ -225,6 +230,56 @@ timeout: 20s
     assert "patched element is broken" in broken["evidence"]
     assert time.monotonic() - started < 180
     assert run_containers(run_dir) == []
+
+
+def _layer_of(run_dir, cell_id):
+    cells, _ = cells_of(run_dir)
+    words = cells[cell_id]["reproducer"].split()
+    return next(w for w in words if w.startswith("dib-matrix/dib-")), cells[cell_id]
+
+
+def test_element_patch_bakes_only_a_thin_layer_and_mount_still_works(tmp_path):
+    tree = patched_tree(tmp_path)
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "broken.yaml").write_text(
+        "name: broken\nelements: [debian-minimal, broken]\nenv:\n  DIB_RELEASE: bookworm\n"
+        "outputs: [tar]\n")
+    matrix = write_matrix(tmp_path, "name: layers\nhosts: [debian-bookworm]\n"
+                          "targets: [targets/broken.yaml]\nchecks: []\n")
+    out = tmp_path / "out"
+
+    def run(*extra):
+        done = dib_matrix("run", str(matrix), "--out", str(out), "--dib-tree", str(tree), *extra)
+        assert done.returncode == 1, done.stdout[-3000:]
+        return (out / "latest").resolve()
+
+    first = run()
+    layer1, cell1 = _layer_of(first, "debian-bookworm.broken")
+    assert "patched element is broken" in cell1["evidence"]
+
+    script = tree / "elements" / "broken" / "root.d" / "01-broken"
+    script.write_text(script.read_text().replace("is broken", "is broken again"))
+    second = run()
+    layer2, cell2 = _layer_of(second, "debian-bookworm.broken")
+    assert layer2 != layer1
+    assert "patched element is broken again" in cell2["evidence"]
+    _, data1 = cells_of(first)
+    _, data2 = cells_of(second)
+    assert data1["host_images"] == data2["host_images"]  # the host image was not rebuilt
+    client = docker.from_env()
+    layers1 = client.images.get(layer1).attrs["RootFS"]["Layers"]
+    layers2 = client.images.get(layer2).attrs["RootFS"]["Layers"]
+    # Only the last layer (elements) differs: host image and dib layers are shared.
+    assert len(layers1) == len(layers2) and layers1[:-1] == layers2[:-1]
+    assert layers1[-1] != layers2[-1]
+
+    mounted = run("--dib-mount")
+    cells, _ = cells_of(mounted)
+    reproducer = cells["debian-bookworm.broken"]["reproducer"]
+    assert f"{tree}:/opt/dib-matrix:ro" in reproducer
+    assert "dib-matrix/dib-" not in reproducer
+    assert "patched element is broken again" in cells["debian-bookworm.broken"]["evidence"]
+    assert run_containers(mounted) == []
 
 
 def test_vm_target_is_built_and_boots_in_the_boot_row(tmp_path):

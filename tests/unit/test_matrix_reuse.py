@@ -48,3 +48,22 @@ def test_previous_runs_index_prefers_newest_and_skips_failures(tmp_path):
     assert found["k1"].run_dir.name == "20260101-000000-aaaa"
     with_failures = index_previous(tmp_path, exclude_run="now", with_failures=True)
     assert with_failures["k1"].run_dir.name == "20260102-000000-bbbb"
+
+
+def test_boot_row_key_follows_its_build(tmp_path):
+    tree = tree_copy(tmp_path)
+    matrix = tmp_path / "vm.yaml"
+    matrix.write_text("hosts: [debian-bookworm]\ntargets: [debian-bookworm-vm, debian-sid]\n")
+    plan = make_plan(load_matrix(matrix)).by_id()
+    build, boot = plan["debian-bookworm.debian-bookworm-vm"], plan[
+        "debian-bookworm.debian-bookworm-vm:boot"]
+    sid = plan["debian-bookworm.debian-sid"]
+    before = KeyMaker(tree)
+    boot_key, sid_key = before.key(boot, "sha256:img"), before.key(sid, "sha256:img")
+    assert boot_key is not None and boot_key != before.key(build, "sha256:img")
+
+    marker = next((tree / "elements" / "growroot").rglob("*.d/*"))  # only the vm uses it
+    marker.write_text(marker.read_text() + "# patched\n")
+    after = KeyMaker(tree)
+    assert after.key(boot, "sha256:img") != boot_key
+    assert after.key(sid, "sha256:img") == sid_key

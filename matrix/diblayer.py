@@ -1,0 +1,178 @@
+"""The dib tree as a thin image layer on top of a cached host image.
+
+Cells run from ``dib-matrix/dib-<host>:<content hash>``: the host image plus
+the dib tree copied to ``/opt/dib-matrix``. The tag is the hash of the host
+image id and every copied file (path, mode, content), so an unchanged tree is
+baked once and reused across runs, and a patch bakes a new thin layer while the
+host image (hundreds of MB, minutes of debootstrap) stays as it is.
+
+The tree is copied in a few ``COPY`` steps, the least often changed first, so
+the engine's build cache keeps the earlier layers: a patch to one element
+re-copies only the ``elements`` layer.
+
+Why a layer rather than a bind mount of the local tree (still available with
+``dib-matrix run --dib-mount``): a run's cells all see the tree as it was when
+the run started, even if the reviewer edits it meanwhile; a cell's reproducer
+needs nothing but the image; and an engine that cannot see this machine's files
+(a remote ``DOCKER_HOST``) can still run the cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import docker
+import docker.errors
+
+from matrix.hostimage import LABEL_HOST, LABEL_ROLE
+from matrix.imagebuild import BuildFailed, build_image
+
+ROLE = "dib-layer"
+REPOSITORY = "dib-matrix/dib-{host}"
+TAG_LENGTH = 16
+# Other dib layers of a host kept besides the current one (a reviewer going back
+# and forth between two trees does not re-bake); older ones are removed.
+KEEP_PREVIOUS = 2
+# Copied in this order, one COPY each: the rarely changed parts first. The tox
+# row needs the packaging files and dib's unit tests besides dib and elements.
+LAYER_PARTS: tuple[str, ...] = (
+    "pyproject.toml",
+    "tox.ini",
+    "tests/__init__.py",
+    "tests/unit/__init__.py",
+    "tests/unit/dib",
+    "matrix/incontainer",
+    "dib",
+    "elements",
+)
+TARGET = "/opt/dib-matrix"
+
+
+class DibLayerError(Exception):
+    """The layer could not be baked (an engine failure, not a build's)."""
+
+
+@dataclass(frozen=True)
+class TreeSnapshot:
+    """The files of a dib tree at one moment: what every cell of a run will see."""
+
+    files: dict[str, bytes]
+    modes: dict[str, int]
+    parts: tuple[str, ...]  # the LAYER_PARTS present in the tree
+    digest: str  # of paths, modes and contents
+
+    @classmethod
+    def read(cls, tree: Path, parts: Sequence[str] = LAYER_PARTS) -> TreeSnapshot:
+        files: dict[str, bytes] = {}
+        modes: dict[str, int] = {}
+        present = []
+        for part in parts:
+            top = tree / part
+            if not top.exists():
+                continue  # e.g. a tree without tests: the tox row says what is missing
+            present.append(part)
+            paths = [top] if top.is_file() else sorted(top.rglob("*"))
+            for path in paths:
+                if path.is_file() and "__pycache__" not in path.parts:
+                    name = str(path.relative_to(tree))
+                    files[name] = path.read_bytes()
+                    modes[name] = path.stat().st_mode & 0o777  # hooks keep their x bit
+        digest = hashlib.sha256()
+        for name in sorted(files):
+            digest.update(f"{name}\0{modes[name]:o}\0".encode())
+            digest.update(hashlib.sha256(files[name]).digest())
+        return cls(files, modes, tuple(present), digest.hexdigest())
+
+    def dockerfile(self, host_image: str) -> str:
+        copies = "".join(f"COPY {part} {TARGET}/{part}\n" for part in self.parts)
+        return f"FROM {host_image}\n{copies}"
+
+
+def layer_reference(host: str, host_image_id: str, snapshot: TreeSnapshot) -> str:
+    digest = hashlib.sha256(f"{host_image_id}\0{snapshot.digest}".encode()).hexdigest()
+    return f"{REPOSITORY.format(host=host)}:{digest[:TAG_LENGTH]}"
+
+
+@dataclass(frozen=True)
+class BakedLayer:
+    reference: str
+    cached: bool
+    seconds: float
+
+    def one_line(self) -> str:
+        how = "cached" if self.cached else f"baked in {self.seconds:.1f} s"
+        return f"dib layer {self.reference} ({how})"
+
+
+def bake(
+    client: docker.DockerClient,
+    host: str,
+    host_image: str,
+    snapshot: TreeSnapshot,
+    log: BinaryIO,
+) -> BakedLayer:
+    """The dib layer of ``snapshot`` on ``host_image``: found by its tag, else built."""
+    start = time.monotonic()
+    try:
+        host_image_obj = client.images.get(host_image)
+        reference = layer_reference(host, host_image_obj.id, snapshot)
+        with suppress(docker.errors.ImageNotFound):
+            client.images.get(reference)
+            return BakedLayer(reference, True, time.monotonic() - start)
+        files = dict(snapshot.files)
+        files["Dockerfile"] = snapshot.dockerfile(host_image).encode()
+        labels = dict(host_image_obj.labels or {})  # the host's facts stay readable
+        labels.update({LABEL_HOST: host, LABEL_ROLE: ROLE})
+        build_image(client, files, log, labels=labels, tag=reference, modes=snapshot.modes)
+    except (docker.errors.DockerException, BuildFailed) as exc:
+        raise DibLayerError(f"baking the dib layer on {host_image} failed: {exc}") from exc
+    prune(client, host, keep=reference)
+    return BakedLayer(reference, False, time.monotonic() - start)
+
+
+def prune(client: docker.DockerClient, host: str, keep: str) -> list[str]:
+    """Remove this host's older dib layers beyond the newest KEEP_PREVIOUS; in-use ones stay."""
+    filters = {"label": [f"{LABEL_ROLE}={ROLE}", f"{LABEL_HOST}={host}"]}
+    try:
+        layers = client.images.list(filters=filters)
+    except docker.errors.DockerException:
+        return []
+    others = [image for image in layers if keep not in image.tags]
+    others.sort(key=lambda image: image.attrs.get("Created", ""), reverse=True)
+    removed = []
+    for image in others[KEEP_PREVIOUS:]:
+        with suppress(docker.errors.DockerException):  # in use by a running cell: later
+            client.images.remove(image.id, force=False, noprune=False)
+            removed.append(image.id)
+    return removed
+
+
+def all_layers(client: docker.DockerClient) -> list:
+    """Every host's dib layers (``dib-matrix clean --caches`` removes them)."""
+    return client.images.list(filters={"label": f"{LABEL_ROLE}={ROLE}"})
+
+
+class LayerBaker:
+    """Bakes each host's layer once per run from one snapshot of the tree."""
+
+    def __init__(self, tree: Path):
+        self.tree = tree
+        self._snapshot: TreeSnapshot | None = None
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> TreeSnapshot:
+        with self._lock:
+            if self._snapshot is None:
+                self._snapshot = TreeSnapshot.read(self.tree)
+            return self._snapshot
+
+    def bake(self, client: docker.DockerClient, host: str, host_image: str,
+             log: BinaryIO) -> BakedLayer:
+        return bake(client, host, host_image, self.snapshot(), log)
