@@ -136,3 +136,37 @@ def test_build_returns_the_image_id():
     client = SimpleNamespace(api=FakeBuildApi(chunks))
     built = build_image(client, {"Dockerfile": b"FROM x\n"}, io.BytesIO(), labels={})
     assert built.id == "sha256:abc"
+
+
+def test_package_cache_proxy_reaches_debootstrap_and_the_dockerfile(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_rootfs(base, mirror, work_dir, log, env=None):
+        seen["debootstrap"] = dict(env or {})
+        raise hostgen.RootfsError("stop here")
+
+    monkeypatch.setattr(hostgen, "make_rootfs_tarball", fake_rootfs)
+    host = HostDefinition(
+        name="deb", base=BootstrapBase("bookworm"), package_manager=PackageManager.APT
+    )
+    proxy = {"http_proxy": "http://127.0.0.1:3142", "no_proxy": "localhost"}
+    build_host(SimpleNamespace(images=FakeImages()), host, tmp_path / "deb.log",
+               mirror="http://mirror.invalid/debian", proxy_env=proxy, work_dir=tmp_path)
+    assert seen["debootstrap"] == proxy
+
+
+def test_build_proxy_replaces_this_process_proxy(monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://corporate:8080")
+    captured = {}
+
+    class Api:
+        def build(self, **kwargs):
+            captured.update(kwargs["buildargs"])
+            return iter([{"aux": {"ID": "sha256:2"}}])
+
+    client = SimpleNamespace(api=Api())
+    build_image(client, {"Dockerfile": b"FROM x\n"}, io.BytesIO(), labels={},
+                proxy={"http_proxy": "http://127.0.0.1:3142", "PATH": "/ignored"})
+    assert captured == {"http_proxy": "http://127.0.0.1:3142"}
+    build_image(client, {"Dockerfile": b"FROM x\n"}, io.BytesIO(), labels={})
+    assert captured["http_proxy"] == "http://corporate:8080"
