@@ -7,6 +7,7 @@ host. Marked slow: the trixie host and everything run inside it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -161,7 +162,12 @@ def test_baked_dib_layer_replaces_the_mount(hostgen_session: HostgenSession) -> 
     client = hostgen_session.client
     log = hostgen_session.workdir / "bake.log"
     with log.open("wb") as stream:
-        snapshot = TreeSnapshot.read(REPO)
+        # A file of this test's own makes the layer new, whatever earlier runs baked.
+        token = os.urandom(8).hex()
+        tree = TreeSnapshot.read(REPO)
+        snapshot = dataclasses.replace(
+            tree, files={**tree.files, "elements/.bake-test": token.encode()},
+            modes={**tree.modes, "elements/.bake-test": 0o644}, digest=tree.digest + token)
         layer = bake(client, "debian-bookworm", hostgen_session.image("debian-bookworm"),
                      snapshot, stream)
         again = bake(client, "debian-bookworm", hostgen_session.image("debian-bookworm"),
