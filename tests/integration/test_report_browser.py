@@ -149,6 +149,9 @@ def browser(tmp_path):
     profile = tmp_path / "profile"
     profile.mkdir()
     log = (tmp_path / "chromium.log").open("wb")
+    # Chromium makes scratch directories in /tmp it does not always remove (pointing
+    # its TMPDIR elsewhere crashed it): the fixture removes the ones that appear.
+    scratch_before = set(Path("/tmp").glob("org.chromium.Chromium.*"))
     proc = subprocess.Popen(
         [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
         stdout=log, stderr=subprocess.STDOUT,
@@ -169,6 +172,8 @@ def browser(tmp_path):
             proc.kill()
             proc.wait()
         log.close()
+        for scratch in set(Path("/tmp").glob("org.chromium.Chromium.*")) - scratch_before:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture
