@@ -104,7 +104,7 @@ class CellRunner:
     def _hostgen(self, cell: PlannedCell, log: Path) -> Outcome:
         outcome = build_host(self.ctx.client, cell.host, log, rebuild=self.ctx.rebuild_hosts,
                              mirror=self.ctx.mirror, run_id=self.ctx.run_id,
-                             proxy_env=self.ctx.extra_env)
+                             proxy_env=self.ctx.extra_env, timeout=self.ctx.hostgen_timeout)
         with self.ctx.lock:
             self.ctx.host_images[cell.host.name] = outcome.image
             if outcome.facts is not None:

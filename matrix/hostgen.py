@@ -44,7 +44,13 @@ from matrix.hostimage import (
 )
 from matrix.hosts import BootstrapBase, HostDefinition, ImageBase, RootfsBase
 from matrix.imagebuild import BuildFailed, build_image, import_tarball
-from matrix.rootfs import RootfsError, make_rootfs_tarball, new_work_dir, remove_tree
+from matrix.rootfs import (
+    BOOTSTRAP_TIMEOUT,
+    RootfsError,
+    make_rootfs_tarball,
+    new_work_dir,
+    remove_tree,
+)
 
 PROBE_TIMEOUT = 300.0
 
@@ -107,12 +113,14 @@ def build_host(
     work_dir: Path | None = None,
     run_id: str = "hostgen",
     proxy_env: Mapping[str, str] | None = None,
+    timeout: float = BOOTSTRAP_TIMEOUT,
 ) -> HostgenOutcome:
     """Make sure ``host``'s image exists; build it unless cached (or ``rebuild``).
 
     ``mirror`` is the Debian mirror for bootstrap hosts whose definition names
     none (default: ``dib.mirror.find_mirror``). ``proxy_env`` (a run's shared
     package cache) routes debootstrap's and the Dockerfile's http downloads.
+    ``timeout`` bounds the whole generation (bootstrap and image build).
     Never raises for a failed build: the outcome says why.
     """
     if not rebuild:
@@ -124,7 +132,8 @@ def build_host(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         log.write(f"# hostgen {host.name} -> {names.image}\n".encode())
-        job = _Job(client, host, names, log, rebuild, work_dir, run_id, dict(proxy_env or {}))
+        job = _Job(client, host, names, log, rebuild, work_dir, run_id, dict(proxy_env or {}),
+                   deadline=start + timeout)
         try:
             facts = _generate(job, mirror)
         except _Failed as failed:
@@ -164,6 +173,10 @@ class _Job:
     work_dir: Path | None
     run_id: str
     proxy_env: dict[str, str]
+    deadline: float  # time.monotonic() by which the whole hostgen must be done
+
+    def remaining(self) -> float:
+        return max(1.0, self.deadline - time.monotonic())
 
     def note(self, text: str) -> None:
         self.log.write(f"{text}\n".encode())
@@ -190,7 +203,7 @@ def _generate(job: _Job, mirror: str | None) -> HostFacts:
     stage_labels = {LABEL_HOST: host.name, LABEL_ROLE: "stage"}
     try:
         stage = build_image(job.client, files, job.log, labels=stage_labels, nocache=job.rebuild,
-                            proxy=job.proxy_env or None)
+                            proxy=job.proxy_env or None, deadline=job.deadline)
     except BuildFailed as exc:
         raise _Failed(_diagnose_build(host, exc)) from exc
     try:
@@ -280,7 +293,8 @@ def _ensure_base(job: _Job, mirror: str | None) -> None:
     assert isinstance(base, BootstrapBase) and mirror is not None
     scratch = new_work_dir(job.work_dir)
     try:
-        tarball = make_rootfs_tarball(base, mirror, scratch, job.log, env=job.proxy_env)
+        tarball = make_rootfs_tarball(base, mirror, scratch, job.log, timeout=job.remaining(),
+                                      env=job.proxy_env)
         job.note(f"importing the root filesystem as {base_ref}")
         import_tarball(job.client, tarball, base_ref, labels)
     except RootfsError as exc:
@@ -294,6 +308,8 @@ def _ensure_base(job: _Job, mirror: str | None) -> None:
 
 
 def _diagnose_build(host: HostDefinition, exc: BuildFailed) -> Diagnosis:
+    if exc.timed_out:
+        return Diagnosis(HostgenCause.TIMEOUT, f"{exc} (step: {exc.step or 'unknown'})")
     if exc.step.startswith("FROM"):
         return Diagnosis(HostgenCause.BASE_IMAGE_UNAVAILABLE, str(exc))
     fallback = HostgenCause.BUILD_FAILED

@@ -6,6 +6,7 @@ import io
 import os
 import re
 import tarfile
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,10 +26,12 @@ PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROX
 class BuildFailed(Exception):
     """The engine refused or failed a build; ``tail`` holds the last log lines."""
 
-    def __init__(self, message: str, tail: tuple[str, ...], step: str = "") -> None:
+    def __init__(self, message: str, tail: tuple[str, ...], step: str = "",
+                 timed_out: bool = False) -> None:
         super().__init__(message)
         self.tail = tail
         self.step = step  # the Dockerfile instruction that was running
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,14 @@ def build_image(
     nocache: bool = False,
     modes: Mapping[str, int] | None = None,
     proxy: Mapping[str, str] | None = None,
+    deadline: float | None = None,
 ) -> BuiltImage:
     """Build the Dockerfile in ``files`` with host networking; stream output into ``log``.
 
     ``proxy``: proxy variables for RUN steps instead of this process's own.
+    ``deadline`` (``time.monotonic()``): past it the build is abandoned at its next
+    output; dropping the connection makes the engine cancel it. A step silent for
+    longer is still bounded by the client's read timeout.
     """
     lines = _LineTail()
     image_id = None
@@ -97,6 +104,11 @@ def build_image(
         aux: Any = chunk.get("aux")
         if isinstance(aux, dict) and "ID" in aux:
             image_id = aux["ID"]
+        if deadline is not None and time.monotonic() > deadline and image_id is None:
+            stream.close()
+            log.write(b"\nERROR: the build was still running at the hostgen deadline\n")
+            raise BuildFailed("the build was still running at the deadline", lines.done(),
+                              lines.step, timed_out=True)
     if image_id is None:
         raise BuildFailed("the engine reported no image id", lines.done(), lines.step)
     return BuiltImage(image_id, lines.done())

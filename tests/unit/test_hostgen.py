@@ -141,7 +141,8 @@ def test_build_returns_the_image_id():
 def test_package_cache_proxy_reaches_debootstrap_and_the_dockerfile(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_rootfs(base, mirror, work_dir, log, env=None):
+    def fake_rootfs(base, mirror, work_dir, log, timeout=0, env=None):
+        seen["timeout"] = timeout
         seen["debootstrap"] = dict(env or {})
         raise hostgen.RootfsError("stop here")
 
@@ -151,8 +152,25 @@ def test_package_cache_proxy_reaches_debootstrap_and_the_dockerfile(tmp_path, mo
     )
     proxy = {"http_proxy": "http://127.0.0.1:3142", "no_proxy": "localhost"}
     build_host(SimpleNamespace(images=FakeImages()), host, tmp_path / "deb.log",
-               mirror="http://mirror.invalid/debian", proxy_env=proxy, work_dir=tmp_path)
+               mirror="http://mirror.invalid/debian", proxy_env=proxy, work_dir=tmp_path,
+               timeout=120)
     assert seen["debootstrap"] == proxy
+    assert 100 < seen["timeout"] <= 120  # what is left of the hostgen's own timeout
+
+
+def test_build_past_its_deadline_is_abandoned_as_a_timeout():
+    class Api:
+        def build(self, **kwargs):
+            chunks = [{"stream": "Step 2/3 : RUN apt-get install -y tox\n"},
+                      {"stream": "Unpacking ...\n"}, {"aux": {"ID": "sha256:3"}}]
+            return (chunk for chunk in chunks)  # the SDK's stream is a generator
+
+    with pytest.raises(BuildFailed) as failed:
+        build_image(SimpleNamespace(api=Api()), {"Dockerfile": b"FROM x\n"}, io.BytesIO(),
+                    labels={}, deadline=0.0)
+    assert failed.value.timed_out and failed.value.step == "RUN apt-get install -y tox"
+    host = image_host()
+    assert hostgen._diagnose_build(host, failed.value).cause is HostgenCause.TIMEOUT
 
 
 def test_build_proxy_replaces_this_process_proxy(monkeypatch):
