@@ -1,18 +1,28 @@
-"""A small matrix through ``dib-matrix run``: cold, warm, --reuse unchanged, one element touched.
+"""``dib-matrix run``: cold, warm, --reuse unchanged, one element touched.
 
-The benchmark's hosts are copies of the bundled ones named ``bench-<host>``, so
-their images and per-host cache volumes are the benchmark's own: making them
-cold never touches anyone else's. Targets: the bundled debian-bookworm and
+The full run measures the default matrix (``matrix/matrices/default.yaml``,
+read at run time): its targets, checks, max-parallel and timeout, on copies of
+its hosts named ``bench-<host>``, so their images and per-host cache volumes
+are the benchmark's own: making them cold never touches anyone else's. The
+touched element is a real bundled one that only some targets use (``growroot``:
+only the VM target), so the touched run must re-run exactly the build cells
+whose element closure holds it, the boot rows of those builds, and every check
+row (tox tests every element).
+
+``--quick`` keeps a small matrix: one host x debian-bookworm and
 ``bench-bookworm-extra`` (debian-minimal plus the bench-only ``bench-extra``
-element), so touching ``bench-extra`` must re-run only the second target's
-cells (and the tox row, which tests every element).
+element, the touched one), no checks.
+
+Which cells ran, which were reused and which never ran (a preflight verdict,
+skipped, excluded) comes from each run's ``results.json``, per kind (build,
+check, boot).
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,35 +32,29 @@ import yaml
 from bench.figures import Figure, megabytes, ratio
 from bench.proc import Timed, base_env, timed
 from bench.profiling import record_argv, summarise
-from bench.workspace import REPO, Bench, copy_tree, write_element
+from bench.workspace import REPO, Bench, BenchError, copy_tree, write_element
 from matrix import engine
-from matrix.config import load_matrix
-from matrix.plan import make_plan
-from matrix.results import CellKind, RunResults, load
+from matrix.config import load_matrix, resolve_matrix_path
+from matrix.plan import Plan, PlannedCell, make_plan
+from matrix.results import Cell, CellKind, RunResults, State, load
 from matrix.reuse import KeyMaker
 
 SECTION = "matrix"
 PREFIX = "bench-"
-TOUCHED = "bench-extra"
-EXTRA_TARGET = "bench-bookworm-extra"
 REUSE_TARGET_S = 10.0
-HOSTS_FULL = ("debian-bookworm", "debian-trixie")
-HOSTS_QUICK = ("debian-bookworm",)
+# The element touched in the full run: the first of these that only some targets
+# use, else the element fewest (but not all) of the matrix's targets use.
+TOUCH_PREFERRED = ("growroot", "boot-marker")
+QUICK_TOUCHED = "bench-extra"
+QUICK_TARGET = "bench-bookworm-extra"
+QUICK_HOSTS = ("debian-bookworm",)
+RUN_KINDS = (CellKind.BUILD, CellKind.CHECK, CellKind.BOOT)
+TOUCH_MARK = "# touched by dib-matrix's benchmark\n"
 EXTRA_HOOK = """#!/bin/bash
 # bench-only element: leaves a mark in the image, so touching it changes a real build.
 set -eu
 echo "built by dib-matrix's benchmark" > /etc/dib-matrix-bench
 """
-
-
-def bench_host(name: str, directory: Path) -> Path:
-    """hosts/<name>.yaml renamed to bench-<name>: the benchmark's own image and volume."""
-    definition = yaml.safe_load((REPO / "hosts" / f"{name}.yaml").read_text())
-    definition["name"] = PREFIX + name
-    path = directory / f"{PREFIX}{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(definition, sort_keys=False))
-    return path
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -59,15 +63,154 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def extra_target(directory: Path) -> Path:
-    return write_yaml(directory / f"{EXTRA_TARGET}.yaml", {
-        "name": EXTRA_TARGET,
+def bench_host(source: Path, directory: Path) -> Path:
+    """A host YAML renamed to bench-<name>: the benchmark's own image and volume."""
+    definition = yaml.safe_load(source.read_text())
+    definition["name"] = PREFIX + definition["name"]
+    return write_yaml(directory / f"{definition['name']}.yaml", definition)
+
+
+def bench_matrix(source: Mapping, source_dir: Path, hosts: Sequence[Path]) -> dict:
+    """The matrix document ``source`` (from ``source_dir``) on the bench host files ``hosts``.
+
+    Everything else is kept (targets, checks, max-parallel, timeout, ...): host
+    globs of exclude and allowed-failures get the bench prefix, paths relative
+    to the source matrix become absolute, and ``output`` is left to ``--out``.
+    """
+    if source.get("include"):
+        raise BenchError("the default matrix has include entries: they name bundled hosts, "
+                         "which the benchmark replaces with its copies")
+
+    def absolute(entry: object) -> object:
+        if isinstance(entry, str) and entry.endswith((".yaml", ".yml")):
+            return str((source_dir / entry).resolve())
+        return entry
+
+    doc: dict = {"name": f"{PREFIX}{source.get('name', 'default')}",
+                 "hosts": [str(path) for path in hosts]}
+    for key, value in source.items():
+        if key in ("name", "hosts", "output"):
+            continue
+        if key == "targets" and isinstance(value, list):
+            value = [absolute(entry) for entry in value]
+        elif key in ("exclude", "allowed-failures") and isinstance(value, list):
+            value = [{**rule, "host": PREFIX + str(rule["host"])}
+                     if isinstance(rule, dict) and "host" in rule else rule for rule in value]
+        elif key == "categories" and isinstance(value, list):
+            value = [str((source_dir / str(path)).resolve()) for path in value]
+        doc[key] = value
+    return doc
+
+
+def quick_target(directory: Path) -> Path:
+    return write_yaml(directory / f"{QUICK_TARGET}.yaml", {
+        "name": QUICK_TARGET,
         "description": "debian-minimal bookworm plus the bench-only bench-extra element",
-        "elements": ["debian-minimal", TOUCHED],
+        "elements": ["debian-minimal", QUICK_TOUCHED],
         "env": {"DIB_RELEASE": "bookworm"},
         "outputs": ["tar"],
         "requires": {"tools": ["debootstrap"], "debootstrap-script": "bookworm"},
     })
+
+
+# --- what a plan holds and what a touch must re-run (pure) ---------------------------------
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def describe_plan(label: str, plan: Plan) -> str:
+    """'default matrix: 3 hosts x 6 targets + tox + 1 boot row', from the plan's rows."""
+    kinds = {cell.row: cell.kind for cell in plan.cells}
+    builds = [row for row in plan.rows if kinds.get(row) is CellKind.BUILD]
+    checks = [row for row in plan.rows if kinds.get(row) is CellKind.CHECK]
+    boots = [row for row in plan.rows if kinds.get(row) is CellKind.BOOT]
+    text = f"{label}: {_plural(len(plan.hosts), 'host')} x {_plural(len(builds), 'target')}"
+    text += "".join(f" + {check}" for check in checks)
+    if boots:
+        text += f" + {_plural(len(boots), 'boot row')}"
+    return text
+
+
+def closures(plan: Plan, tree: Path) -> dict[str, set[str]]:
+    """Target name -> names of the elements its build resolves to in ``tree``."""
+    keys = KeyMaker(tree)
+    return {cell.target.name: {path.name for path in keys.element_dirs(cell.target.elements)}
+            for cell in plan.cells if cell.kind is CellKind.BUILD and cell.target is not None}
+
+
+def pick_touched(target_closures: Mapping[str, set[str]],
+                 preferred: Sequence[str] = TOUCH_PREFERRED) -> str | None:
+    """An element some targets' closures hold but not all: a touch that spares cells."""
+    users: dict[str, set[str]] = {}
+    for target, elements in target_closures.items():
+        for element in elements:
+            users.setdefault(element, set()).add(target)
+    partial = {e: targets for e, targets in users.items() if targets != set(target_closures)}
+    for element in preferred:
+        if element in partial:
+            return element
+    return min(partial, key=lambda e: (len(partial[e]), e), default=None)
+
+
+def expected_after_touch(plan: Plan, target_closures: Mapping[str, set[str]],
+                         touched: str) -> set[str]:
+    """Build cells whose closure holds ``touched``, the boot rows of those builds, every check."""
+    def holds(cell: PlannedCell) -> bool:
+        return cell.target is not None and touched in target_closures.get(cell.target.name, ())
+
+    expected = {cell.id for cell in plan.cells if cell.kind is CellKind.CHECK
+                or (cell.kind is CellKind.BUILD and holds(cell))}
+    expected |= {cell.id for cell in plan.cells
+                 if cell.kind is CellKind.BOOT and any(need in expected for need in cell.needs)}
+    return expected
+
+
+# --- what one run did, from its results (pure) --------------------------------------------
+
+
+def ran(cell: Cell) -> bool:
+    """The cell ran this time (a container, or qemu for a boot row): not reused, and not
+    a preflight verdict, a skip or an exclusion (those have no reproducer)."""
+    if cell.kind not in RUN_KINDS or cell.reused:
+        return False
+    if cell.state in (State.SKIPPED, State.EXCLUDED, State.PENDING):
+        return False
+    return cell.reproducer is not None or cell.state is State.ERROR
+
+
+def ran_ok(cells: Iterable[Cell]) -> set[str]:
+    """Cells that ran and succeeded: what a later --reuse can take."""
+    return {c.id for c in cells if ran(c) and c.state is State.SUCCESS}
+
+
+def by_kind(cells: Iterable[Cell], ids: set[str], of: set[str] | None = None) -> str:
+    """'build 4, check 2, boot 2' for ``ids``, or 'build 4/4, ...' out of ``of``."""
+    kinds = {c.id: c.kind for c in cells}
+    parts = []
+    for kind in RUN_KINDS:
+        count = sum(kinds.get(i) is kind for i in ids)
+        if of is None:
+            if count:
+                parts.append(f"{kind.value} {count}")
+            continue
+        total = sum(kinds.get(i) is kind for i in of)
+        if total or count:
+            parts.append(f"{kind.value} {count}/{total}")
+    return ", ".join(parts) or "none"
+
+
+def by_row(cell_ids: Iterable[str]) -> str:
+    """'host.row' ids as 'row (N hosts)', so a note stays one short line."""
+    rows: dict[str, int] = {}
+    for cell_id in cell_ids:
+        row = cell_id.split(".", 1)[1]
+        rows[row] = rows.get(row, 0) + 1
+    return ", ".join(f"{row} ({_plural(n, 'host')})" for row, n in sorted(rows.items()))
+
+
+# --- runs -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -82,17 +225,23 @@ class MatrixRun:
     def seconds(self) -> float | None:
         return self.timed.seconds if self.results is not None else None
 
-    def cells(self, reused: bool) -> set[str]:
-        """Finished build and check cells, reused from an earlier run or not."""
-        cells = self.results.cells if self.results else []
-        return {c.id for c in cells if c.kind is not CellKind.HOSTGEN and c.reused == reused
-                and c.state.is_finished}
+    @property
+    def cells(self) -> list[Cell]:
+        return self.results.cells if self.results else []
+
+    def ran(self) -> set[str]:
+        return {c.id for c in self.cells if ran(c)}
+
+    def reused(self) -> set[str]:
+        return {c.id for c in self.cells if c.kind in RUN_KINDS and c.reused}
 
     def note(self) -> str:
         counts = self.results.counts() if self.results else {}
         states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if n)
         if self.timed.returncode not in (0, 1):  # 1: some voting cell failed
             states += f" (exit {self.timed.returncode}: {self.timed.tail(1)[:80]})"
+        if self.results is not None:
+            states += f"; ran: {by_kind(self.cells, self.ran())}"
         cache = self.results.engine.get("package_cache") if self.results else None
         if cache:
             states += (f"; packages: {megabytes(cache['bytes_from_upstream']):.1f} MB from the "
@@ -101,13 +250,16 @@ class MatrixRun:
 
     def cached_bases(self) -> tuple[int, int]:
         """(builds whose log says dib took its base from the image cache, builds run)."""
-        if self.results is None or self.run_dir is None:
+        if self.run_dir is None:
             return 0, 0
-        logs = [self.run_dir / c.log for c in self.results.cells
-                if c.kind is CellKind.BUILD and not c.reused and c.log]
+        logs = [self.run_dir / c.log for c in self.cells
+                if c.kind is CellKind.BUILD and ran(c) and c.log]
         used = sum(log.exists() and "using cached base" in log.read_text(errors="replace")
                    for log in logs)
         return used, len(logs)
+
+    def hosts_that_built(self) -> int:
+        return len({c.host for c in self.cells if c.kind is CellKind.BUILD and ran(c)})
 
 
 @dataclass(frozen=True)
@@ -119,6 +271,10 @@ class Setup:
     # dib-matrix keeps its shared package cache under $HOME/.cache: the benchmark's
     # runs get a HOME of their own, so that cache starts cold and is theirs alone.
     home: Path
+    label: str  # "default matrix", "bench matrix"
+    touched: str  # the element the last run touches
+    plan: Plan
+    closures: dict[str, set[str]]
 
 
 def matrix_run(bench: Bench, setup: Setup, label: str, extra: Sequence[str] = (),
@@ -149,59 +305,58 @@ def cache_volumes(hosts: Sequence[str]) -> list[str]:
     return [h for h in hosts if engine.cache_volume_name(h) in names]
 
 
-def by_row(cell_ids: set[str]) -> str:
-    """'host.row' ids as 'row (N hosts)', so a note stays one short line."""
-    rows: dict[str, int] = {}
-    for cell_id in cell_ids:
-        row = cell_id.split(".", 1)[1]
-        rows[row] = rows.get(row, 0) + 1
-    return ", ".join(f"{row} ({n} host{'s' if n > 1 else ''})" for row, n in sorted(rows.items()))
-
-
 def prepare(bench: Bench) -> Setup:
     root = bench.path("matrix")
     tree = copy_tree(root / "tree")
-    write_element(tree, TOUCHED, {
-        "README.md": "bench-extra\n===========\nbench-only: writes /etc/dib-matrix-bench.\n",
-        "post-install.d/50-bench-extra": EXTRA_HOOK,
-    })
-    hosts = HOSTS_QUICK if bench.quick else HOSTS_FULL
-    host_files = [bench_host(host, root / "hosts") for host in hosts]
-    matrix = write_yaml(root / "bench.yaml", {
-        "name": "bench",
-        "hosts": [str(path) for path in host_files],
-        "targets": ["debian-bookworm", str(extra_target(root / "targets"))],
-        "checks": [] if bench.quick else ["tox"],
-        "max-parallel": 2,
-        "timeout": "30m",
-    })
+    hosts_dir = root / "hosts"
+    shutil.rmtree(hosts_dir, ignore_errors=True)
+    if bench.quick:
+        write_element(tree, QUICK_TOUCHED, {
+            "README.md": "bench-extra\n===========\nbench-only: writes /etc/dib-matrix-bench.\n",
+            "post-install.d/50-bench-extra": EXTRA_HOOK,
+        })
+        host_files = [bench_host(REPO / "hosts" / f"{host}.yaml", hosts_dir)
+                      for host in QUICK_HOSTS]
+        matrix = write_yaml(root / "bench.yaml", {
+            "name": "bench",
+            "hosts": [str(path) for path in host_files],
+            "targets": ["debian-bookworm", str(quick_target(root / "targets"))],
+            "checks": [],
+            "max-parallel": 2,
+            "timeout": "30m",
+        })
+        label = "bench matrix"
+    else:
+        source = resolve_matrix_path(None)  # the default matrix
+        default = load_matrix(source)
+        sources = [host.source or REPO / "hosts" / f"{host.name}.yaml" for host in default.hosts]
+        host_files = [bench_host(path, hosts_dir) for path in sources]
+        matrix = write_yaml(root / "bench.yaml", bench_matrix(
+            yaml.safe_load(source.read_text()), source.parent, host_files))
+        label = f"{default.name} matrix"
+    plan = make_plan(load_matrix(matrix))
+    target_closures = closures(plan, tree)
+    touched = QUICK_TOUCHED if bench.quick else pick_touched(target_closures)
+    if touched is None:
+        raise BenchError("every target of the matrix uses the same elements: no element "
+                         "touch spares any cell")
     out, home = root / "out", root / "home"
     for fresh in (out, home):
         shutil.rmtree(fresh, ignore_errors=True)
     home.mkdir(parents=True)
-    return Setup(matrix, out, tree, tuple(PREFIX + host for host in hosts), home)
+    hosts = tuple(host.name for host in plan.hosts)
+    return Setup(matrix, out, tree, hosts, home, label, touched, plan, target_closures)
 
 
-def expected_after_touch(setup: Setup) -> set[str]:
-    """Build cells whose element closure holds the touched element, and every check."""
-    plan = make_plan(load_matrix(setup.matrix))
-    keys = KeyMaker(setup.tree)
-    touched = (setup.tree / "elements" / TOUCHED).resolve()
-    expected = set()
-    for cell in plan.cells:
-        if cell.kind is CellKind.CHECK:
-            expected.add(cell.id)
-        elif cell.kind is CellKind.BUILD and cell.target is not None:
-            closure = {path.resolve() for path in keys.element_dirs(cell.target.elements)}
-            if touched in closure:
-                expected.add(cell.id)
-    return expected
-
-
-def touch(tree: Path) -> None:
-    hook = tree / "elements" / TOUCHED / "post-install.d" / "50-bench-extra"
-    with hook.open("a") as script:
-        script.write("# touched by the benchmark\n")
+def touch(tree: Path, element: str) -> Path:
+    """Append a comment to the element's first phase script (README.md if it has none)."""
+    directory = tree / "elements" / element
+    scripts = sorted(p for p in directory.glob("*.d/*")
+                     if p.is_file() and p.parent.name != "environment.d")
+    path = scripts[0] if scripts else directory / "README.md"
+    with path.open("a") as out:
+        out.write(TOUCH_MARK)
+    return path
 
 
 def remove_cache_volumes(hosts: Sequence[str]) -> list[str]:
@@ -235,7 +390,7 @@ def run(bench: Bench) -> tuple[list[Figure], dict[str, list[str]]]:
             matrix_run(bench, setup, "reuse unchanged (profiled)", ["--reuse"], profile=raw)
             title = "dib-matrix run --reuse, nothing changed (py-spy: busy thread-seconds)"
             profiles[title] = summarise(raw)
-        touch(setup.tree)
+        touch(setup.tree, setup.touched)
         touched = matrix_run(bench, setup, "reuse one element touched", ["--reuse"])
     finally:
         notes += remove_cache_volumes(setup.hosts)
@@ -245,26 +400,49 @@ def run(bench: Bench) -> tuple[list[Figure], dict[str, list[str]]]:
     return figures, profiles
 
 
+def reuse_figures(reuse: MatrixRun, touched: MatrixRun, reusable: set[str],
+                  expected: set[str], element: str) -> list[Figure]:
+    """The --reuse rows: ``reusable`` are the cells the warm run ran with success (a
+    failed cell runs again under --reuse by design: it is counted, not held against it)."""
+    cells = reuse.cells
+    again = reusable - reuse.reused()  # includes any that vanished from the results
+    failed_again = reuse.ran() - reusable
+    rerun = touched.ran()
+    expected = expected & reusable  # a cell that never succeeds is not the touch's doing
+    mismatch = (rerun & reusable) ^ expected
+    reuse_note = f"reused: {by_kind(cells, reuse.reused() & reusable, reusable)}"
+    if failed_again:
+        reuse_note += ("; failed cells ran again (no --reuse-failures): "
+                       + by_kind(cells, failed_again))
+    touched_note = f"re-ran: {by_row(rerun) or 'nothing'} ({by_kind(touched.cells, rerun)})"
+    if rerun - reusable:
+        touched_note += f"; of which failed before: {len(rerun - reusable)}"
+    return [
+        Figure(SECTION, "--reuse, nothing changed", reuse.seconds, "s", REUSE_TARGET_S,
+               note=reuse_note),
+        Figure(SECTION, "  successful cells re-run", float(len(again)), "", 0,
+               note=(f"{by_row(again)} ({by_kind(cells, again)})" if again else "")),
+        Figure(SECTION, f"--reuse, {element} touched", touched.seconds, "s", note=touched_note),
+        Figure(SECTION, f"  re-runs not in {element}'s closure (or missing)",
+               float(len(mismatch)), "", 0,
+               note=f"expected: {by_row(expected) or 'nothing'}"
+               + (f"; differ: {', '.join(sorted(mismatch))}" if mismatch else "")),
+    ]
+
+
 def _figures(bench: Bench, setup: Setup, cold: MatrixRun, warm: MatrixRun, reuse: MatrixRun,
              touched: MatrixRun) -> list[Figure]:
-    size = f"{len(setup.hosts)} host(s) x 2 targets" + ("" if bench.quick else " + tox")
+    size = describe_plan(setup.label, setup.plan)
     used, built = warm.cached_bases()
-    all_cells = reuse.cells(True) | reuse.cells(False)
-    expected = expected_after_touch(setup)
-    rerun = touched.cells(False)
+    expected = expected_after_touch(setup.plan, setup.closures, setup.touched)
     return [
         Figure(SECTION, f"cold ({size})", cold.seconds, "s",
                note=cold.note() + ("" if bench.quick else "; host images rebuilt")),
         Figure(SECTION, "  image-cache volumes left after the cold run",
-               float(cold.volumes_left), "", note=f"of {len(setup.hosts)} (one per host)"),
+               float(cold.volumes_left), "",
+               note=f"of {cold.hosts_that_built()} (one per host whose builds ran)"),
         Figure(SECTION, "warm", warm.seconds, "s",
                note=f"{warm.note()}; {used}/{built} builds found a cached base"),
         Figure(SECTION, "warm / cold", ratio(warm.seconds, cold.seconds), "x", note="reference"),
-        Figure(SECTION, "--reuse, nothing changed", reuse.seconds, "s", REUSE_TARGET_S,
-               note=f"{len(reuse.cells(True))}/{len(all_cells)} cells reused"),
-        Figure(SECTION, "  cells re-run", float(len(reuse.cells(False))), "", 0),
-        Figure(SECTION, "--reuse, one element touched", touched.seconds, "s",
-               note="re-ran: " + (by_row(rerun) or "nothing")),
-        Figure(SECTION, "  re-runs not in the element's closure (or missing)",
-               float(len(rerun ^ expected)), "", 0, note="expected: " + by_row(expected)),
+        *reuse_figures(reuse, touched, ran_ok(warm.cells), expected, setup.touched),
     ]

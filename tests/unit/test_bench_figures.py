@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
+
+from bench import matrixbench
 from bench.builders import dib_packages, our_packages
 from bench.figures import (
     Figure,
@@ -14,8 +18,14 @@ from bench.figures import (
     megabytes,
     ratio,
 )
+from bench.proc import Timed
 from bench.profiling import busy_seconds
 from bench.steps import dib_slowest, slowest_steps
+from bench.workspace import REPO, BenchError, write_element
+from matrix.config import load_matrix
+from matrix.hosts import load_host
+from matrix.plan import make_plan
+from matrix.results import Cell, CellKind, RunResults, State
 
 
 def test_ratio_is_none_without_both_figures():
@@ -138,3 +148,149 @@ def test_diskimage_builder_manifest_names_drop_the_arch(tmp_path):
     (tmp_path / "image.packages").write_text("libc6 2.36 amd64\nbash 5.2 amd64\n")
     assert dib_packages(tmp_path / "image") == {"libc6", "adduser"}
     assert our_packages(tmp_path / "image") == {"libc6", "bash"}
+
+
+# --- the matrix section: what it runs, what a touch must re-run, how runs are counted ----
+
+MATRIX_BENCH = """\
+name: default
+hosts: [debian-bookworm, debian-trixie, ubuntu-noble]
+targets: [debian-bookworm, debian-bookworm-vm]
+checks: [tox]
+max-parallel: 2
+timeout: 30m
+"""
+
+
+def _plan(tmp_path, text=MATRIX_BENCH):
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    return make_plan(load_matrix(path))
+
+
+def test_bench_matrix_keeps_the_source_but_its_hosts(tmp_path):
+    source = {"name": "default", "hosts": ["debian-*"], "targets": ["debian-bookworm", "t.yaml"],
+              "checks": ["tox"], "max-parallel": 3, "timeout": "20m", "output": "out",
+              "exclude": [{"host": "debian-trixie", "target": "x", "reason": "r"},
+                          {"target": "y", "reason": "r"}],
+              "allowed-failures": [{"host": "*"}]}
+    hosts = [tmp_path / "bench-debian-bookworm.yaml"]
+    doc = matrixbench.bench_matrix(source, tmp_path, hosts)
+    assert doc["name"] == "bench-default" and doc["hosts"] == [str(hosts[0])]
+    assert doc["targets"] == ["debian-bookworm", str(tmp_path / "t.yaml")]
+    assert (doc["checks"], doc["max-parallel"], doc["timeout"]) == (["tox"], 3, "20m")
+    assert "output" not in doc
+    assert doc["exclude"][0]["host"] == "bench-debian-trixie"
+    assert "host" not in doc["exclude"][1]
+    assert doc["allowed-failures"] == [{"host": "bench-*"}]
+    with pytest.raises(BenchError):
+        matrixbench.bench_matrix({**source, "include": [{"host": "a", "target": "b"}]},
+                                 tmp_path, hosts)
+
+
+def test_bench_host_is_a_renamed_copy(tmp_path):
+    path = matrixbench.bench_host(REPO / "hosts" / "ubuntu-noble.yaml", tmp_path)
+    assert path.name == "bench-ubuntu-noble.yaml"
+    assert load_host(path).name == "bench-ubuntu-noble"
+    assert load_host(path).base == load_host(REPO / "hosts" / "ubuntu-noble.yaml").base
+
+
+def test_figure_names_what_the_plan_holds(tmp_path):
+    assert matrixbench.describe_plan("default matrix", _plan(tmp_path)) == \
+        "default matrix: 3 hosts x 2 targets + tox + 1 boot row"
+    small = "hosts: [debian-bookworm]\ntargets: [debian-bookworm]\nchecks: []\n"
+    assert matrixbench.describe_plan("bench matrix", _plan(tmp_path, small)) == \
+        "bench matrix: 1 host x 1 target"
+
+
+def test_touch_picks_an_element_only_some_targets_use():
+    closures = {"a": {"base", "x", "growroot"}, "b": {"base", "y", "z"}}
+    assert matrixbench.pick_touched(closures) == "growroot"
+    assert matrixbench.pick_touched(closures, preferred=()) == "growroot"
+    assert matrixbench.pick_touched(closures, preferred=("base", "z")) == "z"
+    assert matrixbench.pick_touched({"a": {"base"}, "b": {"base"}}) is None
+
+
+def test_touching_growroot_reruns_the_vm_builds_their_boot_rows_and_every_check(tmp_path):
+    plan = _plan(tmp_path)
+    closures = matrixbench.closures(plan, REPO)
+    assert "growroot" in closures["debian-bookworm-vm"]
+    assert "growroot" not in closures["debian-bookworm"]
+    assert matrixbench.pick_touched(closures) == "growroot"
+    hosts = ("debian-bookworm", "debian-trixie", "ubuntu-noble")
+    assert matrixbench.expected_after_touch(plan, closures, "growroot") == {
+        f"{h}.{row}" for h in hosts for row in ("tox", "debian-bookworm-vm",
+                                               "debian-bookworm-vm:boot")}
+    # an element every build holds: every build, boot and check cell
+    every = matrixbench.expected_after_touch(plan, closures, "base")
+    assert every == {c.id for c in plan.cells if c.kind is not CellKind.HOSTGEN}
+
+
+def test_touch_appends_to_the_elements_first_script(tmp_path):
+    script = write_element(tmp_path, "e", {"post-install.d/20-b": "b\n",
+                                           "install.d/10-a": "a\n", "README.md": "r\n"})
+    touched = matrixbench.touch(tmp_path, "e")
+    assert touched == script / "install.d" / "10-a"
+    assert touched.read_text() == "a\n" + matrixbench.TOUCH_MARK
+
+
+def _cell(host, row, kind, state=State.SUCCESS, reused=False, ran=True):
+    return Cell(host, row, kind, state, reused=reused, reproducer="docker run ..." if ran else None)
+
+
+def _run(label, cells, seconds=1.0):
+    results = RunResults("r", "m.yaml", [], [], cells)
+    return matrixbench.MatrixRun(label, Timed((), seconds, 0, 0, Path("log")), Path("r"),
+                                 results, 0)
+
+
+def test_ran_tells_runs_from_reuse_preflight_and_skips():
+    assert matrixbench.ran(_cell("h", "t", CellKind.BUILD))
+    assert matrixbench.ran(_cell("h", "t", CellKind.BUILD, State.FAILED))
+    assert matrixbench.ran(_cell("h", "t:boot", CellKind.BOOT, State.TIMEOUT))
+    assert not matrixbench.ran(_cell("h", "t", CellKind.BUILD, reused=True))
+    assert not matrixbench.ran(_cell("h", "t", CellKind.BUILD, State.FAILED, ran=False))
+    assert not matrixbench.ran(_cell("h", "t", CellKind.BUILD, State.SKIPPED, ran=False))
+    assert not matrixbench.ran(_cell("h", "hostgen", CellKind.HOSTGEN))
+
+
+def _again(cells, reuse):
+    """The same cells in a --reuse run: ``reuse(cell)`` tells which are reused."""
+    return [_cell(c.host, c.row, c.kind, c.state, reused=reuse(c), ran=c.reproducer is not None)
+            for c in cells]
+
+
+def test_reuse_figures_count_build_check_and_boot_honestly():
+    warm = [_cell(h, row, kind) for h in ("a", "b") for row, kind in
+            (("tox", CellKind.CHECK), ("t", CellKind.BUILD), ("vm", CellKind.BUILD),
+             ("vm:boot", CellKind.BOOT))]
+    warm += [_cell("a", "forky", CellKind.BUILD, State.FAILED),  # fails every time
+             _cell("a", "suse", CellKind.BUILD, State.FAILED, ran=False)]  # preflight
+    reusable = matrixbench.ran_ok(warm)
+    assert len(reusable) == 8
+    # unchanged: the boot rows still run (not reused); the failed build runs again
+    reuse = _run("reuse", _again(warm, lambda c: c.id in reusable and c.kind is not CellKind.BOOT),
+                 31.0)
+    expected = {"a.tox", "b.tox", "a.vm", "b.vm", "a.vm:boot", "b.vm:boot"}
+    touched = _run("touched", _again(warm, lambda c: c.id in reusable and c.id not in expected),
+                   40.0)
+    figures = {f.name: f for f in matrixbench.reuse_figures(reuse, touched, reusable, expected,
+                                                            "growroot")}
+    unchanged = figures["--reuse, nothing changed"]
+    assert unchanged.status == "MISSED"
+    assert unchanged.note == ("reused: build 4/4, check 2/2, boot 0/2; failed cells ran again "
+                              "(no --reuse-failures): build 1")
+    again = figures["  successful cells re-run"]
+    assert again.value == 2 and again.status == "MISSED"
+    assert again.note == "vm:boot (2 hosts) (boot 2)"
+    assert figures["--reuse, growroot touched"].note == (
+        "re-ran: forky (1 host), tox (2 hosts), vm (2 hosts), vm:boot (2 hosts) "
+        "(build 3, check 2, boot 2); of which failed before: 1")
+    exact = figures["  re-runs not in growroot's closure (or missing)"]
+    assert exact.value == 0 and exact.status == "ok"
+    assert exact.note == "expected: tox (2 hosts), vm (2 hosts), vm:boot (2 hosts)"
+    # a build outside the closure that re-ran, and an expected one that did not
+    wrong = _run("touched", _again(warm, lambda c: c.id in reusable and c.id not in
+                                   (expected - {"b.vm"}) | {"a.t"}))
+    exact = matrixbench.reuse_figures(reuse, wrong, reusable, expected, "growroot")[-1]
+    assert exact.value == 2 and exact.note.endswith("; differ: a.t, b.vm")
