@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 import reports
-from matrix import runner
+from matrix import results, runner
 from matrix.classify import load_catalogue
 from matrix.config import load_matrix
 from matrix.plan import PlannedCell, make_plan
@@ -56,19 +56,30 @@ def _dump(path: Path, data: dict) -> Path:
     return path
 
 
-def _time_saves() -> list[float]:
-    """Wrap the runner's results.json writer to add up the time it takes (the list's item)."""
-    spent = [0.0]
-    save = runner.save
+def _time_saves() -> dict[str, float]:
+    """Wrap the runner's results.json writer to add up the time it takes: ``saves``
+    in all, ``writes`` of it in the file write (temp file, fsync, rename), and the
+    last document's ``bytes``."""
+    spent = {"saves": 0.0, "writes": 0.0, "bytes": 0.0}
+    save, write = runner.save, results.write_chunks_atomically
 
-    def timed_save(results: RunResults, run_dir: Path) -> Path:
+    def timed_save(run: RunResults, run_dir: Path) -> Path:
         start = time.monotonic()
         try:
-            return save(results, run_dir)
+            return save(run, run_dir)
         finally:
-            spent[0] += time.monotonic() - start
+            spent["saves"] += time.monotonic() - start
+
+    def timed_write(path: Path, chunks: list[bytes]) -> None:
+        start = time.monotonic()
+        try:
+            write(path, chunks)
+        finally:
+            spent["writes"] += time.monotonic() - start
+            spent["bytes"] = float(sum(len(chunk) for chunk in chunks))
 
     runner.save = timed_save  # type: ignore[assignment]
+    results.write_chunks_atomically = timed_write  # type: ignore[assignment]
     return spent
 
 
@@ -90,7 +101,9 @@ def measure(work: Path, hosts: int, targets: int) -> dict[str, float]:
     run.run_dir.mkdir(parents=True)
     Scheduler(list(plan.cells), no_op, run.finish, max_parallel=config.max_parallel).run()
     phases["schedule_s"] = time.monotonic() - clock
-    phases["results_saves_s"] = saving[0]
+    phases["results_saves_s"] = saving["saves"]
+    phases["results_writes_s"] = saving["writes"]
+    phases["results_bytes"] = saving["bytes"]
     clock = time.monotonic()
     reports.write_all(run.run_dir, run.results, history_dir=request.out_dir)
     phases["reports_s"] = time.monotonic() - clock
