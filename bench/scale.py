@@ -56,5 +56,5 @@ def _saves_note(saves: float, writes: float | None, size: float | None, cells: i
     note = f"{saves:.1f} s rewriting results.json after each of {cells} cells"
     if writes is not None and size:
         note += (f" ({1000 * saves / cells:.2f} ms each, {1000 * writes / cells:.2f} ms of it "
-                 f"writing {size / 1e6:.1f} MB)")
+                 f"writing and fsyncing {size / 1e6:.1f} MB)")
     return note
