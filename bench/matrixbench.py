@@ -249,11 +249,12 @@ class MatrixRun:
         return states or f"no results (exit {self.timed.returncode})"
 
     def cached_bases(self) -> tuple[int, int]:
-        """(builds whose log says dib took its base from the image cache, builds run)."""
+        """(successful builds whose log says dib took its base from the image cache, all
+        successful builds that ran): a build that fails early never gets to its base."""
         if self.run_dir is None:
             return 0, 0
-        logs = [self.run_dir / c.log for c in self.cells
-                if c.kind is CellKind.BUILD and ran(c) and c.log]
+        logs = [self.run_dir / c.log for c in self.cells if c.kind is CellKind.BUILD
+                and ran(c) and c.state is State.SUCCESS and c.log]
         used = sum(log.exists() and "using cached base" in log.read_text(errors="replace")
                    for log in logs)
         return used, len(logs)
@@ -442,7 +443,7 @@ def _figures(bench: Bench, setup: Setup, cold: MatrixRun, warm: MatrixRun, reuse
                float(cold.volumes_left), "",
                note=f"of {cold.hosts_that_built()} (one per host whose builds ran)"),
         Figure(SECTION, "warm", warm.seconds, "s",
-               note=f"{warm.note()}; {used}/{built} builds found a cached base"),
+               note=f"{warm.note()}; {used}/{built} successful builds found a cached base"),
         Figure(SECTION, "warm / cold", ratio(warm.seconds, cold.seconds), "x", note="reference"),
         *reuse_figures(reuse, touched, ran_ok(warm.cells), expected, setup.touched),
     ]
