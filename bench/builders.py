@@ -56,9 +56,6 @@ class Builder:
     command: list[str]  # without -o/-t/elements
     env: dict[str, str]
     packages: Callable[[Path], set[str]]  # names installed in the image at that output
-    # dib hands the caller's TMPDIR to hooks inside the chroot, where that path does
-    # not exist (ca-certificates' postinst then fails): it builds under /tmp instead.
-    own_tmpdir: bool = True
 
     @property
     def image(self) -> Path:
@@ -74,7 +71,7 @@ class Builder:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.image.unlink(missing_ok=True)
-        env = {**self.env, "TMPDIR": str(tmp)} if self.own_tmpdir else dict(self.env)
+        env = {**self.env, "TMPDIR": str(tmp)}
         argv = [*self.command, "-o", str(self.root / "image"), "-t", "qcow2", *extra, ELEMENT]
         bench.say(f"{SECTION}: {label}")
         try:
@@ -109,7 +106,7 @@ def ours(bench: Bench) -> Builder:
     env = base_env({"PYTHONPATH": str(REPO), "DIB_RELEASE": RELEASE,
                     "DIB_DISTRIBUTION_MIRROR": bench.mirror})
     return Builder("dib", root, [sys.executable, "-m", "dib", "--image-cache",
-                                 str(root / "cache")], env, our_packages, own_tmpdir=False)
+                                 str(root / "cache")], env, our_packages)
 
 
 def diskimage_builder(bench: Bench) -> Builder:

@@ -133,9 +133,7 @@ class Builder:
         if not self._executable(phase, script):
             return
         inside = environment.IN_TARGET_HOOKS
-        env = {k: v for k, v in self.env.items() if k not in ("TARGET_ROOT", "TMP_MOUNT_PATH")}
-        env["PATH"] = environment.chroot_path(env)
-        env["TMP_HOOKS_PATH"] = inside
+        env = environment.for_chroot(self.env)
         env_files = [f"{inside}/environment.d/{p.name}" for p in self.tree.environment_files()]
         cmd = [
             "chroot",

@@ -32,6 +32,11 @@ PASSTHROUGH = (
 PASSTHROUGH_PREFIXES = ("DIB_",)
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IN_TARGET_HOOKS = "/tmp/in_target.d"
+# Inside the chroot the caller's TMPDIR names a host path that does not exist there
+# (maintainer scripts such as ca-certificates' postinst then fail): the image's own /tmp.
+CHROOT_TMPDIR = "/tmp"
+# Host paths that mean nothing inside the chroot.
+HOST_ONLY = ("TARGET_ROOT", "TMP_MOUNT_PATH")
 
 # Sources every environment.d file given, then runs the hook. Paths arrive as
 # arguments, never spliced into shell text.
@@ -100,6 +105,15 @@ def python_for_hooks() -> Dict[str, str]:
 
 def chroot_path(env: Mapping[str, str]) -> str:
     return f"{IN_TARGET_HOOKS}/bin:{HOST_PATH}"
+
+
+def for_chroot(env: Mapping[str, str]) -> Dict[str, str]:
+    """What a hook inside the chroot sees: ``env`` without host-only paths, TMPDIR=/tmp."""
+    inner = {k: v for k, v in env.items() if k not in HOST_ONLY}
+    inner["PATH"] = chroot_path(env)
+    inner["TMP_HOOKS_PATH"] = IN_TARGET_HOOKS
+    inner["TMPDIR"] = CHROOT_TMPDIR
+    return inner
 
 
 def host_path(hooks_root: Path, env: Mapping[str, str]) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dib.blockdevice.plan import BOOTLOADER_FILE, Plan, plan_dir
+from dib.environment import CHROOT_TMPDIR
 from dib.errors import ConfigError, DibError
 from dib.run import run
 
@@ -259,6 +261,7 @@ def _mkimage(root: Path, platform: Platform, output: str, early_cfg: str) -> Non
             *platform.modules,
         ],
         tag=f"grub-mkimage {platform.name}",
+        env={**os.environ, "TMPDIR": CHROOT_TMPDIR},  # runs in the chroot: the image's /tmp
         timeout=300,
     )
 
