@@ -199,6 +199,7 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
         env = build_environment(opts, resolution, work, root, tree, base_env)
         sourced = environment.sourced_environment(env, tree.environment_files())
         distro = Distro(sourced.get("DISTRO_NAME", ""), sourced.get("DIB_RELEASE", ""))
+        compression = outputs.qcow2_compression(sourced, opts.compress)  # bad value: fail now
         plan = plan_packages(resolution.elements, distro, opts.arch, sourced, opts.packages)
         write_plan(plan, tree.root / "package-installs")
         builder = Builder(opts, resolution, tree, root, env)
@@ -207,7 +208,7 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
         if chroot.mounts_under(root):
             raise DibError(f"something is still mounted under {root}; refusing to package it")
         images = outputs.make_outputs(
-            root, opts.output, opts.types, work, opts.image_size, opts.checksum, opts.compress
+            root, opts.output, opts.types, work, opts.image_size, opts.checksum, compression
         )
     for image in images:
         LOG.info("wrote %s (%d MiB)", image, image.stat().st_size >> 20)

@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-p", dest="packages", default="", help="comma separated extra packages to install"
     )
     parser.add_argument(
-        "-u", dest="uncompressed", action="store_true", help="do not compress qcow2 images"
+        "-u",
+        dest="uncompressed",
+        action="store_true",
+        help="do not compress qcow2 images (compressed ones: DIB_QCOW2_COMPRESSION=zstd, "
+        "the default, needs QEMU >= 5.1 to read; zlib for any qemu)",
     )
     parser.add_argument(
         "--image-size",

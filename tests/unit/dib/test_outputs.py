@@ -90,3 +90,43 @@ def test_checksum_file_is_sha256sum_format(tmp_path):
     assert sums.read_text() == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  i.qcow2\n"
     )
+
+
+def test_qcow2_compression_defaults_to_zstd_and_follows_the_variable():
+    assert outputs.qcow2_compression({}) == "zstd"
+    assert outputs.qcow2_compression({"DIB_QCOW2_COMPRESSION": "ZLIB "}) == "zlib"
+    assert outputs.qcow2_compression({"DIB_QCOW2_COMPRESSION": "zstd"}, compress=False) == "none"
+    with pytest.raises(ConfigError, match="DIB_QCOW2_COMPRESSION='lz4' is not one of"):
+        outputs.qcow2_compression({"DIB_QCOW2_COMPRESSION": "lz4"})
+
+
+@pytest.mark.parametrize(
+    "compression, version, options",
+    [
+        ("zstd", (7, 2), ["-c", "-o", "compression_type=zstd", "-W"]),
+        ("zlib", (7, 2), ["-c", "-W"]),
+        ("none", (7, 2), []),
+        ("zstd", (5, 0), ["-c"]),  # too old for zstd: zlib, in order
+        ("zstd", None, ["-c"]),
+    ],
+)
+def test_qcow2_convert_command(compression, version, options, tmp_path):
+    cmd = outputs.convert_command(
+        tmp_path / "a.raw", tmp_path / "a.qcow2", "qcow2", compression, version
+    )
+    assert cmd == [
+        "qemu-img",
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        *options,
+        str(tmp_path / "a.raw"),
+        str(tmp_path / "a.qcow2"),
+    ]
+
+
+def test_other_formats_are_never_compressed(tmp_path):
+    cmd = outputs.convert_command(tmp_path / "a.raw", tmp_path / "a.vhd", "vhd", "zstd", (7, 2))
+    assert cmd[:6] == ["qemu-img", "convert", "-f", "raw", "-O", "vpc"] and "-c" not in cmd
