@@ -306,3 +306,35 @@ def test_sigterm_mid_chroot_releases_everything(bookworm, image_cache, tmp_path)
     assert not list(tmp_path.glob("dib_build.*"))
     hooks = subprocess.run(["pgrep", "-f", "install.d/50-slow"], capture_output=True)
     assert hooks.returncode == 1, "the hook process outlived the build"
+
+
+@pytest.mark.slow
+def test_kernel_with_initramfs_tools_builds_one_initramfs_into_a_zstd_qcow2(
+    bookworm, image_cache, tmp_path
+):
+    """A kernel installed with initramfs-tools in one apt run (as -p does) gets its
+    initramfs built once, by the trigger; ca-certificates' postinst runs with the
+    caller's TMPDIR set to a host path (the chroot's hooks get /tmp)."""
+    env = dib_env(tmp_path, {"DIB_RELEASE": "bookworm"})
+    out = tmp_path / "out" / "kernel"
+    args = ["-o", str(out), "-t", "tar,qcow2", "--image-cache", str(image_cache)]
+    args += ["-p", "linux-image-amd64,initramfs-tools,ca-certificates", "debian-minimal"]
+    built = run_dib(args, env)
+    assert built.returncode == 0, built.stdout[-3000:]
+    generated = [
+        line for line in built.stdout.splitlines() if "update-initramfs: Generating" in line
+    ]
+    assert len(generated) == 1, "\n".join(generated)
+    assert "deferred to initramfs-tools' trigger" in built.stdout
+    with tarfile.open(out.with_name("kernel.tar")) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    initrds = [m for name, m in members.items() if name.startswith("./boot/initrd.img-")]
+    assert initrds and all(m.size > 1 << 20 for m in initrds), initrds
+    assert "./etc/dpkg/dpkg.cfg.d/95dib-build" not in members  # build-time dpkg settings
+    assert not [name for name in members if name.startswith("./tmp/")]  # install-packages' list
+    qcow2 = out.with_name("kernel.qcow2")
+    subprocess.run(["qemu-img", "check", str(qcow2)], check=True, capture_output=True)
+    info = subprocess.run(
+        ["qemu-img", "info", str(qcow2)], check=True, capture_output=True, text=True
+    ).stdout
+    assert "compression type: zstd" in info
