@@ -20,7 +20,7 @@ from bench.figures import Figure, ratio
 from bench.matrixbench import PREFIX, bench_host, remove_cache_volumes, write_yaml
 from bench.proc import base_env, timed
 from bench.profiling import record_argv, summarise
-from bench.workspace import Bench, copy_tree, write_element
+from bench.workspace import REPO, Bench, copy_tree, write_element
 from matrix import engine
 from matrix.results import CellKind, load
 
@@ -39,7 +39,7 @@ def prepare(bench: Bench, counts: tuple[int, ...]) -> dict[int, Path]:
                                "README.md": "bench-noop\n==========\nbench-only: no hooks.\n"})
     # dib adds `base` to every build; emptied here so no hook runs (an empty root has no shell).
     (tree / "elements" / "base" / "element-deps").write_text("")
-    host = bench_host(HOST, root / "hosts")
+    host = bench_host(REPO / "hosts" / f"{HOST}.yaml", root / "hosts")
     targets = [write_yaml(root / "targets" / f"{NOOP}-{i:03d}.yaml", {
         "name": f"{NOOP}-{i:03d}", "description": "a build that does nothing",
         "elements": [NOOP], "outputs": ["tar"]}) for i in range(max(counts))]

@@ -294,3 +294,16 @@ def test_reuse_figures_count_build_check_and_boot_honestly():
                                    (expected - {"b.vm"}) | {"a.t"}))
     exact = matrixbench.reuse_figures(reuse, wrong, reusable, expected, "growroot")[-1]
     assert exact.value == 2 and exact.note.endswith("; differ: a.t, b.vm")
+
+
+def test_overhead_matrices_load_and_plan_serial_noop_cells(tmp_path):
+    from bench import overhead
+    from bench.workspace import Bench
+
+    bench = Bench(work=tmp_path, logs=tmp_path / "logs", quick=True, mirror="http://mirror")
+    matrices = overhead.prepare(bench, (1, 2, 4))
+    assert sorted(matrices) == [1, 2, 4]
+    plan = make_plan(load_matrix(matrices[4]))
+    builds = [c for c in plan.cells if c.kind is CellKind.BUILD]
+    assert len(builds) == 4 and {c.host.name for c in builds} == {"bench-debian-bookworm"}
+    assert load_matrix(matrices[4]).max_parallel == 1
