@@ -182,6 +182,26 @@ def test_release_without_debootstrap_script_fails_with_debootstraps_line(image_c
     assert not build_mounts()
 
 
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_cached_base_never_hides_a_missing_debootstrap_script(tmp_path, offline):
+    """A base tree another host built for this release sits in the cache; this host's
+    debootstrap has no script for it, so the build must still fail as debootstrap would."""
+    from dib.bootstrap import spec_from_env
+
+    env = dib_env(tmp_path, {"DIB_RELEASE": "no-such-release"})
+    cache = tmp_path / "cache"
+    cached = spec_from_env(env).cache_file(cache)
+    cached.parent.mkdir(parents=True)
+    with tarfile.open(cached, "w") as tar:
+        tar.add(REPO / "README.md", arcname="./etc/motd")
+    args = ["-o", str(tmp_path / "x"), "-t", "tar", "--image-cache", str(cache)]
+    done = run_dib([*args, *(["--offline"] if offline else []), "debian-minimal"], env)
+    assert done.returncode == 1
+    assert "No such script: /usr/share/debootstrap/scripts/no-such-release" in done.stdout
+    assert "using cached base" not in done.stdout
+    assert not (tmp_path / "x.tar").exists()
+
+
 @pytest.mark.parametrize(
     "element, line",
     [("opensuse-minimal", "zypper not available"), ("fedora-minimal", "dnf not available")],
