@@ -13,6 +13,7 @@ import shlex
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,9 @@ class RunContext:
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the package cache proxy
     layers: LayerBaker | None = None  # None: bind-mount dib_tree into cells (--dib-mount)
     cell_images: dict[str, str] = field(default_factory=dict)  # host -> its dib layer
+    # How a cell's container runs: engine.run_cell (local) or swarm.run_cell (a job).
+    run_cell: Callable[[docker.DockerClient, engine.CellSpec], engine.CellResult] = \
+        engine.run_cell
 
     def image_id(self, host: str) -> str:
         with self.lock:
@@ -138,7 +142,7 @@ class CellRunner:
         if key and self.ctx.reusable and key in self.ctx.reusable:
             return self._reuse(self.ctx.reusable[key], log, key)
         spec = self.spec(cell)
-        result = engine.run_cell(self.ctx.client, spec)
+        result = self.ctx.run_cell(self.ctx.client, spec)
         # The reproducer leaves out this run's loopback package cache: it is gone by then.
         by_hand = dataclasses.replace(spec, environment={
             k: v for k, v in spec.environment.items() if k not in self.ctx.extra_env})

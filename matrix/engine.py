@@ -144,7 +144,7 @@ def ensure_volume(client: docker.DockerClient, name: str, run_id: str, host: str
         client.volumes.create(name, labels=labels)
 
 
-def _mounts(spec: CellSpec) -> list[Mount]:
+def cell_mounts(spec: CellSpec) -> list[Mount]:
     mounts = []
     if spec.dib_tree is not None:
         mounts.append(Mount(DIB_MOUNT, str(spec.dib_tree.resolve()), type="bind", read_only=True))
@@ -166,7 +166,7 @@ def _kill(container: Any, expired: threading.Event) -> None:
         container.kill()
 
 
-def _header(spec: CellSpec, name: str) -> bytes:
+def log_header(spec: CellSpec, name: str) -> bytes:
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.environment.items()))
     lines = [
         f"# dib-matrix cell {spec.cell_id} (run {spec.run_id}) in container {name}",
@@ -192,7 +192,7 @@ def run_cell(client: docker.DockerClient, spec: CellSpec) -> CellResult:
         # Registered before the container exists, so a create that succeeds
         # but returns late (or a Ctrl-C in between) still leaves nothing behind.
         undo.callback(_remove_container, client, name)
-        log.write(_header(spec, name))
+        log.write(log_header(spec, name))
         log.flush()
         try:
             if spec.cache_volume is not None:
@@ -203,7 +203,7 @@ def run_cell(client: docker.DockerClient, spec: CellSpec) -> CellResult:
                 name=name,
                 environment=dict(spec.environment),
                 labels={LABEL_RUN: spec.run_id, LABEL_HOST: spec.host, LABEL_CELL: spec.cell_id},
-                mounts=_mounts(spec),
+                mounts=cell_mounts(spec),
                 network_mode=spec.network.value,
                 cap_drop=["ALL"],
                 cap_add=list(spec.capabilities),
@@ -237,16 +237,41 @@ def _copy_output(container: Any, log: BinaryIO) -> None:
         log.flush()
 
 
-def remove_run_objects(client: docker.DockerClient, run_id: str) -> tuple[int, int]:
-    """Remove every container and volume labelled with ``run_id``; returns the counts."""
+@dataclass(frozen=True)
+class Removed:
+    containers: int
+    services: int
+    volumes: int
+
+
+def remove_run_objects(client: docker.DockerClient, run_id: str) -> Removed:
+    """Remove every container, swarm service and volume labelled with ``run_id``."""
     selector = {"label": f"{LABEL_RUN}={run_id}"}
     containers = client.containers.list(all=True, filters=selector)
     for container in containers:
         _remove_container(client, container.id)
+    try:
+        services = client.services.list(filters=selector)
+    except docker.errors.APIError:  # not a swarm manager: no services can be ours
+        services = []
+    for service in services:
+        with suppress(docker.errors.NotFound):
+            client.api.remove_service(service.id)
     volumes = client.volumes.list(filters=selector)
     for volume in volumes:
         volume.remove(force=True)
-    return len(containers), len(volumes)
+    return Removed(len(containers), len(services), len(volumes))
+
+
+def runs_with_objects(client: docker.DockerClient) -> set[str]:
+    """Run ids that still have a container, swarm service or volume."""
+    selector = {"label": LABEL_RUN}
+    labels = [c.labels for c in client.containers.list(all=True, filters=selector)]
+    labels += [v.attrs.get("Labels") or {} for v in client.volumes.list(filters=selector)]
+    with suppress(docker.errors.APIError):  # not a swarm manager
+        labels += [s.attrs["Spec"].get("Labels") or {}
+                   for s in client.services.list(filters=selector)]
+    return {found[LABEL_RUN] for found in labels if found.get(LABEL_RUN)}
 
 
 # -- the dib invocation contract ------------------------------------------------

@@ -15,7 +15,7 @@ from concurrent_log_handler import ConcurrentRotatingFileHandler
 from tabulate import tabulate
 
 import reports
-from matrix import diblayer, engine
+from matrix import diblayer, engine, swarm
 from matrix.config import MatrixConfig, load_matrix, parse_duration, resolve_matrix_path
 from matrix.diagnostics import ConfigError
 from matrix.facts import load_facts
@@ -55,6 +55,9 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--dib-mount", action="store_true",
                      help="bind-mount the dib tree into cells instead of baking it as a thin "
                      "image layer on each host image (edits show up in cells still to run)")
+    run.add_argument("--engine", choices=("local", "swarm"), default="local",
+                     help="run cells as containers of the local engine, or as Docker Swarm "
+                     "replicated-job services (the engine must be a swarm manager)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="finish an interrupted run: only cells without a result run")
     run.add_argument("--rebuild-hosts", action="store_true", help="rebuild host images")
@@ -140,6 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config, plan = _load(args)
         dib_tree = check_dib_tree(args.dib_tree)
         client = engine.connect()
+        if args.engine == "swarm":
+            swarm.check_manager(client)
         baseline = load_results(args.baseline) if args.baseline else None
     except (ConfigError, SelectionError, ValueError, OSError) as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
@@ -155,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          args.rebuild_hosts, tuple(args.categories), args.reuse,
                          args.reuse_failures,
                          None if args.no_package_cache else DEFAULT_PACKAGE_CACHE,
-                         dib_mount=args.dib_mount)
+                         dib_mount=args.dib_mount, swarm=args.engine == "swarm")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     holder: list[MatrixRun] = []
     try:
@@ -224,14 +229,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
     except engine.EngineError as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
-    runs = [args.run] if args.run else sorted({
-        c.labels.get(engine.LABEL_RUN, "")
-        for c in client.containers.list(all=True, filters={"label": engine.LABEL_RUN})
-    } | {v.attrs.get("Labels", {}).get(engine.LABEL_RUN, "")
-         for v in client.volumes.list(filters={"label": engine.LABEL_RUN})})
+    runs = [args.run] if args.run else sorted(engine.runs_with_objects(client))
     for run_id in filter(None, runs):
-        containers, volumes = engine.remove_run_objects(client, run_id)
-        print(f"run {run_id}: removed {containers} container(s), {volumes} volume(s)")
+        removed = engine.remove_run_objects(client, run_id)
+        print(f"run {run_id}: removed {removed.containers} container(s), "
+              f"{removed.services} swarm service(s), {removed.volumes} volume(s)")
     if args.caches:
         for volume in client.volumes.list(filters={"label": engine.LABEL_CACHE}):
             volume.remove(force=True)

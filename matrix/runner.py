@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dib.mirror import MirrorNotFound, find_mirror
-from matrix import engine
+from matrix import engine, swarm
 from matrix.cells import CellRunner, RunContext
 from matrix.classify import CategoryRule, classify, classify_file, load_catalogue
 from matrix.config import MatrixConfig
@@ -74,6 +74,7 @@ class RunRequest:
     reuse_failures: bool = False
     package_cache: Path | None = DEFAULT_PACKAGE_CACHE  # None: cells fetch directly
     dib_mount: bool = False  # bind-mount the tree rather than bake a dib layer
+    swarm: bool = False  # cells as swarm replicated-job services instead of local containers
 
 
 class MatrixRun:
@@ -200,11 +201,12 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
                      network=engine.Network(request.config.network),
                      rebuild_hosts=request.rebuild_hosts, stop=run.stop,
                      keys=KeyMaker(request.dib_tree),
-                     layers=None if request.dib_mount else LayerBaker(request.dib_tree))
+                     layers=None if request.dib_mount else LayerBaker(request.dib_tree),
+                     run_cell=swarm.run_cell if request.swarm else engine.run_cell)
     if request.reuse:
         ctx.reusable = index_previous(request.out_dir, run.results.run_id,
                                       request.reuse_failures)
-    run.results.engine = _engine_info(client)
+    run.results.engine = {**_engine_info(client), "cells": "swarm" if request.swarm else "local"}
 
     def stop_everything() -> None:
         engine.remove_run_objects(client, run.results.run_id)

@@ -1,0 +1,159 @@
+"""Cells as Docker Swarm ``replicated-job`` services, for runs beyond one machine.
+
+The same ``CellSpec`` as a local container becomes a one-shot job: one task, no
+restarts, host networking, the same named capabilities, mounts and labels. The
+swarm places the task on any node, so every node must have the cell image (the
+dib layer: push it to a registry the nodes share) and the bind-mounted paths
+(the results directory: a shared filesystem at the same path). The task's
+output is collected through the service log once it ends; a timeout or Ctrl-C
+removes the service, which stops its task wherever it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
+from typing import Any
+
+import docker
+from docker.types import RestartPolicy, ServiceMode
+
+from matrix.engine import (
+    LABEL_CELL,
+    LABEL_HOST,
+    LABEL_RUN,
+    CellResult,
+    CellSpec,
+    EngineError,
+    cell_mounts,
+    container_name,
+    ensure_volume,
+    log_header,
+)
+
+POLL_SECONDS = 0.5
+# A task in one of these states will not run (again): the job is over.
+ENDED = {"complete", "failed", "rejected", "shutdown", "orphaned", "remove"}
+# The task never ran its command: the swarm could not place or start it.
+NOT_RUN = {"rejected", "orphaned"}
+SERVICE_LABEL = "com.docker.swarm.service.name"
+TIMED_OUT_EXIT = 137  # what a local container killed at the timeout reports
+TIMESTAMP = re.compile(rb"^(\S+) ")
+
+
+def check_manager(client: docker.DockerClient) -> None:
+    """EngineError unless ``client`` talks to a swarm manager (services need one)."""
+    info = client.info().get("Swarm", {})
+    if info.get("LocalNodeState") != "active" or not info.get("ControlAvailable"):
+        raise EngineError(
+            "--engine swarm: this engine is not a swarm manager (state "
+            f"{info.get('LocalNodeState', 'unknown')}); run `docker swarm init` or point "
+            "DOCKER_HOST at a manager"
+        )
+
+
+def _task_status(service: Any) -> dict[str, Any] | None:
+    tasks = service.tasks()
+    return tasks[0]["Status"] if tasks else None
+
+
+def _ordered_log(service: Any) -> bytes:
+    """The service log with stdout and stderr merged in time order, timestamps dropped."""
+    raw = b"".join(service.logs(stdout=True, stderr=True, timestamps=True, follow=False))
+    stamped = []
+    for line in raw.splitlines(keepends=True):
+        match = TIMESTAMP.match(line)
+        stamped.append((match.group(1), line[match.end():]) if match else (b"", line))
+    stamped.sort(key=lambda pair: pair[0])  # stable: one stream's own order is kept
+    return b"".join(text for _, text in stamped)
+
+
+def service_name(run_id: str, cell_id: str) -> str:
+    """A service name for the cell: swarm wants a DNS label (63 of [a-z0-9-]).
+
+    The readable part loses case and punctuation, so a hash of the exact ids
+    keeps two cells apart.
+    """
+    slug = re.sub(r"[^a-z0-9-]+", "-", container_name(run_id, cell_id).lower())
+    digest = hashlib.sha256(f"{run_id}/{cell_id}".encode()).hexdigest()[:8]
+    return f"{slug[:54].strip('-')}-{digest}"
+
+
+def _remove_service(client: docker.DockerClient, name: str) -> None:
+    """Remove the service, and its task's container on this node.
+
+    Removing a replicated-job service does not stop a task that still runs on
+    Moby before 24 (moby/moby#44312), so the container goes by hand, as a local
+    cell's container does at its timeout.
+    """
+    with suppress(docker.errors.NotFound):
+        client.api.remove_service(name)
+    for container in client.containers.list(all=True, filters={"label": f"{SERVICE_LABEL}={name}"}):
+        with suppress(docker.errors.NotFound, docker.errors.APIError):
+            container.remove(force=True, v=True)
+
+
+def run_cell(client: docker.DockerClient, spec: CellSpec,
+             clock: Callable[[], float] = time.monotonic) -> CellResult:
+    """Run ``spec`` as a one-task job to completion or timeout, output to ``spec.log_path``.
+
+    Raises ``EngineError`` when the swarm cannot create the service or place its task.
+    The service is gone when this returns or raises (KeyboardInterrupt too).
+    """
+    name = service_name(spec.run_id, spec.cell_id)
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    if spec.out_dir is not None:
+        spec.out_dir.mkdir(parents=True, exist_ok=True)
+    labels = {LABEL_RUN: spec.run_id, LABEL_HOST: spec.host, LABEL_CELL: spec.cell_id}
+    start = clock()
+    timed_out = False
+    with ExitStack() as undo, spec.log_path.open("ab") as log:
+        undo.callback(_remove_service, client, name)  # before it exists: see engine.run_cell
+        log.write(log_header(spec, name))
+        log.flush()
+        try:
+            if spec.cache_volume is not None:
+                ensure_volume(client, spec.cache_volume, spec.run_id, spec.host)
+            service = client.services.create(
+                spec.image,
+                list(spec.command),
+                name=name,
+                env=[f"{key}={value}" for key, value in spec.environment.items()],
+                labels=labels,
+                container_labels=labels,
+                mounts=cell_mounts(spec),
+                networks=[spec.network.value],
+                cap_drop=["ALL"],
+                cap_add=list(spec.capabilities),
+                workdir=spec.workdir,
+                mode=ServiceMode("replicated-job", replicas=1, concurrency=1),
+                restart_policy=RestartPolicy(condition="none"),
+            )
+            status = _task_status(service)
+            while status is None or status.get("State") not in ENDED:
+                if clock() - start > spec.timeout:
+                    timed_out = True
+                    break
+                time.sleep(POLL_SECONDS)
+                status = _task_status(service)
+            log.write(_ordered_log(service))
+        except docker.errors.DockerException as exc:
+            log.write(f"dib-matrix: engine error: {exc}\n".encode())
+            raise EngineError(f"cell {spec.cell_id}: {exc}") from exc
+        if timed_out:
+            exit_code: int | None = TIMED_OUT_EXIT
+            log.write(
+                f"\ndib-matrix: service removed after the {spec.timeout:.0f} s cell timeout\n"
+                .encode()
+            )
+        else:
+            assert status is not None
+            if status["State"] in NOT_RUN or "ContainerStatus" not in status:
+                message = status.get("Err") or status.get("Message") or status["State"]
+                log.write(f"dib-matrix: swarm did not run the task: {message}\n".encode())
+                raise EngineError(f"cell {spec.cell_id}: swarm did not run the task: {message}")
+            exit_code = int(status["ContainerStatus"].get("ExitCode", -1))
+    return CellResult(spec.cell_id, name, exit_code, timed_out, spec.log_path, clock() - start)
