@@ -5,18 +5,19 @@ restarts, host networking, the same named capabilities, mounts and labels. The
 swarm places the task on any node, so every node must have the cell image (the
 dib layer: push it to a registry the nodes share) and the bind-mounted paths
 (the results directory: a shared filesystem at the same path). The task's
-output is collected through the service log once it ends; a timeout or Ctrl-C
-removes the service, which stops its task wherever it runs.
+output is copied live when it runs on this node, else from the service log once
+it ends; a timeout or Ctrl-C removes the service and its task's container here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
-from typing import Any
+from typing import Any, BinaryIO
 
 import docker
 from docker.types import RestartPolicy, ServiceMode
@@ -40,6 +41,7 @@ ENDED = {"complete", "failed", "rejected", "shutdown", "orphaned", "remove"}
 # The task never ran its command: the swarm could not place or start it.
 NOT_RUN = {"rejected", "orphaned"}
 SERVICE_LABEL = "com.docker.swarm.service.name"
+COPY_JOIN_SECONDS = 30.0  # a stopped container's log stream ends at once; this is a bound
 TIMED_OUT_EXIT = 137  # what a local container killed at the timeout reports
 TIMESTAMP = re.compile(rb"^(\S+) ")
 
@@ -69,6 +71,48 @@ def _ordered_log(service: Any) -> bytes:
         stamped.append((match.group(1), line[match.end():]) if match else (b"", line))
     stamped.sort(key=lambda pair: pair[0])  # stable: one stream's own order is kept
     return b"".join(text for _, text in stamped)
+
+
+class _TaskOutput:
+    """Copies the task's output into the cell log.
+
+    Live, like a local cell, when the task's container is on this node (the
+    copy ends when the container stops); otherwise from the service log once
+    the task has ended (a followed service log never ends by itself).
+    """
+
+    def __init__(self, client: docker.DockerClient, service: Any, log: BinaryIO) -> None:
+        self.client, self.service, self.log = client, service, log
+        self.copier: threading.Thread | None = None
+        self.elsewhere = False
+
+    def watch(self, status: dict[str, Any] | None) -> None:
+        """Start the live copy once the task's container exists on this node."""
+        if self.copier is not None or self.elsewhere or not status:
+            return
+        container_id = status.get("ContainerStatus", {}).get("ContainerID")
+        if not container_id:
+            return
+        try:
+            container = self.client.containers.get(container_id)
+        except docker.errors.NotFound:
+            self.elsewhere = True  # placed on another node
+            return
+        self.copier = threading.Thread(target=self._copy, args=(container,), daemon=True)
+        self.copier.start()
+
+    def _copy(self, container: Any) -> None:
+        with suppress(docker.errors.DockerException):  # the container went away mid-copy
+            for chunk in container.logs(stream=True, follow=True):
+                self.log.write(chunk)
+                self.log.flush()
+
+    def finish(self) -> None:
+        if self.copier is not None:
+            self.copier.join(COPY_JOIN_SECONDS)
+        else:
+            self.log.write(_ordered_log(self.service))
+            self.log.flush()
 
 
 def service_name(run_id: str, cell_id: str) -> str:
@@ -132,14 +176,18 @@ def run_cell(client: docker.DockerClient, spec: CellSpec,
                 mode=ServiceMode("replicated-job", replicas=1, concurrency=1),
                 restart_policy=RestartPolicy(condition="none"),
             )
+            output = _TaskOutput(client, service, log)
             status = _task_status(service)
             while status is None or status.get("State") not in ENDED:
+                output.watch(status)
                 if clock() - start > spec.timeout:
                     timed_out = True
+                    _remove_service(client, name)  # ends a live copy of its output
                     break
                 time.sleep(POLL_SECONDS)
                 status = _task_status(service)
-            log.write(_ordered_log(service))
+            output.watch(status)
+            output.finish()
         except docker.errors.DockerException as exc:
             log.write(f"dib-matrix: engine error: {exc}\n".encode())
             raise EngineError(f"cell {spec.cell_id}: {exc}") from exc

@@ -24,23 +24,47 @@ class FakeService:
 
 
 class FakeContainer:
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, engine, output=()):
+        self.engine, self.output = engine, output
+
+    def logs(self, stream, follow):
+        assert stream and follow
+        yield from self.output
 
     def remove(self, force, v):
         assert force and v
         self.engine.removed_containers += 1
 
 
+class FakeContainers:
+    def __init__(self, engine, here):
+        self.engine, self.here = engine, here  # id -> FakeContainer on this node
+
+    def get(self, container_id):
+        if container_id not in self.here:
+            raise docker.errors.NotFound(f"no container {container_id} on this node")
+        return self.here[container_id]
+
+    def list(self, all, filters):  # the task's container, still there after the service
+        assert filters == {"label": f"{swarm.SERVICE_LABEL}={NAME}"}
+        return [FakeContainer(self.engine)]
+
+
+class FakeVolumes:
+    def get(self, name):  # the cache volume exists
+        return name
+
+
 class FakeSwarm:
     """Just enough of docker.DockerClient for swarm.run_cell."""
 
-    def __init__(self, service=None, fail_create=False, manager=True):
+    def __init__(self, service=None, fail_create=False, manager=True, here=None):
         self.service, self.fail_create, self.manager = service, fail_create, manager
         self.services = self
         self.api = self
-        self.volumes = self
-        self.containers = self
+        self.volumes = FakeVolumes()
+        self.containers = FakeContainers(self, {k: FakeContainer(self, v)
+                                                for k, v in (here or {}).items()})
         self.created = {}
         self.removed = []
         self.removed_containers = 0
@@ -58,20 +82,17 @@ class FakeSwarm:
     def remove_service(self, name):
         self.removed.append(name)
 
-    def get(self, name):  # volumes.get: the cache volume exists
-        return name
-
-    def list(self, all, filters):  # containers.list: the task's container, still there
-        assert filters == {"label": f"{swarm.SERVICE_LABEL}={NAME}"}
-        return [FakeContainer(self)]
-
 
 NAME = swarm.service_name("r1", "h/t")
 
 
-def done(code):
-    return {"State": "complete" if code == 0 else "failed",
-            "ContainerStatus": {"ExitCode": code}}
+def done(code, container=None):
+    status = {"ExitCode": code, **({"ContainerID": container} if container else {})}
+    return {"State": "complete" if code == 0 else "failed", "ContainerStatus": status}
+
+
+def running(container):
+    return {"State": "running", "ContainerStatus": {"ContainerID": container}}
 
 
 def spec(tmp_path, timeout=60.0, **kwargs):
@@ -121,7 +142,7 @@ def test_a_timeout_removes_the_service_and_says_so(tmp_path, monkeypatch):
     client = FakeSwarm(FakeService([{"State": "running"}], []))
     result = swarm.run_cell(client, spec(tmp_path, timeout=25.0), clock=lambda: next(ticks))
     assert result.timed_out and result.exit_code == swarm.TIMED_OUT_EXIT
-    assert client.removed == [NAME]
+    assert set(client.removed) == {NAME}  # removed at the timeout (and again on the way out)
     assert "after the 25 s cell timeout" in result.log_path.read_text()
 
 
@@ -168,3 +189,22 @@ def test_service_names_are_dns_labels_and_stay_apart():
     for name in names:
         assert len(name) <= 63 and all(c.isalnum() or c == "-" for c in name)
         assert name == name.lower() and not name.startswith("-") and not name.endswith("-")
+
+
+def test_output_of_a_task_on_this_node_is_copied_live_from_its_container(tmp_path):
+    class NoServiceLog(FakeService):
+        def logs(self, **kwargs):
+            raise AssertionError("the service log is for tasks on other nodes")
+
+    service = NoServiceLog([None, running("c1"), running("c1"), done(0, "c1")], [])
+    client = FakeSwarm(service, here={"c1": [b"out\n", b"err\n"]})
+    assert swarm.run_cell(client, spec(tmp_path)).ok
+    assert (tmp_path / "logs" / "t.log").read_text().endswith("out\nerr\n")
+
+
+def test_output_of_a_task_on_another_node_comes_from_the_service_log(tmp_path):
+    service = FakeService([running("c9"), done(4, "c9")],
+                          [b"2026-01-01T00:00:01Z far away\n"])
+    result = swarm.run_cell(FakeSwarm(service, here={}), spec(tmp_path))
+    assert result.exit_code == 4
+    assert result.log_path.read_text().endswith("far away\n")
