@@ -8,9 +8,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
 
-from dib import chroot, environment, outputs
+from dib import breakpoints, chroot, environment, outputs
 from dib.elements import Resolution, resolve_from_env
 from dib.errors import CommandFailed, DibError
 from dib.packages import Distro, normalise_arch, plan_packages, write_plan
@@ -81,7 +81,9 @@ class Builder:
         tree: HookTree,
         root: Path,
         env: Dict[str, str],
+        breaks: FrozenSet[str] = frozenset(),
     ):
+        self.breaks = breaks
         self.opts = opts
         self.resolution = resolution
         self.tree = tree
@@ -91,7 +93,8 @@ class Builder:
 
     def run_phase(self, phase: Phase) -> None:
         scripts = self.tree.scripts(phase)
-        if not scripts:
+        stops = {f"before-{phase.label}", f"after-{phase.label}"} & self.breaks
+        if not scripts and not stops:
             return
         watch = Stopwatch()
         LOG.info("---- phase %s: %d script(s)", phase.dirname, len(scripts))
@@ -99,12 +102,29 @@ class Builder:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(chroot.chroot_environment(self.root))
                 self._copy_hooks_into_target(stack)
+                self._break("before", phase)
                 for script in scripts:
                     self._run_in_chroot(phase, script)
+                self._break("after", phase)
         else:
+            self._break("before", phase)
             for script in scripts:
                 self._run_outside(phase, script)
+            self._break("after", phase)
         self.phase_seconds[phase.label] = round(watch.seconds, 2)
+
+    def host_env(self) -> Dict[str, str]:
+        """What a hook on the build machine sees (the element bin/ on PATH)."""
+        return {**self.env, "PATH": environment.host_path(self.tree.root, self.env)}
+
+    def _break(self, when: str, phase: Phase) -> None:
+        point = f"{when}-{phase.label}"
+        if point not in self.breaks:
+            return
+        if phase.in_chroot:
+            breakpoints.stop_here(point, environment.for_chroot(self.env), chroot_root=self.root)
+        else:
+            breakpoints.stop_here(point, self.host_env(), cwd=self.root)
 
     def _copy_hooks_into_target(self, stack: contextlib.ExitStack) -> None:
         in_target = self.root / environment.IN_TARGET_HOOKS.lstrip("/")
@@ -188,6 +208,7 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
     watch = Stopwatch()
     requested = list(opts.elements) if opts.skip_base else ["base", *opts.elements]
     resolution = resolve_from_env(requested, base_env)
+    breaks = breakpoints.parse(base_env)  # a bad value fails before any work
     LOG.info("elements: %s", " ".join(resolution.names))
     opts.image_cache.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -202,9 +223,14 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
         compression = outputs.qcow2_compression(sourced, opts.compress)  # bad value: fail now
         plan = plan_packages(resolution.elements, distro, opts.arch, sourced, opts.packages)
         write_plan(plan, tree.root / "package-installs")
-        builder = Builder(opts, resolution, tree, root, env)
-        for phase in Phase:
-            builder.run_phase(phase)
+        builder = Builder(opts, resolution, tree, root, env, breaks)
+        try:
+            for phase in Phase:
+                builder.run_phase(phase)
+        except DibError:
+            if breakpoints.AFTER_ERROR in breaks:
+                breakpoints.stop_here(breakpoints.AFTER_ERROR, builder.host_env(), cwd=root)
+            raise
         if chroot.mounts_under(root):
             raise DibError(f"something is still mounted under {root}; refusing to package it")
         images = outputs.make_outputs(

@@ -19,6 +19,7 @@ from tests.integration.test_matrix_run import dib_matrix, write_matrix
 
 pytestmark = pytest.mark.integration
 HOST = "debian-bookworm"
+SWARM_BRIDGE = "docker_gwbridge"
 
 
 def swarm_state(client: docker.DockerClient) -> str:
@@ -34,6 +35,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostgenSession]:
 def manager(hosts: HostgenSession) -> Iterator[docker.DockerClient]:
     client = hosts.client
     joined_here = swarm_state(client) != "active"
+    had_bridge = bool(client.networks.list(names=[SWARM_BRIDGE]))
     if joined_here:
         client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
     try:
@@ -41,6 +43,9 @@ def manager(hosts: HostgenSession) -> Iterator[docker.DockerClient]:
     finally:
         if joined_here:
             client.swarm.leave(force=True)
+            if not had_bridge:  # made by swarm init, left behind by leave
+                for network in client.networks.list(names=[SWARM_BRIDGE]):
+                    network.remove()
 
 
 def our_services(client: docker.DockerClient, run_id: str) -> list:
