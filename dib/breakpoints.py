@@ -59,5 +59,5 @@ def stop_here(
     shell = ["bash", "--norc", "-i"]
     command = ["chroot", str(chroot_root), *shell] if chroot_root else shell
     # The terminal is the user's: no log capture, no timeout. The exit status is theirs.
-    subprocess.run(command, env={**env, "PS1": f"dib {point} \\w# "}, cwd=cwd, check=False)
+    subprocess.run(command, env={**env, "PS1": f"dib {point} \\W# "}, cwd=cwd, check=False)
     LOG.info("break=%s: shell left, going on", point)

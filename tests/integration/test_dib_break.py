@@ -16,6 +16,12 @@ from tests.integration.dibhelpers import REPO, build_mounts, dib_cmd, dib_env, m
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def image_cache(tmp_path_factory):
+    """This module's own cache: its first build is cold whatever ran before or after."""
+    return tmp_path_factory.mktemp("break-image-cache")
+
+
 class Terminal:
     """dib-build on a pseudo-terminal: read what it prints, type into its shell."""
 
@@ -32,7 +38,8 @@ class Terminal:
         while text not in self.seen:
             if not self._read(deadline - time.monotonic()):
                 self.kill()
-                pytest.fail(f"no {text!r} from dib-build:\n{self.seen[-3000:].decode('replace')}")
+                tail = self.seen[-3000:].decode(errors="replace")
+                pytest.fail(f"no {text!r} from dib-build:\n{tail}")
 
     def kill(self) -> None:
         """Stop dib-build the way Ctrl-C would (it releases its mounts), then reap it."""
@@ -68,7 +75,7 @@ def test_break_after_install_opens_a_shell_inside_the_image(image_cache, tmp_pat
                      "debian-minimal"], env)
     term.expect(b"dib after-install /# ")  # the shell's prompt, inside the image
     term.type("test -e /proc/self/status && echo proc-$((40+2)) > /etc/break-marker; exit")
-    assert term.finish() == 0, term.seen[-3000:].decode("replace")
+    assert term.finish() == 0, term.seen[-3000:].decode(errors="replace")
     with tarfile.open(out.with_name("broken-into.tar")) as tar:
         assert tar.extractfile("./etc/break-marker").read() == b"proc-42\n"
     assert not build_mounts()
@@ -83,7 +90,7 @@ def test_break_after_error_opens_a_shell_then_fails_as_it_would(image_cache, tmp
     marker = tmp_path / "shell-was-here"
     term = Terminal(["-o", str(tmp_path / "x"), "-t", "tar", "--image-cache", str(image_cache),
                      "fails"], env)
-    term.expect(b"dib after-error ")
+    term.expect(b"dib after-error mnt# ")  # on the host, in the image tree
     term.type(f'echo "$TARGET_ROOT" > {marker}; exit')
     assert term.finish() == 1
     assert b"root.d/50-fail failed with exit code 9" in term.seen
