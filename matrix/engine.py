@@ -155,6 +155,17 @@ def cell_mounts(spec: CellSpec) -> list[Mount]:
     return mounts
 
 
+def make_cell_dirs(spec: CellSpec) -> None:
+    """The directories a cell writes into: its log's and its images'."""
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    if spec.out_dir is not None:
+        spec.out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def cell_labels(spec: CellSpec) -> dict[str, str]:
+    return {LABEL_RUN: spec.run_id, LABEL_HOST: spec.host, LABEL_CELL: spec.cell_id}
+
+
 def _remove_container(client: docker.DockerClient, name: str) -> None:
     with suppress(docker.errors.NotFound):
         client.api.remove_container(name, force=True, v=True)
@@ -183,9 +194,7 @@ def run_cell(client: docker.DockerClient, spec: CellSpec) -> CellResult:
     The container is gone when this returns or raises (KeyboardInterrupt too).
     """
     name = container_name(spec.run_id, spec.cell_id)
-    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    if spec.out_dir is not None:
-        spec.out_dir.mkdir(parents=True, exist_ok=True)
+    make_cell_dirs(spec)
     expired = threading.Event()
     start = time.monotonic()
     with ExitStack() as undo, spec.log_path.open("ab") as log:
@@ -202,7 +211,7 @@ def run_cell(client: docker.DockerClient, spec: CellSpec) -> CellResult:
                 list(spec.command),
                 name=name,
                 environment=dict(spec.environment),
-                labels={LABEL_RUN: spec.run_id, LABEL_HOST: spec.host, LABEL_CELL: spec.cell_id},
+                labels=cell_labels(spec),
                 mounts=cell_mounts(spec),
                 network_mode=spec.network.value,
                 cap_drop=["ALL"],

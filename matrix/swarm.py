@@ -23,16 +23,15 @@ import docker
 from docker.types import RestartPolicy, ServiceMode
 
 from matrix.engine import (
-    LABEL_CELL,
-    LABEL_HOST,
-    LABEL_RUN,
     CellResult,
     CellSpec,
     EngineError,
+    cell_labels,
     cell_mounts,
     container_name,
     ensure_volume,
     log_header,
+    make_cell_dirs,
 )
 
 POLL_SECONDS = 0.5
@@ -148,10 +147,8 @@ def run_cell(client: docker.DockerClient, spec: CellSpec,
     The service is gone when this returns or raises (KeyboardInterrupt too).
     """
     name = service_name(spec.run_id, spec.cell_id)
-    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    if spec.out_dir is not None:
-        spec.out_dir.mkdir(parents=True, exist_ok=True)
-    labels = {LABEL_RUN: spec.run_id, LABEL_HOST: spec.host, LABEL_CELL: spec.cell_id}
+    make_cell_dirs(spec)
+    labels = cell_labels(spec)
     start = clock()
     timed_out = False
     with ExitStack() as undo, spec.log_path.open("ab") as log:
