@@ -6,9 +6,11 @@ import io
 import os
 import re
 import tarfile
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,6 +18,8 @@ from typing import Any, BinaryIO
 import docker.errors
 
 TAIL_LINES = 300
+# The classic builder names each RUN step's container: " ---> Running in 3f2a...".
+RUNNING_IN = re.compile(r"^\s*---> Running in ([0-9a-f]{12,64})$")
 # The engine colours RUN steps' stderr; logs and evidence lines want plain text.
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Proxy settings of the orchestrating machine reach RUN steps as build args
@@ -68,11 +72,45 @@ def build_image(
     """Build the Dockerfile in ``files`` with host networking; stream output into ``log``.
 
     ``proxy``: proxy variables for RUN steps instead of this process's own.
-    ``deadline`` (``time.monotonic()``): past it the build is abandoned at its next
-    output; dropping the connection makes the engine cancel it. A step silent for
-    longer is still bounded by the client's read timeout.
+    ``deadline`` (``time.monotonic()``): past it the build is abandoned. A watchdog
+    kills the running step's container, which ends even a step that prints nothing;
+    the stream is then dropped, which makes the engine cancel the build.
     """
     lines = _LineTail()
+    watchdog = None
+    if deadline is not None:
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _kill_step,
+                                   args=(client, lines))
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        return _stream_build(client, files, log, lines, labels=labels, tag=tag,
+                             nocache=nocache, modes=modes, proxy=proxy, deadline=deadline)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+def _kill_step(client: docker.DockerClient, lines: _LineTail) -> None:
+    """At the deadline: kill the container of the RUN step in progress, if any."""
+    if lines.step_container:
+        with suppress(docker.errors.DockerException):
+            client.api.kill(lines.step_container)
+
+
+def _stream_build(
+    client: docker.DockerClient,
+    files: Mapping[str, bytes],
+    log: BinaryIO,
+    lines: _LineTail,
+    *,
+    labels: Mapping[str, str],
+    tag: str | None,
+    nocache: bool,
+    modes: Mapping[str, int] | None,
+    proxy: Mapping[str, str] | None,
+    deadline: float | None,
+) -> BuiltImage:
     image_id = None
     if proxy is None:
         proxy = {key: os.environ[key] for key in PROXY_ARGS if key in os.environ}
@@ -96,7 +134,8 @@ def build_image(
             log.write(text.encode("utf-8", "replace"))
             log.flush()
             lines.feed(text)
-        if "error" in chunk:
+        past_deadline = deadline is not None and time.monotonic() > deadline
+        if "error" in chunk and not past_deadline:
             message = str(chunk.get("errorDetail", {}).get("message") or chunk["error"]).strip()
             log.write(f"\nERROR: {message}\n".encode("utf-8", "replace"))
             log.flush()
@@ -104,7 +143,7 @@ def build_image(
         aux: Any = chunk.get("aux")
         if isinstance(aux, dict) and "ID" in aux:
             image_id = aux["ID"]
-        if deadline is not None and time.monotonic() > deadline and image_id is None:
+        if past_deadline and image_id is None:
             stream.close()
             log.write(b"\nERROR: the build was still running at the hostgen deadline\n")
             raise BuildFailed("the build was still running at the deadline", lines.done(),
@@ -121,6 +160,7 @@ class _LineTail:
         self.lines: deque[str] = deque(maxlen=TAIL_LINES)
         self.partial = ""
         self.step = ""  # the instruction of the last "Step N/M : ..." line
+        self.step_container = ""  # the container of the RUN step in progress
 
     def feed(self, text: str) -> None:
         *complete, self.partial = (self.partial + text).split("\n")
@@ -140,6 +180,10 @@ class _LineTail:
         self.lines.append(line)
         if line.startswith("Step "):
             self.step = line.split(" : ", 1)[-1]
+            self.step_container = ""
+        running = RUNNING_IN.match(line)
+        if running:
+            self.step_container = running.group(1)
 
 
 def import_tarball(

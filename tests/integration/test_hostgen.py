@@ -267,6 +267,27 @@ def test_missing_package_is_categorised(hostgen_session: HostgenSession, tmp_pat
             client.images.remove(image.id, force=True)
 
 
+def test_a_silent_build_step_ends_at_the_deadline(hostgen_session: HostgenSession) -> None:
+    """A RUN step that prints nothing is killed at the hostgen deadline, not at the
+    SDK's read timeout; the engine keeps neither its container nor an image."""
+    from matrix.imagebuild import BuildFailed, build_image
+
+    base = hostgen_session.image("debian-bookworm")
+    dockerfile = f"FROM {base}\nRUN sleep 600\n".encode()
+    client = hostgen_session.client
+    before = {c.id for c in client.containers.list(all=True)}
+    log = hostgen_session.workdir / "logs" / "silent-step.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log.open("wb") as out, pytest.raises(BuildFailed) as failed:
+        build_image(client, {"Dockerfile": dockerfile}, out, labels={},
+                    deadline=time.monotonic() + 8, nocache=True)
+    assert failed.value.timed_out and failed.value.step == "RUN sleep 600"
+    assert time.monotonic() - started < 40
+    time.sleep(1)  # forcerm removes the step's container as the build ends
+    assert {c.id for c in client.containers.list(all=True)} - before == set()
+
+
 def test_no_labelled_container_remains(hostgen_session: HostgenSession) -> None:
     # Runs last in this module: every cell above removed its container.
     assert hostgen_session.labelled_containers() == []

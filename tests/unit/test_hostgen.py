@@ -173,6 +173,32 @@ def test_build_past_its_deadline_is_abandoned_as_a_timeout():
     assert hostgen._diagnose_build(host, failed.value).cause is HostgenCause.TIMEOUT
 
 
+def test_a_silent_step_is_killed_at_the_deadline():
+    import threading
+    import time
+
+    killed = threading.Event()
+
+    class Api:
+        def build(self, **kwargs):
+            yield {"stream": "Step 2/2 : RUN sleep 600\n"}
+            yield {"stream": " ---> Running in 3f2a1b0c9d8e\n"}
+            assert killed.wait(10), "the step was never killed"  # silent until then
+            yield {"error": "The command returned a non-zero code: 137",
+                   "errorDetail": {"message": "The command returned a non-zero code: 137"}}
+
+        def kill(self, container):
+            assert container == "3f2a1b0c9d8e"
+            killed.set()
+
+    started = time.monotonic()
+    with pytest.raises(BuildFailed) as failed:
+        build_image(SimpleNamespace(api=Api()), {"Dockerfile": b"FROM x\n"}, io.BytesIO(),
+                    labels={}, deadline=time.monotonic() + 0.3)
+    assert failed.value.timed_out and failed.value.step == "RUN sleep 600"
+    assert time.monotonic() - started < 5
+
+
 def test_build_proxy_replaces_this_process_proxy(monkeypatch):
     monkeypatch.setenv("http_proxy", "http://corporate:8080")
     captured = {}
