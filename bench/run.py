@@ -23,11 +23,12 @@ from pathlib import Path
 # from the virtualenv the package is installed in).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import builders, matrixbench, overhead, pkgcachebench, scale  # noqa: E402
+from bench import builders, cleanup, matrixbench, overhead, pkgcachebench, scale  # noqa: E402
 from bench.figures import Figure, Report, format_report  # noqa: E402
 from bench.proc import release_mounts  # noqa: E402
 from bench.workspace import REPO, Bench, BenchError  # noqa: E402
 from dib.mirror import MirrorNotFound, find_mirror  # noqa: E402
+from matrix import engine  # noqa: E402
 
 Section = Callable[[Bench], "tuple[list[Figure], dict[str, list[str]]]"]
 SECTIONS: dict[str, Section] = {
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="smoke run: no diskimage-builder, one host, small matrices")
     parser.add_argument("--only", action="append", choices=sorted(SECTIONS), default=[],
                         help="run only this section (repeatable)")
+    parser.add_argument("--clean", action="store_true",
+                        help="remove what runs keep (bench host images, layers, cache "
+                        "volumes, the work directory) and exit")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / ".work",
                         help="scratch directory (default: bench/.work)")
     return parser.parse_args(argv)
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: run as root (debootstrap, chroot, mounts): sudo .venv/bin/python "
               "bench/run.py", file=sys.stderr)
         return 2
+    if args.clean:
+        return _clean(args.work.resolve())
     try:
         mirror = find_mirror("debian")
     except MirrorNotFound as err:
@@ -81,6 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     (bench.logs / "report.txt").write_text(text + "\n")
     (bench.logs / "report.json").write_text(report.to_json() + "\n")
+    return 0
+
+
+def _clean(work: Path) -> int:
+    try:
+        client = engine.connect(timeout=60)
+    except engine.EngineError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 2
+    for line in cleanup.clean(client, work) or ["nothing to remove"]:
+        print(f"bench --clean: {line}")
     return 0
 
 

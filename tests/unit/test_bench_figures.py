@@ -307,3 +307,39 @@ def test_overhead_matrices_load_and_plan_serial_noop_cells(tmp_path):
     builds = [c for c in plan.cells if c.kind is CellKind.BUILD]
     assert len(builds) == 4 and {c.host.name for c in builds} == {"bench-debian-bookworm"}
     assert load_matrix(matrices[4]).max_parallel == 1
+
+
+def test_clean_removes_only_the_bench_copies(tmp_path):
+    from types import SimpleNamespace
+
+    from bench import cleanup
+
+    removed = []
+
+    def image(created, *tags):
+        return SimpleNamespace(id=tags[0], tags=list(tags), attrs={"Created": created})
+
+    def volume(name):
+        return SimpleNamespace(name=name, remove=lambda force: removed.append(name))
+
+    images = [image("1", "dib-matrix/base-bench-debian-trixie:a"),
+              image("3", "dib-matrix/dib-bench-debian-trixie:c"),
+              image("2", "dib-matrix/host-bench-debian-trixie:b"),
+              image("2", "dib-matrix/host-debian-trixie:b"),  # the real host: kept
+              image("0", "dib-matrix/base-debian-trixie:a",
+                    "dib-matrix/base-bench-debian-trixie:z"),
+              image("4", "debian:bookworm")]
+    client = SimpleNamespace(
+        images=SimpleNamespace(list=lambda: images,
+                               remove=lambda image_id, force: removed.append(image_id)),
+        volumes=SimpleNamespace(list=lambda: [volume("dib-matrix-cache-bench-debian-trixie"),
+                                              volume("dib-matrix-cache-debian-trixie")]))
+    work = tmp_path / ".work"
+    (work / "venvs").mkdir(parents=True)
+    gone = cleanup.clean(client, work)
+    assert removed == ["dib-matrix/dib-bench-debian-trixie:c",  # newest (on top) first
+                       "dib-matrix/host-bench-debian-trixie:b",
+                       "dib-matrix/base-bench-debian-trixie:a",
+                       "dib-matrix/base-bench-debian-trixie:z",  # untagged, image kept
+                       "dib-matrix-cache-bench-debian-trixie"]
+    assert not work.exists() and gone[-1] == f"directory {work}"
