@@ -142,9 +142,7 @@ class Builder:
     def _run_outside(self, phase: Phase, script: Path) -> None:
         if not self._executable(phase, script):
             return
-        env = dict(self.env)
-        env["PATH"] = environment.host_path(self.tree.root, self.env)
-        env.update(environment.python_for_hooks())
+        env = {**self.host_env(), **environment.python_for_hooks()}
         runner = self.tree.root / "dib-run-hook"
         env_files = [str(p) for p in self.tree.environment_files()]
         self._run_hook(phase, script, [str(runner), str(script), *env_files], env)

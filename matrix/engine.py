@@ -21,8 +21,8 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack, suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,6 +36,8 @@ from matrix.hostimage import LABEL_HOST
 
 LABEL_RUN = "org.dib-matrix.run"
 LABEL_CELL = "org.dib-matrix.cell"
+# Swarm puts it on a service's task containers.
+SERVICE_LABEL = "com.docker.swarm.service.name"
 LABEL_CACHE = "org.dib-matrix.cache"
 DIB_MOUNT = "/opt/dib-matrix"
 OUT_MOUNT = "/out"
@@ -155,11 +157,38 @@ def cell_mounts(spec: CellSpec) -> list[Mount]:
     return mounts
 
 
-def make_cell_dirs(spec: CellSpec) -> None:
-    """The directories a cell writes into: its log's and its images'."""
+@contextmanager
+def cell_log(
+    client: docker.DockerClient,
+    spec: CellSpec,
+    name: str,
+    remove: Callable[[docker.DockerClient, str], None],
+) -> Iterator[tuple[ExitStack, BinaryIO]]:
+    """The cell's log, open with its header, and its cache volume, for a runner of ``name``.
+
+    ``remove`` (of the container or service ``name``) is registered before it
+    exists, so a create that succeeds but returns late (or a Ctrl-C in between)
+    still leaves nothing behind; more clean-up can go on the yielded stack.
+    """
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     if spec.out_dir is not None:
         spec.out_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as undo, spec.log_path.open("ab") as log:
+        undo.callback(remove, client, name)
+        log.write(log_header(spec, name))
+        log.flush()
+        if spec.cache_volume is not None:
+            try:
+                ensure_volume(client, spec.cache_volume, spec.run_id, spec.host)
+            except docker.errors.DockerException as exc:
+                raise engine_error(spec, log, exc) from exc
+        yield undo, log
+
+
+def engine_error(spec: CellSpec, log: BinaryIO, exc: Exception) -> EngineError:
+    """The engine failed the cell: say so in its log; the error to raise."""
+    log.write(f"dib-matrix: engine error: {exc}\n".encode())
+    return EngineError(f"cell {spec.cell_id}: {exc}")
 
 
 def cell_labels(spec: CellSpec) -> dict[str, str]:
@@ -169,6 +198,21 @@ def cell_labels(spec: CellSpec) -> dict[str, str]:
 def _remove_container(client: docker.DockerClient, name: str) -> None:
     with suppress(docker.errors.NotFound):
         client.api.remove_container(name, force=True, v=True)
+
+
+def remove_service(client: docker.DockerClient, name: str) -> None:
+    """Remove the swarm service ``name``, and its task's container on this node.
+
+    Removing a replicated-job service does not stop a task that still runs on
+    Moby before 24 (moby/moby#44312), so the container goes by hand, as a local
+    cell's container does at its timeout.
+    """
+    with suppress(docker.errors.NotFound):
+        client.api.remove_service(name)
+    selector = {"label": f"{SERVICE_LABEL}={name}"}
+    for container in client.containers.list(all=True, filters=selector):
+        with suppress(docker.errors.NotFound, docker.errors.APIError):
+            container.remove(force=True, v=True)
 
 
 def _kill(container: Any, expired: threading.Event) -> None:
@@ -194,18 +238,10 @@ def run_cell(client: docker.DockerClient, spec: CellSpec) -> CellResult:
     The container is gone when this returns or raises (KeyboardInterrupt too).
     """
     name = container_name(spec.run_id, spec.cell_id)
-    make_cell_dirs(spec)
     expired = threading.Event()
     start = time.monotonic()
-    with ExitStack() as undo, spec.log_path.open("ab") as log:
-        # Registered before the container exists, so a create that succeeds
-        # but returns late (or a Ctrl-C in between) still leaves nothing behind.
-        undo.callback(_remove_container, client, name)
-        log.write(log_header(spec, name))
-        log.flush()
+    with cell_log(client, spec, name, _remove_container) as (undo, log):
         try:
-            if spec.cache_volume is not None:
-                ensure_volume(client, spec.cache_volume, spec.run_id, spec.host)
             container = client.containers.create(
                 spec.image,
                 list(spec.command),
@@ -224,8 +260,7 @@ def run_cell(client: docker.DockerClient, spec: CellSpec) -> CellResult:
             container.start()
             watchdog.start()
         except docker.errors.DockerException as exc:
-            log.write(f"dib-matrix: engine error: {exc}\n".encode())
-            raise EngineError(f"cell {spec.cell_id}: {exc}") from exc
+            raise engine_error(spec, log, exc) from exc
         _copy_output(container, log)
         exit_code = int(container.wait().get("StatusCode", -1))
         watchdog.cancel()
@@ -264,8 +299,7 @@ def remove_run_objects(client: docker.DockerClient, run_id: str) -> Removed:
     except docker.errors.APIError:  # not a swarm manager: no services can be ours
         services = []
     for service in services:
-        with suppress(docker.errors.NotFound):
-            client.api.remove_service(service.id)
+        remove_service(client, service.name)
     volumes = client.volumes.list(filters=selector)
     for volume in volumes:
         volume.remove(force=True)

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from typing import Any, BinaryIO
 
 import docker
@@ -27,11 +27,11 @@ from matrix.engine import (
     CellSpec,
     EngineError,
     cell_labels,
+    cell_log,
     cell_mounts,
     container_name,
-    ensure_volume,
-    log_header,
-    make_cell_dirs,
+    engine_error,
+    remove_service,
 )
 
 POLL_SECONDS = 0.5
@@ -39,7 +39,6 @@ POLL_SECONDS = 0.5
 ENDED = {"complete", "failed", "rejected", "shutdown", "orphaned", "remove"}
 # The task never ran its command: the swarm could not place or start it.
 NOT_RUN = {"rejected", "orphaned"}
-SERVICE_LABEL = "com.docker.swarm.service.name"
 COPY_JOIN_SECONDS = 30.0  # a stopped container's log stream ends at once; this is a bound
 TIMED_OUT_EXIT = 137  # what a local container killed at the timeout reports
 TIMESTAMP = re.compile(rb"^(\S+) ")
@@ -125,20 +124,6 @@ def service_name(run_id: str, cell_id: str) -> str:
     return f"{slug[:54].strip('-')}-{digest}"
 
 
-def _remove_service(client: docker.DockerClient, name: str) -> None:
-    """Remove the service, and its task's container on this node.
-
-    Removing a replicated-job service does not stop a task that still runs on
-    Moby before 24 (moby/moby#44312), so the container goes by hand, as a local
-    cell's container does at its timeout.
-    """
-    with suppress(docker.errors.NotFound):
-        client.api.remove_service(name)
-    for container in client.containers.list(all=True, filters={"label": f"{SERVICE_LABEL}={name}"}):
-        with suppress(docker.errors.NotFound, docker.errors.APIError):
-            container.remove(force=True, v=True)
-
-
 def run_cell(client: docker.DockerClient, spec: CellSpec,
              clock: Callable[[], float] = time.monotonic) -> CellResult:
     """Run ``spec`` as a one-task job to completion or timeout, output to ``spec.log_path``.
@@ -147,17 +132,11 @@ def run_cell(client: docker.DockerClient, spec: CellSpec,
     The service is gone when this returns or raises (KeyboardInterrupt too).
     """
     name = service_name(spec.run_id, spec.cell_id)
-    make_cell_dirs(spec)
     labels = cell_labels(spec)
     start = clock()
     timed_out = False
-    with ExitStack() as undo, spec.log_path.open("ab") as log:
-        undo.callback(_remove_service, client, name)  # before it exists: see engine.run_cell
-        log.write(log_header(spec, name))
-        log.flush()
+    with cell_log(client, spec, name, remove_service) as (_, log):
         try:
-            if spec.cache_volume is not None:
-                ensure_volume(client, spec.cache_volume, spec.run_id, spec.host)
             service = client.services.create(
                 spec.image,
                 list(spec.command),
@@ -179,15 +158,14 @@ def run_cell(client: docker.DockerClient, spec: CellSpec,
                 output.watch(status)
                 if clock() - start > spec.timeout:
                     timed_out = True
-                    _remove_service(client, name)  # ends a live copy of its output
+                    remove_service(client, name)  # ends a live copy of its output
                     break
                 time.sleep(POLL_SECONDS)
                 status = _task_status(service)
             output.watch(status)
             output.finish()
         except docker.errors.DockerException as exc:
-            log.write(f"dib-matrix: engine error: {exc}\n".encode())
-            raise EngineError(f"cell {spec.cell_id}: {exc}") from exc
+            raise engine_error(spec, log, exc) from exc
         if timed_out:
             exit_code: int | None = TIMED_OUT_EXIT
             log.write(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import docker.errors
 import pytest
 
-from matrix import swarm
+from matrix import engine, swarm
 from matrix.engine import LABEL_RUN, CellSpec, EngineError
 
 
@@ -46,7 +46,7 @@ class FakeContainers:
         return self.here[container_id]
 
     def list(self, all, filters):  # the task's container, still there after the service
-        assert filters == {"label": f"{swarm.SERVICE_LABEL}={NAME}"}
+        assert filters == {"label": f"{engine.SERVICE_LABEL}={NAME}"}
         return [FakeContainer(self.engine)]
 
 
