@@ -11,7 +11,9 @@ an hour on 2 cores) and runs recipes one at a time.
 
 A recipe is a bash script (recipes/<name>.sh next to this file). It runs with
 
-    REPO       the checkout (for .venv/bin/dib-matrix, python -m dib)
+    REPO       the checkout (CORPUS_REPO, default this one) whose matrix/dib/elements
+               run (python -m matrix.cli, python -m dib with cwd REPO)
+    PYTHON     this interpreter (the checkout's .venv: docker SDK, PyYAML)
     MIRROR     the Debian mirror URL (DIB_DISTRIBUTION_MIRROR, else this
                machine's apt sources) -- taken at run time, never stored
     WORK       an empty scratch directory under /tmp
@@ -38,7 +40,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+REPO = Path(os.environ.get("CORPUS_REPO", HERE.parent.parent))  # a clean export of the tool
 RECIPES = HERE / "recipes"
 CASES = HERE / "cases.yaml"
 MAX_BYTES = 150 * 1024
@@ -62,10 +64,14 @@ def find_mirror() -> str:
     sys.exit("no Debian mirror: set DIB_DISTRIBUTION_MIRROR")
 
 
+# Registry host names an engine prints when a pull fails (never stored here by name).
+REGISTRY_HOST = re.compile(r"(?<=https://)[^/\s\"]+(?=/v2/)|(?<=lookup )[^\s]+(?= on )")
+
+
 def redact(text: str, hosts: list[str]) -> str:
     for host in hosts:
         text = text.replace(host, REDACTED)
-    return text
+    return REGISTRY_HOST.sub("registry.example", text)
 
 
 def shorten(text: str) -> str:
@@ -85,7 +91,7 @@ def run_recipe(name: str, cases: list[dict], mirror: str) -> list[str]:
     work = Path(tempfile.mkdtemp(prefix=f"corpus-{name}-", dir="/tmp"))
     out = work / "logs"
     out.mkdir()
-    env = dict(os.environ, REPO=str(REPO), MIRROR=mirror, WORK=str(work), OUT=str(out))
+    env = dict(os.environ, REPO=str(REPO), PYTHON=sys.executable, MIRROR=mirror, WORK=str(work), OUT=str(out))
     print(f"== {name}", flush=True)
     subprocess.run(["bash", str(script)], env=env, cwd=work, check=False)
     host = urllib.parse.urlparse(mirror).hostname or ""
