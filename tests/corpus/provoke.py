@@ -91,9 +91,22 @@ def run_recipe(name: str, cases: list[dict], mirror: str) -> list[str]:
     work = Path(tempfile.mkdtemp(prefix=f"corpus-{name}-", dir="/tmp"))
     out = work / "logs"
     out.mkdir()
-    env = dict(os.environ, REPO=str(REPO), PYTHON=sys.executable, MIRROR=mirror, WORK=str(work), OUT=str(out))
+    env = dict(os.environ, REPO=str(REPO), PYTHON=sys.executable, MIRROR=mirror, WORK=str(work),
+               OUT=str(out))
     print(f"== {name}", flush=True)
     subprocess.run(["bash", str(script)], env=env, cwd=work, check=False)
+    missing = collect(name, cases, mirror, out)
+    if os.environ.get("CORPUS_KEEP_WORK") != "1":
+        subprocess.run(["umount", "-R", "-l", *[str(p) for p in work.glob("mnt*")]],
+                       check=False, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"   kept {work}", flush=True)
+    return missing
+
+
+def collect(name: str, cases: list[dict], mirror: str, out: Path) -> list[str]:
+    """Copy the logs a recipe wrote to ``out`` into the corpus (redacted, cut)."""
     host = urllib.parse.urlparse(mirror).hostname or ""
     hosts = [h for h in {host, os.environ.get("CORPUS_REDACT", "")} if h]
     missing = []
@@ -108,10 +121,6 @@ def run_recipe(name: str, cases: list[dict], mirror: str) -> list[str]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(shorten(redact(source.read_text(errors="replace"), hosts)))
         print(f"   wrote {case['file']}", flush=True)
-    if os.environ.get("CORPUS_KEEP_WORK") != "1":
-        subprocess.run(["umount", "-R", "-l", *[str(p) for p in work.glob("mnt*")]],
-                       check=False, capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
     return missing
 
 
@@ -130,6 +139,9 @@ def main() -> int:
     parser.add_argument("recipes", nargs="*")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--index", action="store_true")
+    parser.add_argument("--collect", metavar="LOGS_DIR",
+                        help="do not run: copy RECIPE's logs from the $OUT of a kept run "
+                             "(CORPUS_KEEP_WORK=1 keeps /tmp/corpus-RECIPE-*/)")
     args = parser.parse_args()
     cases = load_cases()
     if args.list:
@@ -143,6 +155,10 @@ def main() -> int:
     names = sorted(p.stem for p in RECIPES.glob("*.sh")) if args.recipes == ["all"] else args.recipes
     mirror = find_mirror()
     missing = []
+    if args.collect:
+        for name in names:
+            missing += collect(name, cases, mirror, Path(args.collect))
+        names = []
     for name in names:
         missing += run_recipe(name, cases, mirror)
     write_index(cases)
