@@ -8,9 +8,13 @@ to the log, and the run ends as soon as the outcome is known:
 - passed: the boot marker appeared (``DIB-BOOT-MARKER-OK``, printed by the
   ``boot-marker`` element once multi-user.target is up); a login prompt also
   passes, after a short wait for the marker;
-- failed, with a category (:class:`Category`) and the log line that shows it;
-  categories end the run early when the machine cannot recover (a panic, the
-  initramfs shell, the firmware finding nothing to boot).
+- failed, with one evidence line: the console line that shows why (a :class:`Rule`
+  matched it; final rules end the run early when the machine cannot recover: a
+  panic, the initramfs shell, the firmware finding nothing to boot), or, when no
+  console line did, a synthesized ``boot: ...`` line (:data:`EVIDENCE_SHAPES`).
+
+The watcher only reports evidence; naming the cause is the category catalogue's job
+(``matrix/categories/default.yaml``, entries for ``*:boot`` rows).
 
 qemu runs in its own process group and is terminated, then killed, and reaped on
 every way out: success, failure, timeout, Ctrl-C, SIGTERM.
@@ -18,9 +22,11 @@ Exit status: 0 passed, 1 boot failed, 2 qemu or the set-up failed (an
 infrastructure error, not a verdict on the image).
 
 From Python: ``run_boot_test(BootOptions(image, serial_log, uefi=...))`` returns a
-:class:`BootResult` (``passed``, ``category``, ``evidence``, ``seconds_to_marker``,
-``to_dict()``), or raises :class:`BootTestError` when it cannot start;
-``BootOptions.to_argv()`` is the command line that repeats it. Meant to run where
+:class:`BootResult` (``passed``, ``evidence``, ``infrastructure``,
+``seconds_to_marker``, ``stage``, ``facts``, ``to_dict()``), or raises
+:class:`BootTestError` when it cannot start; ``BootOptions.to_argv()`` is the command
+line that repeats it; ``replay_log(text)`` gives the verdict of a saved serial log.
+Meant to run where
 the images land (the orchestrating machine), not inside the build host's container:
 one qemu and one firmware for every host, so boot verdicts compare across hosts.
 """
@@ -55,38 +61,6 @@ FACT = re.compile(r"\b([a-z][a-z0-9-]*)=(\S+)")
 LOGIN_PROMPT = re.compile(r"\S+ login: *$")
 
 
-class Category(str, enum.Enum):
-    """Why a boot failed; the value is the id reports and the matrix catalogue use."""
-
-    NO_BOOTLOADER = "no-bootloader"
-    BOOTLOADER_ERROR = "bootloader-error"
-    KERNEL_PANIC = "kernel-panic"
-    ROOT_FS_NOT_FOUND = "root-fs-not-found"
-    VM_RESET = "vm-reset"
-    BOOT_TIMEOUT = "boot-timeout"
-    QEMU_ERROR = "qemu-error"
-
-    @property
-    def legend(self) -> str:
-        return LEGENDS[self]
-
-    @property
-    def is_infrastructure(self) -> bool:
-        """qemu itself failed: the image got no verdict (report it as an error state)."""
-        return self is Category.QEMU_ERROR
-
-
-LEGENDS = {
-    Category.NO_BOOTLOADER: "boot: the firmware found nothing to boot",
-    Category.BOOTLOADER_ERROR: "boot: GRUB started but could not load the kernel",
-    Category.KERNEL_PANIC: "boot: kernel panic",
-    Category.ROOT_FS_NOT_FOUND: "boot: root filesystem not found",
-    Category.VM_RESET: "boot: the machine reset before the system was up",
-    Category.BOOT_TIMEOUT: "boot: no boot marker before the timeout",
-    Category.QEMU_ERROR: "boot: qemu failed (infrastructure)",
-}
-
-
 class Stage(enum.IntEnum):
     """How far the boot got, from what the console showed."""
 
@@ -111,40 +85,55 @@ HANDOFF = re.compile(r"Booting from Hard Disk|BdsDxe: starting Boot")
 
 @dataclass(frozen=True)
 class Rule:
-    """A console line that decides the verdict; ``final`` ones end the run (after a grace)."""
+    """A console line that decides the verdict: it becomes the evidence. ``final`` ones
+    end the run (after a grace); ``order`` breaks ties when several lines matched (the
+    lowest wins: a panic because the root is missing is shown by the missing root)."""
 
-    category: Category
     pattern: re.Pattern
-    final: bool = True
+    final: bool
+    order: int
 
 
-def _rule(category: Category, pattern: str, final: bool = True) -> Rule:
-    return Rule(category, re.compile(pattern), final)
+def _rules(*specs: Tuple[str, bool]) -> Tuple[Rule, ...]:
+    return tuple(
+        Rule(re.compile(pattern), final, order) for order, (pattern, final) in enumerate(specs)
+    )
 
 
-# In priority order: when several match, the first names the verdict (a panic because
-# the root is missing is a missing root).
-RULES = (
-    _rule(Category.ROOT_FS_NOT_FOUND, r"ALERT!\s+\S+ does not exist"),
-    _rule(Category.ROOT_FS_NOT_FOUND, r"Gave up waiting for root (file system )?device", False),
-    _rule(Category.ROOT_FS_NOT_FOUND, r"VFS: Unable to mount root fs|Cannot open root device"),
-    _rule(Category.ROOT_FS_NOT_FOUND, r"Timed out waiting for device .*(by-uuid|by-label)"),
-    _rule(Category.ROOT_FS_NOT_FOUND, r"dracut.*(does not exist|Could not boot)"),
-    _rule(Category.KERNEL_PANIC, r"Kernel panic - not syncing"),
-    _rule(Category.BOOTLOADER_ERROR, r"grub rescue>"),
-    _rule(
-        Category.BOOTLOADER_ERROR,
+# In priority order (the catalogue names the cause of the line that wins).
+RULES = _rules(
+    # the root filesystem is missing
+    (r"ALERT!\s+\S+ does not exist", True),
+    (r"Gave up waiting for root (file system )?device", False),
+    (r"VFS: Unable to mount root fs|Cannot open root device", True),
+    (r"Timed out waiting for device .*(by-uuid|by-label)", True),
+    (r"dracut.*(does not exist|Could not boot)", True),
+    # the kernel gave up
+    (r"Kernel panic - not syncing", True),
+    # GRUB started but could not load the kernel
+    (r"grub rescue>", True),
+    (
         r"^error: (no such device|file .* not found|you need to load the kernel first"
         r"|unknown filesystem|invalid magic number|disk .* not found|out of memory)",
         False,
     ),
-    _rule(Category.BOOTLOADER_ERROR, r"Press any key to continue\.\.\.", False),
-    _rule(Category.NO_BOOTLOADER, r"No bootable device|Boot failed: not a bootable disk"),
-    _rule(Category.NO_BOOTLOADER, r"No bootable option or device was found"),
-    _rule(Category.NO_BOOTLOADER, r"UEFI Interactive Shell|Press ESC in \d+ seconds to skip"),
-    _rule(Category.NO_BOOTLOADER, r"BdsDxe: failed to (load|start) Boot", False),
+    (r"Press any key to continue\.\.\.", False),
+    # the firmware found nothing to boot
+    (r"No bootable device|Boot failed: not a bootable disk", True),
+    (r"No bootable option or device was found", True),
+    (r"UEFI Interactive Shell|Press ESC in \d+ seconds to skip", True),
+    (r"BdsDxe: failed to (load|start) Boot", False),
 )
-RULE_ORDER = {rule: index for index, rule in enumerate(RULES)}
+
+# The evidence lines the watcher writes itself when no console line matched a rule;
+# the catalogue's boot entries match these shapes, so keep the two in step.
+EVIDENCE_SHAPES = {
+    "silence": "boot: the firmware handed over to the disk, then nothing for {seconds} s: {line}",
+    "reset": "boot: the machine reset during the {stage} stage",
+    "timeout": "boot: no marker after {seconds} s; furthest stage: {stage}",
+    "qemu": "boot: qemu failed: {reason}",
+}
+LAST_LINE = "; last line: {line}"
 
 
 @dataclass(frozen=True)
@@ -158,13 +147,16 @@ class WatchSettings:
 
 @dataclass(frozen=True)
 class Verdict:
+    """What the console showed: passed or not, and the one line that shows it.
+
+    ``infrastructure``: qemu itself failed, so the image got no verdict."""
+
     passed: bool
-    category: Optional[Category]
     evidence: str
     seconds_to_marker: Optional[float]
     stage: Stage
-    labels: Tuple[str, ...] = ()
     facts: Mapping[str, str] = field(default_factory=dict)
+    infrastructure: bool = False
 
 
 def clean(raw: bytes) -> str:
@@ -183,7 +175,7 @@ class Watcher:
     def __init__(self, settings: WatchSettings):
         self.settings = settings
         self.stage = Stage.NOTHING
-        self.matches: List[Tuple[Rule, str]] = []
+        self.matches: List[Tuple[Rule, str]] = []  # every rule that matched, with its line
         self.final_at: Optional[float] = None
         self.success: Optional[Tuple[str, float, bool]] = None  # line, time, is the marker
         self.handoff: Optional[Tuple[str, float]] = None
@@ -236,61 +228,58 @@ class Watcher:
         return self.stalled(now)
 
     def verdict(self, now: float, *, timed_out: bool = False, exited: bool = False) -> Verdict:
+        """The outcome at ``now``: ``exited`` when qemu ended by itself (the machine reset,
+        as qemu runs with -no-reboot), ``timed_out`` when the time ran out."""
         if self.success:
             line, seen, _ = self.success
-            return Verdict(True, None, line, round(seen, 1), Stage.USERSPACE, facts=_facts(line))
-        labels = tuple(sorted({rule.category.value for rule, _ in self.matches}))
+            return Verdict(True, line, round(seen, 1), Stage.USERSPACE, facts=_facts(line))
         if self.matches:
-            rule, line = min(self.matches, key=lambda m: RULE_ORDER[m[0]])
-            return Verdict(False, rule.category, line, None, self.stage, labels)
-        if self.handoff and self.stage <= Stage.FIRMWARE:
-            why = (
-                "the machine reset"
-                if exited
-                else f"nothing followed for {now - self.handoff[1]:.0f} s"
-            )
+            _, line = min(self.matches, key=lambda match: match[0].order)
+            return Verdict(False, line, None, self.stage)
+        if exited and not timed_out:
+            evidence = EVIDENCE_SHAPES["reset"].format(stage=self.stage.name.lower())
+        elif self.handoff and self.stage <= Stage.FIRMWARE:
+            line, seen = self.handoff
             return Verdict(
                 False,
-                Category.NO_BOOTLOADER,
-                f"{self.handoff[0]} ({why})",
+                EVIDENCE_SHAPES["silence"].format(seconds=_whole(now - seen), line=line),
                 None,
                 self.stage,
-                (Category.NO_BOOTLOADER.value,),
             )
-        if exited and not timed_out:
-            category = _reset_category(self.stage)
-            evidence = f"the machine reset during the {self.stage.name.lower()} stage"
-            if self.last_line:
-                evidence += f"; last line: {self.last_line}"
-            return Verdict(False, category, evidence, None, self.stage, (category.value,))
-        evidence = f"no marker after {now:.0f} s; furthest stage: {self.stage.name.lower()}"
+        else:
+            evidence = EVIDENCE_SHAPES["timeout"].format(
+                seconds=_whole(now), stage=self.stage.name.lower()
+            )
         if self.last_line:
-            evidence += f"; last line: {self.last_line}"
-        return Verdict(
-            False, Category.BOOT_TIMEOUT, evidence, None, self.stage, (Category.BOOT_TIMEOUT.value,)
-        )
+            evidence += LAST_LINE.format(line=self.last_line)
+        return Verdict(False, evidence, None, self.stage)
 
 
-def _reset_category(stage: Stage) -> Category:
-    if stage <= Stage.FIRMWARE:
-        return Category.NO_BOOTLOADER
-    if stage == Stage.BOOTLOADER:
-        return Category.BOOTLOADER_ERROR
-    return Category.VM_RESET
+def _whole(seconds: float) -> int:
+    return max(0, int(round(seconds)))
+
+
+def qemu_failed(reason: str, stage: Stage = Stage.NOTHING) -> Verdict:
+    """The verdict when qemu itself failed: infrastructure, not the image."""
+    return Verdict(
+        False, EVIDENCE_SHAPES["qemu"].format(reason=reason), None, stage, infrastructure=True
+    )
 
 
 def _facts(line: str) -> Dict[str, str]:
     return dict(FACT.findall(line))
 
 
-def classify_log(
+def replay_log(
     text: str,
     settings: WatchSettings = WatchSettings(),
     *,
     timed_out: bool = True,
     exited: bool = False,
 ) -> Verdict:
-    """The verdict for a whole serial log (as saved), e.g. to re-check an old run."""
+    """The verdict for a whole serial log (as saved), e.g. to re-check an old run: its
+    ``evidence`` is the line the catalogue classifies. A saved log has no timings, so
+    a synthesized line says 0 s."""
     watcher = Watcher(settings)
     for raw in text.encode().split(b"\n"):
         watcher.feed(clean(raw), 0.0)
@@ -337,28 +326,26 @@ class BootResult:
     """The outcome of one boot test: plain data for the orchestrator and reports."""
 
     passed: bool
-    category: Optional[Category]
     evidence: str
     seconds: float
     seconds_to_marker: Optional[float]
     stage: str
-    labels: Tuple[str, ...]
     facts: Mapping[str, str]
     serial_log: str
     command: Tuple[str, ...]
     qemu_exit: Optional[int] = None
+    infrastructure: bool = False  # qemu itself failed: the image got no verdict
 
     def to_dict(self) -> Dict[str, object]:
         data = asdict(self)
-        data["category"] = self.category.value if self.category else None
-        data["legend"] = self.category.legend if self.category else None
+        data["facts"] = dict(self.facts)
+        data["command"] = list(self.command)
         return data
 
     def summary(self) -> str:
         if self.passed:
             return f"boot passed: marker after {self.seconds_to_marker} s: {self.evidence}"
-        assert self.category is not None
-        return f"boot FAILED [{self.category.value}] after {self.seconds:.0f} s: {self.evidence}"
+        return f"boot FAILED after {self.seconds:.0f} s: {self.evidence}"
 
 
 class BootTestError(DibError):
@@ -503,7 +490,7 @@ def _watch(
 
 
 def run_boot_test(opts: BootOptions) -> BootResult:
-    """Boot ``opts.image`` and return the categorised outcome; raise BootTestError when
+    """Boot ``opts.image`` and return the outcome with its evidence; raise BootTestError when
     the test cannot even start."""
     if not opts.image.is_file():
         raise BootTestError(f"image {opts.image} does not exist")
@@ -534,21 +521,18 @@ def run_boot_test(opts: BootOptions) -> BootResult:
     exit_code = proc.returncode if exited else None
     if exited and exit_code not in (0, None) and not verdict.passed:
         reason = stderr[-1] if stderr else f"qemu exited with status {exit_code}"
-        verdict = Verdict(
-            False, Category.QEMU_ERROR, reason, None, watcher.stage, (Category.QEMU_ERROR.value,)
-        )
+        verdict = qemu_failed(reason, watcher.stage)
     return BootResult(
         passed=verdict.passed,
-        category=verdict.category,
         evidence=verdict.evidence,
         seconds=round(elapsed, 1),
         seconds_to_marker=verdict.seconds_to_marker,
         stage=verdict.stage.name.lower(),
-        labels=verdict.labels,
         facts=dict(verdict.facts),
         serial_log=str(opts.serial_log),
         command=tuple(cmd),
         qemu_exit=exit_code,
+        infrastructure=verdict.infrastructure,
     )
 
 
@@ -623,7 +607,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(result.summary())
     if result.passed:
         return 0
-    return 2 if result.category and result.category.is_infrastructure else 1
+    return 2 if result.infrastructure else 1
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Boot test: serial-log classification from real console samples, and qemu handling with a
-fake qemu on PATH (timeouts, kills, exit codes) — no real VM."""
+"""Boot test: the evidence line the watcher picks from real console samples (and the
+category the catalogue names for it), and qemu handling with a fake qemu on PATH
+(timeouts, kills, exit codes) — no real VM."""
 
 import json
 import os
@@ -12,15 +13,17 @@ from dib import boottest
 from dib.boottest import (
     BootOptions,
     BootTestError,
-    Category,
     Stage,
     Watcher,
     WatchSettings,
-    classify_log,
     clean,
     qemu_command,
+    qemu_failed,
+    replay_log,
     run_boot_test,
 )
+from matrix.catalogue import load_catalogue
+from matrix.classify import classify_lines
 
 # Excerpts of real serial logs from bookworm vm images under qemu TCG (SeaBIOS and OVMF).
 BIOS_OK = (
@@ -79,28 +82,150 @@ GRUB_ERROR = (
 GRUB_RESCUE = "GRUB loading.\r\nWelcome to GRUB!\r\nerror: unknown filesystem.\r\ngrub rescue> "
 
 
-@pytest.mark.parametrize(
-    "log, category, evidence",
-    [
-        (UEFI_NO_BOOTLOADER, Category.NO_BOOTLOADER, "No bootable option or device was found"),
-        (BIOS_NOT_BOOTABLE, Category.NO_BOOTLOADER, "Boot failed: not a bootable disk"),
-        (ROOT_MISSING, Category.ROOT_FS_NOT_FOUND, "ALERT!  UUID=00000000-1111"),
-        (NO_ROOT_PANIC, Category.ROOT_FS_NOT_FOUND, "VFS: Unable to mount root fs"),
-        (INIT_PANIC, Category.KERNEL_PANIC, "Attempted to kill init!"),
-        (GRUB_ERROR, Category.BOOTLOADER_ERROR, "error: file `/vmlinuz' not found."),
-        (GRUB_RESCUE, Category.BOOTLOADER_ERROR, "grub rescue>"),
-    ],
+UEFI_NO_BOOTLOADER_LINE = "BdsDxe: No bootable option or device was found."
+ROOT_MISSING_LINE = (
+    "ALERT!  UUID=00000000-1111-2222-3333-444444444444 does not exist.  Dropping to a shell!"
 )
-def test_failure_logs_are_categorised(log, category, evidence):
-    verdict = classify_log(log)
-    assert not verdict.passed
-    assert verdict.category is category
-    assert evidence in verdict.evidence
+NO_ROOT_PANIC_LINE = (
+    "[    5.354622] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"
+)
+INIT_PANIC_LINE = (
+    "[    6.661234] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"
+)
+INIT_LAST_LINE = "[    3.100000] Run /init as init process"
+
+# (serial log, how the run ended, the evidence line, the catalogue's category for it)
+CASES = {
+    "uefi-nothing-to-boot": (
+        UEFI_NO_BOOTLOADER,
+        {},
+        UEFI_NO_BOOTLOADER_LINE,
+        "no-bootloader",
+    ),
+    "bios-not-bootable": (
+        BIOS_NOT_BOOTABLE,
+        {},
+        "Boot failed: not a bootable disk",
+        "no-bootloader",
+    ),
+    "root-missing": (ROOT_MISSING, {}, ROOT_MISSING_LINE, "root-fs-not-found"),
+    "panic-for-a-missing-root": (NO_ROOT_PANIC, {}, NO_ROOT_PANIC_LINE, "root-fs-not-found"),
+    "init-panic": (INIT_PANIC, {}, INIT_PANIC_LINE, "kernel-panic"),
+    "grub-error": (GRUB_ERROR, {}, "error: file `/vmlinuz' not found.", "bootloader-error"),
+    "grub-rescue": (GRUB_RESCUE, {}, "grub rescue>", "bootloader-error"),
+    "silence-after-handoff": (
+        "SeaBIOS (version 1.16.2)\r\nBooting from Hard Disk...\r\n",
+        {},
+        "boot: the firmware handed over to the disk, then nothing for 0 s: "
+        "Booting from Hard Disk...",
+        "no-bootloader",
+    ),
+    "reset-before-any-output": (
+        "",
+        {"timed_out": False, "exited": True},
+        "boot: the machine reset during the nothing stage",
+        "no-bootloader",
+    ),
+    "reset-in-the-firmware": (
+        "SeaBIOS (version 1.16.2)\r\nBooting from Hard Disk...\r\n",
+        {"timed_out": False, "exited": True},
+        "boot: the machine reset during the firmware stage; last line: Booting from Hard Disk...",
+        "no-bootloader",
+    ),
+    "reset-in-grub": (
+        "Booting from Hard Disk...\r\nGRUB loading.\r\n",
+        {"timed_out": False, "exited": True},
+        "boot: the machine reset during the bootloader stage; last line: GRUB loading.",
+        "bootloader-error",
+    ),
+    "reset-in-the-kernel": (
+        INIT_PANIC.split("[    6.66")[0],
+        {"timed_out": False, "exited": True},
+        f"boot: the machine reset during the kernel stage; last line: {INIT_LAST_LINE}",
+        "vm-reset",
+    ),
+    "reset-in-the-initramfs": (
+        "[    1.0] Linux version 6.1\r\nBegin: Loading essential drivers ... done.\r\n",
+        {"timed_out": False, "exited": True},
+        "boot: the machine reset during the initramfs stage; "
+        "last line: Begin: Loading essential drivers ... done.",
+        "vm-reset",
+    ),
+    "reset-in-userspace": (
+        "[  OK  ] Reached target basic.target\r\n",
+        {"timed_out": False, "exited": True},
+        "boot: the machine reset during the userspace stage; "
+        "last line: [  OK  ] Reached target basic.target",
+        "vm-reset",
+    ),
+    "no-marker": (
+        BIOS_OK.replace("DIB-BOOT-MARKER-OK", "something else"),
+        {},
+        "boot: no marker after 0 s; furthest stage: userspace; "
+        "last line: something else kernel=6.1.0-50-amd64 root=/dev/vda1 root-bytes=3184697344",
+        "boot-timeout",
+    ),
+    "no-output-at-all": (
+        "",
+        {},
+        "boot: no marker after 0 s; furthest stage: nothing",
+        "boot-timeout",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_failure_logs_give_their_evidence_line(name):
+    log, ending, evidence, _ = CASES[name]
+    verdict = replay_log(log, **ending)
+    assert not verdict.passed and not verdict.infrastructure
+    assert verdict.evidence == evidence
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return load_catalogue()
+
+
+def _category(catalogue, evidence: str) -> str:
+    verdict = classify_lines([evidence], "some-host", "debian-bookworm-vm:boot", catalogue)
+    return verdict.category.id
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_catalogue_names_the_cause_of_each_evidence_line(catalogue, name):
+    log, ending, _, category = CASES[name]
+    assert _category(catalogue, replay_log(log, **ending).evidence) == category
+
+
+def test_the_catalogue_names_live_timings_and_qemu_failures(catalogue):
+    stalled = Watcher(WatchSettings(stall_seconds=30))
+    stalled.feed('BdsDxe: starting Boot0001 "UEFI Misc Device"', 2.4)
+    assert stalled.done(33.0)
+    evidence = stalled.verdict(33.0).evidence
+    assert evidence == (
+        "boot: the firmware handed over to the disk, then nothing for 31 s: "
+        'BdsDxe: starting Boot0001 "UEFI Misc Device"'
+    )
+    assert _category(catalogue, evidence) == "no-bootloader"
+    timeout = Watcher(WatchSettings())
+    timeout.feed("Loading Linux 6.1.0-50-amd64 ...", 3.0)
+    evidence = timeout.verdict(600.2, timed_out=True).evidence
+    assert evidence == (
+        "boot: no marker after 600 s; furthest stage: bootloader; "
+        "last line: Loading Linux 6.1.0-50-amd64 ..."
+    )
+    assert _category(catalogue, evidence) == "boot-timeout"
+    failed = qemu_failed("qemu: could not open disk image", Stage.NOTHING)
+    assert failed.infrastructure and not failed.passed
+    assert failed.evidence == "boot: qemu failed: qemu: could not open disk image"
+    assert _category(catalogue, failed.evidence) == "qemu-error"
 
 
 def test_success_log_passes_with_facts():
-    verdict = classify_log(BIOS_OK)
-    assert verdict.passed and verdict.category is None
+    verdict = replay_log(BIOS_OK)
+    assert verdict.passed and not verdict.infrastructure
+    assert verdict.evidence.startswith("DIB-BOOT-MARKER-OK")
     assert verdict.facts == {
         "kernel": "6.1.0-50-amd64",
         "root": "/dev/vda1",
@@ -108,27 +233,22 @@ def test_success_log_passes_with_facts():
     }
 
 
-def test_panic_because_of_a_missing_root_keeps_both_labels():
-    verdict = classify_log(NO_ROOT_PANIC)
-    assert verdict.labels == ("kernel-panic", "root-fs-not-found")
+def test_a_missing_root_line_beats_the_panic_it_causes():
+    watcher = Watcher(WatchSettings())
+    watcher.feed(INIT_PANIC_LINE, 1.0)
+    watcher.feed("Gave up waiting for root file system device.  Common problems:", 2.0)
+    watcher.feed(ROOT_MISSING_LINE, 3.0)
+    assert len(watcher.matches) == 3
+    assert watcher.verdict(5.0).evidence == ROOT_MISSING_LINE
+    early = Watcher(WatchSettings())
+    early.feed(INIT_PANIC_LINE, 1.0)
+    early.feed("Gave up waiting for root file system device.", 2.0)
+    assert early.verdict(5.0).evidence == "Gave up waiting for root file system device."
 
 
-def test_timeout_reports_the_furthest_stage_and_last_line():
-    verdict = classify_log(BIOS_OK.replace("DIB-BOOT-MARKER-OK", "something else"))
-    assert verdict.category is Category.BOOT_TIMEOUT
+def test_timeout_reports_the_furthest_stage():
+    verdict = replay_log(BIOS_OK.replace("DIB-BOOT-MARKER-OK", "something else"))
     assert verdict.stage is Stage.USERSPACE
-    assert "furthest stage: userspace" in verdict.evidence
-
-
-def test_firmware_handoff_then_silence_is_no_bootloader():
-    verdict = classify_log("SeaBIOS (version 1.16.2)\r\nBooting from Hard Disk...\r\n")
-    assert verdict.category is Category.NO_BOOTLOADER
-    assert verdict.evidence.startswith("Booting from Hard Disk...")
-
-
-def test_reset_during_the_kernel_is_a_vm_reset():
-    verdict = classify_log(INIT_PANIC.split("[    6.66")[0], timed_out=False, exited=True)
-    assert verdict.category is Category.VM_RESET
 
 
 def test_clean_strips_terminal_escapes():
@@ -197,13 +317,14 @@ def test_options_round_trip_through_the_command_line():
     assert again == opts
 
 
-def test_result_serialises_with_category_id_and_legend(fake_qemu, tmp_path):
+def test_result_serialises_with_its_evidence_and_no_category(fake_qemu, tmp_path):
     result = fake_qemu("echo 'Boot failed: not a bootable disk'; sleep 30", timeout=20)
     data = json.loads(json.dumps(result.to_dict()))
-    assert data["category"] == "no-bootloader"
-    assert data["legend"] == Category.NO_BOOTLOADER.legend
-    assert data["passed"] is False
-    assert "FAILED [no-bootloader]" in result.summary()
+    assert data["evidence"] == "Boot failed: not a bootable disk"
+    assert data["passed"] is False and data["infrastructure"] is False
+    assert "category" not in data and "legend" not in data and "labels" not in data
+    assert result.summary().startswith("boot FAILED after ")
+    assert result.summary().endswith(" s: Boot failed: not a bootable disk")
 
 
 FAKE_QEMU = """#!/bin/sh
@@ -268,7 +389,9 @@ def test_timeout_kills_the_whole_process_group(fake_qemu):
         f"echo 'SeaBIOS'; sleep 60 & echo $! > {fake_qemu.pids}/child.pid; wait",
         timeout=2,
     )
-    assert result.category is Category.BOOT_TIMEOUT
+    assert result.evidence.startswith("boot: no marker after 2 s; furthest stage: firmware")
+    assert result.evidence.endswith("; last line: SeaBIOS")
+    assert not result.infrastructure
     assert 2 <= result.seconds < 5
     assert not any(_alive(pid) for pid in _pids(fake_qemu.pids))
 
@@ -276,7 +399,9 @@ def test_timeout_kills_the_whole_process_group(fake_qemu):
 def test_qemu_that_ignores_sigterm_is_killed(fake_qemu):
     started = time.monotonic()
     result = fake_qemu("trap '' TERM; echo starting; while :; do sleep 0.1; done", timeout=1)
-    assert result.category is Category.BOOT_TIMEOUT
+    assert result.evidence == (
+        "boot: no marker after 1 s; furthest stage: nothing; last line: starting"
+    )
     assert time.monotonic() - started < 6
     assert not any(_alive(pid) for pid in _pids(fake_qemu.pids))
 
@@ -287,16 +412,23 @@ def test_fatal_line_ends_the_run_early(fake_qemu):
         timeout=60,
         final_grace=0.5,
     )
-    assert result.category is Category.KERNEL_PANIC
+    assert result.evidence == "[ 6.6] Kernel panic - not syncing: Attempted to kill init!"
     assert result.seconds < 10
 
 
 def test_qemu_failing_to_start_is_an_infrastructure_error(fake_qemu):
     result = fake_qemu('echo "qemu: could not open disk image" >&2; exit 1')
-    assert result.category is Category.QEMU_ERROR
-    assert result.category.is_infrastructure
-    assert result.evidence == "qemu: could not open disk image"
+    assert result.infrastructure and not result.passed
+    assert result.evidence == "boot: qemu failed: qemu: could not open disk image"
     assert result.qemu_exit == 1
+
+
+def test_qemu_exiting_cleanly_is_a_reset_not_an_infrastructure_error(fake_qemu):
+    result = fake_qemu("echo 'Booting from Hard Disk...'; echo 'GRUB loading.'; exit 0")
+    assert not result.infrastructure and result.qemu_exit == 0
+    assert result.evidence == (
+        "boot: the machine reset during the bootloader stage; last line: GRUB loading."
+    )
 
 
 def test_missing_image_or_qemu_raises(tmp_path):
@@ -308,7 +440,7 @@ def test_missing_image_or_qemu_raises(tmp_path):
         run_boot_test(BootOptions(image=image, serial_log=tmp_path / "s", qemu="no-such-qemu"))
 
 
-def test_cli_exit_codes_and_json(fake_qemu, tmp_path, monkeypatch):
+def test_cli_exit_codes_and_json(fake_qemu, tmp_path, monkeypatch, capsys):
     script = tmp_path / "qemu-system-x86_64"
     script.write_text("#!/bin/sh\necho 'DIB-BOOT-MARKER-OK kernel=6'\nsleep 30\n")
     script.chmod(0o755)
@@ -322,3 +454,9 @@ def test_cli_exit_codes_and_json(fake_qemu, tmp_path, monkeypatch):
     assert code == 0
     assert json.loads(result_json.read_text())["facts"] == {"kernel": "6"}
     assert boottest.main([str(tmp_path / "missing"), "--serial-log", str(tmp_path / "s")]) == 2
+    script.write_text("#!/bin/sh\necho 'Boot failed: not a bootable disk'\nsleep 30\n")
+    assert boottest.main([str(image), "--serial-log", str(tmp_path / "s.log")]) == 1
+    assert "boot FAILED after " in capsys.readouterr().out
+    script.write_text("#!/bin/sh\necho 'qemu: no such machine' >&2\nexit 1\n")
+    assert boottest.main([str(image), "--serial-log", str(tmp_path / "s.log")]) == 2
+    assert "boot: qemu failed: qemu: no such machine" in capsys.readouterr().out
