@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Tuple
 
+from dib import failure
 from dib.errors import CommandFailed, DibError
 from dib.mirror import MirrorNotFound, find_mirror
 from dib.run import run
@@ -186,9 +187,13 @@ def debootstrap(spec: BaseSpec, root: Path, timeout: float) -> None:
     except CommandFailed as err:
         reason = next((line for line in reversed(err.tail) if line.startswith("E:")), "")
         what = "timed out" if err.timed_out else f"failed (exit {err.returncode})"
-        raise DibError(
+        problem = DibError(
             f"debootstrap of {spec.release} from {spec.mirror} {what}"
             + (f": {reason}" if reason else "")
+        )
+        own = failure.pick_error_line(err.tail)
+        raise failure.note(
+            problem, status=err.returncode, error=own, command=" ".join(cmd)
         ) from None
     for deb in (root / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
@@ -229,10 +234,13 @@ def prepare_root(env: Mapping[str, str]) -> Path:
 
 def main(env: Optional[Mapping[str, str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    env = os.environ if env is None else env
     try:
-        prepare_root(os.environ if env is None else env)
+        prepare_root(env)
     except DibError as err:
         print(err, file=sys.stdout, flush=True)
+        # For dib's failure record: debootstrap's own line (or this check's), not the hook's.
+        failure.write_hook_detail(env, {**failure.describe(err), "kind": "debootstrap"})
         return 1
     return 0
 

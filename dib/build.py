@@ -8,9 +8,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
-from dib import breakpoints, chroot, environment, outputs
+from dib import breakpoints, chroot, environment, failure, outputs
 from dib.elements import Resolution, resolve_from_env
 from dib.errors import CommandFailed, DibError
 from dib.packages import Distro, normalise_arch, plan_packages, write_plan
@@ -19,6 +19,12 @@ from dib.run import Stopwatch, capture, run
 
 LOG = logging.getLogger("dib")
 TMPFS_MIN_AVAILABLE = 4 << 30
+# Hooks whose failure is more than "a hook failed": (element, phase) -> failure kind.
+HOOK_KINDS = {("debootstrap", "root.d"): "debootstrap"}
+# Where a hook process leaves its own failure detail (failure.HOOK_DETAIL_VAR): beside
+# the merged tree for hooks on the build machine, in the chroot's copy of it otherwise.
+HOST_DETAIL = "hook-failure"
+CHROOT_DETAIL = f"{environment.IN_TARGET_HOOKS}/.hook-failure"
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,17 @@ def _mem_available() -> int:
 def _remove_workdir(work: Path) -> None:
     chroot.release_all(work)  # refuses (raises) rather than delete through a live mount
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _note_free_space(work: Path) -> Callable[..., bool]:
+    """An exit callback noting the build dir's free space on a failure, before clean-up."""
+
+    def on_exit(exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        if exc is not None:
+            failure.note(exc, free_bytes={"build": failure.free_bytes(work)})
+        return False
+
+    return on_exit
 
 
 def make_workdir(stack: contextlib.ExitStack, use_tmpfs: bool) -> Path:
@@ -98,6 +115,11 @@ class Builder:
             return
         watch = Stopwatch()
         LOG.info("---- phase %s: %d script(s)", phase.dirname, len(scripts))
+        with failure.noting(phase=phase.dirname):
+            self._run_scripts(phase, scripts)
+        self.phase_seconds[phase.label] = round(watch.seconds, 2)
+
+    def _run_scripts(self, phase: Phase, scripts: List[Path]) -> None:
         if phase.in_chroot:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(chroot.chroot_environment(self.root))
@@ -111,7 +133,6 @@ class Builder:
             for script in scripts:
                 self._run_outside(phase, script)
             self._break("after", phase)
-        self.phase_seconds[phase.label] = round(watch.seconds, 2)
 
     def host_env(self) -> Dict[str, str]:
         """What a hook on the build machine sees (the element bin/ on PATH)."""
@@ -145,7 +166,9 @@ class Builder:
         env = {**self.host_env(), **environment.python_for_hooks()}
         runner = self.tree.root / "dib-run-hook"
         env_files = [str(p) for p in self.tree.environment_files()]
-        self._run_hook(phase, script, [str(runner), str(script), *env_files], env)
+        detail = self.tree.root.parent / HOST_DETAIL
+        env[failure.HOOK_DETAIL_VAR] = str(detail)
+        self._run_hook(phase, script, [str(runner), str(script), *env_files], env, detail)
 
     def _run_in_chroot(self, phase: Phase, script: Path) -> None:
         if not self._executable(phase, script):
@@ -160,19 +183,56 @@ class Builder:
             f"{inside}/{phase.dirname}/{script.name}",
             *env_files,
         ]
-        self._run_hook(phase, script, cmd, env)
+        env[failure.HOOK_DETAIL_VAR] = CHROOT_DETAIL
+        detail = self.root / CHROOT_DETAIL.lstrip("/")
+        self._run_hook(phase, script, cmd, env, detail)
 
-    def _run_hook(self, phase: Phase, script: Path, cmd: List[str], env: Dict[str, str]) -> None:
+    def _run_hook(
+        self, phase: Phase, script: Path, cmd: List[str], env: Dict[str, str], detail: Path
+    ) -> None:
+        """Run one hook; ``detail`` is where (on this machine) it may explain its failure."""
         tag = f"{phase.dirname}/{script.name}"
+        origin = self.tree.origin(script)
+        where = {
+            "phase": phase.dirname,
+            "hook": script.name,
+            "element": origin.element,
+            "command": str(origin.source),
+        }
         watch = Stopwatch()
         LOG.info("running %s", tag)
+        with contextlib.suppress(FileNotFoundError):
+            detail.unlink()
         try:
-            run(cmd, tag=tag, env=env)
+            with failure.noting(**where):
+                run(cmd, tag=tag, env=env)
         except CommandFailed as err:
-            cause = next((line.strip() for line in reversed(err.tail) if line.strip()), "")
-            message = f"{tag} failed with exit code {err.returncode}"
-            raise DibError(f"{message}: {cause}" if cause else message) from None
+            raise self._hook_failure(tag, where, err, failure.read_hook_detail(detail)) from None
         LOG.info("finished %s in %.1f s", tag, watch.seconds)
+
+    def _hook_failure(
+        self, tag: str, where: Mapping[str, Any], err: CommandFailed, detail: Mapping[str, Any]
+    ) -> DibError:
+        """The error for a failed hook: as the hook's own process explained it, if it did."""
+        if "environment" in detail:
+            return self._environment_failure(tag, err, Path(detail["environment"]))
+        cause = next((line.strip() for line in reversed(err.tail) if line.strip()), "")
+        message = f"{tag} failed with exit code {err.returncode}"
+        known = {
+            **where,
+            "kind": HOOK_KINDS.get((where["element"], where["phase"]), "hook"),
+            "status": err.returncode,
+            "error": failure.pick_error_line(err.tail),
+            **detail,  # the failing command inside the hook, as the hook's process saw it
+        }
+        return failure.note(DibError(f"{message}: {cause}" if cause else message), **known)
+
+    def _environment_failure(self, tag: str, err: CommandFailed, env_file: Path) -> DibError:
+        """An environment.d file failed in the runner before ``tag`` could start."""
+        merged = self.tree.root / environment.ENVIRONMENT_DIR / env_file.name
+        return environment.environment_failure(
+            merged, self.tree.origin, err.returncode, err.tail, f" before {tag}"
+        )
 
 
 def build_environment(
@@ -211,12 +271,13 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
     opts.image_cache.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         work = make_workdir(stack, opts.tmpfs)
+        stack.push(_note_free_space(work))
         tree = merge_elements(resolution.elements, work / "hooks")
         environment.write_runner(tree.root)
         root = work / "mnt"
         root.mkdir()
         env = build_environment(opts, resolution, work, root, tree, base_env)
-        sourced = environment.sourced_environment(env, tree.environment_files())
+        sourced = environment.sourced_environment(env, tree.environment_files(), tree.origin)
         distro = Distro(sourced.get("DISTRO_NAME", ""), sourced.get("DIB_RELEASE", ""))
         compression = outputs.qcow2_compression(sourced, opts.compress)  # bad value: fail now
         plan = plan_packages(resolution.elements, distro, opts.arch, sourced, opts.packages)
@@ -231,9 +292,10 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
             raise
         if chroot.mounts_under(root):
             raise DibError(f"something is still mounted under {root}; refusing to package it")
-        images = outputs.make_outputs(
-            root, opts.output, opts.types, work, opts.image_size, opts.checksum, compression
-        )
+        with failure.noting(kind="output"):
+            images = outputs.make_outputs(
+                root, opts.output, opts.types, work, opts.image_size, opts.checksum, compression
+            )
     for image in images:
         LOG.info("wrote %s (%d MiB)", image, image.stat().st_size >> 20)
     return BuildResult(resolution.names, images, round(watch.seconds, 2), builder.phase_seconds)

@@ -7,10 +7,11 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
-from dib import __version__
+from dib import __version__, failure
 from dib.build import BuildOptions, build
 from dib.errors import DibError, Interrupted
 from dib.outputs import SUPPORTED_TYPES, parse_size, parse_types
@@ -117,23 +118,33 @@ def _raise_interrupted(signum: int, _frame: object) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def _failed(report: failure.Reporter, err: BaseException, message: str, code: int) -> int:
+    """Log the failure record, write it beside the image, then dib's final ERROR line."""
+    report.report(err, message)
+    LOG.error("ERROR: %s", message)
+    return code
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.logfile, args.debug)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
+    report = failure.Reporter(Path(args.output).absolute(), LOG)  # removes a stale record
     try:
         opts = options_from_args(args)
         result = build(opts, os.environ)
     except DibError as err:
         if args.debug:
             LOG.exception("build failed")
-        LOG.error("ERROR: %s", err)
-        return err.exit_code
+        return _failed(report, err, str(err), err.exit_code)
     except (KeyboardInterrupt, Interrupted) as err:
-        LOG.error("ERROR: interrupted (%s); mounts released, build tree removed", err or "SIGINT")
-        return 130
+        message = f"interrupted ({err or 'SIGINT'}); mounts released, build tree removed"
+        return _failed(report, err, message, 130)
+    except Exception as err:  # a bug in dib, or the machine (OSError): still one record
+        traceback.print_exc()
+        return _failed(report, err, f"internal error: {type(err).__name__}: {err}", 1)
     LOG.info(
         "build finished in %.1f s: %s", result.seconds, ", ".join(str(p) for p in result.images)
     )

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Dict, Mapping, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
+from dib import failure
 from dib.errors import DibError
+from dib.phases import ENVIRONMENT_DIR, HookOrigin
 
 # Passed through from the caller; everything else is dropped so builds are reproducible.
 PASSTHROUGH = (
@@ -39,23 +42,51 @@ CHROOT_TMPDIR = "/tmp"
 HOST_ONLY = ("TARGET_ROOT", "TMP_MOUNT_PATH")
 
 # Sources every environment.d file given, then runs the hook. Paths arrive as
-# arguments, never spliced into shell text.
+# arguments, never spliced into shell text. When an environment.d file ends the runner,
+# it says which one in $DIB_HOOK_FAILURE_FILE (dib's failure record names it).
 RUNNER = """#!/bin/bash
 # dib hook runner: dib-run-hook SCRIPT [ENV_FILE...]
 set -eu
 script=$1
 shift
+sourcing=""
+note_environment_failure() {
+    if [ -n "$sourcing" ] && [ -n "${DIB_HOOK_FAILURE_FILE:-}" ]; then
+        printf 'kind=environment\nenvironment=%s\n' "$sourcing" \
+            > "$DIB_HOOK_FAILURE_FILE" 2>/dev/null || true
+    fi
+}
+trap note_environment_failure EXIT
 for env_file in "$@"; do
+    sourcing=$env_file
     set +u
     # shellcheck disable=SC1090
     source "$env_file"
     set -u
 done
+sourcing=""
+trap - EXIT
 if [ "${DIB_DEBUG_TRACE:-0}" != "0" ]; then
     exec bash -x "$script"
 fi
 exec "$script"
 """
+
+
+# Sources the environment.d files as the runner does (set -e); the file being sourced is
+# kept in $1 so a failure can name it; the result goes to $1.env (the files' own output
+# is free to use stdout).
+SOURCE_SCRIPT = """set -e
+state=$1
+shift
+for env_file in "$@"; do
+    printf '%s' "$env_file" > "$state"
+    source "$env_file"
+done
+: > "$state"
+env -0 > "$state.env"
+"""
+SOURCE_TIMEOUT = 60
 
 
 def curated(base: Mapping[str, str]) -> Dict[str, str]:
@@ -72,29 +103,94 @@ def write_runner(hooks_root: Path) -> Path:
     return runner
 
 
-def sourced_environment(env: Mapping[str, str], env_files: Sequence[Path]) -> Dict[str, str]:
-    """The environment after sourcing ``env_files`` in bash (used for defaults and ``when``)."""
-    if not env_files:
-        return dict(env)
-    script = 'for f in "$@"; do source "$f"; done; env -0'
-    done = subprocess.run(
-        ["bash", "-c", script, "dib-env", *map(str, env_files)],
-        env=dict(env),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-        raise DibError(f"sourcing environment.d failed: {detail[0]}")
+def _parse_env0(blob: bytes) -> Dict[str, str]:
     result = {}
-    for item in done.stdout.split(b"\0"):
+    for item in blob.split(b"\0"):
         if b"=" in item:
             key, value = item.split(b"=", 1)
             result[key.decode()] = value.decode(errors="replace")
     for noise in ("_", "SHLVL", "PWD", "OLDPWD"):
         result.pop(noise, None)
     return result
+
+
+def _no_origin(path: Path) -> HookOrigin:
+    return HookOrigin(None, path)
+
+
+def environment_failure(
+    env_file: Optional[Path],
+    origin_of: Callable[[Path], HookOrigin],
+    status: Optional[int],
+    output: Sequence[str],
+    what: str = "",
+) -> DibError:
+    """``environment.d/NAME (element E) failed[ what]: <its own error line>``, with its record."""
+    error = failure.pick_error_line(output)
+    detail = f"failed{what}" + (f": {error}" if error else f" with exit code {status}")
+    if env_file is None:
+        return failure.note(
+            DibError(f"sourcing environment.d {detail}"),
+            kind="environment",
+            phase=ENVIRONMENT_DIR,
+            status=status,
+            error=error,
+        )
+    origin = origin_of(env_file)
+    owner = f" (element {origin.element})" if origin.element else ""
+    message = f"{ENVIRONMENT_DIR}/{env_file.name}{owner} {detail}"
+    return failure.note(
+        DibError(message),
+        kind="environment",
+        phase=ENVIRONMENT_DIR,
+        hook=env_file.name,
+        element=origin.element,
+        status=status,
+        error=error,
+        command=str(origin.source),
+    )
+
+
+def sourced_environment(
+    env: Mapping[str, str],
+    env_files: Sequence[Path],
+    origin_of: Callable[[Path], HookOrigin] = _no_origin,
+) -> Dict[str, str]:
+    """The environment after sourcing ``env_files`` in bash with ``set -e``, as the hook
+    runner does (used for defaults and ``when``). A failing file raises a DibError that
+    names it, its element and its own error line."""
+    if not env_files:
+        return dict(env)
+    with tempfile.TemporaryDirectory(prefix="dib-env.") as tmp:
+        state = Path(tmp) / "sourcing"
+        cmd = ["bash", "-c", SOURCE_SCRIPT, "dib-env", str(state), *map(str, env_files)]
+        try:
+            done = subprocess.run(
+                cmd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=SOURCE_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as err:
+            output = (err.output or b"").decode(errors="replace").splitlines()
+            what = f" (still running after {SOURCE_TIMEOUT} s)"
+            raise environment_failure(_sourcing(state), origin_of, None, output, what) from None
+        if done.returncode != 0:
+            output = done.stdout.decode(errors="replace").splitlines()
+            raise environment_failure(_sourcing(state), origin_of, done.returncode, output)
+        return _parse_env0(state.with_suffix(".env").read_bytes())
+
+
+def _sourcing(state: Path) -> Optional[Path]:
+    """The environment.d file being sourced when the sourcing shell stopped, if any."""
+    try:
+        name = state.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return Path(name) if name else None
 
 
 def python_for_hooks() -> Dict[str, str]:
@@ -126,4 +222,7 @@ def is_true(value: str) -> bool:
 
 def ensure_root() -> None:
     if os.geteuid() != 0:
-        raise DibError("dib-build must run as root (debootstrap, chroot and mounts need it)")
+        raise failure.note(
+            DibError("dib-build must run as root (debootstrap, chroot and mounts need it)"),
+            kind="config",
+        )

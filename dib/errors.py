@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 
 class DibError(Exception):
@@ -27,12 +27,18 @@ class CommandFailed(DibError):
     """An external command exited non-zero or timed out."""
 
     def __init__(
-        self, what: str, returncode: int, tail: Sequence[str] = (), timed_out: bool = False
+        self,
+        what: str,
+        returncode: int,
+        tail: Sequence[str] = (),
+        timed_out: bool = False,
+        command: Optional[Sequence[str]] = None,
     ):
         self.what = what
         self.returncode = returncode
         self.tail = list(tail)
         self.timed_out = timed_out
+        self.command = list(command) if command is not None else None
         detail = "timed out" if timed_out else f"failed with exit code {returncode}"
         super().__init__(f"{what} {detail}")
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from dib import failure
 from dib.errors import CommandFailed, ConfigError, DibError
 from dib.run import capture, run
 
@@ -106,6 +107,7 @@ def make_ext4(
     """mkfs.ext4 -d into a sparse file; grow and retry when the estimate was short."""
     usage = tree_usage(root)
     inodes = int(usage.inodes * 1.2) + 1024
+    last: Optional[CommandFailed] = None
     for _ in range(grow_attempts):
         with open(dest, "wb") as image:
             image.truncate(size)
@@ -129,9 +131,13 @@ def make_ext4(
         except CommandFailed as err:
             if not any("space" in line or "allocate" in line for line in err.tail):
                 raise
+            last = err
             size = math.ceil(size * 1.25 / MIB) * MIB
             LOG.info("filesystem too small, retrying with %d MiB", size // MIB)
-    raise DibError(f"could not fit {root} into an ext4 filesystem of {size // MIB} MiB")
+    problem = DibError(f"could not fit {root} into an ext4 filesystem of {size // MIB} MiB")
+    if last is not None:
+        failure.note(problem, status=last.returncode, error=failure.pick_error_line(last.tail))
+    raise problem
 
 
 def make_tar(root: Path, dest: Path, extra: Sequence[str]) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import enum
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dib.elements import Element
 from dib.errors import ElementError
@@ -55,10 +55,28 @@ def script_sort_key(name: str) -> Tuple[int, str]:
 
 
 @dataclass(frozen=True)
+class HookOrigin:
+    """Where a file of the merged tree came from: its element and its own path there."""
+
+    element: Optional[str]
+    source: Path
+
+
+@dataclass(frozen=True)
 class HookTree:
-    """The merged hook tree of one build."""
+    """The merged hook tree of one build; ``origins`` maps each merged file (relative
+    path, e.g. ``post-install.d/80-growroot``) back to its element."""
 
     root: Path
+    origins: Mapping[str, HookOrigin] = field(default_factory=dict, compare=False, hash=False)
+
+    def origin(self, path: Path) -> HookOrigin:
+        """The element file behind ``path`` (a file of this tree); itself when unknown."""
+        try:
+            key = path.relative_to(self.root).as_posix()
+        except ValueError:
+            return HookOrigin(None, path)
+        return self.origins.get(key, HookOrigin(None, path))
 
     def scripts(self, phase: Phase) -> List[Path]:
         directory = self.root / phase.dirname
@@ -77,6 +95,7 @@ class HookTree:
 def merge_elements(elements: Sequence[Element], dest: Path) -> HookTree:
     """Copy every element into ``dest``; a phase script or env file named twice is an error."""
     owner: Dict[str, str] = {}
+    origins: Dict[str, HookOrigin] = {}
     dest.mkdir(parents=True, exist_ok=True)
     for element in elements:
         for source in sorted(element.path.rglob("*")):
@@ -90,9 +109,10 @@ def merge_elements(elements: Sequence[Element], dest: Path) -> HookTree:
                     "rename one of them"
                 )
             owner[key] = element.name
+            origins[key] = HookOrigin(element.name, source)
             target = dest / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists() or target.is_symlink():
                 target.unlink()
             shutil.copy2(source, target)
-    return HookTree(dest)
+    return HookTree(dest, origins)

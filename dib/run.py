@@ -84,9 +84,9 @@ def run(
         if proc.stdout:
             proc.stdout.close()
     if timed_out.is_set():
-        raise CommandFailed(tag, returncode, tail, timed_out=True)
+        raise CommandFailed(tag, returncode, tail, timed_out=True, command=cmd)
     if check and returncode != 0:
-        raise CommandFailed(tag, returncode, tail)
+        raise CommandFailed(tag, returncode, tail, command=cmd)
     return returncode
 
 
@@ -105,10 +105,10 @@ def capture(
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise CommandFailed(cmd[0], -1, timed_out=True) from None
+        raise CommandFailed(cmd[0], -1, timed_out=True, command=cmd) from None
     if done.returncode != 0:
         err = done.stderr.decode("utf-8", errors="replace").splitlines()
-        raise CommandFailed(" ".join(cmd[:2]), done.returncode, err[-TAIL_LINES:])
+        raise CommandFailed(" ".join(cmd[:2]), done.returncode, err[-TAIL_LINES:], command=cmd)
     return done.stdout.decode("utf-8", errors="replace")
 
 
