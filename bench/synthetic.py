@@ -21,12 +21,13 @@ import yaml
 
 import reports
 from matrix import results, runner
-from matrix.classify import load_catalogue
+from matrix.catalogue import load_catalogue
+from matrix.cellreport import CellReport
 from matrix.config import load_matrix
 from matrix.plan import PlannedCell, make_plan
 from matrix.results import RunResults, State
 from matrix.runner import MatrixRun, RunRequest
-from matrix.scheduler import Outcome, Scheduler
+from matrix.scheduler import Scheduler
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,8 +84,8 @@ def _time_saves() -> dict[str, float]:
     return spent
 
 
-def no_op(cell: PlannedCell, attempt: int) -> Outcome:
-    return Outcome(State.SUCCESS, extra={"note": "no-op"})
+def no_op(cell: PlannedCell, attempt: int) -> CellReport:
+    return CellReport(State.SUCCESS, reason="no-op")
 
 
 def measure(work: Path, hosts: int, targets: int) -> dict[str, float]:

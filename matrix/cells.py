@@ -1,14 +1,17 @@
-"""What each kind of cell does: hostgen, the tox check, a dib build.
+"""What each kind of cell does: hostgen, the tox check, a dib build, a boot test.
 
 ``CellRunner.execute`` is the per-cell boundary: whatever goes wrong inside
-becomes an ``Outcome`` (``error`` for the engine, ``failed`` for the build),
-never an exception that sinks the run.
+becomes a ``CellReport`` (``error`` for the engine, ``failed`` for the build),
+never an exception that sinks the run. Cells report evidence, never categories:
+the verdict stage (``matrix.classify``) names causes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import shlex
 import sys
 import threading
@@ -20,15 +23,15 @@ from pathlib import Path
 import docker
 
 from dib.boottest import BootOptions, BootTestError, run_boot_test
-from dib.boottest import Category as BootCategory
 from matrix import engine
+from matrix.cellreport import CellReport
 from matrix.diblayer import DibLayerError, LayerBaker
 from matrix.facts import HostFacts
 from matrix.hostgen import build_host
 from matrix.plan import PlannedCell, preflight
 from matrix.results import Artifact, CellKind, State
 from matrix.reuse import KeyMaker, Reusable, link_or_copy
-from matrix.scheduler import Outcome
+from matrix.verify import expectation_for, summary, verify_images
 
 LOG = logging.getLogger("dib-matrix")
 TOX_SCRIPT = f"{engine.DIB_MOUNT}/matrix/incontainer/tox-check.sh"
@@ -85,7 +88,7 @@ class CellRunner:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
 
-    def execute(self, cell: PlannedCell, attempt: int) -> Outcome:
+    def execute(self, cell: PlannedCell, attempt: int) -> CellReport:
         log = self.ctx.log_path(cell)
         if attempt > 1:
             _write(log, f"\n# dib-matrix: attempt {attempt}\n")
@@ -95,17 +98,14 @@ class CellRunner:
             if cell.kind is CellKind.BOOT:
                 return self._boot(cell, log)
             return self._in_container(cell, log)
-        except engine.EngineError as err:
-            _write(log, f"engine error: {err}")
-            return Outcome(State.ERROR, f"engine error: {err}", extra={"log": log})
-        except docker.errors.DockerException as err:
-            _write(log, f"engine error: {err}")
-            return Outcome(State.ERROR, f"engine error: {err}", extra={"log": log})
+        except (engine.EngineError, docker.errors.DockerException) as err:
+            return _engine_error(log, str(err))
         except Exception as err:  # noqa: BLE001 - the per-cell boundary
             _write(log, "engine error: internal: " + "".join(traceback.format_exception(err)))
-            return Outcome(State.ERROR, f"engine error: internal: {err!r}", extra={"log": log})
+            return CellReport(State.ERROR, (f"engine error: internal: {err!r}",), log=log,
+                              hint="engine-error")
 
-    def _hostgen(self, cell: PlannedCell, log: Path) -> Outcome:
+    def _hostgen(self, cell: PlannedCell, log: Path) -> CellReport:
         outcome = build_host(self.ctx.client, cell.host, log, rebuild=self.ctx.rebuild_hosts,
                              mirror=self.ctx.mirror, run_id=self.ctx.run_id,
                              proxy_env=self.ctx.extra_env, timeout=self.ctx.hostgen_timeout)
@@ -115,49 +115,53 @@ class CellRunner:
                 self.ctx.facts[cell.host.name] = outcome.facts
         if not log.exists():  # cached: the build log is from an earlier run
             _write(log, f"{outcome.one_line()}\n")
-        extra = {"log": log, "note": outcome.status.value}
         if not outcome.ok:
-            extra["category"] = ((outcome.cause.value, outcome.cause.legend) if outcome.cause
-                                 else None)
-            return Outcome(State.FAILED, outcome.message, extra=extra)
+            return CellReport(State.FAILED, (outcome.evidence,) if outcome.evidence else (),
+                              log=log, hint=outcome.hint)
         if self.ctx.layers is not None:
             try:
                 with log.open("ab") as stream:
                     layer = self.ctx.layers.bake(self.ctx.client, cell.host.name,
                                                  outcome.image, stream)
             except DibLayerError as err:
-                _write(log, f"engine error: {err}")
-                return Outcome(State.ERROR, f"engine error: {err}", extra=extra)
+                return _engine_error(log, str(err))
             _write(log, layer.one_line())
             with self.ctx.lock:
                 self.ctx.cell_images[cell.host.name] = layer.reference
-        return Outcome(State.SUCCESS, reason=outcome.status.value, extra=extra)
+        return CellReport(State.SUCCESS, reason=outcome.status.value, log=log)
 
-    def _in_container(self, cell: PlannedCell, log: Path) -> Outcome:
+    def _in_container(self, cell: PlannedCell, log: Path) -> CellReport:
         verdict = preflight(cell, self.ctx.facts.get(cell.host.name))
         if verdict is not None:
             _write(log, f"preflight: {verdict}")
-            return Outcome(State.FAILED, verdict, extra={"log": log, "preflight": True})
+            return CellReport(State.FAILED, (verdict,), log=log)
         key = self.ctx.keys.key(cell, self.ctx.image_id(cell.host.name)) if self.ctx.keys else None
         if key and self.ctx.reusable and key in self.ctx.reusable:
             return self._reuse(self.ctx.reusable[key], log, key)
         spec = self.spec(cell)
+        if cell.kind is CellKind.BUILD:
+            forget_failure_record(self.ctx, cell)
         result = self.ctx.run_cell(self.ctx.client, spec)
         # The reproducer leaves out this run's loopback package cache: it is gone by then.
         by_hand = dataclasses.replace(spec, environment={
             k: v for k, v in spec.environment.items() if k not in self.ctx.extra_env})
-        extra = {"log": log, "reproducer": reproducer(by_hand), "key": key}
+        report = CellReport(State.SUCCESS, log=log, reproducer=reproducer(by_hand), key=key)
         if self.ctx.stop.is_set() and not result.ok:
-            return Outcome(State.SKIPPED, reason="cancelled", extra=extra)
+            return report.replace(state=State.SKIPPED, reason="cancelled")
         if result.timed_out:
-            _write(log, f"cell timed out after {spec.timeout:.0f} s")
-            return Outcome(State.TIMEOUT, f"cell timed out after {spec.timeout:.0f} s",
-                           extra=extra)
-        if cell.kind is CellKind.BUILD:
-            extra["artifacts"] = collect_artifacts(self.ctx, cell)
-        return Outcome(State.SUCCESS if result.ok else State.FAILED, extra=extra)
+            line = f"cell timed out after {spec.timeout:.0f} s"
+            _write(log, line)
+            return report.replace(state=State.TIMEOUT, evidence=(line,), hint="timeout")
+        if cell.kind is not CellKind.BUILD:
+            return report if result.ok else report.replace(state=State.FAILED)
+        report = report.replace(artifacts=tuple(collect_artifacts(self.ctx, cell)))
+        if not result.ok:
+            return report.replace(state=State.FAILED, record=read_failure_record(self.ctx, cell),
+                                  free_bytes={"output": free_bytes(self.ctx.images_dir(
+                                      cell.host.name))})
+        return verify_build(self.ctx, cell, report)
 
-    def _reuse(self, earlier: Reusable, log: Path, key: str) -> Outcome:
+    def _reuse(self, earlier: Reusable, log: Path, key: str) -> CellReport:
         """Take an earlier run's result for the same key: artifacts hard-linked, log copied."""
         old = earlier.cell
         for artifact in old.artifacts:
@@ -169,9 +173,10 @@ class CellRunner:
         _write(log, f"# dib-matrix: reused from run {earlier.run_dir.name} (key {key[:16]})")
         if old.log and (earlier.run_dir / old.log).exists():
             _write(log, (earlier.run_dir / old.log).read_text(errors="replace"))
-        extra = {"log": log, "key": key, "reused": True, "artifacts": list(old.artifacts),
-                 "reproducer": old.reproducer}
-        return Outcome(old.state, reason=f"reused from {earlier.run_dir.name}", extra=extra)
+        return CellReport(old.state, reason=f"reused from {earlier.run_dir.name}", log=log,
+                          key=key, reused=True, artifacts=tuple(old.artifacts),
+                          checks=tuple(old.checks), reproducer=old.reproducer,
+                          evidence=(old.evidence,) if old.evidence else ())
 
     def spec(self, cell: PlannedCell) -> engine.CellSpec:
         env = dict(cell.env)
@@ -207,33 +212,90 @@ class CellRunner:
                                          "finish)")
             return self.ctx.cell_images[host]
 
-    def _boot(self, cell: PlannedCell, log: Path) -> Outcome:
+    def _boot(self, cell: PlannedCell, log: Path) -> CellReport:
         """Boot the build cell's image under qemu on this machine (same firmware for every
         host, so boot verdicts compare across hosts); the image is never modified."""
         assert cell.target is not None
         image = boot_image(self.ctx, cell)
         if image is None:
-            _write(log, "boot: the build produced no qcow2 or raw image to boot")
-            return Outcome(State.FAILED, "boot: no disk image to boot", extra={"log": log})
+            line = "boot: the build produced no qcow2 or raw image to boot"
+            _write(log, line)
+            return CellReport(State.FAILED, (line,), log=log)
         key = self.ctx.keys.key(cell, self.ctx.image_id(cell.host.name)) if self.ctx.keys else None
         if key and self.ctx.reusable and key in self.ctx.reusable:
             return self._reuse(self.ctx.reusable[key], log, key)
         opts = BootOptions(image=image, serial_log=log, timeout=self.ctx.boot_timeout,
                            uefi="block-device-efi" in cell.target.elements)
         command = shlex.join([sys.executable, "-m", "dib.boottest", *opts.to_argv()])
-        extra: dict = {"log": log, "reproducer": command, "key": key}
+        report = CellReport(State.SUCCESS, log=log, reproducer=command, key=key)
         try:
             result = run_boot_test(opts)
         except BootTestError as err:
-            _write(log, f"engine error: boot test could not start: {err}")
-            return Outcome(State.ERROR, f"engine error: {err}", extra=extra)
+            line = f"boot: qemu failed: {err}"
+            _write(log, line)
+            return report.replace(state=State.ERROR, evidence=(line,), hint="qemu-error")
         if result.passed:
-            return Outcome(State.SUCCESS, reason=f"marker after {result.seconds_to_marker:.0f} s",
-                           extra=extra)
-        category = result.category
-        extra["category"] = (category.value, category.legend) if category else None
-        state = State.ERROR if category is BootCategory.QEMU_ERROR else State.FAILED
-        return Outcome(state, result.evidence, extra=extra)
+            return report.replace(reason=f"marker after {result.seconds_to_marker:.0f} s")
+        state = State.ERROR if result.infrastructure else State.FAILED
+        return report.replace(state=state, evidence=(result.evidence,),
+                              hint="qemu-error" if result.infrastructure else None)
+
+
+def _engine_error(log: Path, message: str) -> CellReport:
+    line = f"engine error: {message}"
+    _write(log, line)
+    return CellReport(State.ERROR, (line,), log=log, hint="engine-error")
+
+
+RECORD_LIMIT = 64 << 10  # dib's failure record is a few hundred bytes; refuse a flood
+
+
+def failure_record_path(ctx: RunContext, cell: PlannedCell) -> Path:
+    """Where dib writes its failure record: beside the image, ``<output>.failure.json``."""
+    assert cell.target is not None
+    return ctx.images_dir(cell.host.name) / f"{cell.target.name}.failure.json"
+
+
+def forget_failure_record(ctx: RunContext, cell: PlannedCell) -> None:
+    """A record left by an earlier attempt must not explain this one."""
+    failure_record_path(ctx, cell).unlink(missing_ok=True)
+
+
+def read_failure_record(ctx: RunContext, cell: PlannedCell) -> dict | None:
+    """dib's record of its own failure, or None (dib died before writing one)."""
+    path = failure_record_path(ctx, cell)
+    try:
+        with path.open("rb") as stream:
+            data = json.loads(stream.read(RECORD_LIMIT + 1)[:RECORD_LIMIT])
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes a writer may still use on ``path``'s filesystem; None when unknown."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def verify_build(ctx: RunContext, cell: PlannedCell, report: CellReport) -> CellReport:
+    """A build is ``success`` only once its images pass their checks."""
+    assert cell.target is not None
+    images = [ctx.run_dir / a.path for a in report.artifacts]
+    expect = expectation_for(cell.target, dict(cell.env))
+    checks = tuple(verify_images(images, expect, ctx.run_dir, timeout=ctx.timeout))
+    log = ctx.log_path(cell)
+    for check in checks:
+        _write(log, f"image check {check.name}: {'ok' if check.ok else 'FAILED'}: "
+               f"{check.detail}" + (f" ({check.image})" if check.image else ""))
+    failed = summary(list(checks))
+    if failed is None:
+        return report.replace(checks=checks)
+    _write(log, failed)
+    return report.replace(state=State.FAILED, checks=checks, evidence=(failed,))
 
 
 def boot_image(ctx: RunContext, cell: PlannedCell) -> Path | None:

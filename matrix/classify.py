@@ -1,52 +1,65 @@
-"""Name the cause of a failure from its log, with the category catalogue (YAML).
+"""The verdict stage: the one place that names the cause of a failed or skipped cell.
 
-Matching is multi-label: every category whose pattern matches a line is kept as a
-label; the one with the highest priority names the legend footnote, and the line
-it matched is kept as evidence. A failure nothing matches is ``uncategorized``
-with the log's tail as evidence.
+Every cell kind (hostgen, check, build, boot, preflight, skipped) hands over the
+same inputs (:class:`Evidence`): the lines it saw itself, its log, dib's own
+failure record when dib wrote one, the free space of its filesystems, and
+optionally a *hint*, a catalogue id the cell knows applies (a timeout, an engine
+error, the hostgen step that failed). Causes come from the catalogue alone
+(:mod:`matrix.catalogue`): a hint is just one more match of that entry.
+
+Every entry that matches is a label; the one with the highest priority names the
+legend footnote, and the line it matched is the evidence. On equal priority the
+cell's own lines beat dib's record, and the record beats the log. A failure
+nothing matches is ``uncategorized`` with the log's tail as evidence.
+
+Cost is bounded whatever the log holds: each line is cut to its first few KiB
+(:mod:`matrix.logscan`), all patterns in scope are tried in one RE2 pass
+(``re2.Set``) and only the entries that hit are matched again for their groups.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import json
 import re
 import string
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from matrix.diagnostics import ConfigError, IssueCollector
+import re2
+
+from matrix.catalogue import UNCATEGORIZED, Catalogue, CategoryRule
+from matrix.logscan import EVIDENCE_LIMIT, evidence, lines_of_file, lines_of_text
 from matrix.results import Category
-from matrix.yamlload import load_yaml
 
-BUNDLED_CATALOGUE = Path(__file__).resolve().parent / "categories" / "default.yaml"
-UNCATEGORIZED = "uncategorized"
 TAIL_LINES = 15
-RULE_KEYS = {"id", "legend", "priority", "patterns", "link", "hosts", "targets"}
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# Below this many bytes free, a filesystem the cell wrote to is full, whatever the
+# log says (tools that hide ENOSPC say "write error" or nothing at all).
+DISK_FULL_BYTES = 1 << 20
+ATTEMPT_MARKER = "# dib-matrix: attempt "
+RECORD_PREFIX = "dib-failure: "
+# dib's log prefix ("2026-11-29 08:31:10.123 | root.d/08-debootstrap | "), so that
+# patterns can anchor on the tool's own line.
+_DIB_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)? \| (?:[^|]{1,120} \| )?")
+# Lines that only inform: debootstrap's and apt's I:/N:, apt's download progress.
+_INFORMATIONAL = re.compile(r"^(?:I|N): |^(?:Get|Hit|Ign):\d* ")
+_WARNING = re.compile(r"^W: ")
+# Sources of a line, best first: the cell's own lines, dib's record, the log.
+CELL, RECORD, LOG = 0, 1, 2
 
 
 @dataclass(frozen=True)
-class CategoryRule:
-    id: str
-    legend: str
-    patterns: tuple[re.Pattern[str], ...]
-    priority: int = 50
-    link: str | None = None
-    hosts: tuple[str, ...] = ("*",)
-    targets: tuple[str, ...] = ("*",)
+class Evidence:
+    """What a finished cell hands to the verdict stage."""
 
-    def in_scope(self, host: str, row: str) -> bool:
-        return any(fnmatch.fnmatchcase(host, g) for g in self.hosts) and any(
-            fnmatch.fnmatchcase(row, g) for g in self.targets
-        )
-
-    def search(self, line: str) -> re.Match[str] | None:
-        for pattern in self.patterns:
-            match = pattern.search(line)
-            if match:
-                return match
-        return None
+    host: str
+    row: str
+    lines: tuple[str, ...] = ()  # lines the cell itself saw (engine message, preflight, ...)
+    log: Path | None = None
+    record: Mapping[str, Any] | None = None  # dib's failure record (see dib.failure)
+    hint: str | None = None  # a catalogue id the cell knows applies
+    free_bytes: Mapping[str, int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,106 +68,147 @@ class Verdict:
     evidence: str
 
 
+@dataclass(frozen=True)
+class _Hit:
+    rule: CategoryRule
+    line: str
+    groups: Mapping[str, Any]
+    source: int
+
+
 class _Defaulting(dict):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
 
 
-def fill_legend(legend: str, groups: dict[str, str | None]) -> str:
-    values = _Defaulting({k: v for k, v in groups.items() if v is not None})
-    return string.Formatter().vformat(legend, (), values)
+def fill_legend(legend: str, groups: Mapping[str, Any]) -> str:
+    values = _Defaulting({k: str(v) for k, v in groups.items() if v is not None})
+    try:
+        return string.Formatter().vformat(legend, (), values)
+    except (ValueError, IndexError, AttributeError, KeyError):
+        return legend  # a legend with stray braces is shown as written
 
 
-def _globs(value: object) -> tuple[str, ...]:
-    if value is None:
-        return ("*",)
-    if isinstance(value, str):
-        return (value,)
-    return tuple(str(v) for v in value)  # type: ignore[union-attr]
+def message_of(line: str) -> str:
+    """The tool's own text of a log line: dib's timestamp and hook tag removed."""
+    return _DIB_PREFIX.sub("", line.strip(), count=1).strip()
 
 
-def load_catalogue(paths: Sequence[Path] = ()) -> list[CategoryRule]:
-    """The bundled catalogue, then each user file; a later rule with the same id replaces."""
-    issues = IssueCollector()
-    rules: dict[str, CategoryRule] = {}
-    for path in (BUNDLED_CATALOGUE, *paths):
-        try:
-            doc = load_yaml(path)
-        except ConfigError as err:
-            issues.extend(err.issues)
-            continue
-        issues.extend(doc.issues)
-        if not isinstance(doc.data, list):
-            issues.add(doc.issue((), "a category file must be a list of categories"))
-            continue
-        for index, entry in enumerate(doc.data):
-            where = (index,)
-            if not isinstance(entry, dict):
-                issues.add(doc.issue(where, "each category must be a mapping"))
+class _Matcher:
+    """All patterns of the rules in scope, tried in one RE2 pass per line."""
+
+    def __init__(self, rules: Sequence[CategoryRule]):
+        self.owners: list[tuple[CategoryRule, Any]] = []
+        self.set = re2.Set.SearchSet()
+        for rule in rules:
+            for pattern in rule.patterns:
+                self.set.Add(pattern.pattern)
+                self.owners.append((rule, pattern))
+        if self.owners:
+            self.set.Compile()
+
+    def hits(self, line: str, source: int) -> Iterator[_Hit]:
+        if not self.owners or not line:
+            return
+        text = message_of(line)
+        if not text or _INFORMATIONAL.match(text) or text.startswith(RECORD_PREFIX):
+            return
+        warning = bool(_WARNING.match(text))
+        seen: set[str] = set()
+        for index in sorted(self.set.Match(text) or ()):
+            rule, pattern = self.owners[index]
+            if rule.id in seen or (warning and not rule.warnings):
                 continue
-            for key in set(entry) - RULE_KEYS:
-                issues.add(doc.issue(where + (key,), "unknown key; known: "
-                                     + ", ".join(sorted(RULE_KEYS))))
-            rule_id = entry.get("id")
-            if not isinstance(rule_id, str) or not ID_RE.match(rule_id):
-                issues.add(doc.issue(where + ("id",), "required: lower-case words and dashes"))
-                continue
-            patterns = []
-            raw_patterns = entry.get("patterns")
-            if not isinstance(raw_patterns, list) or not raw_patterns:
-                issues.add(doc.issue(where + ("patterns",), "required: a list of regexes"))
-                raw_patterns = []
-            for number, text in enumerate(raw_patterns):
-                try:
-                    patterns.append(re.compile(str(text)))
-                except re.error as err:
-                    issues.add(doc.issue(where + ("patterns", number), f"bad regex: {err}"))
-            priority = entry.get("priority", 50)
-            if not isinstance(priority, int) or isinstance(priority, bool):
-                issues.add(doc.issue(where + ("priority",), "must be a whole number"))
-                priority = 50
-            rules[rule_id] = CategoryRule(
-                id=rule_id,
-                legend=str(entry.get("legend", rule_id)),
-                patterns=tuple(patterns),
-                priority=priority,
-                link=entry.get("link"),
-                hosts=_globs(entry.get("hosts")),
-                targets=_globs(entry.get("targets")),
-            )
-    issues.check()
-    return list(rules.values())
+            match = pattern.search(text)
+            if match is not None:
+                seen.add(rule.id)
+                yield _Hit(rule, text, match.groupdict(), source)
 
 
-def classify(lines: Iterable[str], host: str, row: str,
-             rules: Sequence[CategoryRule]) -> Verdict:
-    """The verdict for a failed cell's log lines."""
-    scoped = [r for r in rules if r.in_scope(host, row)]
-    last_match: dict[str, tuple[str, re.Match[str]]] = {}
+def classify(evidence_in: Evidence, catalogue: Catalogue) -> Verdict:
+    """The verdict for one failed (or skipped) cell."""
+    rules = catalogue.scoped(evidence_in.host, evidence_in.row)
+    order = {rule.id: index for index, rule in enumerate(rules)}
+    matcher = _Matcher(rules)
+    best: dict[str, _Hit] = {}
+
+    def keep(hit: _Hit) -> None:
+        old = best.get(hit.rule.id)
+        if old is None or hit.source <= old.source:
+            best[hit.rule.id] = hit
+
+    own_lines = [*evidence_in.lines, *_disk_full_lines(evidence_in.free_bytes)]
+    if evidence_in.hint:
+        rule = next((r for r in rules if r.id == evidence_in.hint), None)
+        if rule is not None:
+            keep(_Hit(rule, own_lines[0] if own_lines else rule.id, {}, CELL))
+    for line in lines_of_text(own_lines):
+        for hit in matcher.hits(line, CELL):
+            keep(hit)
+    record = evidence_in.record
     tail: list[str] = []
-    for raw in lines:
-        line = raw.rstrip("\n")
-        if line.strip():
-            tail.append(line)
-            del tail[:-TAIL_LINES]
-        for rule in scoped:
-            match = rule.search(line)
-            if match:
-                last_match[rule.id] = (line, match)
-    if not last_match:
-        return Verdict(Category(UNCATEGORIZED, UNCATEGORIZED), "\n".join(tail))
-    order = {r.id: i for i, r in enumerate(scoped)}
-    matched = sorted(last_match, key=lambda rid: (-_rule(scoped, rid).priority, order[rid]))
-    best = _rule(scoped, matched[0])
-    line, match = last_match[best.id]
-    legend = fill_legend(best.legend, match.groupdict())
-    return Verdict(Category(best.id, legend, best.link, labels=matched), line.strip())
+    log_hits: dict[str, _Hit] = {}
+    if evidence_in.log is not None and evidence_in.log.is_file():
+        for line in lines_of_file(evidence_in.log):
+            if line.startswith(ATTEMPT_MARKER):  # judge the last attempt only
+                log_hits.clear()
+                tail.clear()
+                continue
+            if record is None and message_of(line).startswith(RECORD_PREFIX):
+                record = _parse_record(message_of(line))
+            if line.strip():
+                tail.append(line)
+                del tail[:-TAIL_LINES]
+            for hit in matcher.hits(line, LOG):
+                log_hits[hit.rule.id] = hit  # the last occurrence is the freshest
+    if record is not None:
+        for hit in _record_hits(record, rules, matcher):
+            keep(hit)
+    for hit in log_hits.values():
+        keep(hit)
+    if not best:
+        fallback = tail or [line for line in own_lines if line.strip()]
+        text = "\n".join(fallback)[-EVIDENCE_LIMIT:]
+        return Verdict(Category(UNCATEGORIZED, UNCATEGORIZED), text)
+    ranked = sorted(best.values(),
+                    key=lambda h: (-h.rule.priority, h.source, order[h.rule.id]))
+    top = ranked[0]
+    legend = fill_legend(top.rule.legend, top.groups)
+    category = Category(top.rule.id, evidence(legend, 300), top.rule.link,
+                        labels=[h.rule.id for h in ranked])
+    return Verdict(category, evidence(top.line))
 
 
-def _rule(rules: Sequence[CategoryRule], rule_id: str) -> CategoryRule:
-    return next(r for r in rules if r.id == rule_id)
+def _record_hits(record: Mapping[str, Any], rules: Sequence[CategoryRule],
+                 matcher: _Matcher) -> Iterator[_Hit]:
+    """Entries named by dib's record: by its kind, and by patterns over its own lines."""
+    fields = {k: v for k, v in record.items() if isinstance(v, (str, int))}
+    line = str(record.get("error") or record.get("message") or "")
+    kind = record.get("kind")
+    for rule in rules:
+        if kind in rule.record:
+            yield _Hit(rule, line or rule.id, fields, RECORD)
+    for text in (record.get("error"), record.get("message")):
+        if isinstance(text, str):
+            for raw in lines_of_text([text]):
+                yield from matcher.hits(raw, RECORD)
 
 
-def classify_file(path: Path, host: str, row: str, rules: Sequence[CategoryRule]) -> Verdict:
-    with open(path, encoding="utf-8", errors="replace") as log:
-        return classify(log, host, row, rules)
+def _parse_record(text: str) -> Mapping[str, Any] | None:
+    try:
+        data = json.loads(text[len(RECORD_PREFIX):])
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _disk_full_lines(free: Mapping[str, int | None]) -> list[str]:
+    return [f"disk full: the {name} filesystem had {value} bytes free when the cell failed"
+            for name, value in sorted(free.items())
+            if value is not None and value < DISK_FULL_BYTES]
+
+
+def classify_lines(lines: Iterable[str], host: str, row: str,
+                   catalogue: Catalogue) -> Verdict:
+    """Classify lines already in memory (tests, and a cell with no log)."""
+    return classify(Evidence(host, row, tuple(lines)), catalogue)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from matrix import hostcli, runcli
+from matrix import classifycli, hostcli, runcli
 from reports import cli as reportcli
 
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     runcli.add_parsers(sub)
     hostcli.add_parser(sub)
     reportcli.add_parsers(sub)
+    classifycli.add_parser(sub)
     return parser
 
 

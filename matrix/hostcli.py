@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from matrix.catalogue import load_catalogue
+from matrix.classify import Evidence, classify
 from matrix.diagnostics import ConfigError
 from matrix.engine import EngineError, connect
 from matrix.facts import load_facts
@@ -78,6 +80,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     try:
         chosen = select_hosts(_load(args), args.patterns)
+        catalogue = load_catalogue()
         client = connect()
     except (ConfigError, UnknownHost, EngineError) as exc:
         print(f"dib-matrix: {exc}", file=sys.stderr)
@@ -92,7 +95,13 @@ def cmd_build(args: argparse.Namespace) -> int:
             # hostgen has already released its processes, mounts and containers.
             print(f"{host.name}: interrupted (log: {log_path})", file=sys.stderr)
             return 130
-        print(outcome.one_line() + ("" if outcome.ok else f" (log: {log_path})"), flush=True)
+        if outcome.ok:
+            print(outcome.one_line(), flush=True)
+        else:
+            verdict = classify(Evidence(host.name, "hostgen", (outcome.evidence,), log_path,
+                                        hint=outcome.hint), catalogue)
+            print(f"{host.name}: failed ({verdict.category.legend}): {verdict.evidence} "
+                  f"(log: {log_path})", flush=True)
         if outcome.facts is not None:
             print(f"  facts: {outcome.facts.summary()}")
         failed += not outcome.ok

@@ -3,8 +3,9 @@
 Bootstrap hosts: debootstrap on this machine -> import -> Dockerfile build.
 Image hosts: the same Dockerfile ``FROM`` the registry image. Then the facts
 probe runs once in the new image and its result is stored as a label on the
-final, content-tagged image. Every failure becomes a ``HostgenOutcome`` with a
-category and one clear line; the full story is in the per-host log.
+final, content-tagged image. Every failure becomes a ``HostgenOutcome`` with one
+clear evidence line and a hint (the catalogue id of the step that failed); the
+verdict stage (``matrix.classify``) names the cause from them and the per-host log.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from matrix.facts import (
     parse_probe_output,
     probe_command,
 )
-from matrix.hostcauses import Diagnosis, HostgenCause, classify_log
 from matrix.hostimage import (
     LABEL_DIGEST,
     LABEL_HOST,
@@ -71,24 +71,36 @@ class HostgenOutcome:
     duration: float
     log_path: Path | None
     facts: HostFacts | None = None
-    cause: HostgenCause | None = None
-    message: str = ""
+    hint: str | None = None  # catalogue id of the step that failed (the fallback cause)
+    evidence: str = ""  # the one line that shows what failed
 
     @property
     def ok(self) -> bool:
         return self.status is not HostgenStatus.FAILED
 
     def one_line(self) -> str:
-        text = f"{self.host}: {self.status.value} {self.image} ({self.duration:.1f} s)"
-        if self.cause is not None:
-            text = f"{self.host}: failed ({self.cause.value}): {self.message}"
-        return text
+        if self.status is HostgenStatus.FAILED:
+            return f"{self.host}: failed: {self.evidence}"
+        return f"{self.host}: {self.status.value} {self.image} ({self.duration:.1f} s)"
+
+
+# Catalogue ids of the hostgen steps (matrix/categories/default.yaml): what failed when
+# the log names nothing more precise.
+BASE_IMAGE_UNAVAILABLE = "base-image-unavailable"
+MIRROR_NOT_CONFIGURED = "mirror-not-configured"
+BOOTSTRAP_FAILED = "bootstrap-failed"
+SETUP_FAILED = "setup-command-failed"
+PROBE_FAILED = "facts-probe-failed"
+BUILD_FAILED = "build-failed"
+TIMEOUT = "timeout"
+ENGINE_ERROR = "engine-error"
 
 
 class _Failed(Exception):
-    def __init__(self, diagnosis: Diagnosis) -> None:
-        super().__init__(diagnosis.one_line())
-        self.diagnosis = diagnosis
+    def __init__(self, hint: str, evidence: str) -> None:
+        super().__init__(evidence)
+        self.hint = hint
+        self.evidence = evidence
 
 
 def cached_outcome(client: docker.DockerClient, host: HostDefinition) -> HostgenOutcome | None:
@@ -136,16 +148,16 @@ def build_host(
                    deadline=start + timeout)
         try:
             facts = _generate(job, mirror)
-        except _Failed as failed:
-            diagnosis = failed.diagnosis
+        except _Failed as exc:
+            failed = exc
         except docker.errors.DockerException as exc:
-            diagnosis = Diagnosis(HostgenCause.ENGINE_ERROR, _engine_message(exc))
+            failed = _Failed(ENGINE_ERROR, f"engine error: {_engine_message(exc)}")
         else:
             duration = time.monotonic() - start
             return HostgenOutcome(
                 host.name, HostgenStatus.BUILT, names.image, duration, log_path, facts
             )
-        log.write(f"\ndib-matrix: hostgen failed: {diagnosis.one_line()}\n".encode())
+        log.write(f"\ndib-matrix: hostgen failed: {failed.evidence}\n".encode())
         # A failed build leaves its cached steps as untagged images; they
         # inherit the host label from the base, so they can be found.
         with suppress(docker.errors.DockerException):
@@ -156,8 +168,8 @@ def build_host(
         names.image,
         time.monotonic() - start,
         log_path,
-        cause=diagnosis.cause,
-        message=diagnosis.one_line(),
+        hint=failed.hint,
+        evidence=failed.evidence,
     )
 
 
@@ -205,7 +217,7 @@ def _generate(job: _Job, mirror: str | None) -> HostFacts:
         stage = build_image(job.client, files, job.log, labels=stage_labels, nocache=job.rebuild,
                             proxy=job.proxy_env or None, deadline=job.deadline)
     except BuildFailed as exc:
-        raise _Failed(_diagnose_build(host, exc)) from exc
+        raise _diagnose_build(host, exc) from exc
     try:
         facts = _probe(job, stage.id)
         _tag_with_facts(job, stage.id, facts)
@@ -230,7 +242,7 @@ def _tag_with_facts(job: _Job, stage_id: str, facts: HostFacts) -> None:
     try:
         build_image(job.client, final, job.log, labels=labels, tag=job.names.image)
     except BuildFailed as exc:
-        raise _Failed(Diagnosis(HostgenCause.ENGINE_ERROR, str(exc))) from exc
+        raise _Failed(ENGINE_ERROR, f"engine error: {exc}") from exc
 
 
 def _mirror_for(base: BootstrapBase, mirror: str | None) -> str:
@@ -241,7 +253,7 @@ def _mirror_for(base: BootstrapBase, mirror: str | None) -> str:
     try:
         return find_mirror("debian")
     except MirrorNotFound as exc:
-        raise _Failed(Diagnosis(HostgenCause.MIRROR_NOT_CONFIGURED, str(exc))) from exc
+        raise _Failed(MIRROR_NOT_CONFIGURED, str(exc)) from exc
 
 
 def _engine_message(exc: docker.errors.DockerException) -> str:
@@ -269,7 +281,7 @@ def _ensure_registry_image(job: _Job, reference: str) -> None:
         if present:
             job.note("using the image already present")
             return
-        raise _Failed(Diagnosis(HostgenCause.BASE_IMAGE_UNAVAILABLE, message)) from exc
+        raise _Failed(BASE_IMAGE_UNAVAILABLE, message) from exc
 
 
 def _ensure_base(job: _Job, mirror: str | None) -> None:
@@ -284,9 +296,8 @@ def _ensure_base(job: _Job, mirror: str | None) -> None:
     labels = {LABEL_HOST: job.host.name, LABEL_ROLE: "base"}
     if isinstance(base, RootfsBase):
         if not base.path.is_file():
-            raise _Failed(
-                Diagnosis(HostgenCause.BASE_IMAGE_UNAVAILABLE, f"{base.path} does not exist")
-            )
+            raise _Failed(BASE_IMAGE_UNAVAILABLE,
+                          f"{base.path} does not exist (root filesystem tarball)")
         job.note(f"importing {base.path} as {base_ref}")
         import_tarball(job.client, base.path, base_ref, labels)
         return
@@ -300,22 +311,20 @@ def _ensure_base(job: _Job, mirror: str | None) -> None:
     except RootfsError as exc:
         result = exc.result
         if result is not None and result.timed_out:
-            raise _Failed(Diagnosis(HostgenCause.TIMEOUT, str(exc))) from exc
-        tail = result.tail if result is not None else ()
-        raise _Failed(classify_log(tail, HostgenCause.BOOTSTRAP_FAILED, str(exc))) from exc
+            raise _Failed(TIMEOUT, f"hostgen timed out: {exc}") from exc
+        raise _Failed(BOOTSTRAP_FAILED, str(exc)) from exc
     finally:
         remove_tree(scratch)
 
 
-def _diagnose_build(host: HostDefinition, exc: BuildFailed) -> Diagnosis:
+def _diagnose_build(host: HostDefinition, exc: BuildFailed) -> _Failed:
     if exc.timed_out:
-        return Diagnosis(HostgenCause.TIMEOUT, f"{exc} (step: {exc.step or 'unknown'})")
+        return _Failed(TIMEOUT, f"hostgen timed out: {exc} (step: {exc.step or 'unknown'})")
     if exc.step.startswith("FROM"):
-        return Diagnosis(HostgenCause.BASE_IMAGE_UNAVAILABLE, str(exc))
-    fallback = HostgenCause.BUILD_FAILED
+        return _Failed(BASE_IMAGE_UNAVAILABLE, f"base image unavailable: {exc}")
     if any(command in exc.step for command in host.setup + host.prepare):
-        fallback = HostgenCause.SETUP_FAILED
-    return classify_log(exc.tail, fallback, _short_failure(exc))
+        return _Failed(SETUP_FAILED, _short_failure(exc))
+    return _Failed(BUILD_FAILED, _short_failure(exc))
 
 
 def _short_failure(exc: BuildFailed) -> str:
@@ -336,13 +345,11 @@ def _probe(job: _Job, image_id: str) -> HostFacts:
     )
     job.note(captured.stdout + captured.stderr)
     if captured.exit_code != 0:
-        raise _Failed(
-            Diagnosis(HostgenCause.PROBE_FAILED, f"probe exited with {captured.exit_code}")
-        )
+        raise _Failed(PROBE_FAILED, f"facts probe exited with {captured.exit_code}")
     try:
         facts = parse_probe_output(captured.stdout)
     except FactsError as exc:
-        raise _Failed(Diagnosis(HostgenCause.PROBE_FAILED, str(exc))) from exc
+        raise _Failed(PROBE_FAILED, f"facts probe: {exc}") from exc
     job.note(f"facts: {facts.summary()}")
     return facts
 

@@ -85,6 +85,16 @@ class Artifact:
 
 
 @dataclass
+class ImageCheck:
+    """One check of a built image before its cell may say ``success``."""
+
+    name: str  # e.g. "os-release", "packages", "qemu-img check", "partition table"
+    ok: bool
+    detail: str  # what was found (and, when not ok, what was wanted)
+    image: str = ""  # the artifact's path relative to the run directory
+
+
+@dataclass
 class Cell:
     host: str
     row: str  # "hostgen", a check name ("tox") or a target name
@@ -103,6 +113,7 @@ class Cell:
     artifacts: list[Artifact] = field(default_factory=list)
     reproducer: str | None = None
     key: str | None = None  # content key for reuse
+    checks: list[ImageCheck] = field(default_factory=list)  # image verification, build rows
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -141,6 +152,7 @@ class Cell:
         if values.get("category"):
             values["category"] = Category(**values["category"])
         values["artifacts"] = [Artifact(**a) for a in values.get("artifacts") or []]
+        values["checks"] = [ImageCheck(**c) for c in values.get("checks") or []]
         return cls(**values)
 
 
@@ -232,10 +244,10 @@ def _frozen(value: Any) -> Any:
 
 
 def _nested_key(cell: Cell) -> Any:
-    """The values inside ``cell.category`` and ``cell.artifacts`` (which assigning to
-    the cell's own attributes does not cover), or None when both are empty."""
-    category, artifacts = cell.category, cell.artifacts
-    if category is None and not artifacts:
+    """The values inside ``cell.category``, ``cell.artifacts`` and ``cell.checks`` (which
+    assigning to the cell's own attributes does not cover), or None when all are empty."""
+    category, artifacts, checks = cell.category, cell.artifacts, cell.checks
+    if category is None and not artifacts and not checks:
         return None
     if type(category) is Category:
         cat: Any = (category.id, category.legend, category.link, tuple(category.labels))
@@ -243,7 +255,7 @@ def _nested_key(cell: Cell) -> Any:
         cat = _frozen(category)
     arts = tuple((a.path, a.type, a.size, a.sha256) if type(a) is Artifact else _frozen(a)
                  for a in artifacts)
-    return (cat, type(artifacts), arts)
+    return (cat, type(artifacts), arts, _frozen(checks) if checks else None)
 
 
 def _serialize(cell: Cell) -> tuple[Any, Any, bytes, tuple[str, bool]]:
@@ -279,7 +291,8 @@ def _document(results: RunResults) -> list[bytes]:
         # Unchanged when no assignment took a new stamp and, if the cell has (or had)
         # a category or artifacts, their values are still the ones serialized.
         if (saved is None or saved[0] != own.get(_STAMP)
-                or ((saved[1] is not None or cell.category is not None or cell.artifacts)
+                or ((saved[1] is not None or cell.category is not None or cell.artifacts
+                     or cell.checks)
                     and saved[1] != _nested_key(cell))):
             saved = _serialize(cell)
         add_text(saved[2])

@@ -10,21 +10,24 @@ import secrets
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dib.mirror import MirrorNotFound, find_mirror
 from matrix import engine, swarm
+from matrix.catalogue import Catalogue, load_catalogue
+from matrix.cellreport import CellReport
 from matrix.cells import CellRunner, RunContext
-from matrix.classify import CategoryRule, classify, classify_file, load_catalogue
+from matrix.classify import Evidence, classify
 from matrix.config import MatrixConfig
 from matrix.diblayer import LayerBaker
 from matrix.pkgcache import PackageCache, PackageCacheError
 from matrix.plan import Plan, PlannedCell
-from matrix.results import Category, Cell, RunResults, State, load, save
+from matrix.results import Cell, CellKind, RunResults, State, load, save
 from matrix.reuse import KeyMaker, index_previous
-from matrix.scheduler import Outcome, Scheduler
+from matrix.scheduler import Scheduler
 
 LOG = logging.getLogger("dib-matrix")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -80,10 +83,10 @@ class RunRequest:
 class MatrixRun:
     """Owns the results of one run and writes them after every finished cell."""
 
-    def __init__(self, request: RunRequest, client, rules: Sequence[CategoryRule]):
+    def __init__(self, request: RunRequest, client, catalogue: Catalogue):
         self.request = request
         self.client = client
-        self.rules = rules
+        self.catalogue = catalogue
         self.results = self._initial_results()
         self.run_dir = request.out_dir / self.results.run_id
         self.save_lock = threading.Lock()
@@ -115,55 +118,58 @@ class MatrixRun:
         return {c.id: c.state for c in self.results.cells
                 if c.state.is_finished and c.kind.value != "hostgen"}
 
-    def finish(self, planned: PlannedCell, outcome: Outcome) -> None:
+    def judge(self, planned: PlannedCell, report: CellReport) -> CellReport:
+        """The verdict stage for one report: its category, from the catalogue alone."""
+        if not report.needs_verdict:
+            return report
+        # A boot row's log is the guest's console, which the boot watcher already read:
+        # its evidence line is what names the cause (a guest's own "No space left" or
+        # "command not found" says nothing about the image build).
+        log = None if planned.kind is CellKind.BOOT else report.log
+        verdict = classify(Evidence(
+            host=planned.host.name, row=planned.row, lines=report.evidence, log=log,
+            record=report.record, hint=report.hint,
+            free_bytes={**_record_free_bytes(report.record), **report.free_bytes}),
+            self.catalogue)
+        return report.replace(category=verdict.category, verdict=verdict.evidence)
+
+    def finish(self, planned: PlannedCell, report: CellReport) -> None:
         cell = self.results.cell(planned.host.name, planned.row)
         if cell is None:
             cell = Cell(planned.host.name, planned.row, planned.kind, voting=planned.voting)
             self.results.cells.append(cell)
-        self._fill(cell, planned, outcome)
+        self._fill(cell, planned, self.judge(planned, report))
         with self.save_lock:
             save(self.results, self.run_dir)
         mark = cell.category.legend if cell.category else (cell.reason or "")
         LOG.info("%-40s %-15s %s", cell.id, cell.state.value, mark)
 
-    def _fill(self, cell: Cell, planned: PlannedCell, outcome: Outcome) -> None:
-        extra = outcome.extra
-        cell.state = outcome.state
-        cell.attempts = outcome.attempts
-        cell.reason = outcome.reason
-        cell.started = extra.get("started")
+    def _fill(self, cell: Cell, planned: PlannedCell, report: CellReport) -> None:
+        cell.state = report.state
+        if report.state.is_failure and not planned.voting:
+            cell.state = State.ALLOWED_FAILURE
+        cell.attempts = report.attempts
+        cell.reason = report.reason
+        cell.started = report.started
         cell.finished = now()
-        cell.duration = extra.get("duration")
-        log = extra.get("log")
-        if log is not None and Path(log).exists():
-            cell.log = str(Path(log).relative_to(self.run_dir))
-        cell.reproducer = extra.get("reproducer")
-        cell.key = extra.get("key")
-        cell.reused = bool(extra.get("reused"))
-        cell.artifacts = extra.get("artifacts", [])
-        cell.category, cell.evidence = None, None
-        if outcome.state is State.SKIPPED and outcome.evidence:
-            cell.category = Category("missing-dependency", "missing dependency")
-            cell.evidence = outcome.evidence
-        elif outcome.state.is_failure:
-            self._classify(cell, outcome, log)
-            if not planned.voting:
-                cell.state = State.ALLOWED_FAILURE
+        cell.duration = report.duration
+        log = report.log
+        cell.log = str(log.relative_to(self.run_dir)) if log and log.exists() else None
+        cell.reproducer = report.reproducer
+        cell.key = report.key
+        cell.reused = report.reused
+        cell.artifacts = list(report.artifacts)
+        cell.checks = list(report.checks)
+        cell.category = report.category
+        cell.evidence = report.verdict
 
-    def _classify(self, cell: Cell, outcome: Outcome, log: Path | None) -> None:
-        given = outcome.extra.get("category")
-        if given:
-            cell.category = Category(given[0], given[1])
-            cell.evidence = outcome.evidence
-            return
-        lines: list[str] = [outcome.evidence] if outcome.evidence else []
-        if log is not None and Path(log).exists() and not outcome.extra.get("preflight"):
-            verdict = classify_file(Path(log), cell.host, cell.row, self.rules)
-            if verdict.category.id != "uncategorized" or not lines:
-                cell.category, cell.evidence = verdict.category, verdict.evidence
-                return
-        verdict = classify(lines, cell.host, cell.row, self.rules)
-        cell.category, cell.evidence = verdict.category, verdict.evidence
+
+def _record_free_bytes(record: Mapping[str, Any] | None) -> dict[str, int | None]:
+    """Free space dib measured when it failed (``build``, ``output`` filesystems)."""
+    free = record.get("free_bytes") if record else None
+    if not isinstance(free, dict):
+        return {}
+    return {str(k): v for k, v in free.items() if isinstance(v, int) or v is None}
 
 
 def _kill_children() -> None:
@@ -187,8 +193,8 @@ def _kill_children() -> None:
 def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] | None = None
             ) -> MatrixRun:
     """Run every cell of the plan; KeyboardInterrupt propagates after cleaning up."""
-    rules = load_catalogue(request.config.categories + request.extra_categories)
-    run = MatrixRun(request, client, rules)
+    catalogue = load_catalogue(request.config.categories + request.extra_categories)
+    run = MatrixRun(request, client, catalogue)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     try:
         mirror: str | None = find_mirror("debian")
@@ -212,7 +218,13 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
         engine.remove_run_objects(client, run.results.run_id)
         _kill_children()
 
-    scheduler = Scheduler(list(request.plan.cells), CellRunner(ctx).execute, run.finish,
+    cells = CellRunner(ctx)
+
+    def execute(cell: PlannedCell, attempt: int) -> CellReport:
+        # Judged in the cell's own worker thread: a slow log never stalls the others.
+        return run.judge(cell, cells.execute(cell, attempt))
+
+    scheduler = Scheduler(list(request.plan.cells), execute, run.finish,
                           max_parallel=request.config.max_parallel,
                           retries=request.config.retries, fail_fast=request.config.fail_fast,
                           done=run.done_states(), stop=run.stop, on_stop=stop_everything)

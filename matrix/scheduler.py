@@ -12,26 +12,14 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
+from matrix.cellreport import CellReport
 from matrix.plan import PlannedCell
 from matrix.results import CellKind, State
 
-
-@dataclass
-class Outcome:
-    """What one attempt (or the whole cell, once final) came to."""
-
-    state: State
-    evidence: str | None = None  # a line to classify, for preflight and synthetic failures
-    reason: str | None = None
-    attempts: int = 1
-    extra: dict = field(default_factory=dict)  # executor-specific (log path, artifacts, ...)
-
-
 CUT_SHORT = (State.FAILED, State.TIMEOUT, State.ERROR, State.SKIPPED)
-Execute = Callable[[PlannedCell, int], Outcome]
-Finish = Callable[[PlannedCell, Outcome], None]
+Execute = Callable[[PlannedCell, int], CellReport]
+Finish = Callable[[PlannedCell, CellReport], None]
 
 
 class Scheduler:
@@ -61,24 +49,24 @@ class Scheduler:
     def _ready(self, cell: PlannedCell) -> bool:
         return all(self.state.get(need) is not None for need in cell.needs)
 
-    def _attempt(self, cell: PlannedCell) -> Outcome:
+    def _attempt(self, cell: PlannedCell) -> CellReport:
         attempt = 0
         started, clock = time.monotonic(), dt.datetime.now(dt.timezone.utc)
         while True:
             attempt += 1
-            outcome = self.execute(cell, attempt)
-            outcome.attempts = attempt
-            outcome.extra["started"] = clock.isoformat(timespec="seconds")
-            outcome.extra["duration"] = round(time.monotonic() - started, 2)
-            retry = outcome.state.is_failure and attempt <= self.retries
+            report = self.execute(cell, attempt).replace(
+                attempts=attempt, started=clock.isoformat(timespec="seconds"),
+                duration=round(time.monotonic() - started, 2))
+            retry = report.state.is_failure and attempt <= self.retries
             if not retry or self.stop.is_set():
-                return outcome
+                return report
 
-    def _record(self, cell: PlannedCell, outcome: Outcome) -> None:
+    def _record(self, cell: PlannedCell, outcome: CellReport) -> None:
         if self.stop.is_set() and outcome.state in CUT_SHORT:
             # Cut short by Ctrl-C or fail-fast: no verdict; a resumed run runs it again.
-            outcome = Outcome(State.PENDING, reason="interrupted", attempts=outcome.attempts,
-                              extra=outcome.extra)
+            outcome = CellReport(State.PENDING, reason="interrupted", attempts=outcome.attempts,
+                                 log=outcome.log, started=outcome.started,
+                                 duration=outcome.duration)
         self.state[cell.id] = outcome.state
         self.finish(cell, outcome)
         if self.fail_fast and cell.voting and outcome.state.is_failure and not self.stop.is_set():
@@ -92,7 +80,7 @@ class Scheduler:
         # Host images first: each one unlocks a whole column of cells.
         pending = sorted((c for c in self.cells.values() if c.id not in self.state),
                          key=lambda c: c.kind is not CellKind.HOSTGEN)
-        running: dict[concurrent.futures.Future[Outcome], PlannedCell] = {}
+        running: dict[concurrent.futures.Future[CellReport], PlannedCell] = {}
         with concurrent.futures.ThreadPoolExecutor(self.max_parallel) as pool:
             try:
                 while pending or running:
@@ -127,10 +115,11 @@ class Scheduler:
         settled = False
         for cell in list(pending):
             if cell.excluded is not None:
-                outcome = Outcome(State.EXCLUDED, reason=cell.excluded, attempts=0)
+                outcome = CellReport(State.EXCLUDED, reason=cell.excluded, attempts=0)
             elif (blocker := self._blocked_by(cell)) is not None:
-                outcome = Outcome(State.SKIPPED, f"prerequisite failed: {blocker}",
-                                  reason=f"{blocker} did not succeed", attempts=0)
+                outcome = CellReport(State.SKIPPED, (f"prerequisite failed: {blocker}",),
+                                     reason=f"{blocker} did not succeed", attempts=0,
+                                     hint="missing-dependency")
             else:
                 continue
             pending.remove(cell)
@@ -139,8 +128,8 @@ class Scheduler:
         return settled
 
 
-def _result(future: concurrent.futures.Future[Outcome]) -> Outcome:
+def _result(future: concurrent.futures.Future[CellReport]) -> CellReport:
     try:
         return future.result()
     except Exception as err:  # noqa: BLE001 - a bug in one cell must not sink the run
-        return Outcome(State.ERROR, f"engine error: {err!r}")
+        return CellReport(State.ERROR, (f"engine error: {err!r}",), hint="engine-error")

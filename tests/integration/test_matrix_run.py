@@ -227,7 +227,11 @@ timeout: 20s
     assert 20 <= sleepy["duration"] < 60
     broken = cells["debian-bookworm.broken"]
     assert broken["state"] == "failed"
-    assert "patched element is broken" in broken["evidence"]
+    # dib's own failure record names the element and the hook; its line is the evidence.
+    assert broken["category"]["id"] == "hook-failed"
+    assert broken["category"]["legend"] == "element broken: root.d/01-broken exited 7"
+    assert broken["evidence"] == "patched element is broken"
+    assert sleepy["category"]["id"] == "timeout"
     assert time.monotonic() - started < 180
     assert run_containers(run_dir) == []
 

@@ -8,8 +8,9 @@ import pytest
 
 import matrix.hostgen as hostgen
 from dib.mirror import MirrorNotFound
+from matrix.catalogue import load_catalogue
+from matrix.classify import Evidence, classify
 from matrix.facts import FACTS_LABEL, HostFacts
-from matrix.hostcauses import HostgenCause
 from matrix.hostgen import HostgenStatus, build_host
 from matrix.hostimage import image_names
 from matrix.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager
@@ -66,12 +67,13 @@ def test_unpullable_image_is_base_image_unavailable(tmp_path):
     images = FakeImages(pull_error=error)
     outcome = build_host(SimpleNamespace(images=images), image_host(), tmp_path / "img.log")
     assert outcome.status is HostgenStatus.FAILED and not outcome.ok
-    assert outcome.cause is HostgenCause.BASE_IMAGE_UNAVAILABLE
-    assert outcome.message == (
-        "base image unavailable: cannot pull unpullable:1: dial tcp: lookup registry: no such host"
-    )
-    assert outcome.one_line().startswith("img: failed (base-image-unavailable): ")
-    assert outcome.message in (tmp_path / "img.log").read_text()
+    assert outcome.hint == "base-image-unavailable"
+    assert outcome.evidence == "cannot pull unpullable:1: dial tcp: lookup registry: no such host"
+    assert outcome.one_line() == f"img: failed: {outcome.evidence}"
+    assert outcome.evidence in (tmp_path / "img.log").read_text()
+    verdict = classify(Evidence("img", "hostgen", (outcome.evidence,), tmp_path / "img.log",
+                                hint=outcome.hint), load_catalogue())
+    assert verdict.category.id == "base-image-unavailable"
     assert images.pruned == [{"dangling": True, "label": "org.dib-matrix.host=img"}]
 
 
@@ -85,8 +87,8 @@ def test_no_mirror_is_a_clear_cause(tmp_path, monkeypatch):
     )
     client = SimpleNamespace(images=FakeImages())
     outcome = build_host(client, host, tmp_path / "deb.log")
-    assert outcome.cause is HostgenCause.MIRROR_NOT_CONFIGURED
-    assert "DIB_DISTRIBUTION_MIRROR" in outcome.message
+    assert outcome.hint == "mirror-not-configured"
+    assert "DIB_DISTRIBUTION_MIRROR" in outcome.evidence
 
 
 def test_rebuild_skips_the_cache(tmp_path):
@@ -96,7 +98,7 @@ def test_rebuild_skips_the_cache(tmp_path):
     images = FakeImages({names.image: {FACTS_LABEL: FACTS.to_json()}}, pull_error=error)
     outcome = build_host(SimpleNamespace(images=images), host, tmp_path / "l", rebuild=True)
     assert outcome.status is HostgenStatus.FAILED
-    assert outcome.cause is HostgenCause.BASE_IMAGE_UNAVAILABLE
+    assert outcome.hint == "base-image-unavailable"
 
 
 class FakeBuildApi:
@@ -170,7 +172,7 @@ def test_build_past_its_deadline_is_abandoned_as_a_timeout():
                     labels={}, deadline=0.0)
     assert failed.value.timed_out and failed.value.step == "RUN apt-get install -y tox"
     host = image_host()
-    assert hostgen._diagnose_build(host, failed.value).cause is HostgenCause.TIMEOUT
+    assert hostgen._diagnose_build(host, failed.value).hint == "timeout"
 
 
 def test_a_silent_step_is_killed_at_the_deadline():

@@ -1,86 +1,276 @@
+"""The verdict stage and its catalogue: every entry, every source of evidence, bounded cost."""
+
+import json
+import tracemalloc
+
 import pytest
 
-from matrix.classify import classify, load_catalogue
+from matrix.catalogue import load_catalogue
+from matrix.classify import Evidence, classify, classify_lines, message_of
 from matrix.diagnostics import ConfigError
 
-RULES = load_catalogue()
+CATALOGUE = load_catalogue()
 
-# One real-looking log line per bundled category, and the legend it must produce.
+# One real-looking log line per entry that has patterns: (row, line, legend or None).
 SAMPLES = {
-    "no-such-script": (
-        "12:00 | root.d/08-debootstrap | No such script: /usr/share/debootstrap/scripts/forky",
-        "No such script: /usr/share/debootstrap/scripts/forky",
-    ),
-    "zypper-not-available": (
-        "root.d/08-zypper-minimal | zypper not available",
-        "zypper not available",
-    ),
-    "dnf-not-available": ("dnf not available", "dnf not available"),
-    "runuser-not-available": ("preflight: runuser not available", "runuser not available"),
-    "tox-not-available": ("tox not available", "tox not available"),
-    "missing-host-tool": ("bash: qemu-img: command not found", "missing host tool: qemu-img"),
-    "missing-dependency": ("prerequisite failed: h.hostgen", "missing dependency"),
-    "base-image-unavailable": ("base image unavailable: cannot pull x", "base image unavailable"),
-    "suite-not-on-mirror": (
-        "mirror http://m/debian does not carry suite 'noble' (x)",
-        "mirror does not carry suite 'noble'",
-    ),
-    "mirror-unreachable": (
-        "mirror http://127.0.0.1:9/debian unreachable: refused",
-        "mirror/network unreachable",
-    ),
+    "timeout": ("t", "cell timed out after 20 s", "timeout"),
+    "engine-error": ("t", "engine error: 500 Server Error", "container engine error"),
+    "qemu-error": ("t:boot", "boot: qemu failed: qemu-system-x86_64 not found", None),
+    "missing-dependency": ("t", "prerequisite failed: h.hostgen", "missing dependency"),
+    "image-verification-failed": (
+        "t", "verify: os-release: image is bookworm, target wants forky",
+        "image is bookworm, target wants forky"),
+    "out-of-disk-space": ("t", "tar: ./x: Cannot write: No space left on device",
+                          "out of disk space"),
+    "capability-denied": ("t", "mount: /x/proc: permission denied.", None),
+    "noexec-build-dir": (
+        "t", "chroot: failed to run command '/tmp/in_target.d/dib-run-hook': Permission denied",
+        None),
+    "no-loop-device": ("t", "losetup: cannot find an unused loop device", None),
+    "mirror-not-configured": (
+        "hostgen", "no debian mirror: DIB_DISTRIBUTION_MIRROR is not set and no debian archive "
+        "URI was found in /etc/apt/sources.list or /etc/apt/sources.list.d/", None),
     "release-file-expired": (
-        "E: Release file for http://m/debian/dists/sid/InRelease is expired (invalid since 1d).",
-        None,
-    ),
-    "package-not-found": ("E: Unable to locate package nosuchpkg", "package not found: nosuchpkg"),
-    "out-of-disk-space": ("tar: ./x: Cannot write: No space left on device", "out of disk space"),
-    "element-error": ("ERROR: element 'foo' not found (needed by vm <- img)", None),
-    "capability-denied": ("mount: /x/proc: permission denied.", None),
-    "timeout": ("cell timed out after 20 s", "timeout"),
-    "engine-error": ("engine error: 500 Server Error", "container engine error"),
-    "no-bootloader": ("No bootable device.", "boot: no bootloader"),
-    "kernel-panic": ("Kernel panic - not syncing: VFS", "boot: kernel panic"),
-    "root-fs-not-found": ("ALERT!  LABEL=cloudimg-rootfs does not exist.", None),
-    "boot-timeout": ("boot timed out after 600 s", None),
+        "t", "E: Release file for http://m/debian/dists/sid/InRelease is expired (invalid "
+        "since 1d).", None),
+    "release-signature-invalid": (
+        "t", "W: GPG error: http://m/debian bookworm InRelease: The following signatures "
+        "couldn't be verified because the public key is not available: NO_PUBKEY 6ED0E7B82643E131",
+        None),
+    "mirror-inconsistent": ("t", "E: Failed to fetch http://m/debian/pool/x.deb  Hash Sum "
+                            "mismatch", None),
+    "suite-not-on-mirror": (
+        "t", "mirror http://m/debian does not carry suite 'noble' (x)",
+        "mirror does not carry suite 'noble'"),
+    "mirror-unreachable": (
+        "t", "mirror http://127.0.0.1:9/debian unreachable: refused", "mirror/network unreachable"),
+    "package-conflict": (
+        "t", "E: Unable to correct problems, you have held broken packages.", None),
+    "package-not-found": ("t", "E: Unable to locate package nosuchpkg",
+                          "package not found: nosuchpkg"),
+    "no-such-script": (
+        "t", "12:00 | root.d/08-debootstrap | No such script: /usr/share/debootstrap/scripts/x",
+        "No such script: /usr/share/debootstrap/scripts/x"),
+    "zypper-not-available": ("t", "root.d/08-zypper-minimal | zypper not available",
+                             "zypper not available"),
+    "dnf-not-available": ("t", "dnf not available", "dnf not available"),
+    "runuser-not-available": ("t", "runuser not available", "runuser not available"),
+    "tox-not-available": ("t", "tox not available", "tox not available"),
+    "missing-host-tool": ("t", "bash: qemu-img: command not found",
+                          "missing host tool: qemu-img"),
+    "element-not-found": ("t", "ERROR: element 'foo' not found (needed by vm <- img)",
+                          "element not found: foo"),
+    "element-cycle": ("t", "ERROR: element dependency cycle: a -> b -> a", None),
+    "element-conflict": ("t", "ERROR: both 'a' and 'b' provide 'operating-system'", None),
+    "image-conversion-failed": (
+        "t", "qemu-img: /out/x.qcow2: Invalid parameter 'zstd'", "image conversion failed"),
+    "bootstrap-failed": (
+        "t", "ERROR: debootstrap of bookworm from http://m/debian failed (exit 1)", None),
+    "package-install-failed": (
+        "t", "E: Sub-process /usr/bin/dpkg returned an error code (1)", None),
+    "environment-failed": ("t", "ERROR: sourcing environment.d failed: x", None),
+    "dib-internal-error": ("t", "Traceback (most recent call last):", None),
+    "base-image-unavailable": ("hostgen", "base image unavailable: cannot pull x",
+                               "base image unavailable"),
+    "check-failed": ("tox", "  hostcheck: FAIL code 1 (3.2 seconds)", "hostcheck: tests failed"),
+    "root-fs-not-found": ("t:boot", "ALERT!  LABEL=cloudimg-rootfs does not exist.", None),
+    "kernel-panic": ("t:boot", "Kernel panic - not syncing: VFS", "boot: kernel panic"),
+    "bootloader-error": ("t:boot", "grub rescue> ", None),
+    "no-bootloader": ("t:boot", "No bootable device.", None),
+    "vm-reset": ("t:boot", "boot: the machine reset during the kernel stage", None),
+    "boot-timeout": ("t:boot", "boot: no marker after 600 s; furthest stage: kernel", None),
 }
+# Entries a cell names through its hint (or dib through its record) only.
+HINT_ONLY = {"setup-command-failed", "facts-probe-failed", "build-failed", "hook-failed",
+             "dib-config-error", "build-interrupted"}
 
 
 @pytest.mark.parametrize("category", sorted(SAMPLES))
-def test_each_category_has_a_matching_sample(category):
-    line, legend = SAMPLES[category]
-    verdict = classify(["noise", line, "more noise"], "h", "t", RULES)
+def test_each_entry_names_its_sample(category):
+    row, line, legend = SAMPLES[category]
+    verdict = classify_lines(["noise", line, "more noise"], "h", row, CATALOGUE)
     assert verdict.category.id == category
-    assert verdict.evidence == line.strip()
+    assert verdict.evidence == message_of(line)
     if legend:
         assert verdict.category.legend == legend
 
 
-def test_every_bundled_category_is_sampled():
-    assert {r.id for r in RULES} == set(SAMPLES)
+def test_every_bundled_entry_is_sampled_or_named_by_a_cell():
+    assert {r.id for r in CATALOGUE.rules} == set(SAMPLES) | HINT_ONLY
+
+
+def test_one_legend_per_id():
+    for rule in CATALOGUE.rules:
+        assert rule.legend.strip(), rule.id
+    assert len({r.id for r in CATALOGUE.rules}) == len(CATALOGUE.rules)
+
+
+@pytest.mark.parametrize("hint", sorted(HINT_ONLY - {"hook-failed", "dib-config-error",
+                                                      "build-interrupted"}))
+def test_a_hint_names_the_entry_with_the_cells_line(hint):
+    verdict = classify(Evidence("h", "hostgen", ("RUN apt-get x exited with 100",), hint=hint),
+                       CATALOGUE)
+    assert verdict.category.id == hint
+    assert verdict.evidence == "RUN apt-get x exited with 100"
+
+
+def test_a_precise_cause_in_the_log_beats_the_hostgen_steps_hint(tmp_path):
+    log = tmp_path / "hostgen.log"
+    log.write_text("Step 3/5 : RUN apt-get install nosuch\nE: Unable to locate package nosuch\n")
+    verdict = classify(Evidence("h", "hostgen", ("RUN apt-get exited with 100",), log,
+                                hint="setup-command-failed"), CATALOGUE)
+    assert verdict.category.id == "package-not-found"
+    assert verdict.category.labels == ["package-not-found", "setup-command-failed"]
+
+
+def test_the_hint_of_a_timeout_beats_whatever_the_log_says(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("E: Unable to locate package nosuch\n")
+    verdict = classify(Evidence("h", "t", ("cell timed out after 5 s",), log, hint="timeout"),
+                       CATALOGUE)
+    assert verdict.category.id == "timeout"
 
 
 def test_multi_label_keeps_every_match_and_priority_picks_the_legend():
-    verdict = classify(["zypper not available", "E: Unable to locate package x"], "h", "t", RULES)
+    verdict = classify_lines(["zypper not available", "E: Unable to locate package x"], "h", "t",
+                             CATALOGUE)
     assert verdict.category.id == "zypper-not-available"
-    assert set(verdict.category.labels) >= {
-        "zypper-not-available",
-        "missing-host-tool",
-        "package-not-found",
-    }
+    assert set(verdict.category.labels) >= {"zypper-not-available", "package-not-found"}
 
 
-def test_last_matching_line_is_the_evidence():
-    verdict = classify(["No such script: /a/noble", "No such script: /a/forky"], "h", "t", RULES)
+def test_last_matching_line_is_the_evidence(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("No such script: /a/noble\nNo such script: /a/forky\n")
+    verdict = classify(Evidence("h", "t", log=log), CATALOGUE)
     assert verdict.category.legend == "No such script: /a/forky"
 
 
-def test_uncategorized_keeps_the_tail():
-    lines = [f"line {n}" for n in range(40)]
-    verdict = classify(lines, "h", "t", RULES)
-    assert verdict.category.id == "uncategorized"
-    assert verdict.evidence.splitlines() == lines[-15:]
+def test_only_the_last_attempt_is_judged(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("E: Unable to locate package x\n\n# dib-matrix: attempt 2\n"
+                   "mirror http://m unreachable: refused\n")
+    verdict = classify(Evidence("h", "t", log=log), CATALOGUE)
+    assert verdict.category.id == "mirror-unreachable"
+    assert "package-not-found" not in verdict.category.labels
 
+
+def test_uncategorized_keeps_the_tail_bounded(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {n}\n" for n in range(40)))
+    verdict = classify(Evidence("h", "t", log=log), CATALOGUE)
+    assert verdict.category.id == "uncategorized"
+    assert verdict.evidence.splitlines() == [f"line {n}" for n in range(25, 40)]
+    log.write_text("x" * 50_000 + "\n")
+    assert len(classify(Evidence("h", "t", log=log), CATALOGUE).evidence) <= 1024
+
+
+# ---- dib's failure record -------------------------------------------------------
+
+HOOK_RECORD = {"version": 1, "kind": "hook", "phase": "post-install.d", "hook": "80-growroot",
+               "element": "growroot", "status": 1, "error": "growpart: bad partition table",
+               "command": "/tmp/x/post-install.d/80-growroot", "message": "m",
+               "free_bytes": {"build": 5 << 30, "output": 9 << 30}, "seconds": 3.2}
+
+
+def test_a_hook_failure_names_element_and_hook_with_the_hooks_own_line():
+    verdict = classify(Evidence("h", "t", record=HOOK_RECORD), CATALOGUE)
+    assert verdict.category.id == "hook-failed"
+    assert verdict.category.legend == "element growroot: post-install.d/80-growroot exited 1"
+    assert verdict.evidence == "growpart: bad partition table"
+
+
+def test_the_record_is_read_from_the_log_when_no_file_came(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("2026-11-29 08:00:00.000 | dib-failure: " + json.dumps(HOOK_RECORD) + "\n"
+                   "2026-11-29 08:00:00.001 | ERROR: post-install.d/80-growroot failed\n")
+    verdict = classify(Evidence("h", "t", log=log), CATALOGUE)
+    assert verdict.category.legend == "element growroot: post-install.d/80-growroot exited 1"
+
+
+def test_a_known_cause_in_the_hooks_error_line_beats_the_plain_hook_failure():
+    record = {**HOOK_RECORD, "error": "E: Unable to locate package cloud-guest-utils"}
+    verdict = classify(Evidence("h", "t", record=record), CATALOGUE)
+    assert verdict.category.id == "package-not-found"
+    assert "hook-failed" in verdict.category.labels
+
+
+def test_almost_no_space_left_is_disk_full_whatever_the_log_says(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("tar: write error\n")
+    full = classify(Evidence("h", "t", log=log, record=HOOK_RECORD,
+                             free_bytes={"build": 4096, "output": 1 << 30}), CATALOGUE)
+    assert full.category.id == "out-of-disk-space"
+    assert "build filesystem had 4096 bytes free" in full.evidence
+    roomy = classify(Evidence("h", "t", log=log, free_bytes={"build": 1 << 30}), CATALOGUE)
+    assert roomy.category.id == "uncategorized"
+
+
+# ---- precision --------------------------------------------------------------------
+
+@pytest.mark.parametrize("line", [
+    "I: Keyring file not available at /usr/share/keyrings/x.gpg; switching to https mirror",
+    "I: Retrieving Release",
+    "W: Cannot check Release signature; keyring file not available /usr/share/keyrings/x.gpg",
+    "Get:1 http://m/debian bookworm/main amd64 libc6 amd64 2.36-9 [2757 kB]",
+    "2026-11-29 08:00:00.000 | tmpfs not available (mount failed); building on disk in /tmp/x",
+    "N: Download is performed unsandboxed as root",
+])
+def test_informational_lines_never_name_a_cause(line):
+    assert classify_lines([line], "h", "t", CATALOGUE).category.id == "uncategorized"
+
+
+def test_an_apt_warning_counts_only_for_entries_that_take_warnings():
+    line = ("W: Failed to fetch http://127.0.0.1:9/debian/dists/bookworm/InRelease  Could not "
+            "connect to 127.0.0.1:9 (127.0.0.1), connection refused")
+    assert classify_lines([line], "h", "t", CATALOGUE).category.id == "mirror-unreachable"
+    assert classify_lines(["W: foo: command not found"], "h", "t",
+                          CATALOGUE).category.id == "uncategorized"
+
+
+@pytest.mark.parametrize("line", [
+    "bash: zypper: command not found",
+    "sh: 1: zypper: not found",
+    "sudo: zypper: command not found",
+    "FileNotFoundError: [Errno 2] No such file or directory: 'zypper'",
+    "zypper not available",
+])
+def test_one_cause_one_id_whatever_the_wording(line):
+    assert classify_lines([line], "h", "t", CATALOGUE).category.id == "zypper-not-available"
+
+
+def test_boot_entries_apply_to_boot_rows_only():
+    assert classify_lines(["Kernel panic - not syncing"], "h", "t",
+                          CATALOGUE).category.id == "uncategorized"
+
+
+# ---- bounded cost -----------------------------------------------------------------
+
+def test_a_huge_single_line_log_is_read_in_bounded_memory(tmp_path):
+    log = tmp_path / "huge.log"
+    with log.open("wb") as out:
+        out.write(b"E: Unable to locate package x ")
+        for _ in range(32):
+            out.write(b"y" * (1 << 20))
+    tracemalloc.start()
+    try:
+        verdict = classify(Evidence("h", "t", log=log), CATALOGUE)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert verdict.category.id == "package-not-found"
+    assert peak < 8 << 20
+    assert len(verdict.evidence) <= 1024
+
+
+@pytest.mark.parametrize("char", ["a", " ", ":", "/", "'", "\u00e9", "\x00"])
+def test_long_adversarial_lines_do_not_trip_the_bundled_patterns(char, tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text((char * 100_000 + "\n") * 20)
+    verdict = classify(Evidence("h", "*", log=log), CATALOGUE)
+    assert verdict.category is not None
+
+
+# ---- the catalogue file -----------------------------------------------------------
 
 def test_user_catalogue_adds_scoped_rules_and_replaces_by_id(tmp_path):
     extra = tmp_path / "mine.yaml"
@@ -93,22 +283,36 @@ def test_user_catalogue_adds_scoped_rules_and_replaces_by_id(tmp_path):
 - id: timeout
   legend: took too long
   patterns: ['^cell timed out']
+- id: my-boot-rule
+  legend: mine
+  priority: 200
+  targets: ['*:boot']
+  patterns: ['^boot: no marker']
 """)
-    rules = load_catalogue([extra])
-    hit = classify(["proxy error 502"], "debian-sid", "t", rules)
+    catalogue = load_catalogue([extra])
+    hit = classify_lines(["proxy error 502"], "debian-sid", "t", catalogue)
     assert hit.category.legend == "proxy said 502"
-    miss = classify(["proxy error 502"], "fedora-43", "t", rules)
+    miss = classify_lines(["proxy error 502"], "fedora-43", "t", catalogue)
     assert miss.category.id == "uncategorized"
-    assert (
-        classify(["cell timed out after 1 s"], "h", "t", rules).category.legend == "took too long"
-    )
+    timed = classify(Evidence("h", "t", ("cell timed out after 1 s",), hint="timeout"),
+                     catalogue)
+    assert timed.category.legend == "took too long"
+    boot = classify_lines(["boot: no marker after 600 s; furthest stage: kernel"], "h", "x:boot",
+                          catalogue)
+    assert boot.category.id == "my-boot-rule"
 
 
 def test_bad_catalogue_names_file_line_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("- id: Bad Id\n  patterns: ['x']\n- id: ok\n  patterns: ['(']\n")
+    bad.write_text("- id: Bad Id\n  patterns: ['x']\n- id: ok\n  patterns: ['(']\n"
+                   "- id: slow\n  patterns: ['(a+)\\1']\n- id: look\n  patterns: ['(?=x)y']\n"
+                   "- id: kinds\n  record: [nope]\n  colour: red\n")
     with pytest.raises(ConfigError) as err:
         load_catalogue([bad])
     text = str(err.value)
     assert "bad.yaml:1: [0].id: required" in text
     assert "bad.yaml:4: [1].patterns[0]: bad regex" in text
+    assert "bad.yaml:6: [2].patterns[0]: bad regex: not a linear-time (RE2) regex" in text
+    assert "bad.yaml:8: [3].patterns[0]: bad regex" in text
+    assert "[4].record: must be a list of dib failure kinds" in text
+    assert "[4].colour: unknown key" in text

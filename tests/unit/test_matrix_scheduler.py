@@ -3,7 +3,8 @@ import time
 
 from matrix.plan import PlannedCell
 from matrix.results import CellKind, State
-from matrix.scheduler import Outcome, Scheduler
+from matrix.cellreport import CellReport as Outcome
+from matrix.scheduler import Scheduler
 
 
 class FakeHost:
@@ -39,7 +40,8 @@ def test_failed_prerequisite_skips_dependents_with_missing_dependency():
     done = run(cells(), {"a.hostgen": State.FAILED})
     assert done["a.hostgen"].state is State.FAILED
     assert done["a.t1"].state is State.SKIPPED
-    assert done["a.t1"].evidence == "prerequisite failed: a.hostgen"
+    assert done["a.t1"].evidence == ("prerequisite failed: a.hostgen",)
+    assert done["a.t1"].hint == "missing-dependency"
     assert done["b.t1"].state is State.SUCCESS
 
 
@@ -117,7 +119,7 @@ def test_an_exception_in_a_cell_becomes_an_error_outcome():
     done = {}
     Scheduler(cells(hosts=("a",)), execute, lambda c, o: done.__setitem__(c.id, o),
               max_parallel=2).run()
-    assert done["a.t1"].state is State.ERROR and "boom" in done["a.t1"].evidence
+    assert done["a.t1"].state is State.ERROR and "boom" in done["a.t1"].evidence[0]
 
 
 def test_hostgen_cells_start_first():
