@@ -4,16 +4,21 @@
 (``mkfs.ext4 -d``); every other type is ``qemu-img convert`` of that raw file.
 ``qcow2`` is compressed as ``DIB_QCOW2_COMPRESSION`` says (``zstd``, the default,
 readable by QEMU 5.1 and newer; ``zlib``, readable by every qemu; ``none``, as ``-u``).
+Whether this qemu-img can write zstd is probed, not read from its version: a qemu-img
+built without zstd (Debian bullseye's 5.2) gets zlib, with a warning saying why.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import os
 import re
+import shutil
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -200,17 +205,55 @@ def convert_command(
     return [*cmd, str(raw), str(dest)]
 
 
+@functools.cache
+def zstd_probe(qemu_img: str) -> Optional[str]:
+    """None when ``qemu_img`` writes zstd-compressed qcow2, else its own error line.
+
+    Probed once per qemu-img per process by creating a tiny qcow2 with
+    ``compression_type=zstd``: a qemu-img >= 5.1 built without zstd refuses it with
+    ``Invalid parameter 'zstd'`` (Debian bullseye's 5.2 does)."""
+    with tempfile.TemporaryDirectory(prefix="dib-zstd-probe.") as tmp:
+        probe = os.path.join(tmp, "probe.qcow2")
+        cmd = [qemu_img, "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", probe, "1M"]
+        try:
+            capture(cmd, timeout=30)
+        except CommandFailed as err:
+            return failure.pick_error_line(err.tail) or str(err)
+        except OSError as err:
+            return str(err)
+    return None
+
+
+def effective_compression(
+    compression: str, version: Optional[Tuple[int, int]], qemu_img: str = "qemu-img"
+) -> str:
+    """``compression``, or zlib (with a warning saying why) when zstd cannot be written."""
+    if compression != "zstd":
+        return compression
+    if version is None or version < ZSTD_QEMU:
+        found = ".".join(map(str, version)) if version else "of unknown version"
+        LOG.warning(
+            "qemu-img %s cannot write zstd-compressed qcow2 (needs %d.%d): using zlib",
+            found,
+            *ZSTD_QEMU,
+        )
+        return "zlib"
+    problem = zstd_probe(shutil.which(qemu_img) or qemu_img)
+    if problem:
+        LOG.warning(
+            "qemu-img %d.%d cannot write zstd-compressed qcow2 (%s): using zlib",
+            *version,
+            problem,
+        )
+        return "zlib"
+    return compression
+
+
 def convert(raw: Path, dest: Path, image_type: str, compression: str) -> None:
     version = None
     if QEMU_FORMATS[image_type] == "qcow2" and compression != "none":
         version = qemu_img_version()
-        if compression == "zstd" and (version is None or version < ZSTD_QEMU):
-            found = ".".join(map(str, version)) if version else "of unknown version"
-            LOG.warning(
-                "qemu-img %s cannot write zstd-compressed qcow2 (needs %d.%d): using zlib",
-                found,
-                *ZSTD_QEMU,
-            )
+        compression = effective_compression(compression, version)
     run(convert_command(raw, dest, image_type, compression, version), tag="qemu-img")
 
 
