@@ -11,12 +11,18 @@ Called by ``outputs.make_outputs`` when the build planned a block-device layout
 4. ``mkfs.ext4 -d DIR -E offset=N`` and ``mkfs.vfat --offset`` + ``mcopy -i FILE@@N``
    write every filesystem in place, with the UUIDs chosen at plan time;
 5. GRUB's boot.img and core.img are patched into sector 0 and the MBR gap or the
-   BIOS boot partition (UEFI's binary is already a file on the ESP).
+   BIOS boot partition (UEFI's binary is already a file on the ESP);
+6. what was made is recorded as JSON (table, and per partition: number, name, start,
+   size, type, flags, filesystem, label, UUID, mount point): always in the build's
+   plan directory, and as ``<output>.layout.json`` beside a raw image that is an
+   output itself; :func:`publish_layout` copies it beside the other image types, so
+   the matrix can check every image against what dib planned.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -27,7 +33,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from dib.blockdevice import biosboot, geometry, grub
 from dib.blockdevice.geometry import Extent
-from dib.blockdevice.layout import EXT_TYPES, GPT_TYPES, MIB, Layout, Partition
+from dib.blockdevice.layout import EXT_TYPES, GPT_TYPES, MIB, SECTOR, Layout, Partition
 from dib.blockdevice.plan import Plan, has_plan, load_plan, plan_dir
 from dib.errors import CommandFailed, DibError
 from dib.outputs import estimate_fs_size, tree_usage
@@ -44,6 +50,9 @@ TOOLS = {
     "vfat": (("mkfs.vfat", "dosfstools"), ("mcopy", "mtools")),
 }
 MKFS_FEATURE_ERRORS = ("Invalid filesystem option", "feature")
+LAYOUT_RECORD = "layout.json"  # in the plan directory
+LAYOUT_SUFFIX = ".layout.json"  # beside the images: <output>.layout.json
+LAYOUT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -323,7 +332,80 @@ def assemble(
     install_bios_boot(dest, layout, extents, record)
     boot = tuple(record.get("platforms", ())) if record else ()
     _log_summary(layout, extents, size, boot)
-    return DiskImage(dest, size, extents, boot)
+    image = DiskImage(dest, size, extents, boot)
+    record_layout(plan, image, build_dir)
+    return image
+
+
+def layout_record(plan: Plan, image: DiskImage) -> Dict[str, Any]:
+    """What was written to the disk, as JSON data (byte offsets; sectors are 512 bytes)."""
+    partitions = []
+    for extent in image.extents:
+        part = plan.layout.partition(extent.name)
+        fs = part.filesystem
+        ident = plan.identities.get(part.name)
+        partitions.append(
+            {
+                "number": extent.number,
+                "name": part.name,
+                "start": extent.start,
+                "size": extent.size,
+                "type": part.type_code,
+                "flags": list(part.flags),
+                "filesystem": fs.type if fs else None,
+                "label": ident.label if ident else None,
+                "uuid": ident.uuid if ident else None,
+                "mountpoint": fs.mount_point if fs else None,
+            }
+        )
+    return {
+        "format": LAYOUT_FORMAT,
+        "table": plan.layout.label,
+        "size": image.size,
+        "sector_size": SECTOR,
+        "origin": plan.origin,
+        "boot": list(image.boot),
+        "partitions": partitions,
+    }
+
+
+def layout_path(output: Path) -> Path:
+    """``<output>.layout.json`` for an output path without extension (or a raw image)."""
+    name = output.name[: -len(".raw")] if output.name.endswith(".raw") else output.name
+    return output.with_name(name + LAYOUT_SUFFIX)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return directory.resolve() in path.resolve().parents
+
+
+def record_layout(plan: Plan, image: DiskImage, build_dir: Path) -> List[Path]:
+    """Save the layout record in the plan directory, and beside ``image`` when it is an
+    output (not the build's own temporary raw file); returns the files written."""
+    data = layout_record(plan, image)
+    written = [plan_dir(build_dir) / LAYOUT_RECORD]
+    if not _inside(image.path, build_dir):
+        written.append(layout_path(image.path))
+    for path in written:
+        _write_json(path, data)
+    return written
+
+
+def publish_layout(build_dir: Path, output: Path) -> Optional[Path]:
+    """Copy this build's layout record to ``<output>.layout.json``; None when the build
+    assembled no partitioned disk. For ``outputs.make_outputs`` once the types are made."""
+    source = plan_dir(build_dir) / LAYOUT_RECORD
+    if not source.is_file():
+        return None
+    dest = layout_path(output)
+    _write_json(dest, json.loads(source.read_text(encoding="utf-8")))
+    return dest
 
 
 def _log_summary(layout: Layout, extents: Sequence[Extent], size: int, boot: Sequence[str]) -> None:
@@ -352,4 +434,4 @@ def _type_name(part: Partition) -> str:
     return f"type {names.get(part.type_code, part.type_code)}"
 
 
-__all__ = ["DiskImage", "assemble", "planned"]
+__all__ = ["DiskImage", "assemble", "layout_path", "planned", "publish_layout"]
