@@ -5,7 +5,8 @@
 Sections: builders (dib against diskimage-builder), pkgcache (two cold
 builds through the shared package cache), matrix (cold, warm, --reuse, one
 element touched), overhead (no-op cells through dib-matrix run), scale (a
-synthetic 50 x 50 matrix in-process). Where a target is missed the
+synthetic 50 x 50 matrix in-process), classify (hostile logs through
+``dib-matrix classify``). Where a target is missed the
 section profiles it and the profile is printed under the table.
 """
 
@@ -23,7 +24,15 @@ from pathlib import Path
 # from the virtualenv the package is installed in).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import builders, cleanup, matrixbench, overhead, pkgcachebench, scale  # noqa: E402
+from bench import (  # noqa: E402
+    builders,
+    classifybench,
+    cleanup,
+    matrixbench,
+    overhead,
+    pkgcachebench,
+    scale,
+)
 from bench.figures import Figure, Report, format_report  # noqa: E402
 from bench.proc import release_mounts  # noqa: E402
 from bench.workspace import REPO, Bench, BenchError  # noqa: E402
@@ -37,6 +46,7 @@ SECTIONS: dict[str, Section] = {
     "matrix": matrixbench.run,
     "overhead": overhead.run,
     "scale": scale.run,
+    "classify": classifybench.run,
 }
 
 
