@@ -686,9 +686,11 @@ def _collect(
 
 
 def _tool_error(result: ToolResult, what: str) -> VerifyError:
-    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-    return VerifyError(f"{what} failed (exit {result.returncode}): "
-                       f"{lines[-1] if lines else 'no message'}")
+    """The tool's own words: its first message line (debugfs' version banner skipped)."""
+    lines = [line.strip() for line in result.stderr.splitlines()
+             if line.strip() and not re.match(r"^debugfs \d", line)]
+    status = f" (exit {result.returncode})" if result.returncode else ""
+    return VerifyError(f"{what} failed{status}: {lines[0] if lines else 'no message'}")
 
 
 # ---- disk images ---------------------------------------------------------------------
@@ -767,9 +769,12 @@ def check_qemu_img(disk: Disk, deadline: Deadline) -> Found:
     name = "qemu-img check"
     if disk.format == "raw":
         actual = disk.path.stat().st_size
-        if disk.size <= 0 or disk.size != actual or disk.size % SECTOR:
-            return Found(name, False, f"qemu-img info: raw image of {disk.size} bytes "
-                                      f"(file: {actual} bytes)")
+        if actual == 0 or actual % SECTOR:
+            return Found(name, False, f"qemu-img info: the raw image is {actual} bytes, "
+                                      f"not a whole number of {SECTOR}-byte sectors")
+        if disk.size != actual:
+            return Found(name, False, f"qemu-img info: virtual size {disk.size} bytes, "
+                                      f"but the raw file is {actual} bytes")
         return Found(name, True, f"raw, {_mib(disk.size)} (qemu-img info; raw has no check)")
     argv = ["qemu-img", "check", "--output=json", "-f", disk.format, str(disk.path)]
     result = run_tool(argv, deadline)
@@ -1028,16 +1033,16 @@ def root_filesystem(
 def _root_span(
     disk: Disk, table: Table, planned: PlannedLayout | None, work: Path, deadline: Deadline
 ) -> tuple[int, int]:
+    """Where the root ext filesystem is: the planned root partition, else the ext
+    filesystem labelled cloudimg-rootfs, else the first ext filesystem."""
     spans = _partition_spans(table, disk)
+    found = {s: filesystem_at(read_span(disk, s[0], 4 * KIB, work, deadline)) for s in spans}
     if planned is not None and len(spans) == len(planned.partitions):
         for span, plan in zip(spans, planned.partitions):
-            if plan.mountpoint == "/":
+            if plan.mountpoint == "/" and found[span].type == "ext4":
                 return span
-    ext = [s for s in spans
-           if filesystem_at(read_span(disk, s[0], 4 * KIB, work, deadline)).type == "ext4"]
-    labelled = [s for s in ext if filesystem_at(read_span(disk, s[0], 4 * KIB, work,
-                                                          deadline)).label == ROOT_LABEL]
-    chosen = (labelled or ext)[:1]
+    ext = [s for s in spans if found[s].type == "ext4"]
+    chosen = [s for s in ext if found[s].label == ROOT_LABEL] or ext
     if not chosen:
         raise VerifyError("no ext filesystem found on the image to read it from")
     return chosen[0]

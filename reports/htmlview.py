@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-from matrix.results import Artifact, Cell, RunResults, State
+from matrix.results import Artifact, Cell, ImageCheck, RunResults, State
 from reports.compare import Comparison, describe, summary_line
 from reports.grid import build_grid
 from reports.legend import (
@@ -64,6 +64,19 @@ class ArtifactView:
 
 
 @dataclass(frozen=True)
+class CheckView:
+    """One image check in a cell's panel: what was checked and what was found."""
+
+    name: str
+    ok: bool
+    status: str  # "ok" or "failed"
+    css: str
+    detail: str
+    image: str
+    seconds: str  # "" when the check's time was not recorded
+
+
+@dataclass(frozen=True)
 class DetailView:
     anchor: str
     id: str
@@ -91,6 +104,7 @@ class DetailView:
     reproducer: str | None
     log_href: str | None
     artifacts: list[ArtifactView]
+    checks: list[CheckView]
     trend: list[TrendView]
     change: str | None
 
@@ -239,6 +253,19 @@ def artifact_view(artifact: Artifact) -> ArtifactView:
     )
 
 
+def check_view(check: ImageCheck) -> CheckView:
+    seconds = getattr(check, "seconds", None)
+    return CheckView(
+        name=one_line(check.name),
+        ok=check.ok,
+        status="ok" if check.ok else "failed",
+        css="check-ok" if check.ok else "check-failed",
+        detail=one_line(check.detail),
+        image=one_line(check.image),
+        seconds=f"{seconds:.2f} s" if isinstance(seconds, (int, float)) else "",
+    )
+
+
 @dataclass(frozen=True)
 class ViewInputs:
     results: RunResults
@@ -292,6 +319,7 @@ def detail_view(cell: Cell, inputs: ViewInputs) -> DetailView:
         reproducer=clean_text(cell.reproducer) if cell.reproducer else None,
         log_href=safe_href(cell.log),
         artifacts=[artifact_view(a) for a in cell.artifacts],
+        checks=[check_view(c) for c in cell.checks],
         trend=trend_view(inputs.trends.get(cell.id, [])),
         change=inputs.change(cell),
     )
