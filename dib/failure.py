@@ -53,6 +53,7 @@ _APT_LINE = re.compile(r"(?:^|\| )(E: .*\S)")
 _SPECIFIC = re.compile(
     r"No space left on device|Permission denied|Operation not permitted|command not found"
     r"|: not found\s*$|No such file or directory"
+    r"|Wrote only \d+ of \d+ bytes|Could not allocate block"  # tar, mkfs.ext4 -d: disk full
 )
 _GENERIC = re.compile(r"\bERROR\b|\bFATAL\b|\bfatal\b|\berror:|\bError\b")
 _TRACEBACK = "Traceback (most recent call last):"

@@ -10,6 +10,7 @@ built without zstd (Debian bullseye's 5.2) gets zlib, with a warning saying why.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -21,7 +22,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from dib import failure
 from dib.errors import CommandFailed, ConfigError, DibError
@@ -304,6 +305,18 @@ def _vm_disk(root: Path, raw: Path, workdir: Path, image_size: Optional[int]) ->
     return True
 
 
+@contextlib.contextmanager
+def unfinished(path: Path) -> Iterator[Path]:
+    """A file being written: removed when writing it fails, so no truncated image is left
+    (and a full output disk gets the room back for the failure record)."""
+    try:
+        yield path
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+
+
 def make_outputs(
     root: Path,
     output: Path,
@@ -319,24 +332,26 @@ def make_outputs(
     manifest = output.with_name(f"{output.name}.packages")
     manifest.write_text("".join(line + "\n" for line in installed_packages(root)))
     for image_type in (t for t in types if t in TAR_TYPES):
-        dest = image_path(output, image_type)
-        make_tar(root, dest, TAR_TYPES[image_type])
+        with unfinished(image_path(output, image_type)) as dest:
+            make_tar(root, dest, TAR_TYPES[image_type])
         made.append(dest)
     disk_types = [t for t in types if t not in TAR_TYPES]
     if disk_types:
         raw = image_path(output, "raw") if "raw" in disk_types else workdir / "image.raw"
         # issue 6: a vm build gets a partitioned, bootable disk instead of a bare ext4.
-        if not _vm_disk(root, raw, workdir, image_size):
-            size = max(image_size or 0, estimate_fs_size(tree_usage(root)))
-            final = make_ext4(root, raw, size)
-            LOG.info("ext4 filesystem %s: %d MiB", raw.name, final // MIB)
+        with unfinished(raw):
+            if not _vm_disk(root, raw, workdir, image_size):
+                size = max(image_size or 0, estimate_fs_size(tree_usage(root)))
+                final = make_ext4(root, raw, size)
+                LOG.info("ext4 filesystem %s: %d MiB", raw.name, final // MIB)
         if "raw" in disk_types:
             made.append(raw)
         for image_type in (t for t in disk_types if t != "raw"):
-            dest = image_path(output, image_type)
-            convert(raw, dest, image_type, qcow2_compression)
+            with unfinished(image_path(output, image_type)) as dest:
+                convert(raw, dest, image_type, qcow2_compression)
             made.append(dest)
     if checksum:
         for path in list(made):
-            write_checksum(path)
+            with unfinished(path.with_name(path.name + ".sha256")):
+                write_checksum(path)
     return made

@@ -65,6 +65,10 @@ from dib.errors import CommandFailed, ConfigError, DibError, ElementError, Inter
             "cp: cannot create regular file '/b': Permission denied",
         ),
         (["ok", "ERROR: the disk is on fire", "retrying", "gave up"], "ERROR: the disk is on fire"),
+        (  # tar on a full disk says so only this way
+            ["tar: /out/x.tar: Wrote only 8192 of 10240 bytes", "tar: Error is not recoverable"],
+            "tar: /out/x.tar: Wrote only 8192 of 10240 bytes",
+        ),
         (["fatal: not a git repository"], "fatal: not a git repository"),
         (["Setting up libgpg-error-l10n", "something odd", "  "], "something odd"),
         ([], None),

@@ -42,6 +42,7 @@ echo "E: Unable to locate package ${!#}" >&2
 exit 100
 """
 FAKE_TAR = """#!/bin/bash
+while [ $# -gt 1 ]; do [ "$1" = -cf ] && echo partial > "$2"; shift; done
 echo "tar: ./etc/shadow: Cannot open: Permission denied" >&2
 exit 2
 """
@@ -292,6 +293,7 @@ def test_output_failure_is_kind_output_with_the_tools_line(dib):
     assert record.error == "tar: ./etc/shadow: Cannot open: Permission denied"
     assert record.command.startswith("tar -C ") and record.phase is None
     assert record.message == "tar failed with exit code 2"
+    assert not (dib.tmp / "out" / "image.tar").exists()  # no truncated image left behind
 
 
 def test_missing_element_is_kind_elements(dib):
