@@ -42,7 +42,7 @@ from typing import IO, Any
 
 from dib.blockdevice.layout import ROOT_LABEL, LayoutError, parse_layout_text
 from dib.blockdevice.plan import layout_source, make_plan
-from dib.elements import index_elements, resolve
+from dib.elements import elements_path, index_elements, resolve
 from dib.errors import DibError
 from dib.outputs import QEMU_FORMATS, TAR_TYPES
 from matrix.results import ImageCheck
@@ -153,8 +153,6 @@ def _closure(
     target: Target, env: Mapping[str, str], elements_dirs: Sequence[Path] | None
 ) -> tuple[dict[str, _Element], _Element | None]:
     """Every element of the build (dib adds ``base``) and the operating-system one."""
-    from dib.elements import elements_path
-
     dirs = list(elements_dirs) if elements_dirs is not None else elements_path(env)
     index = index_elements(dirs)
     try:
@@ -325,8 +323,11 @@ def _run_step(step: Step, deadline: Deadline) -> Found:
         return check(deadline)
     except VerifyError as err:
         return Found(name, False, f"{name}: {err}")
-    except (OSError, tarfile.TarError, EOFError, ValueError) as err:
+    except (OSError, tarfile.TarError, EOFError, ValueError, KeyError, TypeError) as err:
         return Found(name, False, f"{name}: cannot read the image: {err}")
+    except Exception as err:  # a bug here must not take the run down: the check fails
+        LOG.exception("verify: %s failed unexpectedly", name)
+        return Found(name, False, f"{name}: internal error of the check: {err!r}")
 
 
 # ---- tar images ----------------------------------------------------------------------
