@@ -165,11 +165,8 @@ class CellRunner:
         """Take an earlier run's result for the same key: artifacts hard-linked, log copied."""
         old = earlier.cell
         for artifact in old.artifacts:
-            source = earlier.run_dir / artifact.path
-            for suffix in ("", ".sha256"):
-                if Path(str(source) + suffix).exists():
-                    link_or_copy(Path(str(source) + suffix),
-                                 self.ctx.run_dir / (artifact.path + suffix))
+            for source in _artifact_files(earlier.run_dir / artifact.path):
+                link_or_copy(source, self.ctx.run_dir / source.relative_to(earlier.run_dir))
         _write(log, f"# dib-matrix: reused from run {earlier.run_dir.name} (key {key[:16]})")
         if old.log and (earlier.run_dir / old.log).exists():
             _write(log, (earlier.run_dir / old.log).read_text(errors="replace"))
@@ -241,6 +238,14 @@ class CellRunner:
                               hint="qemu-error" if result.infrastructure else None)
 
 
+def _artifact_files(image: Path) -> list[Path]:
+    """An image and what dib wrote beside it: checksum, package manifest, disk layout."""
+    stem = image.with_suffix("")
+    siblings = (image, Path(f"{image}.sha256"), stem.with_name(f"{stem.name}.packages"),
+                Path(f"{image}.layout.json"), stem.with_name(f"{stem.name}.layout.json"))
+    return [path for path in dict.fromkeys(siblings) if path.exists()]
+
+
 def _engine_error(log: Path, message: str) -> CellReport:
     line = f"engine error: {message}"
     _write(log, line)
@@ -285,7 +290,7 @@ def verify_build(ctx: RunContext, cell: PlannedCell, report: CellReport) -> Cell
     """A build is ``success`` only once its images pass their checks."""
     assert cell.target is not None
     images = [ctx.run_dir / a.path for a in report.artifacts]
-    expect = expectation_for(cell.target, dict(cell.env))
+    expect = expectation_for(cell.target, dict(cell.env), [ctx.dib_tree / "elements"])
     checks = tuple(verify_images(images, expect, ctx.run_dir, timeout=ctx.timeout))
     log = ctx.log_path(cell)
     for check in checks:

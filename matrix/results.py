@@ -92,6 +92,7 @@ class ImageCheck:
     ok: bool
     detail: str  # what was found (and, when not ok, what was wanted)
     image: str = ""  # the artifact's path relative to the run directory
+    seconds: float | None = None  # what the check took
 
 
 @dataclass
