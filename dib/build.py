@@ -66,11 +66,12 @@ def _remove_workdir(work: Path) -> None:
 
 
 def _note_free_space(work: Path) -> Callable[..., bool]:
-    """An exit callback noting the build dir's free space on a failure, before clean-up."""
+    """An exit callback noting the build dir (and its free space) on a failure, before
+    clean-up."""
 
     def on_exit(exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
         if exc is not None:
-            failure.note(exc, free_bytes={"build": failure.free_bytes(work)})
+            failure.note(exc, free_bytes={"build": failure.free_bytes(work)}, build_dir=str(work))
         return False
 
     return on_exit

@@ -46,6 +46,9 @@ MAX_TEXT = 1024
 HOOK_DETAIL_VAR = "DIB_HOOK_FAILURE_FILE"
 HOOK_DETAIL_KEYS = ("kind", "status", "error", "command", "environment")
 _ATTRIBUTE = "dib_failure"
+# dib's temporary build directory (a new name every run) as error and command show it,
+# so that the same failure reads the same on every run.
+BUILD_DIR_NAME = "$TMP_BUILD_DIR"
 _TEXT_FIELDS = ("phase", "hook", "element", "error", "command", "message")
 
 # The most error-shaped line, in rank order (see pick_error_line).
@@ -249,6 +252,11 @@ def record_for(
     """The whole record for ``err``, measured now."""
     found = describe(err)
     free = {**_no_free_space(), **found.pop("free_bytes", {})}
+    build_dir = found.pop("build_dir", None)
+    if build_dir:
+        for name in ("error", "command"):
+            if isinstance(found.get(name), str):
+                found[name] = found[name].replace(build_dir, BUILD_DIR_NAME)
     if output_dir is not None:
         free["output"] = free_bytes(output_dir)
     known = {f.name for f in fields(FailureRecord)} - {"message", "seconds", "version"}

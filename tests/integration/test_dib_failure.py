@@ -127,5 +127,5 @@ def test_full_output_disk_is_kind_output_and_still_gets_its_record(image_cache, 
         assert not (out / "x.tar").exists()  # the truncated tarball is gone
     assert record.kind == "output" and record.status == 2
     assert re.fullmatch(rf"tar: {out}/x\.tar: Wrote only \d+ of 10240 bytes", record.error)
-    assert record.command.startswith("tar -C ")
+    assert record.command.startswith("tar -C $TMP_BUILD_DIR/mnt ")
     assert record.free_bytes["output"] < 2 << 20

@@ -227,8 +227,10 @@ def test_failing_environment_file_is_named_with_its_element_and_line(dib):
     record = assert_one_record(outcome)
     assert (record.kind, record.phase) == ("environment", "environment.d")
     assert (record.hook, record.element, record.status) == ("99-envbad", "envbad", 127)
-    assert record.error.endswith("99-envbad: line 2: probe-the-init-system: command not found")
-    assert record.message == f"environment.d/99-envbad (element envbad) failed: {record.error}"
+    own = "/hooks/environment.d/99-envbad: line 2: probe-the-init-system: command not found"
+    assert record.error == "$TMP_BUILD_DIR" + own  # the same on every run
+    assert record.message.startswith("environment.d/99-envbad (element envbad) failed: /")
+    assert record.message.endswith(own)
     assert record.command == str(dib.elements / "envbad" / "environment.d" / "99-envbad")
     assert "sourcing environment.d failed: ?" not in "\n".join(outcome.lines)
 
@@ -291,7 +293,7 @@ def test_output_failure_is_kind_output_with_the_tools_line(dib):
     record = assert_one_record(dib.run("fakeos"))
     assert record.kind == "output" and record.status == 2
     assert record.error == "tar: ./etc/shadow: Cannot open: Permission denied"
-    assert record.command.startswith("tar -C ") and record.phase is None
+    assert record.command.startswith("tar -C $TMP_BUILD_DIR/mnt ") and record.phase is None
     assert record.message == "tar failed with exit code 2"
     assert not (dib.tmp / "out" / "image.tar").exists()  # no truncated image left behind
 
