@@ -303,3 +303,40 @@ checks: []
     assert "dib.boottest" in boot["reproducer"]
     assert "DIB-BOOT-MARKER" in (run_dir / boot["log"]).read_text(errors="replace")
     assert run_containers(run_dir) == []
+
+
+def test_green_means_verified_and_a_wrong_release_fails_verification(tmp_path):
+    """A build is success only after its image passed its checks; a target that declares
+    forky but whose element pins bookworm fails with that category."""
+    import shutil
+
+    tree = patched_tree(tmp_path)
+    data = REPO / "tests" / "integration" / "data"
+    shutil.copytree(data / "elements" / "pin-release-bookworm",
+                    tree / "elements" / "pin-release-bookworm")
+    (tmp_path / "targets").mkdir()
+    shutil.copy(data / "targets" / "debian-forky-pinned.yaml", tmp_path / "targets")
+    matrix = write_matrix(tmp_path, """\
+name: verified
+hosts: [debian-bookworm]
+targets: [debian-bookworm, targets/debian-forky-pinned.yaml]
+checks: []
+""")
+    done = dib_matrix("run", str(matrix), "--out", str(tmp_path / "out"), "--dib-tree", str(tree))
+    assert done.returncode == 1, done.stdout[-3000:]
+    run_dir = (tmp_path / "out" / "latest").resolve()
+    cells, _ = cells_of(run_dir)
+    good = cells["debian-bookworm.debian-bookworm"]
+    assert good["state"] == "success"
+    names = {check["name"] for check in good["checks"]}
+    assert {"os-release", "packages"} <= names
+    assert all(check["ok"] for check in good["checks"])
+    pinned = cells["debian-bookworm.debian-forky-pinned"]
+    assert pinned["state"] == "failed"
+    assert pinned["category"]["id"] == "image-verification-failed"
+    assert pinned["category"]["legend"] == "image is bookworm, target wants forky"
+    assert not all(check["ok"] for check in pinned["checks"])
+    assert pinned["artifacts"], "the image stays for inspection"
+    html = (run_dir / "report.html").read_text()
+    assert "image is bookworm, target wants forky" in html
+    assert run_containers(run_dir) == []
