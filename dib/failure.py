@@ -236,7 +236,8 @@ def describe(err: BaseException) -> Dict[str, Any]:
         if err.command:
             found.setdefault("command", " ".join(err.command))
     if isinstance(err, DibError):
-        found.setdefault("error", str(err))  # dib's own check: its message is the error line
+        if "hook" not in found:  # a silent hook or environment file has no error line
+            found.setdefault("error", str(err))  # dib's own check: its message is the line
     else:
         found.setdefault("error", f"{type(err).__name__}: {err}")
     return found

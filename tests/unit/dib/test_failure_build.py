@@ -181,6 +181,13 @@ def test_chroot_hook_maps_the_merged_tree_back_to_its_element(dib):
     assert record.error.endswith("/post-install.d/80-bad: line 4: frobnicate: command not found")
 
 
+def test_silent_hook_has_no_error_line_rather_than_dibs_own_words(dib):
+    dib.element("quiet", {"root.d/50-quiet": "#!/bin/bash\nexit 7\n"})
+    record = assert_one_record(dib.run("fakeos", "quiet"))
+    assert (record.kind, record.hook, record.status, record.error) == ("hook", "50-quiet", 7, None)
+    assert record.message == "root.d/50-quiet failed with exit code 7"
+
+
 def test_python_hook_reports_its_traceback_line(dib):
     dib.element(
         "py",
