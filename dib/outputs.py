@@ -295,13 +295,18 @@ def image_path(output: Path, image_type: str) -> Path:
     return output.with_name(f"{output.name}.{image_type}")
 
 
-def _vm_disk(root: Path, raw: Path, workdir: Path, image_size: Optional[int]) -> bool:
-    """Hook for vm builds (issue 6): assemble the planned partitioned disk, if there is one."""
+def _vm_disk(
+    root: Path, raw: Path, workdir: Path, image_size: Optional[int], output: Path
+) -> bool:
+    """A vm build: assemble the planned partitioned disk, if there is one, and publish its
+    layout record as ``<output>.layout.json`` whatever the output types (image checks
+    compare the disk with it)."""
     from dib import disk  # imported here: dib.disk builds on this module's helpers
 
     if not disk.planned(workdir):
         return False
     disk.assemble(root, raw, workdir, image_size)
+    disk.publish_layout(workdir, output)
     return True
 
 
@@ -340,7 +345,7 @@ def make_outputs(
         raw = image_path(output, "raw") if "raw" in disk_types else workdir / "image.raw"
         # issue 6: a vm build gets a partitioned, bootable disk instead of a bare ext4.
         with unfinished(raw):
-            if not _vm_disk(root, raw, workdir, image_size):
+            if not _vm_disk(root, raw, workdir, image_size, output):
                 size = max(image_size or 0, estimate_fs_size(tree_usage(root)))
                 final = make_ext4(root, raw, size)
                 LOG.info("ext4 filesystem %s: %d MiB", raw.name, final // MIB)
