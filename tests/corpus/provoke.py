@@ -71,6 +71,11 @@ REGISTRY_HOST = re.compile(r"(?<=https://)[^/\s\"]+(?=/v2/)|(?<=lookup )[^\s]+(?
 def redact(text: str, hosts: list[str]) -> str:
     for host in hosts:
         text = text.replace(host, REDACTED)
+        # Other http hosts of the mirror's domain (a security archive, say) go the same way.
+        domain = ".".join(host.split(".")[-2:])
+        if domain.count(".") == 1 and not host.replace(".", "").isdigit():
+            text = re.sub(r"(?<=http://)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\." + re.escape(domain)
+                          + r"\b", REDACTED, text)
     return REGISTRY_HOST.sub("registry.example", text)
 
 
