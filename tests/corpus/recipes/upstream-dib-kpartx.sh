@@ -6,7 +6,8 @@ venv=${DIB_VENV:-/tmp/dibvenv}
 command -v kpartx > /dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q kpartx > "$WORK/apt.txt" 2>&1
 export PATH="$venv/bin:$PATH" DIB_RELEASE=bookworm DIB_DISTRIBUTION_MIRROR="$MIRROR"
 export DIB_IMAGE_CACHE=$WORK/cache
-DIB_DEBIAN_SECURITY_MIRROR=$(grep -rhoE 'https?://[^ ]+/debian-security' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | head -1)
+DIB_DEBIAN_SECURITY_MIRROR=$(grep -rhE '^(deb|URIs:)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+    | grep -oE 'https?://[^ ]+/debian-security' | head -1)
 export DIB_DEBIAN_SECURITY_MIRROR
 echo "+ disk-image-create -o $WORK/vm vm debian-minimal" > "$OUT/dic-vm-kpartx.log"
 disk-image-create -o "$WORK/vm" vm debian-minimal >> "$OUT/dic-vm-kpartx.log" 2>&1

@@ -26,7 +26,8 @@ dic dic-not-found.log -o "$WORK/x" debian-minimal corpus-no-such-element
 # security mirror (not this machine's) the build then fails on that mirror instead.
 dic dic-cycle.log -o "$WORK/y" -t tar debian-minimal corpus-cycle-a
 # From here on the security archive of this machine's apt sources, as a user would set it.
-DIB_DEBIAN_SECURITY_MIRROR=$(grep -rhoE 'https?://[^ ]+/debian-security' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | head -1)
+DIB_DEBIAN_SECURITY_MIRROR=$(grep -rhE '^(deb|URIs:)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+    | grep -oE 'https?://[^ ]+/debian-security' | head -1)
 export DIB_DEBIAN_SECURITY_MIRROR
 dic dic-hook-fail.log -o "$WORK/z" -t tar debian-minimal corpus-hook-fail
 # The vm path on a machine without kpartx (see upstream-dib-kpartx.sh for one with it).
