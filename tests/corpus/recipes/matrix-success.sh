@@ -5,7 +5,7 @@ set -u
 mkdir -p "$WORK/hosts"
 cat > "$WORK/hosts/corpus-small.yaml" <<H
 name: corpus-small
-description: bookworm with what dib needs for tar images (built fresh: $(date +%s))
+description: bookworm with what dib needs for tar images (built fresh at $(date +%s))
 base:
   bootstrap:
     suite: bookworm
