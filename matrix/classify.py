@@ -29,16 +29,18 @@ from typing import Any
 
 import re2
 
+from dib import failure
 from matrix.catalogue import UNCATEGORIZED, Catalogue, CategoryRule
 from matrix.logscan import EVIDENCE_LIMIT, evidence, lines_of_file, lines_of_text
 from matrix.results import Category
+from matrix.runparts import RunPartsTrail
 
 TAIL_LINES = 15
 # Below this many bytes free, a filesystem the cell wrote to is full, whatever the
 # log says (tools that hide ENOSPC say "write error" or nothing at all).
 DISK_FULL_BYTES = 1 << 20
 ATTEMPT_MARKER = "# dib-matrix: attempt "
-RECORD_PREFIX = "dib-failure: "
+RECORD_PREFIX = failure.LOG_PREFIX
 # dib's log prefix ("2026-11-29 08:31:10.123 | root.d/08-debootstrap | "), so that
 # patterns can anchor on the tool's own line.
 _DIB_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)? \| (?:[^|]{1,120} \| )?")
@@ -81,10 +83,21 @@ class _Defaulting(dict):
         return "{" + key + "}"
 
 
+_OPTIONAL = re.compile(r"\[\[(.*?)\]\]")
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
 def fill_legend(legend: str, groups: Mapping[str, Any]) -> str:
+    """The legend with ``{name}`` filled in; a ``[[...]]`` segment is left out when a
+    field inside it has no value (``[[element {element}: ]]`` for an unknown element)."""
     values = _Defaulting({k: str(v) for k, v in groups.items() if v is not None})
+
+    def optional(match: re.Match[str]) -> str:
+        known = all(name in values for name in _FIELD.findall(match.group(1)))
+        return match.group(1) if known else ""
+
     try:
-        return string.Formatter().vformat(legend, (), values)
+        return string.Formatter().vformat(_OPTIONAL.sub(optional, legend), (), values)
     except (ValueError, IndexError, AttributeError, KeyError):
         return legend  # a legend with stray braces is shown as written
 
@@ -149,18 +162,23 @@ def classify(evidence_in: Evidence, catalogue: Catalogue) -> Verdict:
     tail: list[str] = []
     log_hits: dict[str, _Hit] = {}
     if evidence_in.log is not None and evidence_in.log.is_file():
+        trail = RunPartsTrail()
         for line in lines_of_file(evidence_in.log):
             if line.startswith(ATTEMPT_MARKER):  # judge the last attempt only
                 log_hits.clear()
                 tail.clear()
+                trail = RunPartsTrail()
                 continue
-            if record is None and message_of(line).startswith(RECORD_PREFIX):
-                record = _parse_record(message_of(line))
+            message = message_of(line)
+            if record is None and message.startswith(RECORD_PREFIX):
+                record = _parse_record(message)
+            trail.feed(message)
             if line.strip():
                 tail.append(line)
                 del tail[:-TAIL_LINES]
             for hit in matcher.hits(line, LOG):
                 log_hits[hit.rule.id] = hit  # the last occurrence is the freshest
+        record = record or trail.record()
     if record is not None:
         for hit in _record_hits(record, rules, matcher):
             keep(hit)

@@ -124,8 +124,11 @@ class MatrixRun:
             return report
         # A boot row's log is the guest's console, which the boot watcher already read:
         # its evidence line is what names the cause (a guest's own "No space left" or
-        # "command not found" says nothing about the image build).
-        log = None if planned.kind is CellKind.BOOT else report.log
+        # "command not found" says nothing about the image build). An infrastructure
+        # error is judged on the engine's (or qemu's) own message, not on what the
+        # build had printed before the engine failed.
+        own_lines_only = planned.kind is CellKind.BOOT or report.state is State.ERROR
+        log = None if own_lines_only else report.log
         verdict = classify(Evidence(
             host=planned.host.name, row=planned.row, lines=report.evidence, log=log,
             record=report.record, hint=report.hint,

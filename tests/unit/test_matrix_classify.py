@@ -37,14 +37,16 @@ SAMPLES = {
         "t", "W: GPG error: http://m/debian bookworm InRelease: The following signatures "
         "couldn't be verified because the public key is not available: NO_PUBKEY 6ED0E7B82643E131",
         None),
-    "mirror-inconsistent": ("t", "E: Failed to fetch http://m/debian/pool/x.deb  Hash Sum "
-                            "mismatch", None),
+    "mirror-out-of-sync": ("t", "E: Failed to fetch http://m/debian/pool/x.deb  Hash Sum "
+                           "mismatch", None),
+    "dpkg-interrupted": ("t", "E: dpkg was interrupted, you must manually run 'dpkg --configure "
+                         "-a' to correct the problem.", None),
     "suite-not-on-mirror": (
         "t", "mirror http://m/debian does not carry suite 'noble' (x)",
         "mirror does not carry suite 'noble'"),
     "mirror-unreachable": (
         "t", "mirror http://127.0.0.1:9/debian unreachable: refused", "mirror/network unreachable"),
-    "package-conflict": (
+    "unmet-dependencies": (
         "t", "E: Unable to correct problems, you have held broken packages.", None),
     "package-not-found": ("t", "E: Unable to locate package nosuchpkg",
                           "package not found: nosuchpkg"),
@@ -72,7 +74,7 @@ SAMPLES = {
     "dib-internal-error": ("t", "Traceback (most recent call last):", None),
     "base-image-unavailable": ("hostgen", "base image unavailable: cannot pull x",
                                "base image unavailable"),
-    "check-failed": ("tox", "  hostcheck: FAIL code 1 (3.2 seconds)", "hostcheck: tests failed"),
+    "tests-failed": ("tox", "  hostcheck: FAIL code 1 (3.2 seconds)", "hostcheck: tests failed"),
     "root-fs-not-found": ("t:boot", "ALERT!  LABEL=cloudimg-rootfs does not exist.", None),
     "kernel-panic": ("t:boot", "Kernel panic - not syncing: VFS", "boot: kernel panic"),
     "bootloader-error": ("t:boot", "grub rescue> ", None),
