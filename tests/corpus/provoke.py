@@ -175,7 +175,9 @@ def main() -> int:
     if args.index:
         write_index(cases)
         return 0
-    names = sorted(p.stem for p in RECIPES.glob("*.sh")) if args.recipes == ["all"] else args.recipes
+    names = args.recipes
+    if names == ["all"]:
+        names = sorted(p.stem for p in RECIPES.glob("*.sh"))
     mirror = find_mirror()
     missing = []
     if args.collect:
