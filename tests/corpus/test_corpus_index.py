@@ -22,6 +22,7 @@ IDS = {
     "hook-failed", "element-not-found", "element-cycle", "noexec-build-dir", "no-loop-device",
     "bootloader-error", "image-conversion-failed", "release-signature-invalid",
     "mirror-out-of-sync", "unmet-dependencies", "dpkg-interrupted", "tests-failed",
+    "no-binfmt-handler",
 }
 
 
