@@ -41,9 +41,10 @@ TAIL_LINES = 15
 DISK_FULL_BYTES = 1 << 20
 ATTEMPT_MARKER = "# dib-matrix: attempt "
 RECORD_PREFIX = failure.LOG_PREFIX
-# dib's log prefix ("2026-11-29 08:31:10.123 | root.d/08-debootstrap | "), so that
-# patterns can anchor on the tool's own line.
-_DIB_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)? \| (?:[^|]{1,120} \| )?")
+# dib's log prefix ("2026-11-29 08:31:10.123 | root.d/08-debootstrap | debootstrap | ":
+# the time, the hook, the command it ran), so patterns can anchor on the tool's own line.
+_DIB_PREFIX = re.compile(
+    r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)? \| (?:[^|\s]{1,120} \| ){0,2}")
 # Lines that only inform: debootstrap's and apt's I:/N:, apt's download progress.
 _INFORMATIONAL = re.compile(r"^(?:I|N): |^(?:Get|Hit|Ign):\d* ")
 _WARNING = re.compile(r"^W: ")

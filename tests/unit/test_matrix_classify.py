@@ -26,6 +26,8 @@ SAMPLES = {
     "noexec-build-dir": (
         "t", "chroot: failed to run command '/tmp/in_target.d/dib-run-hook': Permission denied",
         None),
+    "no-binfmt-handler": ("t", "chroot: failed to run command '/bin/true': Exec format error",
+                          None),
     "no-loop-device": ("t", "losetup: cannot find an unused loop device", None),
     "mirror-not-configured": (
         "hostgen", "no debian mirror: DIB_DISTRIBUTION_MIRROR is not set and no debian archive "
@@ -46,6 +48,16 @@ SAMPLES = {
         "mirror does not carry suite 'noble'"),
     "mirror-unreachable": (
         "t", "mirror http://127.0.0.1:9/debian unreachable: refused", "mirror/network unreachable"),
+    "package-manager-locked": (
+        "t", "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 1234", None),
+    "apt-sources-invalid": ("t", "E: Malformed entry 1 in list file /etc/apt/sources.list "
+                            "(Component)", None),
+    "certificate-not-trusted": (
+        "t", "E: Failed to fetch https://m/debian/dists/bookworm/InRelease  Certificate "
+        "verification failed: The certificate is NOT trusted.", None),
+    "index-not-on-mirror": ("t", "E: Invalid Release file, no entry for main/binary-arm64/Packages",
+                            "mirror has no main/binary-arm64/Packages"),
+    "out-of-memory": ("t", "gzip: stdout: Cannot allocate memory", None),
     "unmet-dependencies": (
         "t", "E: Unable to correct problems, you have held broken packages.", None),
     "package-not-found": ("t", "E: Unable to locate package nosuchpkg",
@@ -66,6 +78,8 @@ SAMPLES = {
     "element-conflict": ("t", "ERROR: both 'a' and 'b' provide 'operating-system'", None),
     "image-conversion-failed": (
         "t", "qemu-img: /out/x.qcow2: Invalid parameter 'zstd'", "image conversion failed"),
+    "hook-failed": ("t", "2026-11-29 08:43:11.737 | ERROR: post-install.d/50-x failed with exit "
+                    "code 3: x: broken", "post-install.d/50-x exited 3"),
     "bootstrap-failed": (
         "t", "ERROR: debootstrap of bookworm from http://m/debian failed (exit 1)", None),
     "package-install-failed": (
@@ -83,7 +97,7 @@ SAMPLES = {
     "boot-timeout": ("t:boot", "boot: no marker after 600 s; furthest stage: kernel", None),
 }
 # Entries a cell names through its hint (or dib through its record) only.
-HINT_ONLY = {"setup-command-failed", "facts-probe-failed", "build-failed", "hook-failed",
+HINT_ONLY = {"setup-command-failed", "facts-probe-failed", "build-failed",
              "dib-config-error", "build-interrupted"}
 
 
@@ -107,8 +121,7 @@ def test_one_legend_per_id():
     assert len({r.id for r in CATALOGUE.rules}) == len(CATALOGUE.rules)
 
 
-@pytest.mark.parametrize("hint", sorted(HINT_ONLY - {"hook-failed", "dib-config-error",
-                                                      "build-interrupted"}))
+@pytest.mark.parametrize("hint", sorted(HINT_ONLY - {"dib-config-error", "build-interrupted"}))
 def test_a_hint_names_the_entry_with_the_cells_line(hint):
     verdict = classify(Evidence("h", "hostgen", ("RUN apt-get x exited with 100",), hint=hint),
                        CATALOGUE)
