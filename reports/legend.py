@@ -6,8 +6,9 @@ The rule (the seed's): a cell whose cause is *named* points to a footnote
 * ``failed`` and ``allowed-failure`` cells with a category other than
   ``uncategorized`` show ``- N -`` with the category's legend text; without a
   category (or ``uncategorized``) they show the word ``failed`` - read the log.
-* ``skipped`` cells show ``- N -`` with the category's legend, by default
-  ``missing dependency``.
+* ``skipped`` cells show ``- N -`` with the category's legend (``missing
+  dependency``, named by the verdict stage), or their reason (``cancelled by
+  fail-fast``).
 * ``excluded`` cells show ``n/a - N -``; the legend says ``excluded: <reason>``.
 * ``success``, ``timeout``, ``error`` and ``pending`` show their word.
 
@@ -29,7 +30,6 @@ from reports.sanitize import one_line
 from reports.styles import flags, style
 
 UNCATEGORIZED = "uncategorized"
-MISSING_DEPENDENCY = "missing dependency"
 FIRST_FOOTNOTE = 0
 LEGEND_LIMIT = 200
 
@@ -45,7 +45,10 @@ def footnote_text(cell: Cell) -> str | None:
         return f"excluded: {reason}" if reason else "excluded"
     category = cell.category if has_named_cause(cell) else None
     if cell.state is State.SKIPPED:
-        return one_line(category.legend if category else "", LEGEND_LIMIT) or MISSING_DEPENDENCY
+        # The verdict stage names a skip's cause (missing dependency); a cell skipped for
+        # another reason (cancelled by fail-fast, Ctrl-C) shows that reason.
+        text = category.legend if category else (cell.reason or "skipped")
+        return one_line(text, LEGEND_LIMIT)
     if cell.state in (State.FAILED, State.ALLOWED_FAILURE) and category:
         return one_line(category.legend, LEGEND_LIMIT) or category.id
     return None
