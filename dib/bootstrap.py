@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Tuple
+from typing import Callable, Iterator, List, Mapping, Optional, Tuple
 
 from dib import failure
 from dib.errors import CommandFailed, DibError
@@ -172,6 +172,24 @@ def store(root: Path, cache_file: Path) -> None:
             partial.unlink()
 
 
+DEBOOTSTRAP_LOG_BYTES = 16 << 10  # of the end of debootstrap.log, read after a failure
+DEBOOTSTRAP_LOG_LINES = 20
+
+
+def debootstrap_log_tail(root: Path) -> List[str]:
+    """The last lines of ``root``'s debootstrap/debootstrap.log (bounded), or []."""
+    path = root / "debootstrap" / "debootstrap.log"
+    try:
+        with path.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - DEBOOTSTRAP_LOG_BYTES))
+            data = log.read(DEBOOTSTRAP_LOG_BYTES)
+    except OSError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return [line for line in lines if line.strip()][-DEBOOTSTRAP_LOG_LINES:]
+
+
 def debootstrap(spec: BaseSpec, root: Path, timeout: float) -> None:
     cmd = [
         "debootstrap",
@@ -191,7 +209,14 @@ def debootstrap(spec: BaseSpec, root: Path, timeout: float) -> None:
             f"debootstrap of {spec.release} from {spec.mirror} {what}"
             + (f": {reason}" if reason else "")
         )
-        own = failure.pick_error_line(err.tail)
+        # debootstrap's own output only summarises ("Couldn't download", "Tried to
+        # extract package"); the cause (tar's or unxz's "No space left on device",
+        # wget's refused connection) is in the target's debootstrap.log.
+        details = debootstrap_log_tail(root)
+        for line in details:
+            LOG.info("debootstrap.log | %s", line)
+        own = failure.pick_error_line(details) if details else None
+        own = own or failure.pick_error_line(err.tail)
         raise failure.note(
             problem, status=err.returncode, error=own, command=" ".join(cmd)
         ) from None

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from dib.bootstrap import debootstrap_log_tail
 from matrix.hosts import BootstrapBase, BootstrapTool
 from matrix.proc import ProcResult, run_logged
 
@@ -59,6 +60,10 @@ def make_rootfs_tarball(
     root = work_dir / "root"
     result = run_logged(bootstrap_argv(base, mirror, root), log, timeout, env)
     if not result.ok:
+        # Where debootstrap leaves the cause its own output only summarises.
+        details = debootstrap_log_tail(root)
+        if details:
+            log.write(("# the end of debootstrap.log\n" + "\n".join(details) + "\n").encode())
         raise RootfsError(f"debootstrap of {base.suite} failed", result)
     tar = ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(tarball), "."]
     result = run_logged(tar, log, TAR_TIMEOUT)

@@ -59,7 +59,7 @@ class HostgenSession:
 
     def image(self, name: str) -> str:
         outcome = self.build(name)
-        assert outcome.ok, outcome.message
+        assert outcome.ok, outcome.evidence
         return outcome.image
 
     def cell(

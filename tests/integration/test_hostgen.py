@@ -22,6 +22,8 @@ import pytest
 
 from dib.mirror import find_mirror
 from matrix import cli
+from matrix.catalogue import load_catalogue
+from matrix.classify import Evidence, classify
 from matrix.diblayer import TreeSnapshot, bake
 from matrix.engine import (
     LABEL_RUN,
@@ -29,7 +31,6 @@ from matrix.engine import (
     dib_environment,
     remove_run_objects,
 )
-from matrix.hostcauses import HostgenCause
 from matrix.hostgen import HostgenStatus, build_host
 from matrix.hostimage import LABEL_HOST
 from matrix.hosts import load_host
@@ -67,7 +68,7 @@ def assert_dib_tar(session: HostgenSession, host: str) -> None:
 
 def test_bookworm_host_builds_with_facts(hostgen_session: HostgenSession) -> None:
     outcome = hostgen_session.build("debian-bookworm")
-    assert outcome.ok, f"{outcome.message} (log: {outcome.log_path})"
+    assert outcome.ok, f"{outcome.evidence} (log: {outcome.log_path})"
     assert outcome.status in (HostgenStatus.BUILT, HostgenStatus.CACHED)
     facts = outcome.facts
     assert facts is not None
@@ -207,15 +208,15 @@ def test_unpullable_image_host_fails_fast(hostgen_session: HostgenSession, tmp_p
     outcome = build_host(hostgen_session.client, load_host(path), tmp_path / "unpullable.log")
     assert time.monotonic() - started < 15
     assert outcome.status is HostgenStatus.FAILED
-    assert outcome.cause is HostgenCause.BASE_IMAGE_UNAVAILABLE
-    assert outcome.message.startswith("base image unavailable: cannot pull " + UNPULLABLE)
-    assert "\n" not in outcome.message
+    assert verdict(outcome).category.id == "base-image-unavailable"
+    assert outcome.evidence.startswith("cannot pull " + UNPULLABLE)
+    assert "\n" not in outcome.evidence
 
 
 @pytest.mark.slow
 def test_trixie_host_has_forky_script(hostgen_session: HostgenSession) -> None:
     outcome = hostgen_session.build("debian-trixie")
-    assert outcome.ok, f"{outcome.message} (log: {outcome.log_path})"
+    assert outcome.ok, f"{outcome.evidence} (log: {outcome.log_path})"
     assert outcome.facts is not None
     assert outcome.facts.has_debootstrap_script("forky")
     assert outcome.facts.python_version and outcome.facts.python_version.startswith("3.13")
@@ -239,6 +240,12 @@ def test_cli_hosts_build_and_list(hostgen_session: HostgenSession, capsys, tmp_p
     assert "cached" in out and "debootstrap bookworm (minbase)" in out
 
 
+def verdict(outcome):
+    """What the run's verdict stage makes of a failed hostgen."""
+    return classify(Evidence(outcome.host, "hostgen", (outcome.evidence,), outcome.log_path,
+                             hint=outcome.hint), load_catalogue())
+
+
 def _host_file(tmp_path: Path, name: str, body: str) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\n{body}")
@@ -249,8 +256,9 @@ def test_unreachable_mirror_is_categorised(hostgen_session: HostgenSession, tmp_
     body = "base:\n  bootstrap:\n    suite: bookworm\n    mirror: http://mirror.invalid/debian\n"
     host = load_host(_host_file(tmp_path, "test-no-mirror", body))
     outcome = build_host(hostgen_session.client, host, tmp_path / "no-mirror.log")
-    assert outcome.cause is HostgenCause.MIRROR_UNREACHABLE, outcome.message
-    assert "mirror.invalid" in outcome.message
+    named = verdict(outcome)
+    assert named.category.id == "mirror-unreachable", named
+    assert "mirror.invalid" in named.evidence
 
 
 @pytest.mark.slow
@@ -260,8 +268,9 @@ def test_missing_package_is_categorised(hostgen_session: HostgenSession, tmp_pat
     client = hostgen_session.client
     try:
         outcome = build_host(client, host, tmp_path / "missing.log", mirror=hostgen_session.mirror)
-        assert outcome.cause is HostgenCause.PACKAGE_NOT_FOUND, outcome.message
-        assert outcome.message.endswith("Unable to locate package dib-matrix-no-such-package")
+        named = verdict(outcome)
+        assert named.category.id == "package-not-found", named
+        assert named.evidence.endswith("Unable to locate package dib-matrix-no-such-package")
     finally:
         for image in client.images.list(filters={"label": f"{LABEL_HOST}={host.name}"}):
             client.images.remove(image.id, force=True)

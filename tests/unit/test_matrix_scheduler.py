@@ -1,9 +1,9 @@
 import threading
 import time
 
+from matrix.cellreport import CellReport as Outcome
 from matrix.plan import PlannedCell
 from matrix.results import CellKind, State
-from matrix.cellreport import CellReport as Outcome
 from matrix.scheduler import Scheduler
 
 
