@@ -331,3 +331,54 @@ def test_bad_catalogue_names_file_line_and_key(tmp_path):
     assert "bad.yaml:8: [3].patterns[0]: bad regex" in text
     assert "[4].record: must be a list of dib failure kinds" in text
     assert "[4].colour: unknown key" in text
+
+
+# The same causes in the words of other tools and versions (apt, debootstrap, dpkg,
+# upstream diskimage-builder, wget, the container engine).
+WORDINGS = [
+    ("  Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)",
+     "mirror-unreachable"),
+    ("W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Could not connect "
+     "to deb.debian.org:80 (151.101.2.132), connection timed out", "mirror-unreachable"),
+    ("Err:1 http://m/debian bookworm InRelease\n  Temporary failure resolving 'm'",
+     "mirror-unreachable"),
+    ("E: Failed to fetch http://m/debian/dists/bookworm/InRelease  403  Forbidden [IP: 1.2.3.4 80]",
+     "mirror-unreachable"),
+    ("Connecting to 127.0.0.1:9... failed: Connection refused.", "mirror-unreachable"),
+    ("E: The repository 'http://m/debian nosuch Release' no longer has a Release file.",
+     "suite-not-on-mirror"),
+    ("E: Release file for http://m/debian/dists/bookworm-updates/InRelease is not valid yet "
+     "(invalid for another 5h 2min 1s). Updates for this repository will not be applied.",
+     "release-file-expired"),
+    ("W: GPG error: http://m/debian sid InRelease: The following signatures were invalid: "
+     "EXPKEYSIG 0E98404D386FA1D9 Debian Archive Automatic Signing Key", "release-signature-invalid"),
+    ("dpkg: error processing archive /var/cache/apt/archives/x.deb (--unpack):\n"
+     " cannot copy extracted data for './usr/bin/x' to '/usr/bin/x.dpkg-new': failed to write "
+     "(No space left on device)", "out-of-disk-space"),
+    ("unxz: /x/var/lib/apt/lists/y_Packages: Write error: No space left on device",
+     "out-of-disk-space"),
+    ("dpkg: error processing package foo (--configure):\n installed foo package post-installation "
+     "script subprocess returned error exit status 1", "package-install-failed"),
+    ("E: Could not get lock /var/lib/apt/lists/lock. It is held by process 42 (apt-get)",
+     "package-manager-locked"),
+    ("/usr/sbin/growpart: 4: sfdisk: not found", "missing-host-tool"),
+    ("kpartx is not found in PATH", "missing-host-tool"),
+    ("qcow2 output format specified but qemu-img executable not found.", "missing-host-tool"),
+    ('docker: Error response from daemon: failed to create shim task: OCI runtime create failed: '
+     'runc create failed: unable to start container process: exec: "python3": executable file '
+     'not found in $PATH: unknown.', "missing-host-tool"),
+    ("ERROR: At least one distribution root element must be specified", "element-conflict"),
+    ("diskimage_builder.element_dependencies.MissingElementException: Element 'nope' not found",
+     "element-not-found"),
+    ("losetup: /tmp/image.raw: failed to set up loop device: No such file or directory",
+     "no-loop-device"),
+    ("mount: /tmp/dib_build.x/mnt/proc: permission denied.", "capability-denied"),
+    ("mknod: /dev/loop8: Operation not permitted", "capability-denied"),
+    ("E: Cannot install into target '/tmp/x' mounted with noexec or nodev", "noexec-build-dir"),
+    ("/bin/sh: 1: /tmp/in_target.d/dib-run-hook: Permission denied", "noexec-build-dir"),
+]
+
+
+@pytest.mark.parametrize("text,expected", WORDINGS, ids=[w[0][:50] for w in WORDINGS])
+def test_the_same_cause_in_other_words(text, expected):
+    assert classify_lines(text.splitlines(), "h", "t", CATALOGUE).category.id == expected
