@@ -351,7 +351,8 @@ WORDINGS = [
      "(invalid for another 5h 2min 1s). Updates for this repository will not be applied.",
      "release-file-expired"),
     ("W: GPG error: http://m/debian sid InRelease: The following signatures were invalid: "
-     "EXPKEYSIG 0E98404D386FA1D9 Debian Archive Automatic Signing Key", "release-signature-invalid"),
+     "EXPKEYSIG 0E98404D386FA1D9 Debian Archive Automatic Signing Key",
+     "release-signature-invalid"),
     ("dpkg: error processing archive /var/cache/apt/archives/x.deb (--unpack):\n"
      " cannot copy extracted data for './usr/bin/x' to '/usr/bin/x.dpkg-new': failed to write "
      "(No space left on device)", "out-of-disk-space"),
