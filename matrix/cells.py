@@ -9,9 +9,7 @@ the verdict stage (``matrix.classify``) names causes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import shlex
 import sys
 import threading
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import docker
 
+from dib import failure
 from dib.boottest import BootOptions, BootTestError, run_boot_test
 from matrix import engine
 from matrix.cellreport import CellReport
@@ -157,8 +156,8 @@ class CellRunner:
         report = report.replace(artifacts=tuple(collect_artifacts(self.ctx, cell)))
         if not result.ok:
             return report.replace(state=State.FAILED, record=read_failure_record(self.ctx, cell),
-                                  free_bytes={"output": free_bytes(self.ctx.images_dir(
-                                      cell.host.name))})
+                                  free_bytes={"output": failure.free_bytes(
+                                      self.ctx.images_dir(cell.host.name))})
         return verify_build(self.ctx, cell, report)
 
     def _reuse(self, earlier: Reusable, log: Path, key: str) -> CellReport:
@@ -258,7 +257,7 @@ RECORD_LIMIT = 64 << 10  # dib's failure record is a few hundred bytes; refuse a
 def failure_record_path(ctx: RunContext, cell: PlannedCell) -> Path:
     """Where dib writes its failure record: beside the image, ``<output>.failure.json``."""
     assert cell.target is not None
-    return ctx.images_dir(cell.host.name) / f"{cell.target.name}.failure.json"
+    return failure.path_for(ctx.images_dir(cell.host.name) / cell.target.name)
 
 
 def forget_failure_record(ctx: RunContext, cell: PlannedCell) -> None:
@@ -267,23 +266,14 @@ def forget_failure_record(ctx: RunContext, cell: PlannedCell) -> None:
 
 
 def read_failure_record(ctx: RunContext, cell: PlannedCell) -> dict | None:
-    """dib's record of its own failure, or None (dib died before writing one)."""
-    path = failure_record_path(ctx, cell)
+    """dib's record of its own failure, or None (dib died before writing one). What the
+    container wrote is untrusted: read at most RECORD_LIMIT bytes, fields bounded."""
     try:
-        with path.open("rb") as stream:
-            data = json.loads(stream.read(RECORD_LIMIT + 1)[:RECORD_LIMIT])
-    except (OSError, ValueError):
+        with failure_record_path(ctx, cell).open("rb") as stream:
+            text = stream.read(RECORD_LIMIT).decode("utf-8", errors="replace")
+        return failure.FailureRecord.from_json(text).bounded().to_dict()
+    except (OSError, ValueError, TypeError):
         return None
-    return data if isinstance(data, dict) else None
-
-
-def free_bytes(path: Path) -> int | None:
-    """Bytes a writer may still use on ``path``'s filesystem; None when unknown."""
-    try:
-        stats = os.statvfs(path)
-    except OSError:
-        return None
-    return stats.f_bavail * stats.f_frsize
 
 
 def verify_build(ctx: RunContext, cell: PlannedCell, report: CellReport) -> CellReport:

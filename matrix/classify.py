@@ -19,7 +19,6 @@ Cost is bounded whatever the log holds: each line is cut to its first few KiB
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -214,11 +213,11 @@ def _record_hits(record: Mapping[str, Any], rules: Sequence[CategoryRule],
 
 
 def _parse_record(text: str) -> Mapping[str, Any] | None:
+    """dib's record from its log line; None when the line is not a readable record."""
     try:
-        data = json.loads(text[len(RECORD_PREFIX):])
-    except ValueError:
+        return failure.FailureRecord.from_json(text).bounded().to_dict()
+    except (ValueError, TypeError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _disk_full_lines(free: Mapping[str, int | None]) -> list[str]:
