@@ -215,7 +215,7 @@ def debootstrap(spec: BaseSpec, root: Path, timeout: float) -> None:
         details = debootstrap_log_tail(root)
         for line in details:
             LOG.info("debootstrap.log | %s", line)
-        own = failure.pick_error_line(details) if details else None
+        own = failure.pick_error_line(details, last_resort=False)
         own = own or failure.pick_error_line(err.tail)
         raise failure.note(
             problem, status=err.returncode, error=own, command=" ".join(cmd)

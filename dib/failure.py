@@ -173,21 +173,23 @@ def _traceback_line(lines: Sequence[str]) -> Optional[str]:
     return found
 
 
-def _ranked(lines: Sequence[str]) -> Iterator[Optional[str]]:
+def _ranked(lines: Sequence[str], last_resort: bool) -> Iterator[Optional[str]]:
     """Candidates, best kind first: apt/debootstrap ``E:`` (the first, later ones are
     consequences), a traceback's exception, specific OS errors, generic error words
-    (for these the last, closest to the failure)."""
+    (for these the last, closest to the failure), then (``last_resort``) the last line."""
     yield next((m.group(1) for m in map(_APT_LINE.search, lines) if m), None)
     yield _traceback_line(lines)
     yield next((line for line in reversed(lines) if _SPECIFIC.search(line)), None)
     yield next((line for line in reversed(lines) if _GENERIC.search(line)), None)
-    yield next((line for line in reversed(lines) if line.strip()), None)
+    if last_resort:
+        yield next((line for line in reversed(lines) if line.strip()), None)
 
 
-def pick_error_line(lines: Iterable[str]) -> Optional[str]:
-    """The most error-shaped line of a command's output tail, else its last non-empty line."""
+def pick_error_line(lines: Iterable[str], last_resort: bool = True) -> Optional[str]:
+    """The most error-shaped line of a command's output tail, else (``last_resort``) its
+    last non-empty line, else None."""
     tail = [line.rstrip() for line in lines]
-    best = next((line for line in _ranked(tail) if line), None)
+    best = next((line for line in _ranked(tail, last_resort) if line), None)
     return bound(best.strip()) if best else None
 
 
