@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shlex
+import shutil
 import sys
 import threading
 import traceback
@@ -167,12 +168,15 @@ class CellRunner:
             for source in _artifact_files(earlier.run_dir / artifact.path):
                 link_or_copy(source, self.ctx.run_dir / source.relative_to(earlier.run_dir))
         _write(log, f"# dib-matrix: reused from run {earlier.run_dir.name} (key {key[:16]})")
-        if old.log and (earlier.run_dir / old.log).exists():
-            _write(log, (earlier.run_dir / old.log).read_text(errors="replace"))
-        return CellReport(old.state, reason=f"reused from {earlier.run_dir.name}", log=log,
+        if old.log and (earlier.run_dir / old.log).is_file():
+            with (earlier.run_dir / old.log).open("rb") as source, log.open("ab") as copy:
+                shutil.copyfileobj(source, copy)
+        # The earlier verdict stands (its cause too); voting is this run's to decide.
+        state = State.FAILED if old.state is State.ALLOWED_FAILURE else old.state
+        return CellReport(state, reason=f"reused from {earlier.run_dir.name}", log=log,
                           key=key, reused=True, artifacts=tuple(old.artifacts),
                           checks=tuple(old.checks), reproducer=old.reproducer,
-                          evidence=(old.evidence,) if old.evidence else ())
+                          category=old.category, verdict=old.evidence)
 
     def spec(self, cell: PlannedCell) -> engine.CellSpec:
         env = dict(cell.env)
