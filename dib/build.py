@@ -111,6 +111,10 @@ class Builder:
 
     def run_phase(self, phase: Phase) -> None:
         scripts = self.tree.scripts(phase)
+        ignored = self.tree.ignored(phase)
+        if ignored:
+            LOG.info("%s: not running %s (dib-run-parts runs only names of letters, digits, "
+                     "'_' and '-')", phase.dirname, ", ".join(ignored))
         stops = {f"before-{phase.label}", f"after-{phase.label}"} & self.breaks
         if not scripts and not stops:
             return

@@ -57,6 +57,7 @@ _SPECIFIC = re.compile(
     r"No space left on device|Permission denied|Operation not permitted|command not found"
     r"|: not found\s*$|No such file or directory"
     r"|Wrote only \d+ of \d+ bytes|Could not allocate block"  # tar, mkfs.ext4 -d: disk full
+    r"|: unbound variable\s*$|: parameter null or not set\s*$"  # bash set -u, ${X:?}
 )
 _GENERIC = re.compile(r"\bERROR\b|\bFATAL\b|\bfatal\b|\berror:|\bError\b")
 _TRACEBACK = "Traceback (most recent call last):"

@@ -44,7 +44,11 @@ class Phase(enum.Enum):
 ENVIRONMENT_DIR = "environment.d"
 # Directories whose file names must be unique across elements (DIB fails on these too).
 UNIQUE_DIRS = tuple(p.dirname for p in Phase) + (ENVIRONMENT_DIR, "bin")
-SCRIPT_NAME = re.compile(r"^[0-9A-Za-z_.-]+$")
+# As diskimage-builder's dib-run-parts: a phase runs only files named with letters, digits,
+# "_" and "-" (no dot: "foo.init", "bar.service" beside the hooks are data, never run);
+# environment.d files may also have dots ("10-dpkg.bash").
+SCRIPT_NAME = re.compile(r"^[0-9A-Za-z_-]+$")
+ENVIRONMENT_NAME = re.compile(r"^[0-9A-Za-z_.-]+$")
 ELEMENT_METADATA = {"element-deps", "element-provides", "README.rst", "README.md"}
 
 
@@ -72,11 +76,15 @@ class HookTree:
 
     def origin(self, path: Path) -> HookOrigin:
         """The element file behind ``path`` (a file of this tree); itself when unknown."""
-        try:
-            key = path.relative_to(self.root).as_posix()
-        except ValueError:
-            return HookOrigin(None, path)
-        return self.origins.get(key, HookOrigin(None, path))
+        # A link in the tree (install-types links the chosen hooks) stands for its target.
+        for candidate, root in ((path, self.root), (path.resolve(), self.root.resolve())):
+            try:
+                key = candidate.relative_to(root).as_posix()
+            except ValueError:
+                continue
+            if key in self.origins:
+                return self.origins[key]
+        return HookOrigin(None, path)
 
     def scripts(self, phase: Phase) -> List[Path]:
         directory = self.root / phase.dirname
@@ -89,7 +97,16 @@ class HookTree:
         directory = self.root / ENVIRONMENT_DIR
         if not directory.is_dir():
             return []
-        return sorted((p for p in directory.iterdir() if p.is_file()), key=lambda p: p.name)
+        found = (p for p in directory.iterdir() if p.is_file() and ENVIRONMENT_NAME.match(p.name))
+        return sorted(found, key=lambda p: p.name)
+
+    def ignored(self, phase: Phase) -> List[str]:
+        """Files of ``phase`` that are not run because of their names (dib-run-parts' rule)."""
+        directory = self.root / phase.dirname
+        if not directory.is_dir():
+            return []
+        found = (p.name for p in directory.iterdir() if p.is_file())
+        return sorted(name for name in found if not SCRIPT_NAME.match(name))
 
 
 def merge_elements(elements: Sequence[Element], dest: Path) -> HookTree:

@@ -1,2 +1,5 @@
 export DISTRO_NAME=fedora
 export DIB_RELEASE=${DIB_RELEASE:-43}
+# As diskimage-builder's element of this name: read by dib-init-system and the
+# service elements.
+export DIB_INIT_SYSTEM=systemd

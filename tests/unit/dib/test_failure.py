@@ -70,6 +70,18 @@ from dib.errors import CommandFailed, ConfigError, DibError, ElementError, Inter
             "tar: /out/x.tar: Wrote only 8192 of 10240 bytes",
         ),
         (["fatal: not a git repository"], "fatal: not a git repository"),
+        (  # set -u: bash's own line, not an "Error:" the hook printed before it
+            [
+                "Error: something noisy but harmless",
+                "/tmp/hooks/cleanup.d/01-copy-manifests-dir: line 32: DIB_ENV: unbound variable",
+                "",
+            ],
+            "/tmp/hooks/cleanup.d/01-copy-manifests-dir: line 32: DIB_ENV: unbound variable",
+        ),
+        (  # ${X:?}
+            ["starting", "/x/10-y: line 4: TARGET: parameter null or not set", "done?"],
+            "/x/10-y: line 4: TARGET: parameter null or not set",
+        ),
         (["Setting up libgpg-error-l10n", "something odd", "  "], "something odd"),
         ([], None),
         (["", "   "], None),

@@ -59,3 +59,49 @@ def test_environment_files_sorted_by_name(tmp_path):
     tree = merge_elements([a, b], tmp_path / "hooks")
     assert [p.name for p in tree.environment_files()] == ["10-a.bash", "20-b.bash"]
     assert not (tree.root / "element-deps").exists()
+
+
+def test_phase_files_with_a_dot_are_data_not_hooks(tmp_path):
+    """dib-run-parts' rule: letters, digits, '_' and '-' only (dhcp-all-interfaces ships
+    install.d/dhcp-all-interfaces.init beside its hooks)."""
+    a = element(
+        tmp_path,
+        "a",
+        {
+            "install.d/50-dhcp-all-interfaces": "",
+            "install.d/dhcp-all-interfaces.init": "",
+            "install.d/dhcp-interface@.service": "",
+            "install.d/60_under_score": "",
+            "install.d/70 space": "",
+        },
+    )
+    tree = merge_elements([a], tmp_path / "hooks")
+    names = [p.name for p in tree.scripts(Phase.INSTALL)]
+    assert names == ["50-dhcp-all-interfaces", "60_under_score"]
+    assert tree.ignored(Phase.INSTALL) == [
+        "70 space",
+        "dhcp-all-interfaces.init",
+        "dhcp-interface@.service",
+    ]
+
+
+def test_environment_files_may_have_dots_but_not_other_characters(tmp_path):
+    a = element(
+        tmp_path,
+        "a",
+        {"environment.d/10-dpkg.bash": "", "environment.d/20-x": "", "environment.d/30-x~ y": ""},
+    )
+    tree = merge_elements([a], tmp_path / "hooks")
+    assert [p.name for p in tree.environment_files()] == ["10-dpkg.bash", "20-x"]
+
+
+def test_a_linked_hook_is_traced_to_its_element(tmp_path):
+    """install-types links install.d/<x>-source-install/* into install.d."""
+    a = element(tmp_path, "a", {"install.d/a-source-install/50-build": ""})
+    tree = merge_elements([a], tmp_path / "hooks")
+    link = tree.root / "install.d" / "50-build"
+    link.symlink_to("a-source-install/50-build")
+    assert [p.name for p in tree.scripts(Phase.INSTALL)] == ["50-build"]
+    origin = tree.origin(link)
+    assert origin.element == "a"
+    assert origin.source == a.path / "install.d" / "a-source-install" / "50-build"
