@@ -115,6 +115,7 @@ class Cell:
     reproducer: str | None = None
     key: str | None = None  # content key for reuse
     checks: list[ImageCheck] = field(default_factory=list)  # image verification, build rows
+    free_bytes: dict[str, int | None] = field(default_factory=dict)  # when a cell failed
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)

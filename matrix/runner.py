@@ -129,12 +129,12 @@ class MatrixRun:
         # build had printed before the engine failed.
         own_lines_only = planned.kind is CellKind.BOOT or report.state is State.ERROR
         log = None if own_lines_only else report.log
+        free = {**_record_free_bytes(report.record), **report.free_bytes}
         verdict = classify(Evidence(
             host=planned.host.name, row=planned.row, lines=report.evidence, log=log,
-            record=report.record, hint=report.hint,
-            free_bytes={**_record_free_bytes(report.record), **report.free_bytes}),
-            self.catalogue)
-        return report.replace(category=verdict.category, verdict=verdict.evidence)
+            record=report.record, hint=report.hint, free_bytes=free), self.catalogue)
+        return report.replace(category=verdict.category, verdict=verdict.evidence,
+                              free_bytes=free)
 
     def finish(self, planned: PlannedCell, report: CellReport) -> None:
         cell = self.results.cell(planned.host.name, planned.row)
@@ -165,6 +165,7 @@ class MatrixRun:
         cell.checks = list(report.checks)
         cell.category = report.category
         cell.evidence = report.verdict
+        cell.free_bytes = dict(sorted(report.free_bytes.items()))
 
 
 def _record_free_bytes(record: Mapping[str, Any] | None) -> dict[str, int | None]:
