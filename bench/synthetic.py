@@ -21,13 +21,13 @@ import yaml
 
 import reports
 from matrix import results, runner
-from matrix.catalogue import load_catalogue
 from matrix.cellreport import CellReport
 from matrix.config import load_matrix
 from matrix.plan import PlannedCell, make_plan
 from matrix.results import RunResults, State
 from matrix.runner import MatrixRun, RunRequest
 from matrix.scheduler import Scheduler
+from matrix.verdict.catalogue import load_catalogue
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """What a cell hands back when it ends: one typed report for every kind of cell.
 
 Cells report what they saw, never a category: the verdict stage
-(:mod:`matrix.classify`) names the cause from the report's evidence, log, dib's
+(:mod:`matrix.verdict.classify`) names the cause from the report's evidence, log, dib's
 failure record and free space, with the catalogue alone. The scheduler adds the
 timings; the run stores the report in ``results.json``.
 """

@@ -3,7 +3,7 @@
 ``CellRunner.execute`` is the per-cell boundary: whatever goes wrong inside
 becomes a ``CellReport`` (``error`` for the engine, ``failed`` for the build),
 never an exception that sinks the run. Cells report evidence, never categories:
-the verdict stage (``matrix.classify``) names causes.
+the verdict stage (``matrix.verdict.classify``) names causes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from matrix.hostgen import build_host
 from matrix.plan import PlannedCell, preflight
 from matrix.results import Artifact, CellKind, State
 from matrix.reuse import KeyMaker, Reusable, link_or_copy
-from matrix.verify import expectation_for, summary, verify_images
+from matrix.verdict.verify import expectation_for, summary, verify_images
 
 LOG = logging.getLogger("dib-matrix")
 TOX_SCRIPT = f"{engine.DIB_MOUNT}/matrix/incontainer/tox-check.sh"

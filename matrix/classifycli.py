@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from dib.boottest import replay_log
-from matrix.catalogue import UNCATEGORIZED, load_catalogue
-from matrix.classify import Evidence, classify
 from matrix.diagnostics import ConfigError
-from matrix.logscan import lines_of_file
+from matrix.verdict.catalogue import UNCATEGORIZED, load_catalogue
+from matrix.verdict.classify import Evidence, classify
+from matrix.verdict.logscan import lines_of_file
 
 BOOT_SUFFIX = ":boot"
 CONSOLE_LIMIT = 8 << 20  # bytes of a serial console replayed through the boot watcher

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from matrix.catalogue import load_catalogue
-from matrix.classify import Evidence, classify
 from matrix.diagnostics import ConfigError
 from matrix.engine import EngineError, connect
 from matrix.facts import load_facts
 from matrix.hostgen import build_host
 from matrix.hostimage import image_names
 from matrix.hosts import BUNDLED_HOSTS_DIR, UnknownHost, load_hosts, select_hosts
+from matrix.verdict.catalogue import load_catalogue
+from matrix.verdict.classify import Evidence, classify
 
 DEFAULT_LOG_DIR = Path("out/hostgen")
 

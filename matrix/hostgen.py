@@ -5,7 +5,7 @@ Image hosts: the same Dockerfile ``FROM`` the registry image. Then the facts
 probe runs once in the new image and its result is stored as a label on the
 final, content-tagged image. Every failure becomes a ``HostgenOutcome`` with one
 clear evidence line and a hint (the catalogue id of the step that failed); the
-verdict stage (``matrix.classify``) names the cause from them and the per-host log.
+verdict stage (``matrix.verdict.classify``) names the cause from them and the per-host log.
 """
 
 from __future__ import annotations

@@ -17,10 +17,8 @@ from typing import Any
 
 from dib.mirror import MirrorNotFound, find_mirror
 from matrix import engine, swarm
-from matrix.catalogue import Catalogue, load_catalogue
 from matrix.cellreport import CellReport
 from matrix.cells import CellRunner, RunContext
-from matrix.classify import Evidence, classify
 from matrix.config import MatrixConfig
 from matrix.diblayer import LayerBaker
 from matrix.pkgcache import PackageCache, PackageCacheError
@@ -28,6 +26,8 @@ from matrix.plan import Plan, PlannedCell
 from matrix.results import Cell, CellKind, RunResults, State, load, save
 from matrix.reuse import KeyMaker, index_previous
 from matrix.scheduler import Scheduler
+from matrix.verdict.catalogue import Catalogue, load_catalogue
+from matrix.verdict.classify import Evidence, classify
 
 LOG = logging.getLogger("dib-matrix")
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -22,8 +22,6 @@ import pytest
 
 from dib.mirror import find_mirror
 from matrix import cli
-from matrix.catalogue import load_catalogue
-from matrix.classify import Evidence, classify
 from matrix.diblayer import TreeSnapshot, bake
 from matrix.engine import (
     LABEL_RUN,
@@ -34,6 +32,8 @@ from matrix.engine import (
 from matrix.hostgen import HostgenStatus, build_host
 from matrix.hostimage import LABEL_HOST
 from matrix.hosts import load_host
+from matrix.verdict.catalogue import load_catalogue
+from matrix.verdict.classify import Evidence, classify
 from tests.integration.hostfixtures import REPO, HostgenSession, open_hostgen_session
 
 pytestmark = pytest.mark.integration

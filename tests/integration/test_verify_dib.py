@@ -19,7 +19,7 @@ from dib.blockdevice.plan import make_plan, save_plan
 from dib.disk import assemble
 from matrix.results import ImageCheck
 from matrix.targets import Target, load_target
-from matrix.verify import expectation_for, summary, verify_images
+from matrix.verdict.verify import expectation_for, summary, verify_images
 from tests.integration.dibhelpers import REPO, dib_env, run_dib
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ from dib.boottest import (
     replay_log,
     run_boot_test,
 )
-from matrix.catalogue import load_catalogue
-from matrix.classify import classify_lines
+from matrix.verdict.catalogue import load_catalogue
+from matrix.verdict.classify import classify_lines
 
 # Excerpts of real serial logs from bookworm vm images under qemu TCG (SeaBIOS and OVMF).
 BIOS_OK = (

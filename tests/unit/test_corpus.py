@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from dib.boottest import replay_log
-from matrix.catalogue import ANY, load_catalogue
-from matrix.classify import Evidence, classify
-from matrix.logscan import lines_of_file
+from matrix.verdict.catalogue import ANY, load_catalogue
+from matrix.verdict.classify import Evidence, classify
+from matrix.verdict.logscan import lines_of_file
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 INDEX = yaml.safe_load((CORPUS / "index.yaml").read_text(encoding="utf-8"))

@@ -8,13 +8,13 @@ import pytest
 
 import matrix.hostgen as hostgen
 from dib.mirror import MirrorNotFound
-from matrix.catalogue import load_catalogue
-from matrix.classify import Evidence, classify
 from matrix.facts import FACTS_LABEL, HostFacts
 from matrix.hostgen import HostgenStatus, build_host
 from matrix.hostimage import image_names
 from matrix.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager
 from matrix.imagebuild import BuildFailed, build_image
+from matrix.verdict.catalogue import load_catalogue
+from matrix.verdict.classify import Evidence, classify
 
 FACTS = HostFacts(tools=("debootstrap",), debootstrap_scripts=("bookworm",), arch="x86_64")
 

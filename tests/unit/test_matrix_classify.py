@@ -5,9 +5,9 @@ import tracemalloc
 
 import pytest
 
-from matrix.catalogue import load_catalogue
-from matrix.classify import Evidence, classify, classify_lines, message_of
 from matrix.diagnostics import ConfigError
+from matrix.verdict.catalogue import load_catalogue
+from matrix.verdict.classify import Evidence, classify, classify_lines, message_of
 
 CATALOGUE = load_catalogue()
 

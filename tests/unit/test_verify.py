@@ -1,4 +1,4 @@
-"""matrix.verify on tar images: os-release, the dpkg database against the manifest, the
+"""matrix.verdict.verify on tar images: os-release, the dpkg database against the manifest, the
 expectation a target gives, the summary line, and the bounded tool runner."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from matrix import verify
 from matrix.results import ImageCheck
 from matrix.targets import Target
-from matrix.verify import (
+from matrix.verdict import verify
+from matrix.verdict.verify import (
     BARE_EXT4,
     Deadline,
     Expectation,

@@ -1,4 +1,4 @@
-"""matrix.verify on small real disk images made here without root: mkfs.ext4 -d on a
+"""matrix.verdict.verify on small real disk images made here without root: mkfs.ext4 -d on a
 directory, sfdisk on a file, mkfs at offsets, qemu-img convert; every mismatch kind."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from matrix import verify
 from matrix.results import ImageCheck
 from matrix.targets import Target
-from matrix.verify import (
+from matrix.verdict import verify
+from matrix.verdict.verify import (
     BARE_EXT4,
     Expectation,
     PlannedLayout,

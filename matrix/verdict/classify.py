@@ -5,7 +5,7 @@ same inputs (:class:`Evidence`): the lines it saw itself, its log, dib's own
 failure record when dib wrote one, the free space of its filesystems, and
 optionally a *hint*, a catalogue id the cell knows applies (a timeout, an engine
 error, the hostgen step that failed). Causes come from the catalogue alone
-(:mod:`matrix.catalogue`): a hint is just one more match of that entry.
+(:mod:`matrix.verdict.catalogue`): a hint is just one more match of that entry.
 
 Every entry that matches is a label; the one with the highest priority names the
 legend footnote, and the line it matched is the evidence. On equal priority the
@@ -13,7 +13,7 @@ cell's own lines beat dib's record, and the record beats the log. A failure
 nothing matches is ``uncategorized`` with the log's tail as evidence.
 
 Cost is bounded whatever the log holds: each line is cut to its first few KiB
-(:mod:`matrix.logscan`), all patterns in scope are tried in one RE2 pass
+(:mod:`matrix.verdict.logscan`), all patterns in scope are tried in one RE2 pass
 (``re2.Set``) and only the entries that hit are matched again for their groups.
 """
 
@@ -29,10 +29,10 @@ from typing import Any
 import re2
 
 from dib import failure
-from matrix.catalogue import UNCATEGORIZED, Catalogue, CategoryRule
-from matrix.logscan import EVIDENCE_LIMIT, evidence, lines_of_file, lines_of_text
 from matrix.results import Category
-from matrix.runparts import RunPartsTrail
+from matrix.verdict.catalogue import UNCATEGORIZED, Catalogue, CategoryRule
+from matrix.verdict.logscan import EVIDENCE_LIMIT, evidence, lines_of_file, lines_of_text
+from matrix.verdict.runparts import RunPartsTrail
 
 TAIL_LINES = 15
 # Below this many bytes free, a filesystem the cell wrote to is full, whatever the
