@@ -1,8 +1,8 @@
 """Base root filesystems with debootstrap, cached per (release, arch, mirror, variant, packages).
 
-Run by the ``debootstrap`` element's root.d hook as ``$DIB_PYTHON -m dib.bootstrap``;
-every input comes from the build environment (DISTRO_NAME, DIB_RELEASE, ARCH,
-TARGET_ROOT, DIB_IMAGE_CACHE, DIB_OFFLINE, DIB_DISTRIBUTION_MIRROR, ...).
+Run by the ``debootstrap`` element's root.d hook as ``"$_DIB_PYTHON" -m dib.bootstrap``
+(dib's own interpreter); every input comes from the build environment (DISTRO_NAME,
+DIB_RELEASE, ARCH, TARGET_ROOT, DIB_IMAGE_CACHE, DIB_OFFLINE, DIB_DISTRIBUTION_MIRROR, ...).
 """
 
 from __future__ import annotations

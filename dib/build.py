@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
+import yaml
+
 from dib import breakpoints, chroot, environment, failure, outputs
 from dib.elements import Resolution, resolve_from_env
 from dib.errors import CommandFailed, DibError
-from dib.packages import Distro, normalise_arch, plan_packages, write_plan
+from dib.packages import Distro, normalise_arch, plan_packages, write_pkg_maps, write_plan
 from dib.phases import HookTree, Phase, merge_elements
 from dib.run import Stopwatch, capture, run
 
@@ -42,6 +46,8 @@ class BuildOptions:
     image_cache: Path = Path.home() / ".cache" / "image-create"
     tmpfs: bool = True
     compress: bool = True
+    args: Tuple[str, ...] = ()  # the command line as given (DIB_ARGS)
+    install_type: Optional[str] = None  # --install-type (DIB_DEFAULT_INSTALLTYPE)
 
 
 @dataclass
@@ -113,8 +119,12 @@ class Builder:
         scripts = self.tree.scripts(phase)
         ignored = self.tree.ignored(phase)
         if ignored:
-            LOG.info("%s: not running %s (dib-run-parts runs only names of letters, digits, "
-                     "'_' and '-')", phase.dirname, ", ".join(ignored))
+            LOG.info(
+                "%s: not running %s (dib-run-parts runs only names of letters, digits, "
+                "'_' and '-')",
+                phase.dirname,
+                ", ".join(ignored),
+            )
         stops = {f"before-{phase.label}", f"after-{phase.label}"} & self.breaks
         if not scripts and not stops:
             return
@@ -249,6 +259,24 @@ def build_environment(
     base: Mapping[str, str],
 ) -> Dict[str, str]:
     env = environment.curated(base)
+    # As disk-image-create: DIB_ARGS, and DIB_ENV recording the caller's DIB_* settings
+    # (with DIB_ARGS) before anything of the build's own.
+    args = " ".join(opts.args)
+    callers = {k: v for k, v in env.items() if k.startswith("DIB_")}
+    elements = {e.name: os.path.abspath(e.path) for e in resolution.elements}
+    env.update(
+        {
+            "DIB_ARGS": args,
+            "DIB_ENV": environment.declare_dump({**callers, "DIB_ARGS": args}),
+            "DIB_DEFAULT_INSTALLTYPE": opts.install_type
+            or env.get("DIB_DEFAULT_INSTALLTYPE")
+            or "source",
+            "DIB_PYTHON_EXEC": env.get("DIB_PYTHON_EXEC") or sys.executable,
+            "IMAGE_ELEMENT_YAML": yaml.safe_dump(elements),
+            environment.ELEMENT_ARRAY_VAR: environment.element_array(elements),
+            "_LIB": str(environment.LIB_DIR),
+        }
+    )
     env.update(
         {
             "ARCH": normalise_arch(opts.arch),
@@ -287,6 +315,7 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
         compression = outputs.qcow2_compression(sourced, opts.compress)  # bad value: fail now
         plan = plan_packages(resolution.elements, distro, opts.arch, sourced, opts.packages)
         write_plan(plan, tree.root / "package-installs")
+        write_pkg_maps(resolution.elements, distro, tree.root / "package-installs" / "pkg-map")
         builder = Builder(opts, resolution, tree, root, env, breaks)
         try:
             for phase in Phase:

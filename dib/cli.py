@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"cache directory (default: {DEFAULT_CACHE})",
     )
     parser.add_argument(
+        "--install-type",
+        help="default install type of elements with <element>-<type>-install hooks "
+        "(DIB_DEFAULT_INSTALLTYPE; default: source)",
+    )
+    parser.add_argument(
         "--no-tmpfs", action="store_true", help="build on disk instead of in a tmpfs"
     )
     parser.add_argument("--debug", action="store_true", help="log every command and tracebacks")
@@ -82,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def options_from_args(args: argparse.Namespace) -> BuildOptions:
+def options_from_args(args: argparse.Namespace, argv: Optional[List[str]] = None) -> BuildOptions:
     return BuildOptions(
         elements=tuple(args.elements),
         output=Path(args.output).absolute(),
@@ -97,6 +102,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         image_cache=Path(args.image_cache).absolute(),
         tmpfs=not args.no_tmpfs,
         compress=not args.uncompressed,
+        args=tuple(sys.argv[1:] if argv is None else argv),
+        install_type=args.install_type,
     )
 
 
@@ -133,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         signal.signal(signum, _raise_interrupted)
     report = failure.Reporter(Path(args.output).absolute(), LOG)  # removes a stale record
     try:
-        opts = options_from_args(args)
+        opts = options_from_args(args, argv)
         result = build(opts, os.environ)
     except DibError as err:
         if args.debug:

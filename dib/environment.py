@@ -41,15 +41,42 @@ CHROOT_TMPDIR = "/tmp"
 # Host paths that mean nothing inside the chroot.
 HOST_ONLY = ("TARGET_ROOT", "TMP_MOUNT_PATH")
 
+# dib's own library for diskimage-builder's hooks: $_LIB/img-functions, common-functions, die.
+LIB_DIR = Path(__file__).resolve().parent / "lib"
+# The element -> path table behind get_image_element_array (see element_array).
+ELEMENT_ARRAY_VAR = "_DIB_IMAGE_ELEMENT_ARRAY"
+# dib's own interpreter for its helpers ("$_DIB_PYTHON" -m dib.bootstrap). Not DIB_PYTHON:
+# that one is the image's (diskimage-builder's dib-python element sets it).
+SELF_PYTHON_VAR = "_DIB_PYTHON"
+
+# Functions every hook of diskimage-builder finds exported: die (its lib/die) and
+# get_image_element_array (from its element-info). Defined by the shell that runs the
+# hook, so the export is in that shell's own format (also for an old bash in a chroot).
+SHELL_FUNCTIONS = """die() {
+    local status=$?
+    set +o xtrace
+    echo "$@"
+    if [ "$status" -eq 0 ]; then status=1; fi
+    exit "$status"
+}
+get_image_element_array() {
+    printf '%s\\n' "${_DIB_IMAGE_ELEMENT_ARRAY-}"
+}
+export -f die get_image_element_array
+"""
+
 # Sources every environment.d file given, then runs the hook. Paths arrive as
 # arguments, never spliced into shell text. When an environment.d file ends the runner,
 # it says which one in $DIB_HOOK_FAILURE_FILE (dib's failure record names it).
-RUNNER = """#!/bin/bash
+RUNNER = (
+    """#!/bin/bash
 # dib hook runner: dib-run-hook SCRIPT [ENV_FILE...]
 set -eu
 script=$1
 shift
-sourcing=""
+"""
+    + SHELL_FUNCTIONS
+    + """sourcing=""
 note_environment_failure() {
     if [ -n "$sourcing" ] && [ -n "${DIB_HOOK_FAILURE_FILE:-}" ]; then
         printf 'kind=environment\nenvironment=%s\n' "$sourcing" \
@@ -71,21 +98,26 @@ if [ "${DIB_DEBUG_TRACE:-0}" != "0" ]; then
 fi
 exec "$script"
 """
+)
 
 
 # Sources the environment.d files as the runner does (set -e); the file being sourced is
 # kept in $1 so a failure can name it; the result goes to $1.env (the files' own output
 # is free to use stdout).
-SOURCE_SCRIPT = """set -e
+SOURCE_SCRIPT = (
+    """set -e
 state=$1
 shift
-for env_file in "$@"; do
+"""
+    + SHELL_FUNCTIONS
+    + """for env_file in "$@"; do
     printf '%s' "$env_file" > "$state"
     source "$env_file"
 done
 : > "$state"
 env -0 > "$state.env"
 """
+)
 SOURCE_TIMEOUT = 60
 
 
@@ -111,7 +143,7 @@ def _parse_env0(blob: bytes) -> Dict[str, str]:
             result[key.decode()] = value.decode(errors="replace")
     for noise in ("_", "SHLVL", "PWD", "OLDPWD"):
         result.pop(noise, None)
-    return result
+    return {k: v for k, v in result.items() if not k.startswith("BASH_FUNC_")}
 
 
 def _no_origin(path: Path) -> HookOrigin:
@@ -194,9 +226,43 @@ def _sourcing(state: Path) -> Optional[Path]:
 
 
 def python_for_hooks() -> Dict[str, str]:
-    """Lets outside-chroot hooks run dib's helpers: ``$DIB_PYTHON -m dib.bootstrap``."""
+    """Lets outside-chroot hooks run dib's helpers: ``"$_DIB_PYTHON" -m dib.bootstrap``."""
     package_parent = str(Path(__file__).resolve().parent.parent)
-    return {"DIB_PYTHON": sys.executable, "PYTHONPATH": package_parent}
+    return {SELF_PYTHON_VAR: sys.executable, "PYTHONPATH": package_parent}
+
+
+def _bash_quoted(value: str) -> str:
+    """``value`` as bash's ``declare -p`` writes it: "..." or, with control characters, $'...'."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        named = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+        out = []
+        for c in value:
+            if c in named:
+                out.append(named[c])
+            elif ord(c) < 0x20 or ord(c) == 0x7F:
+                out.append(f"\\{ord(c):03o}")
+            else:
+                out.append(c)
+        return "$'" + "".join(out) + "'"
+    return '"' + "".join("\\" + c if c in '\\"$`' else c for c in value) + '"'
+
+
+def declare_dump(variables: Mapping[str, str]) -> str:
+    """``DIB_ENV``: the variables as ``declare -x NAME="value"`` lines, sorted, as
+    diskimage-builder's disk-image-create records the caller's DIB_* settings."""
+    return "\n".join(f"declare -x {k}={_bash_quoted(v)}" for k, v in sorted(variables.items()))
+
+
+def _escaped_word(text: str) -> str:
+    """``text`` as one shell word with a backslash before anything not plainly safe (it
+    survives the word splitting and eval of ``eval declare -A a=($(get_image_element_array))``)."""
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-:,@%")
+    return "".join(c if c in safe else "\\" + c for c in text)
+
+
+def element_array(elements: Mapping[str, str]) -> str:
+    """What get_image_element_array prints: ``[name]=path ...`` for an associative array."""
+    return " ".join(f"[{_escaped_word(k)}]={_escaped_word(v)}" for k, v in elements.items())
 
 
 def chroot_path(env: Mapping[str, str]) -> str:

@@ -2,7 +2,10 @@
 
 Formats follow diskimage-builder. package-installs.yaml maps a package name to
 nothing or to options: ``phase`` (default install.d), ``uninstall``, ``arch`` /
-``not-arch`` (comma separated), ``installtype``, ``when`` (``VAR = value``,
+``not-arch`` (comma separated), ``installtype`` (installed only when the element's
+install type, ``DIB_INSTALLTYPE_<element>`` else ``DIB_DEFAULT_INSTALLTYPE`` else
+``source``, is this one), ``dib_python_version`` (only when ``DIB_PYTHON_VERSION`` is
+this), ``when`` (``VAR = value``,
 ``VAR != value`` or a list of such, all of which must hold). ``pkg-map`` (JSON)
 renames packages per ``release`` > ``distro`` > ``family`` > ``default``.
 """
@@ -61,6 +64,7 @@ class PackageRequest:
     not_arch: Tuple[str, ...] = ()
     when: Tuple[str, ...] = ()
     installtype: Optional[str] = None
+    dib_python_version: str = ""
 
 
 @dataclass
@@ -125,6 +129,7 @@ def parse_package_installs(element: Element) -> List[PackageRequest]:
                 not_arch=_arch_list(options.get("not-arch")),
                 when=when,
                 installtype=options.get("installtype"),
+                dib_python_version=str(options.get("dib_python_version", "")),
             )
         )
     return requests
@@ -147,10 +152,20 @@ def applies(request: PackageRequest, arch: str, env: Mapping[str, str]) -> bool:
         return False
     if arch in request.not_arch:
         return False
-    wanted_type = env.get("DIB_DEFAULT_INSTALLTYPE", "package")
-    if request.installtype and request.installtype != wanted_type:
+    if request.installtype is not None and request.installtype != installtype(request.element, env):
+        return False
+    if request.dib_python_version and request.dib_python_version != env.get(
+        "DIB_PYTHON_VERSION", ""
+    ):
         return False
     return when_holds(request.when, env)
+
+
+def installtype(element: str, env: Mapping[str, str]) -> str:
+    """An element's install type as diskimage-builder reads it: ``DIB_INSTALLTYPE_<element>``
+    (dashes as underscores), else ``DIB_DEFAULT_INSTALLTYPE``, else ``source``."""
+    default = env.get("DIB_DEFAULT_INSTALLTYPE", "source")
+    return env.get("DIB_INSTALLTYPE_" + element.replace("-", "_"), default)
 
 
 def load_pkg_map(element: Element) -> Dict[str, Any]:
@@ -178,6 +193,31 @@ def map_package(name: str, pkg_map: Mapping[str, Any], distro: Distro) -> str:
         if name in table:
             return str(table[name])
     return name
+
+
+def flat_pkg_map(pkg_map: Mapping[str, Any], distro: Distro) -> Dict[str, str]:
+    """Every name a pkg-map knows, mapped for ``distro`` (as :func:`map_package`)."""
+    names: Dict[str, None] = {}
+    for table in (
+        pkg_map.get("default", {}),
+        pkg_map.get("family", {}).get(distro.family, {}),
+        pkg_map.get("distro", {}).get(distro.name, {}),
+        pkg_map.get("release", {}).get(distro.name, {}).get(distro.release, {}),
+    ):
+        names.update(dict.fromkeys(table))
+    return {name: map_package(name, pkg_map, distro) for name in names}
+
+
+def write_pkg_maps(elements: Sequence[Element], distro: Distro, directory: Path) -> None:
+    """For ``install-packages -m ELEMENT``: each element's pkg-map, resolved for
+    ``distro``, as ``NAME<tab>MAPPED`` lines in ``directory/ELEMENT``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for element in elements:
+        if not (element.path / "pkg-map").is_file():
+            continue
+        table = flat_pkg_map(load_pkg_map(element), distro)
+        lines = (f"{name}\t{' '.join(str(mapped).split())}\n" for name, mapped in table.items())
+        (directory / element.name).write_text("".join(lines))
 
 
 def plan_packages(

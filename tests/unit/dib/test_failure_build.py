@@ -246,7 +246,7 @@ def test_environment_file_failing_in_the_hook_runner_is_named_too(dib):
     dib.element(
         "envlate",
         {  # fine while dib reads the defaults, fails before a hook
-            "environment.d/50-envlate": 'if [ -n "${DIB_PYTHON:-}" ]; then\n'
+            "environment.d/50-envlate": 'if [ -n "${_DIB_PYTHON:-}" ]; then\n'
             '    echo "envlate: ERROR: no python here" >&2\n    false\nfi\n',
         },
     )
