@@ -280,7 +280,8 @@ def build_environment(
     env.update(
         {
             "ARCH": normalise_arch(opts.arch),
-            "IMAGE_NAME": opts.output.name,
+            # As disk-image-create: the -o path (elements write ${IMAGE_NAME}.d/, .vmlinuz, ...)
+            "IMAGE_NAME": str(opts.output),
             "IMAGE_ELEMENT": " ".join(resolution.names),
             "TMP_BUILD_DIR": str(work),
             "TMP_HOOKS_PATH": str(tree.root),

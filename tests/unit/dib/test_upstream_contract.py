@@ -57,6 +57,7 @@ printf '%s' "$DIB_PYTHON_EXEC" > "$out/DIB_PYTHON_EXEC"
 printf '%s' "$DIB_PYTHON" > "$out/DIB_PYTHON"
 printf '%s' "$IMAGE_ELEMENT_YAML" > "$out/IMAGE_ELEMENT_YAML"
 printf '%s' "$_LIB" > "$out/_LIB"
+printf '%s' "$IMAGE_NAME" > "$out/IMAGE_NAME"
 # as pkg-map's and modprobe's extra-data.d hooks read the elements
 eval declare -A image_elements=($(get_image_element_array))
 for name in "${!image_elements[@]}"; do
@@ -112,6 +113,12 @@ def test_hooks_get_dib_env_dib_args_and_the_install_type(dib, tmp_path, monkeypa
     assert readback == [tricky, "line one\nline two", probed["DIB_ARGS"]]
     assert "DIB_PROBE_DIR" in probed["DIB_ENV"]
     assert "DIB_IMAGE_CACHE" not in probed["DIB_ENV"]  # dib's own settings are not the caller's
+
+
+def test_image_name_is_the_output_path(dib, tmp_path, monkeypatch):
+    """manifests saves to ${IMAGE_NAME}.d/, baremetal writes ${IMAGE_NAME}.vmlinuz."""
+    probed, outcome = _probe_build(dib, tmp_path, monkeypatch)
+    assert probed["IMAGE_NAME"] == str(outcome.out)
 
 
 def test_install_type_comes_from_the_environment_or_the_flag(dib, tmp_path, monkeypatch):
