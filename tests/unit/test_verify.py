@@ -12,18 +12,12 @@ import pytest
 
 from matrix.results import ImageCheck
 from matrix.targets import Target
-from matrix.verdict import verify
-from matrix.verdict.verify import (
-    BARE_EXT4,
-    Deadline,
-    Expectation,
-    VerifyError,
-    expectation_for,
-    release_matches,
-    run_tool,
-    summary,
-    verify_images,
-)
+from matrix.verdict.verify import expectation_for, summary, tools, verify_images
+from matrix.verdict.verify.checks import release_matches
+from matrix.verdict.verify.expect import BARE_EXT4, Expectation
+from matrix.verdict.verify.limits import OS_RELEASE_LIMIT, Deadline, VerifyError
+from matrix.verdict.verify.parse import parse_os_release
+from matrix.verdict.verify.tools import run_tool
 
 BOOKWORM = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_ID="12"\n' \
            "VERSION_CODENAME=bookworm\nID=debian\n"
@@ -166,7 +160,7 @@ def test_dangling_os_release_and_missing_os_release_fail(tmp_path):
 
 
 def test_os_release_is_read_bounded(tmp_path):
-    padded = "#" + "x" * (verify.OS_RELEASE_LIMIT + 10) + "\n" + BOOKWORM
+    padded = "#" + "x" * (OS_RELEASE_LIMIT + 10) + "\n" + BOOKWORM
     image = make_tar(tmp_path / "t.tar", os_release=padded)
     check = one(verify_images([image], DEBIAN, tmp_path, 30), "os-release")
     assert not check.ok  # ID and VERSION_CODENAME lie beyond what is read
@@ -254,7 +248,7 @@ def test_out_of_time_checks_fail(tmp_path):
     ],
 )
 def test_release_matches(text, wanted, ok):
-    assert release_matches(verify.parse_os_release(text), wanted) is ok
+    assert release_matches(parse_os_release(text), wanted) is ok
 
 
 def test_sid_detail_explains_the_shared_os_release(tmp_path):
@@ -370,7 +364,7 @@ def test_run_tool_bounds_output_and_time():
 
 
 def test_a_missing_tool_names_its_package(monkeypatch):
-    monkeypatch.setattr(verify.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tools.shutil, "which", lambda name: None)
     with pytest.raises(VerifyError, match=r"qemu-img not available on this machine "
                                           r"\(install qemu-utils\)"):
         run_tool(["qemu-img", "info"], Deadline.after(10))

@@ -16,16 +16,16 @@ import pytest
 
 from matrix.results import ImageCheck
 from matrix.targets import Target
-from matrix.verdict import verify
 from matrix.verdict.verify import (
-    BARE_EXT4,
     Expectation,
     PlannedLayout,
     PlannedPartition,
     expectation_for,
     summary,
+    tools,
     verify_images,
 )
+from matrix.verdict.verify.expect import BARE_EXT4
 from tests.unit.test_verify import BOOKWORM, PACKAGES, manifest_text, one, status_text
 
 TOOLS = ("mkfs.ext4", "sfdisk", "qemu-img", "debugfs")
@@ -276,7 +276,7 @@ def test_without_a_plan_the_table_is_described_not_compared(tmp_path):
 def test_a_missing_tool_fails_its_checks(tmp_path, monkeypatch):
     raw = bare_raw(tmp_path)
     real = shutil.which
-    monkeypatch.setattr(verify.shutil, "which", lambda n: None if n == "debugfs" else real(n))
+    monkeypatch.setattr(tools.shutil, "which", lambda n: None if n == "debugfs" else real(n))
     checks = verify_images([raw], BARE, tmp_path, 60)
     assert one(checks, "os-release").detail == \
         "os-release: debugfs not available on this machine (install e2fsprogs)"

@@ -14,7 +14,7 @@ from dib.blockdevice.layout import MIB, parse_layout_text
 from dib.blockdevice.plan import make_plan, plan_dir
 from dib.disk import DiskImage, layout_path, layout_record, publish_layout, record_layout
 from matrix.results import Artifact, Category, ImageCheck, State, load, save
-from matrix.verdict.verify import load_layout_record
+from matrix.verdict.verify.expect import load_layout_record
 from reports.html import render_html
 from reports.jsonreport import load_schema
 from tests.unit.test_report_fixtures import make_cell, make_run
