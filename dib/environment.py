@@ -279,7 +279,8 @@ def for_chroot(env: Mapping[str, str]) -> Dict[str, str]:
 
 
 def host_path(hooks_root: Path, env: Mapping[str, str]) -> str:
-    return f"{hooks_root / 'bin'}:{env.get('PATH', HOST_PATH)}"
+    """The elements' bin/ first, dib's stand-ins (a root-only sudo) last."""
+    return f"{hooks_root / 'bin'}:{env.get('PATH', HOST_PATH)}:{LIB_DIR / 'fallback'}"
 
 
 def is_true(value: str) -> bool:

@@ -471,3 +471,33 @@ def test_flat_pkg_map_release_beats_distro_beats_family_beats_default():
         "c": "c-distro",
         "d": "d-release",
     }
+
+
+# ---- sudo on a build machine without one -------------------------------------------------
+
+FALLBACK_SUDO = environment.LIB_DIR / "fallback" / "sudo"
+
+
+def test_host_hooks_find_dibs_sudo_last_on_their_path(tmp_path):
+    path = environment.host_path(tmp_path, {"PATH": "/usr/bin:/bin"}).split(":")
+    assert path[0] == str(tmp_path / "bin")
+    assert path[-1] == str(FALLBACK_SUDO.parent)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dib's sudo stand-in runs commands for root only")
+def test_fallback_sudo_runs_the_command_with_its_variables(tmp_path):
+    done = subprocess.run(
+        [str(FALLBACK_SUDO), "-E", "-H", "DIB_X=1", "sh", "-c", 'echo "$DIB_X $0"', "arg0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "1 arg0\n")
+
+
+def test_fallback_sudo_refuses_another_user():
+    done = subprocess.run(
+        [str(FALLBACK_SUDO), "-u", "nobody", "true"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert "cannot run as user 'nobody'" in done.stderr
