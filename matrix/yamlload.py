@@ -19,6 +19,14 @@ from matrix.diagnostics import ConfigError, ConfigIssue
 
 PathPart = Union[str, int]
 KeyPath = tuple[PathPart, ...]
+# Hostile input: a configuration file is small, and nested aliases ("billion
+# laughs") must not make a walk over the document explode.
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000  # nodes of the document with every alias expanded
+
+
+class _TooBig(Exception):
+    """The document expands beyond MAX_NODES nodes."""
 
 
 def format_key(path: KeyPath) -> str:
@@ -73,8 +81,11 @@ def _key_of(loader: _LineLoader, node: yaml.Node) -> PathPart:
 
 
 def _walk(
-    loader: _LineLoader, node: yaml.Node, path: KeyPath, doc_path: Path
+    loader: _LineLoader, node: yaml.Node, path: KeyPath, doc_path: Path, budget: list[int]
 ) -> Iterator[tuple[KeyPath, int] | ConfigIssue]:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooBig
     if isinstance(node, yaml.MappingNode):
         seen: dict[PathPart, int] = {}
         for key_node, value_node in node.value:
@@ -90,19 +101,24 @@ def _walk(
                 continue
             seen[key] = line
             yield path + (key,), line
-            yield from _walk(loader, value_node, path + (key,), doc_path)
+            yield from _walk(loader, value_node, path + (key,), doc_path, budget)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             yield path + (index,), item.start_mark.line + 1
-            yield from _walk(loader, item, path + (index,), doc_path)
+            yield from _walk(loader, item, path + (index,), doc_path, budget)
 
 
 def load_yaml(path: Path) -> YamlDocument:
     """Parse one single-document YAML file; syntax errors raise ``ConfigError``."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigIssue(path, None, "", f"cannot read: {exc}")]) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([ConfigIssue(path, None, "", f"larger than {MAX_FILE_BYTES >> 20} MiB: "
+                                       "not a configuration file")])
     loader = _LineLoader(text)
     try:
         data, node = loader.load_document()
@@ -110,7 +126,7 @@ def load_yaml(path: Path) -> YamlDocument:
         issues: list[ConfigIssue] = []
         if node is not None:
             lines[()] = node.start_mark.line + 1
-            for item in _walk(loader, node, (), path):
+            for item in _walk(loader, node, (), path, [MAX_NODES]):
                 if isinstance(item, ConfigIssue):
                     issues.append(item)
                 else:
@@ -122,6 +138,9 @@ def load_yaml(path: Path) -> YamlDocument:
         raise ConfigError([ConfigIssue(path, line, "", f"invalid YAML: {problem}")]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(path, None, "", f"invalid YAML: {exc}")]) from exc
+    except _TooBig:
+        raise ConfigError([ConfigIssue(path, None, "", f"expands to more than {MAX_NODES} "
+                                       "values (nested aliases?): refused")]) from None
     finally:
         loader.dispose()
     return YamlDocument(path, data, lines, tuple(issues))

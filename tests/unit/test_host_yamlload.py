@@ -82,3 +82,29 @@ def test_format_key():
     assert format_key(("base", "bootstrap", "suite")) == "base.bootstrap.suite"
     assert format_key(("packages", 3)) == "packages[3]"
     assert format_key(()) == ""
+
+
+def test_nested_aliases_are_refused_quickly(tmp_path):
+    import time
+
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for n in range(1, 10):
+        prev = chr(ord("a") + n - 1)
+        name = chr(ord("a") + n)
+        levels.append(f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, "
+                      f"*{prev}, *{prev}, *{prev}, *{prev}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(levels) + "\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        load_yaml(bomb)
+    assert time.monotonic() - started < 5
+    assert "bomb.yaml" in str(err.value) and "nested aliases" in str(err.value)
+
+
+def test_an_oversized_file_is_refused(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("k: " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_yaml(big)
+    assert "larger than 1 MiB" in str(err.value)
