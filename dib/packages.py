@@ -1,7 +1,8 @@
 """``package-installs.yaml`` and ``pkg-map``: what each phase installs and removes.
 
 Formats follow diskimage-builder. package-installs.yaml maps a package name to
-nothing or to options: ``phase`` (default install.d), ``uninstall``, ``arch`` /
+nothing or to options: ``phase`` (default install.d), ``uninstall``, ``build-only``
+(installed for the phase, removed at its end), ``arch`` /
 ``not-arch`` (comma separated), ``installtype`` (installed only when the element's
 install type, ``DIB_INSTALLTYPE_<element>`` else ``DIB_DEFAULT_INSTALLTYPE`` else
 ``source``, is this one), ``dib_python_version`` (only when ``DIB_PYTHON_VERSION`` is
@@ -25,7 +26,16 @@ from dib.errors import ConfigError
 
 DEFAULT_PHASE = "install.d"
 ALLOWED_PHASES = ("pre-install.d", "install.d", "post-install.d")
-KNOWN_KEYS = {"phase", "uninstall", "arch", "not-arch", "when", "installtype", "dib_python_version"}
+KNOWN_KEYS = {
+    "phase",
+    "uninstall",
+    "build-only",
+    "arch",
+    "not-arch",
+    "when",
+    "installtype",
+    "dib_python_version",
+}
 FAMILIES = {
     "debian": "debian",
     "ubuntu": "debian",
@@ -60,6 +70,7 @@ class PackageRequest:
     element: str
     phase: str = DEFAULT_PHASE
     uninstall: bool = False
+    build_only: bool = False
     arch: Tuple[str, ...] = ()
     not_arch: Tuple[str, ...] = ()
     when: Tuple[str, ...] = ()
@@ -125,6 +136,7 @@ def parse_package_installs(element: Element) -> List[PackageRequest]:
                 element=element.name,
                 phase=phase,
                 uninstall=bool(options.get("uninstall", False)),
+                build_only=bool(options.get("build-only", False)),
                 arch=_arch_list(options.get("arch")),
                 not_arch=_arch_list(options.get("not-arch")),
                 when=when,
@@ -229,6 +241,7 @@ def plan_packages(
 ) -> Dict[str, PhasePackages]:
     """Per phase, the (mapped, de-duplicated, ordered) packages to install and uninstall."""
     plan = {phase: PhasePackages() for phase in ALLOWED_PHASES}
+    kept: Dict[str, List[str]] = {phase: [] for phase in ALLOWED_PHASES}  # installed for good
     for element in elements:
         pkg_map = load_pkg_map(element)
         for request in parse_package_installs(element):
@@ -238,12 +251,23 @@ def plan_packages(
             if not mapped:  # a pkg-map may map a package to "" to drop it on a distro
                 continue
             bucket = plan[request.phase]
-            target = bucket.uninstall if request.uninstall else bucket.install
-            if mapped not in target:
-                target.append(mapped)
+            if request.uninstall:
+                targets = [bucket.uninstall]
+            elif request.build_only:
+                targets = [bucket.install, bucket.uninstall]
+            else:
+                targets = [bucket.install, kept[request.phase]]
+            for target in targets:
+                if mapped not in target:
+                    target.append(mapped)
     for name in extra_packages:
         if name not in plan[DEFAULT_PHASE].install:
             plan[DEFAULT_PHASE].install.append(name)
+        kept[DEFAULT_PHASE].append(name)
+    # As diskimage-builder: what one element installs for good, another's uninstall or
+    # build-only does not remove in the same phase.
+    for phase, packages in plan.items():
+        packages.uninstall = [p for p in packages.uninstall if p not in kept[phase]]
     return plan
 
 

@@ -501,3 +501,12 @@ def test_fallback_sudo_refuses_another_user():
     )
     assert done.returncode == 1
     assert "cannot run as user 'nobody'" in done.stderr
+
+
+def test_package_build_only_installs_then_removes_unless_kept(tmp_path):
+    """python-stow-versions and others use build-only."""
+    tool = _element(tmp_path, "tool", "gcc:\n  build-only: true\nmake:\n  build-only: true\n")
+    keeper = _element(tmp_path, "keeper", "make:\n")
+    plan = plan_packages([tool, keeper], Distro("debian", "bookworm"), "amd64", {})
+    assert plan["install.d"].install == ["gcc", "make"]
+    assert plan["install.d"].uninstall == ["gcc"]
