@@ -31,6 +31,7 @@ from matrix.runner import (
     check_dib_tree,
     execute,
 )
+from matrix.verdict.catalogue import Catalogue, load_catalogue
 
 LOG = logging.getLogger("dib-matrix")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -84,6 +85,8 @@ def add_parsers(sub: Any) -> None:
 
     plan = sub.add_parser("plan", help="print every cell with its planned state; run nothing")
     _selection(plan)
+    plan.add_argument("--categories", action="append", type=Path, default=[], metavar="FILE",
+                      help="extra failure category file to check with the matrix (repeatable)")
     plan.set_defaults(func=cmd_plan)
 
     clean = sub.add_parser("clean", help="remove containers and volumes dib-matrix left")
@@ -94,7 +97,7 @@ def add_parsers(sub: Any) -> None:
     clean.set_defaults(func=cmd_clean)
 
 
-def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan]:
+def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan, Catalogue]:
     resumed = None
     if getattr(args, "resume", None) is not None:
         # A resumed run keeps its matrix file and its selection of cells.
@@ -114,7 +117,9 @@ def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan]:
         wanted = {c.id for c in resumed.cells}
         plan = replace(plan, hosts=tuple(h for h in plan.hosts if h.name in resumed.hosts),
                        cells=tuple(c for c in plan.cells if c.id in wanted))
-    return config, plan
+    # The catalogue is part of what run needs: plan (the dry run) checks it too.
+    catalogue = load_catalogue(config.categories + tuple(getattr(args, "categories", ())))
+    return config, plan, catalogue
 
 
 def _setup_logging(debug: bool) -> None:
@@ -140,7 +145,7 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.debug)
     try:
-        config, plan = _load(args)
+        config, plan, catalogue = _load(args)
         dib_tree = check_dib_tree(args.dib_tree)
         client = engine.connect()
         if args.engine == "swarm":
@@ -160,7 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          args.rebuild_hosts, tuple(args.categories), args.reuse,
                          args.reuse_failures,
                          None if args.no_package_cache else DEFAULT_PACKAGE_CACHE,
-                         dib_mount=args.dib_mount, swarm=args.engine == "swarm")
+                         dib_mount=args.dib_mount, swarm=args.engine == "swarm",
+                         catalogue=catalogue)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     holder: list[MatrixRun] = []
     try:
@@ -188,7 +194,7 @@ def _write_reports(run: MatrixRun, baseline: RunResults | None, out_dir: Path) -
 
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
-        config, plan = _load(args)
+        config, plan, _ = _load(args)
     except (ConfigError, SelectionError, ValueError) as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -78,6 +78,7 @@ class RunRequest:
     package_cache: Path | None = DEFAULT_PACKAGE_CACHE  # None: cells fetch directly
     dib_mount: bool = False  # bind-mount the tree rather than bake a dib layer
     swarm: bool = False  # cells as swarm replicated-job services instead of local containers
+    catalogue: Catalogue | None = None  # loaded (and checked) by the caller; else loaded here
 
 
 class MatrixRun:
@@ -197,7 +198,8 @@ def _kill_children() -> None:
 def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] | None = None
             ) -> MatrixRun:
     """Run every cell of the plan; KeyboardInterrupt propagates after cleaning up."""
-    catalogue = load_catalogue(request.config.categories + request.extra_categories)
+    catalogue = request.catalogue or load_catalogue(request.config.categories
+                                                    + request.extra_categories)
     run = MatrixRun(request, client, catalogue)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -86,6 +87,29 @@ def compile_pattern(text: str) -> Any:
         raise ValueError(f"not a linear-time (RE2) regex: {detail}") from None
 
 
+OPTIONAL_SEGMENT = re.compile(r"\[\[(.*?)\]\]")
+MAX_LEGEND = 300
+
+
+def legend_problem(legend: object) -> str | None:
+    """Why ``legend`` cannot be a legend: only plain ``{name}`` fields may be filled in
+    (a format spec such as ``{path:>99999999999}`` would exhaust memory)."""
+    if not isinstance(legend, str) or not legend.strip():
+        return "must be a non-empty string"
+    if len(legend) > MAX_LEGEND:
+        return f"longer than {MAX_LEGEND} characters"
+    try:
+        fields = list(string.Formatter().parse(OPTIONAL_SEGMENT.sub(r"\1", legend)))
+    except ValueError as err:
+        return f"not a legend template ({err}); write a literal brace as {{{{ or }}}}"
+    for _, name, spec, conversion in fields:
+        if name is not None and (not name.isidentifier() or spec or conversion):
+            return (f"'{{{name}{'!' + conversion if conversion else ''}"
+                    f"{':' + spec if spec else ''}}}': only {{name}} fields (a pattern's named "
+                    "group or a dib failure record field) can be filled in")
+    return None
+
+
 def load_catalogue(paths: Sequence[Path] = ()) -> Catalogue:
     """The bundled catalogue, then each user file; a later entry with the same id replaces."""
     issues = IssueCollector()
@@ -123,8 +147,9 @@ def _rule(doc: YamlDocument, index: int, entry: object,
                              f"(not '{UNCATEGORIZED}')"))
         return None
     legend = entry.get("legend", rule_id)
-    if not isinstance(legend, str) or not legend.strip():
-        issues.add(doc.issue(where + ("legend",), "must be a non-empty string"))
+    problem = legend_problem(legend)
+    if problem:
+        issues.add(doc.issue(where + ("legend",), problem))
         legend = rule_id
     priority = entry.get("priority", DEFAULT_PRIORITY)
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 1000:

@@ -30,7 +30,7 @@ import re2
 
 from dib import failure
 from matrix.results import Category
-from matrix.verdict.catalogue import UNCATEGORIZED, Catalogue, CategoryRule
+from matrix.verdict.catalogue import OPTIONAL_SEGMENT, UNCATEGORIZED, Catalogue, CategoryRule
 from matrix.verdict.logscan import EVIDENCE_LIMIT, evidence, lines_of_file, lines_of_text
 from matrix.verdict.runparts import RunPartsTrail
 
@@ -83,7 +83,6 @@ class _Defaulting(dict):
         return "{" + key + "}"
 
 
-_OPTIONAL = re.compile(r"\[\[(.*?)\]\]")
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
@@ -97,7 +96,7 @@ def fill_legend(legend: str, groups: Mapping[str, Any]) -> str:
         return match.group(1) if known else ""
 
     try:
-        return string.Formatter().vformat(_OPTIONAL.sub(optional, legend), (), values)
+        return string.Formatter().vformat(OPTIONAL_SEGMENT.sub(optional, legend), (), values)
     except (ValueError, IndexError, AttributeError, KeyError):
         return legend  # a legend with stray braces is shown as written
 

@@ -321,7 +321,10 @@ def test_bad_catalogue_names_file_line_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("- id: Bad Id\n  patterns: ['x']\n- id: ok\n  patterns: ['(']\n"
                    "- id: slow\n  patterns: ['(a+)\\1']\n- id: look\n  patterns: ['(?=x)y']\n"
-                   "- id: kinds\n  record: [nope]\n  colour: red\n")
+                   "- id: kinds\n  record: [nope]\n  colour: red\n"
+                   "- id: huge\n  legend: '{path:>99999999999}'\n"
+                   "- id: positional\n  legend: '{0} and {1}'\n"
+                   "- id: scoped\n  targets: 5\n  link: 5\n")
     with pytest.raises(ConfigError) as err:
         load_catalogue([bad])
     text = str(err.value)
@@ -331,6 +334,10 @@ def test_bad_catalogue_names_file_line_and_key(tmp_path):
     assert "bad.yaml:8: [3].patterns[0]: bad regex" in text
     assert "[4].record: must be a list of dib failure kinds" in text
     assert "[4].colour: unknown key" in text
+    assert "[5].legend: '{path:>99999999999}': only {name} fields" in text
+    assert "[6].legend: '{0}': only {name} fields" in text
+    assert "[7].targets: must be a glob or a list of globs" in text
+    assert "[7].link: must be a string" in text
 
 
 # The same causes in the words of other tools and versions (apt, debootstrap, dpkg,
