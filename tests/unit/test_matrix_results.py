@@ -83,7 +83,7 @@ def test_resume_keeps_the_runs_matrix_and_selection(tmp_path):
     args = argparse.Namespace(
         matrix=None, resume=tmp_path / "run", hosts=[], targets=[], timeout=None
     )
-    config, plan = runcli._load(args)
+    config, plan, _ = runcli._load(args)
     assert config.path == matrix
     assert [c.id for c in plan.cells] == ["debian-trixie.hostgen", "debian-trixie.debian-sid"]
     assert [h.name for h in plan.hosts] == ["debian-trixie"]
