@@ -209,6 +209,17 @@ class RunResults:
         return results
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it (os.umask would race threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Replace ``path`` in one step so a reader (or a crash) never sees half a file."""
     write_chunks_atomically(path, [text.encode("utf-8")])
@@ -223,6 +234,9 @@ def write_chunks_atomically(path: Path, chunks: Iterable[bytes]) -> None:
             for chunk in chunks:
                 out.write(chunk)
             out.flush()
+            # mkstemp makes the file 0600; a report is a file like any other (a web
+            # server or another CI user reads it), so it gets what the umask allows.
+            os.fchmod(out.fileno(), 0o666 & ~current_umask())
             os.fsync(out.fileno())
         os.replace(temp, path)
     except BaseException:

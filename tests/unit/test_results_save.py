@@ -289,3 +289,18 @@ def test_save_writes_through_a_temporary_file_and_a_rename(tmp_path, monkeypatch
     assert len(renames) == 2
     assert all(src.startswith(".results.json.") and dst == "results.json"
                for src, dst in renames)
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        results.write_atomically(tmp_path / "report.html", "<html></html>")
+        assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o640
+        os.umask(0o022)
+        results.save(sample(), tmp_path)
+        assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
