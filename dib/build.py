@@ -29,6 +29,8 @@ HOOK_KINDS = {("debootstrap", "root.d"): "debootstrap"}
 # the merged tree for hooks on the build machine, in the chroot's copy of it otherwise.
 HOST_DETAIL = "hook-failure"
 CHROOT_DETAIL = f"{environment.IN_TARGET_HOOKS}/.hook-failure"
+# After these phases, whatever hooks mounted inside the image is unmounted.
+RELEASE_AFTER = frozenset({Phase.POST_ROOT, Phase.CLEANUP})
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,18 @@ class Builder:
         with failure.noting(phase=phase.dirname):
             self._run_scripts(phase, scripts)
         self.phase_seconds[phase.label] = round(watch.seconds, 2)
+
+    def release_element_mounts(self, phase: Phase) -> None:
+        """Unmount what hooks mounted inside the image (pip-cache binds its cache into
+        the image's /tmp in root.d), as disk-image-create unmounts the image after
+        post-root.d and the image's /tmp after cleanup.d."""
+        root = Path(os.path.realpath(self.root))
+        points = [p for p in chroot.mounts_under(root) if p != root]
+        if not points:
+            return
+        LOG.info("after %s: unmounting %s", phase.dirname, ", ".join(map(str, points)))
+        for point in points:
+            chroot.release_all(point)
 
     def _run_scripts(self, phase: Phase, scripts: List[Path]) -> None:
         if phase.in_chroot:
@@ -321,6 +335,9 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
         try:
             for phase in Phase:
                 builder.run_phase(phase)
+                if phase in RELEASE_AFTER:
+                    with failure.noting(phase=phase.dirname):
+                        builder.release_element_mounts(phase)
         except DibError:
             if breakpoints.AFTER_ERROR in breaks:
                 breakpoints.stop_here(breakpoints.AFTER_ERROR, builder.host_env(), cwd=root)

@@ -1,8 +1,8 @@
 """diskimage-builder's own elements (3.43.0, from its wheel) run unchanged on dib.
 
 One real build: debian-minimal bookworm to tar with upstream dib-init-system, pkg-map,
-modprobe, svc-map (with dib-python), manifests and install-types on ELEMENTS_PATH,
-plus a small element of ours that gives each of them something to do. The checks
+modprobe, svc-map (with dib-python), manifests, install-types and pip-cache on
+ELEMENTS_PATH, plus a small element of ours that gives each of them something to do. The checks
 look at what those elements leave in the image, not only at dib's exit status.
 
 The wheel is fetched once with pip into ~/.cache/dib-matrix/upstream-dib/ (checked
@@ -24,7 +24,7 @@ from typing import Dict, Sequence
 
 import pytest
 
-from tests.integration.dibhelpers import dib_env, make_element, run_dib
+from tests.integration.dibhelpers import build_mounts, dib_env, make_element, run_dib
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +38,7 @@ UPSTREAM = (
     "install-types",
     "manifests",
     "modprobe",
+    "pip-cache",
     "pkg-map",
     "svc-map",
 )
@@ -174,3 +175,10 @@ def test_manifests_are_saved_beside_the_image(built):
 def test_a_phase_file_with_a_dot_never_ran(built):
     assert "a data file ran" not in built["log"]
     assert "not running upstream-probe.init" in built["log"]
+
+
+def test_a_mount_an_element_left_in_the_image_is_released(built):
+    """pip-cache binds the pip cache into the image's /tmp in root.d and leaves it."""
+    assert "after post-root.d: unmounting " in built["log"]
+    assert "/tmp/pip" in built["log"]
+    assert build_mounts() == []

@@ -510,3 +510,25 @@ def test_package_build_only_installs_then_removes_unless_kept(tmp_path):
     plan = plan_packages([tool, keeper], Distro("debian", "bookworm"), "amd64", {})
     assert plan["install.d"].install == ["gcc", "make"]
     assert plan["install.d"].uninstall == ["gcc"]
+
+
+# ---- mounts hooks leave inside the image -------------------------------------------------
+
+
+def test_mounts_left_inside_the_image_are_released(tmp_path, monkeypatch):
+    """pip-cache/root.d binds the pip cache into the image's /tmp and never unmounts it;
+    disk-image-create unmounts the image after post-root.d."""
+    from dib import build, chroot
+
+    root = tmp_path / "mnt"
+    root.mkdir()
+    real = Path(os.path.realpath(root))
+    mounted = [real / "tmp" / "pip", real]
+    released = []
+    monkeypatch.setattr(chroot, "mounts_under", lambda path: list(mounted))
+    monkeypatch.setattr(chroot, "release_all", lambda path: released.append(path))
+    opts = build.BuildOptions(elements=("x",), output=tmp_path / "image")
+    builder = build.Builder(opts, None, HookTree(tmp_path / "hooks"), root, {})
+    builder.release_element_mounts(Phase.POST_ROOT)
+    assert released == [real / "tmp" / "pip"]  # never the image's root itself
+    assert {Phase.POST_ROOT, Phase.CLEANUP} == build.RELEASE_AFTER
