@@ -183,6 +183,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"dib-matrix: {cause}: {err}{where}", file=sys.stderr)
         return EXIT_FAILED
     _write_reports(run, baseline, request.out_dir)
+    if run.engine_lost is not None:
+        pending = sum(c.state is State.PENDING for c in run.results.cells)
+        print(f"dib-matrix: the container engine stopped answering mid-run ({run.engine_lost}); "
+              f"{pending} cells are pending. Once it is back: dib-matrix run --resume "
+              f"{run.run_dir}", file=sys.stderr)
+        return EXIT_USAGE
     return reports.gate_exit_code(run.results, baseline)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
 import logging
 import os
 import secrets
@@ -14,6 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import docker
+import requests
 
 from dib.mirror import MirrorNotFound, find_mirror
 from matrix import engine, swarm
@@ -92,6 +96,7 @@ class MatrixRun:
         self.run_dir = request.out_dir / self.results.run_id
         self.save_lock = threading.Lock()
         self.stop = threading.Event()
+        self.engine_lost: str | None = None  # why, once the engine stopped answering
 
     def _initial_results(self) -> RunResults:
         req = self.request
@@ -115,9 +120,23 @@ class MatrixRun:
         return results
 
     def done_states(self) -> dict[str, State]:
-        """Finished cells a resumed run keeps (hostgen re-checks: cheap when cached)."""
+        """Finished cells a resumed run keeps (hostgen re-checks: cheap when cached). An
+        engine error is not a verdict on the build: a resumed run runs that cell again."""
         return {c.id: c.state for c in self.results.cells
-                if c.state.is_finished and c.kind.value != "hostgen"}
+                if c.state.is_finished and c.state is not State.ERROR
+                and c.kind is not CellKind.HOSTGEN}
+
+    def unfinished(self) -> list[Cell]:
+        return [c for c in self.results.cells if c.id not in self.done_states()]
+
+    def lose_engine(self, why: str) -> None:
+        """The engine stopped answering: no cell can run, none gets a verdict from it."""
+        if self.engine_lost is None:
+            self.engine_lost = why
+            self.results.engine["lost"] = f"{now()}: {why}"
+            LOG.error("the container engine stopped answering (%s): the cells not finished "
+                      "stay pending", why)
+        self.stop.set()
 
     def judge(self, planned: PlannedCell, report: CellReport) -> CellReport:
         """The verdict stage for one report: its category, from the catalogue alone."""
@@ -221,14 +240,21 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
     run.results.engine = {**_engine_info(client), "cells": "swarm" if request.swarm else "local"}
 
     def stop_everything() -> None:
-        engine.remove_run_objects(client, run.results.run_id)
+        _remove_run_objects(client, run.results.run_id)
         _kill_children()
 
     cells = CellRunner(ctx)
 
     def execute(cell: PlannedCell, attempt: int) -> CellReport:
+        report = cells.execute(cell, attempt)
+        if report.state is State.ERROR and not _engine_answers(client):
+            run.lose_engine(report.evidence[0] if report.evidence else "no answer")
+            return report  # the scheduler, stopped, records it as pending
         # Judged in the cell's own worker thread: a slow log never stalls the others.
-        return run.judge(cell, cells.execute(cell, attempt))
+        return run.judge(cell, report)
+
+    if request.resume is not None:
+        _clear_what_a_dead_run_left(run, client)
 
     scheduler = Scheduler(list(request.plan.cells), execute, run.finish,
                           max_parallel=request.config.max_parallel,
@@ -259,9 +285,41 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
             for cell in run.results.cells:
                 if cell.state is State.PENDING:
                     cell.state, cell.reason = State.SKIPPED, "cancelled by fail-fast"
+        run.results.interrupted = run.results.interrupted or run.engine_lost is not None
         save(run.results, run.run_dir)
-        engine.remove_run_objects(client, run.results.run_id)
+        _remove_run_objects(client, run.results.run_id)
     return run
+
+
+def _engine_answers(client) -> bool:
+    try:
+        return bool(client.ping())
+    except (docker.errors.DockerException, requests.RequestException):
+        return False
+
+
+def _remove_run_objects(client, run_id: str) -> None:
+    """Remove the run's containers, services and volumes; an engine that is gone has
+    nothing left to remove (and must not turn a finished run into a crash)."""
+    try:
+        engine.remove_run_objects(client, run_id)
+    except (docker.errors.DockerException, requests.RequestException) as err:
+        LOG.warning("could not remove this run's engine objects (%s)", err)
+
+
+def _clear_what_a_dead_run_left(run: MatrixRun, client) -> None:
+    """Before a resume: the containers a killed orchestrator left running (same names as
+    the cells about to start), and the images of the cells that did not finish."""
+    removed = engine.remove_run_objects(client, run.results.run_id)
+    if removed.containers or removed.services or removed.volumes:
+        LOG.info("resume: removed what the earlier run left on the engine (%d containers, "
+                 "%d services, %d volumes)", removed.containers, removed.services,
+                 removed.volumes)
+    for cell in run.unfinished():
+        if cell.kind is CellKind.BUILD:
+            images = run.run_dir / "images" / cell.host
+            for leftover in images.glob(f"{glob.escape(cell.row)}.*"):
+                leftover.unlink(missing_ok=True)
 
 
 def _start_package_cache(cache_dir: Path | None, stack: contextlib.ExitStack
