@@ -51,8 +51,9 @@ def add_parsers(sub: Any) -> None:
     _selection(run)
     run.add_argument("--out", type=Path, help="results directory (default: the matrix's "
                      "output, else out/)")
-    run.add_argument("--dib-tree", type=Path, default=REPO_ROOT,
-                     help="run dib and elements from this checkout (e.g. a patched one)")
+    run.add_argument("--dib-tree", type=Path,
+                     help="run dib and elements from this checkout (e.g. a patched one; "
+                     "default: this installation's, or with --resume the resumed run's)")
     run.add_argument("--dib-mount", action="store_true",
                      help="bind-mount the dib tree into cells instead of baking it as a thin "
                      "image layer on each host image (edits show up in cells still to run)")
@@ -146,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.debug)
     try:
         config, plan, catalogue = _load(args)
-        dib_tree = check_dib_tree(args.dib_tree)
+        dib_tree = check_dib_tree(args.dib_tree or _resumed_tree(args.resume) or REPO_ROOT)
         client = engine.connect()
         if args.engine == "swarm":
             swarm.check_manager(client)
@@ -190,6 +191,14 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{run.run_dir}", file=sys.stderr)
         return EXIT_USAGE
     return reports.gate_exit_code(run.results, baseline)
+
+
+def _resumed_tree(resume: Path | None) -> Path | None:
+    """The dib tree the resumed run used: its cells still to run must see the same one."""
+    if resume is None:
+        return None
+    recorded = load_results(resume).dib_tree.get("path")
+    return Path(recorded) if recorded else None
 
 
 def _write_reports(run: MatrixRun, baseline: RunResults | None, out_dir: Path) -> None:

@@ -363,3 +363,49 @@ def test_bullseye_host_builds_qcow2_without_zstd(tmp_path):
     info = subprocess.run(["qemu-img", "info", str(run_dir / build["artifacts"][0]["path"])],
                           capture_output=True, text=True, check=True).stdout
     assert "compression type: zlib" in info
+
+
+def test_kill_9_mid_cell_then_resume_runs_it_again_with_the_same_tree(tmp_path):
+    """The orchestrator dies (SIGKILL) while a cell's container runs: the container is
+    left behind, and --resume removes it first (same name), then re-runs the cell with
+    the tree the run was started with, leaving nothing on the engine."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO / "dib", tree / "dib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "elements", tree / "elements")
+    hook = tree / "elements" / "napper" / "root.d" / "01-nap"
+    hook.parent.mkdir(parents=True)
+    hook.write_text("#!/bin/bash\necho napping\nsleep 15\n")
+    hook.chmod(0o755)
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "nap.yaml").write_text(
+        "name: nap\nelements: [debian-minimal, napper]\nenv:\n  DIB_RELEASE: bookworm\n"
+        "outputs: [tar]\n")
+    matrix = write_matrix(tmp_path, "name: nap\nhosts: [debian-bookworm]\n"
+                          "targets: [targets/nap.yaml]\nchecks: []\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "matrix.cli", "run", str(matrix), "--out",
+                             str(out), "--dib-tree", str(tree)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = docker.from_env()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        running = client.containers.list(filters={"label": "org.dib-matrix.cell="
+                                                  "debian-bookworm.nap"})
+        if running:
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the cell's container never started")
+    proc.kill()  # SIGKILL: no clean-up runs
+    proc.communicate(timeout=60)
+    run_dir = (out / "latest").resolve()
+    assert run_containers(run_dir), "the killed run's container is still there"
+    done = dib_matrix("run", "--resume", str(run_dir))
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "resume: removed what the earlier run left" in done.stdout + done.stderr
+    cells, _ = cells_of(run_dir)
+    assert cells["debian-bookworm.nap"]["state"] == "success"
+    assert run_containers(run_dir) == []
