@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -147,6 +148,29 @@ class Builder:
         LOG.info("after %s: unmounting %s", phase.dirname, ", ".join(map(str, points)))
         for point in points:
             chroot.release_all(point)
+
+    def tidy_image(self) -> None:
+        """After cleanup.d, as disk-image-create finishes the image: the image's /tmp
+        emptied, its /var/log files truncated, /root's *.log files removed."""
+        tmp = self.root / "tmp"
+        if tmp.is_dir() and not tmp.is_symlink():
+            for entry in tmp.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        for top, truncate in ((self.root / "var" / "log", True), (self.root / "root", False)):
+            if top.is_symlink() or not top.is_dir():
+                continue
+            for directory, _, files in os.walk(top):
+                for name in files:
+                    path = Path(directory, name)
+                    if not stat.S_ISREG(path.lstat().st_mode):
+                        continue
+                    if truncate:
+                        os.truncate(path, 0)
+                    elif name.endswith(".log"):
+                        path.unlink()
 
     def _run_scripts(self, phase: Phase, scripts: List[Path]) -> None:
         if phase.in_chroot:
@@ -338,6 +362,8 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
                 if phase in RELEASE_AFTER:
                     with failure.noting(phase=phase.dirname):
                         builder.release_element_mounts(phase)
+                if phase is Phase.CLEANUP:
+                    builder.tidy_image()
         except DibError:
             if breakpoints.AFTER_ERROR in breaks:
                 breakpoints.stop_here(breakpoints.AFTER_ERROR, builder.host_env(), cwd=root)

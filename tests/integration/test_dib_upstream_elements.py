@@ -182,3 +182,11 @@ def test_a_mount_an_element_left_in_the_image_is_released(built):
     assert "after post-root.d: unmounting " in built["log"]
     assert "/tmp/pip" in built["log"]
     assert build_mounts() == []
+
+
+def test_image_is_tidied_as_disk_image_create_finishes_it(built):
+    with tarfile.open(f"{built['out']}.tar") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members if m.name.startswith("./tmp/")] == []
+    logs = [m for m in members if m.name.startswith("./var/log/") and m.isfile()]
+    assert logs and all(m.size == 0 for m in logs)

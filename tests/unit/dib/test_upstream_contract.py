@@ -532,3 +532,34 @@ def test_mounts_left_inside_the_image_are_released(tmp_path, monkeypatch):
     builder.release_element_mounts(Phase.POST_ROOT)
     assert released == [real / "tmp" / "pip"]  # never the image's root itself
     assert {Phase.POST_ROOT, Phase.CLEANUP} == build.RELEASE_AFTER
+
+
+def test_image_is_tidied_as_disk_image_create_finishes_it(tmp_path):
+    """finalise_base: /tmp emptied, /var/log truncated, /root/*.log removed."""
+    from dib import build
+
+    root = tmp_path / "mnt"
+    files = {
+        "tmp/leftover": "x",
+        "tmp/dir/inner": "x",
+        "var/log/apt/history.log": "lots",
+        "var/log/dpkg.log": "lots",
+        "root/build.log": "x",
+        "root/.bashrc": "keep",
+        "etc/keep.log": "keep",
+    }
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    outside = tmp_path / "outside.log"
+    outside.write_text("not the image's")
+    (root / "var" / "log" / "link.log").symlink_to(outside)
+    opts = build.BuildOptions(elements=("x",), output=tmp_path / "image")
+    build.Builder(opts, None, HookTree(tmp_path / "hooks"), root, {}).tidy_image()
+    assert list((root / "tmp").iterdir()) == []
+    assert (root / "var" / "log" / "apt" / "history.log").read_text() == ""
+    assert (root / "var" / "log" / "dpkg.log").read_text() == ""
+    assert outside.read_text() == "not the image's"
+    assert not (root / "root" / "build.log").exists()
+    assert (root / "root" / ".bashrc").read_text() == "keep"
+    assert (root / "etc" / "keep.log").read_text() == "keep"
