@@ -45,14 +45,17 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 import yaml
 
 from dib import failure
-from dib.mirror import find_mirror
+from dib.mirror import apt_source_uris, find_mirror, pick_archive_uri
 from tests.compat import effects, upstream
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TABLE = HERE / "table.yaml"
 HELPERS = HERE / "elements"
-BUNDLED = REPO / "elements"
+# the dib under test: this checkout, or a `git archive` of --dib-ref (set by main)
+DIB_TREE = REPO
+# the extracted wheel (holding the diskimage_builder package), set by main
+UPSTREAM_ROOT: Optional[Path] = None
 DEFAULT_WORKDIR = Path.home() / ".cache" / "dib-matrix" / "compat-run"
 DEFAULT_TIMEOUT = 900.0
 RELEASE = "bookworm"
@@ -183,6 +186,20 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+def mirror_env() -> Dict[str, str]:
+    """The Debian mirrors given to every build, as a diskimage-builder user without
+    access to the default hosts sets them: DIB_DISTRIBUTION_MIRROR (dib's own choice:
+    the environment, else this machine's apt sources) and DIB_DEBIAN_SECURITY_MIRROR
+    (a debian-security archive in the apt sources, when there is one)."""
+    env = {"DIB_DISTRIBUTION_MIRROR": find_mirror("debian")}
+    security = os.environ.get("DIB_DEBIAN_SECURITY_MIRROR") or pick_archive_uri(
+        apt_source_uris(), "debian-security"
+    )
+    if security:
+        env["DIB_DEBIAN_SECURITY_MIRROR"] = security
+    return env
+
+
 def base_env(image_cache: Path, extra: Mapping[str, str]) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIB_") and k != "ELEMENTS_PATH"}
     # user-given DIB_* (a mirror, a proxy) are kept; a case's own env wins
@@ -192,9 +209,21 @@ def base_env(image_cache: Path, extra: Mapping[str, str]) -> Dict[str, str]:
     # per-user tools answering `command -v python2` for the elements
     env["PATH"] = ":".join([str(Path(sys.executable).parent), SECURE_PATH])
     env["DIB_RELEASE"] = RELEASE
+    env.update(mirror_env())
     env["DIB_IMAGE_CACHE"] = str(image_cache)
     env.update(extra)
     return env
+
+
+def dib_snapshot(ref: str, dest: Path) -> Path:
+    """``dib/`` and ``elements/`` as committed at ``ref`` (git archive), in ``dest``: a
+    consistent dib while the working tree is being edited."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "dib", "elements"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def run_build(
@@ -209,6 +238,13 @@ def run_build(
     output.parent.mkdir(parents=True, exist_ok=True)
     log = output.with_suffix(".log")
     env = dict(env)
+    # upstream's python package importable, as where its elements are installed
+    # (package-installs-squash imports diskimage_builder.logging_config)
+    python_path = [str(UPSTREAM_ROOT)] if UPSTREAM_ROOT else []
+    if DIB_TREE != REPO:
+        python_path.insert(0, str(DIB_TREE))
+    if python_path:
+        env["PYTHONPATH"] = ":".join(python_path)
     env["ELEMENTS_PATH"] = ":".join(str(p) for p in elements_path)
     env["TMPDIR"] = env.get("TMPDIR", "/tmp")
     cmd = [sys.executable, "-m", "dib", "-o", str(output), "-t", types,
@@ -248,7 +284,7 @@ def first_error(output: Path, log: Path, status: Optional[int]) -> Dict[str, Opt
 
 def run_case(case: Case, up: Path, work: Path, image_cache: Path, subs: Mapping[str, str],
              timeout: float) -> Outcome:
-    bundled = sorted(p.name for p in BUNDLED.iterdir() if p.is_dir())
+    bundled = sorted(p.name for p in (DIB_TREE / "elements").iterdir() if p.is_dir())
     case_dir = work / "elements" / case.element
     shutil.rmtree(case_dir, ignore_errors=True)
     shadow = upstream.make_shadow_dir(up, shadow_elements(up, case, bundled), case_dir / "shadow")
@@ -360,7 +396,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="skip the per-element builds (with --wholesale)")
     parser.add_argument("--boot-timeout", type=float, default=600.0)
     parser.add_argument("--offline", action="store_true", help="use the cached wheel only")
+    parser.add_argument("--dib-ref", metavar="REF",
+                        help="test dib as committed at this git ref (default: the working tree)")
     args = parser.parse_args(argv)
+    global DIB_TREE, UPSTREAM_ROOT
     if os.geteuid() != 0:
         print("dib-compat: needs root (debootstrap, chroot, mounts)", file=sys.stderr)
         return 2
@@ -374,16 +413,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cases = [c for c in cases if c.element in args.only]
     tree = upstream.upstream_tree(args.upstream_cache, args.offline)
     up = tree / upstream.ELEMENTS_SUBDIR
+    UPSTREAM_ROOT = tree
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
+    if args.dib_ref:
+        DIB_TREE = dib_snapshot(args.dib_ref, work / "dib-tree")
     args.image_cache.mkdir(parents=True, exist_ok=True)
     mirror = find_mirror("debian")
     fixture_dir = fixtures(work / "fixtures", mirror)
-    print(f"dib-compat: diskimage-builder {upstream.VERSION} elements from {up}", flush=True)
+    print(f"dib-compat: diskimage-builder {upstream.VERSION} elements from {up}; "
+          f"dib from {DIB_TREE}", flush=True)
     outcomes: List[Outcome] = []
     excluded = [c for c in cases if c.exclude]
     runnable = [] if args.no_elements else [c for c in cases if not c.exclude]
-    result: Dict[str, Any] = {"upstream": upstream.VERSION,
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", args.dib_ref or "HEAD"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    dirty = not args.dib_ref and subprocess.run(
+        ["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "dib", "elements"],
+        check=False).returncode != 0
+    result: Dict[str, Any] = {"upstream": upstream.VERSION, "dib_ref": args.dib_ref,
+                              "dib_commit": commit[:12] + ("+working-tree" if dirty else ""),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with http_server(fixture_dir) as url:
         subs = {"fixtures": str(fixture_dir), "url": url, "mirror": mirror,
@@ -417,7 +466,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("wholesale (upstream's whole element tree first on ELEMENTS_PATH):")
         for name, entry in result["wholesale"].items():
             print(f"  {name}: {json.dumps(entry)}")
-    print(f"dib-compat: {result['seconds']} s; results in {work / 'results.json'}")
+    print(f"dib-compat: dib {result['dib_commit']}, {result['started']}, {result['seconds']} s;"
+          f" results in {work / 'results.json'}")
     return 0 if all(o.passed for o in outcomes) else 1
 
 
