@@ -14,11 +14,11 @@ from pathlib import Path
 
 from dib.boottest import replay_log
 from matrix.diagnostics import ConfigError
+from matrix.targets import BOOT_SUFFIX
 from matrix.verdict.catalogue import UNCATEGORIZED, load_catalogue
 from matrix.verdict.classify import Evidence, classify
 from matrix.verdict.logscan import lines_of_file
 
-BOOT_SUFFIX = ":boot"
 CONSOLE_LIMIT = 8 << 20  # bytes of a serial console replayed through the boot watcher
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from matrix.diagnostics import ConfigError, ConfigIssue, IssueCollector
+from matrix.engine import Network
 from matrix.hosts import HostDefinition, load_host, load_hosts
-from matrix.targets import Target, check_env, load_target, load_targets
+from matrix.targets import BOOT_SUFFIX, Target, check_env, load_target, load_targets
 from matrix.yamlload import YamlDocument, load_yaml
 
 BUNDLED_MATRICES_DIR = Path(__file__).resolve().parent / "matrices"
@@ -90,14 +91,21 @@ class MatrixConfig:
         return next(t for t in self.targets if t.name == name)
 
 
+MAX_DURATION = 7 * 24 * 3600.0  # a week: beyond it a timer is a typo (or .inf)
+
+
 def parse_duration(value: Any) -> float:
-    """Seconds from 30m, 90s, 1h or a number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    match = DURATION_RE.match(str(value))
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"cannot read duration {value!r} (examples: 90s, 30m, 1h)")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    """Seconds from 30m, 90s, 1h or a number of seconds (more than 0, at most a week)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(f"cannot read duration {value!r} (examples: 90s, 30m, 1h)")
+        seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if not 0 < seconds <= MAX_DURATION:  # also refuses nan
+        raise ValueError(f"duration {value!r} must be more than 0 and at most a week")
+    return seconds
 
 
 def resolve_matrix_path(name_or_path: str | None) -> Path:
@@ -236,6 +244,21 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _network(value: Any) -> str:
+    known = [n.value for n in Network]
+    if value not in known:
+        raise ValueError(f"must be one of: {', '.join(known)}")
+    return str(value)
+
+
+def _paths(value: Any, base: Path) -> tuple[Path, ...]:
+    """A file or a list of files, relative to the matrix file."""
+    files = [value] if isinstance(value, str) else value
+    if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+        raise ValueError("must be a file name or a list of file names")
+    return tuple(base / f for f in files)
+
+
 def _checks(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or any(v not in KNOWN_CHECKS for v in value):
         raise ValueError(f"must be a list among: {', '.join(KNOWN_CHECKS)}")
@@ -259,7 +282,7 @@ def load_matrix(path: Path, host_dirs: tuple[Path, ...] | None = None,
     hosts = check.names("hosts", known_hosts, load_host)
     targets = check.names("targets", known_targets, load_target)
     includes = check.includes()
-    categories = check.scalar("categories", lambda v: tuple(path.parent / str(p) for p in v), ())
+    categories = check.scalar("categories", lambda v: _paths(v, path.parent), ())
     config = MatrixConfig(
         name=str(doc.data.get("name", path.stem)),
         path=path,
@@ -276,8 +299,24 @@ def load_matrix(path: Path, host_dirs: tuple[Path, ...] | None = None,
         fail_fast=check.scalar("fail-fast", _bool, False),
         env=tuple(sorted(check_env(doc.data.get("env"), doc, ("env",), check.issues).items())),
         output=Path(str(doc.data.get("output", "out"))),
-        network=check.scalar("network", lambda v: str(v), "host"),
+        network=check.scalar("network", _network, "host"),
         categories=categories,
     )
+    for key, rules in (("exclude", config.exclude), ("allowed-failures", config.allowed_failures)):
+        _check_rules_match(check, key, rules, config)
     check.issues.check()
     return config
+
+
+def _check_rules_match(check: _Checker, key: str, rules: tuple[CellRule, ...],
+                       config: MatrixConfig) -> None:
+    """A glob that matches no host or no row is a typo that would silently change the
+    gate: say so."""
+    hosts = [h.name for h in config.hosts]
+    rows = ["hostgen", *config.checks, *(t.name for t in config.targets),
+            *(t.name + BOOT_SUFFIX for t in config.targets if t.boot_test)]
+    for index, rule in enumerate(rules):
+        if not any(fnmatch.fnmatchcase(h, rule.host) for h in hosts):
+            check.fail((key, index, "host"), f"'{rule.host}' matches no host of this matrix")
+        if not any(fnmatch.fnmatchcase(r, rule.target) for r in rows):
+            check.fail((key, index, "target"), f"'{rule.target}' matches no row of this matrix")

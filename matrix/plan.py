@@ -15,10 +15,9 @@ from matrix.config import MatrixConfig
 from matrix.facts import HostFacts
 from matrix.hosts import HostDefinition
 from matrix.results import CellKind
-from matrix.targets import Target
+from matrix.targets import BOOT_SUFFIX, Target
 
 HOSTGEN = "hostgen"
-BOOT_SUFFIX = ":boot"
 CHECK_TOOLS = {"tox": ("runuser", "tox")}
 
 

@@ -16,6 +16,8 @@ from dib.outputs import SUPPORTED_TYPES
 from matrix.diagnostics import ConfigError, ConfigIssue, IssueCollector
 from matrix.yamlload import YamlDocument, load_yaml
 
+BOOT_SUFFIX = ":boot"  # a target with boot-test: true gets the row "<target>:boot"
+
 BUNDLED_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 ELEMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -72,3 +72,35 @@ def test_globs_expand_against_known_names(tmp_path):
     assert {h.name for h in config.hosts} == {"debian-bullseye", "debian-bookworm",
                                               "debian-trixie", "debian-sid"}
     assert [t.name for t in config.targets] == ["ubuntu-noble"]
+
+
+def test_values_that_would_misbehave_later_are_refused_now(tmp_path):
+    found = "\n".join(issues_of(write(tmp_path, """\
+hosts: [debian-bookworm]
+targets: [debian-bookworm, debian-bookworm-vm]
+network: hostt
+timeout: .inf
+hostgen-timeout: 8d
+exclude:
+  - {host: debian-bookwrm, reason: typo}
+allowed-failures:
+  - {target: debian-bookworm-vm:bot}
+  - {target: debian-bookworm-vm:boot}
+""")))
+    assert "m.yaml:3: network: must be one of: host, none, bridge" in found
+    assert "m.yaml:4: timeout: duration inf must be more than 0 and at most a week" in found
+    assert "m.yaml:5: hostgen-timeout:" in found
+    assert "exclude[0].host: 'debian-bookwrm' matches no host of this matrix" in found
+    assert "allowed-failures[0].target: 'debian-bookworm-vm:bot' matches no row" in found
+    assert "allowed-failures[1]" not in found
+
+
+def test_categories_is_a_file_or_a_list_of_files(tmp_path):
+    from matrix.config import load_matrix
+
+    one = load_matrix(write(tmp_path, "hosts: [debian-bookworm]\ntargets: [debian-bookworm]\n"
+                                      "categories: mine.yaml\n"))
+    assert one.categories == (tmp_path / "mine.yaml",)
+    found = "\n".join(issues_of(write(tmp_path, "hosts: [debian-bookworm]\n"
+                                                "targets: [debian-bookworm]\ncategories: 5\n")))
+    assert "categories: must be a file name or a list of file names" in found
