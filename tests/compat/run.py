@@ -156,6 +156,12 @@ def fixtures(dest: Path, mirror: str) -> Path:
         encoding="utf-8",
     )
     (dest / "cache-url.txt").write_text("dib-compat cache-url\n", encoding="utf-8")
+    (dest / "50unattended-upgrades").write_text(
+        '// dib-compat autoupdates\nUnattended-Upgrade::Origins-Pattern { "origin=Debian"; };\n',
+        encoding="utf-8",
+    )
+    (dest / "jail.local").write_text("# dib-compat fail2ban\n[sshd]\nenabled = true\n",
+                                     encoding="utf-8")
     repo = dest / "compat-src.git"
     if not (repo / ".git").exists():
         shutil.rmtree(repo, ignore_errors=True)
