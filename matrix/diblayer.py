@@ -15,14 +15,24 @@ Why a layer rather than a bind mount of the local tree (still available with
 the run started, even if the reviewer edits it meanwhile; a cell's reproducer
 needs nothing but the image; and an engine that cannot see this machine's files
 (a remote ``DOCKER_HOST``) can still run the cells.
+
+Runs sharing an engine (see ``matrix.leases``): ``LayerBaker`` names the host
+image (tag and id) and the layer in its run's lease *before* it looks the layer
+up or bakes it, and ``prune`` (after a bake) and ``remove_layers`` (``clean
+--caches``) skip every layer a live run's lease names, saying ``kept <tag>: in
+use by run <id>``. A cell calls ``LayerBaker.ensure`` just before it starts its
+container: the layer is still there (the usual case, one engine call), or it was
+removed by something that honours no lease (``docker rmi``, an older
+dib-matrix) and is baked again from the run's snapshot of the tree.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +43,9 @@ import docker.errors
 
 from matrix.hostimage import LABEL_HOST, LABEL_ROLE
 from matrix.imagebuild import BuildFailed, build_image
+from matrix.leases import LeaseError, Registry, RunLease, kept_line
 
+LOG = logging.getLogger("dib-matrix")
 ROLE = "dib-layer"
 REPOSITORY = "dib-matrix/dib-{host}"
 TAG_LENGTH = 16
@@ -111,18 +123,43 @@ class BakedLayer:
         return f"dib layer {self.reference} ({how})"
 
 
+def _logger(log: BinaryIO | None) -> Callable[[str], None]:
+    """Say a line in ``log`` (a cell's or hostgen's) and in the run log."""
+    def say(line: str) -> None:
+        LOG.info("%s", line)
+        if log is not None:
+            with suppress(OSError, ValueError):
+                log.write(f"dib-matrix: {line}\n".encode())
+                log.flush()
+    return say
+
+
 def bake(
     client: docker.DockerClient,
     host: str,
     host_image: str,
     snapshot: TreeSnapshot,
     log: BinaryIO,
+    *,
+    lease: RunLease | None = None,
+    leases: Registry | None = None,
 ) -> BakedLayer:
-    """The dib layer of ``snapshot`` on ``host_image``: found by its tag, else built."""
+    """The dib layer of ``snapshot`` on ``host_image``: found by its tag, else built.
+
+    ``lease`` (the run's) gets the host image's tag and id and the layer's tag
+    before the layer is looked up, so no other run's prune can remove them from
+    then on. Older layers of the host are pruned after a bake; ``leases`` is the
+    registry that prune honours (default: ``lease``'s, else the default one).
+    """
     start = time.monotonic()
     try:
         host_image_obj = client.images.get(host_image)
         reference = layer_reference(host, host_image_obj.id, snapshot)
+        if lease is not None:
+            try:
+                lease.hold(host_image, host_image_obj.id, reference)
+            except (LeaseError, OSError) as exc:
+                raise DibLayerError(f"cannot lease the dib layer {reference}: {exc}") from exc
         with suppress(docker.errors.ImageNotFound):
             client.images.get(reference)
             return BakedLayer(reference, True, time.monotonic() - start)
@@ -133,39 +170,88 @@ def bake(
         build_image(client, files, log, labels=labels, tag=reference, modes=snapshot.modes)
     except (docker.errors.DockerException, BuildFailed) as exc:
         raise DibLayerError(f"baking the dib layer on {host_image} failed: {exc}") from exc
-    prune(client, host, keep=reference)
+    registry = leases or (lease.registry if lease is not None else None)
+    prune(client, host, keep=reference, leases=registry, say=_logger(log))
     return BakedLayer(reference, False, time.monotonic() - start)
 
 
-def prune(client: docker.DockerClient, host: str, keep: str) -> list[str]:
-    """Remove this host's older dib layers beyond the newest KEEP_PREVIOUS; in-use ones stay."""
+def prune(client: docker.DockerClient, host: str, keep: str, *,
+          leases: Registry | None = None,
+          say: Callable[[str], None] | None = None) -> list[str]:
+    """Remove this host's older dib layers beyond the newest KEEP_PREVIOUS.
+
+    Layers a live run's lease names stay (``say`` tells which), and so do layers a
+    running container uses (the engine refuses).
+    """
+    say = say or _logger(None)
+    registry = leases if leases is not None else Registry()
     filters = {"label": [f"{LABEL_ROLE}={ROLE}", f"{LABEL_HOST}={host}"]}
-    try:
-        layers = client.images.list(filters=filters)
-    except docker.errors.DockerException:
-        return []
-    others = [image for image in layers if keep not in image.tags]
-    others.sort(key=lambda image: image.attrs.get("Created", ""), reverse=True)
     removed = []
-    for image in others[KEEP_PREVIOUS:]:
-        with suppress(docker.errors.DockerException):  # in use by a running cell: later
-            client.images.remove(image.id, force=False, noprune=False)
+    with registry.frozen() as in_use:
+        try:
+            layers = client.images.list(filters=filters)
+        except docker.errors.DockerException:
+            return []
+        others = [image for image in layers if keep not in image.tags]
+        others.sort(key=lambda image: image.attrs.get("Created", ""), reverse=True)
+        for image in others[KEEP_PREVIOUS:]:
+            holder = in_use.image_holder(image)
+            if holder is not None:
+                say(kept_line(_name(image), holder))
+                continue
+            with suppress(docker.errors.DockerException):  # in use by a running cell: later
+                client.images.remove(image.id, force=False, noprune=False)
+                removed.append(image.id)
+    return removed
+
+
+def _name(image) -> str:
+    return ", ".join(image.tags or ()) or image.short_id
+
+
+def all_layers(client: docker.DockerClient) -> list:
+    """Every host's dib layers (``remove_layers`` removes the ones no live run holds)."""
+    return client.images.list(filters={"label": f"{LABEL_ROLE}={ROLE}"})
+
+
+def remove_layers(client: docker.DockerClient, *, leases: Registry | None = None,
+                  say: Callable[[str], None] = print) -> list[str]:
+    """``dib-matrix clean --caches``: remove every dib layer no live run's lease names."""
+    registry = leases if leases is not None else Registry()
+    removed = []
+    with registry.frozen() as in_use:
+        for image in all_layers(client):
+            holder = in_use.image_holder(image)
+            if holder is not None:
+                say(kept_line(_name(image), holder))
+                continue
+            try:
+                client.images.remove(image.id, force=True)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:
+                say(f"kept dib layer {_name(image)}: {exc.explanation or exc}")
+                continue
+            say(f"removed dib layer {_name(image)}")
             removed.append(image.id)
     return removed
 
 
-def all_layers(client: docker.DockerClient) -> list:
-    """Every host's dib layers (``dib-matrix clean --caches`` removes them)."""
-    return client.images.list(filters={"label": f"{LABEL_ROLE}={ROLE}"})
-
-
 class LayerBaker:
-    """Bakes each host's layer once per run from one snapshot of the tree."""
+    """Bakes each host's layer once per run from one snapshot of the tree.
 
-    def __init__(self, tree: Path):
+    With the run's ``lease``, everything a layer stands on is leased before use.
+    ``ensure`` is what a cell calls just before it starts: the layer's reference,
+    baked again if it has gone.
+    """
+
+    def __init__(self, tree: Path, lease: RunLease | None = None):
         self.tree = tree
+        self.lease = lease
         self._snapshot: TreeSnapshot | None = None
         self._lock = threading.Lock()
+        self._baked: dict[str, tuple[str, str]] = {}  # host -> (host image, layer reference)
+        self._host_locks: dict[str, threading.Lock] = {}
 
     def snapshot(self) -> TreeSnapshot:
         with self._lock:
@@ -173,6 +259,41 @@ class LayerBaker:
                 self._snapshot = TreeSnapshot.read(self.tree)
             return self._snapshot
 
+    def _host_lock(self, host: str) -> threading.Lock:
+        with self._lock:
+            return self._host_locks.setdefault(host, threading.Lock())
+
     def bake(self, client: docker.DockerClient, host: str, host_image: str,
              log: BinaryIO) -> BakedLayer:
-        return bake(client, host, host_image, self.snapshot(), log)
+        with self._host_lock(host):
+            layer = bake(client, host, host_image, self.snapshot(), log, lease=self.lease)
+            with self._lock:
+                self._baked[host] = (host_image, layer.reference)
+            return layer
+
+    def ensure(self, client: docker.DockerClient, host: str, log: BinaryIO) -> str:
+        """The reference of ``host``'s layer, present in the engine when this returns.
+
+        Raises ``DibLayerError`` when the host was never baked in this run or the
+        layer cannot be baked again (its host image is gone too).
+        """
+        with self._host_lock(host):
+            with self._lock:
+                baked = self._baked.get(host)
+            if baked is None:
+                raise DibLayerError(f"no dib layer for host {host} (its hostgen did not finish)")
+            host_image, reference = baked
+            try:
+                client.images.get(reference)
+                return reference
+            except docker.errors.ImageNotFound:
+                pass
+            except docker.errors.DockerException as exc:
+                raise DibLayerError(f"cannot look up the dib layer {reference}: {exc}") from exc
+            _logger(log)(f"dib layer {reference} is gone (removed outside this run): "
+                         "baking it again")
+            layer = bake(client, host, host_image, self.snapshot(), log, lease=self.lease)
+            with self._lock:
+                self._baked[host] = (host_image, layer.reference)
+            _logger(log)(layer.one_line())
+            return layer.reference

@@ -32,7 +32,9 @@ import docker.errors
 import requests.exceptions
 from docker.types import Mount
 
+from matrix import diblayer
 from matrix.hostimage import LABEL_HOST
+from matrix.leases import Registry, kept_line
 
 LABEL_RUN = "org.dib-matrix.run"
 LABEL_CELL = "org.dib-matrix.cell"
@@ -315,6 +317,52 @@ def runs_with_objects(client: docker.DockerClient) -> set[str]:
         labels += [s.attrs["Spec"].get("Labels") or {}
                    for s in client.services.list(filters=selector)]
     return {found[LABEL_RUN] for found in labels if found.get(LABEL_RUN)}
+
+
+def clean(client: docker.DockerClient, *, run_id: str | None = None, caches: bool = False,
+          leases: Registry | None = None, say: Callable[[str], None] = print) -> None:
+    """``dib-matrix clean``: what finished or dead runs left; a live run's objects stay.
+
+    A run whose lease is live (``matrix.leases``) keeps its containers, services
+    and volumes (it removes them itself when it ends); with ``caches``, the
+    image-cache volumes and dib layers no live lease names are removed too.
+    """
+    registry = leases if leases is not None else Registry()
+    live = registry.live_runs()
+    runs = [run_id] if run_id else sorted(runs_with_objects(client))
+    for run in filter(None, runs):
+        if run in live:
+            say(f"run {run}: kept: the run is live ({live[run].describe()})")
+            continue
+        removed = remove_run_objects(client, run)
+        say(f"run {run}: removed {removed.containers} container(s), "
+            f"{removed.services} swarm service(s), {removed.volumes} volume(s)")
+    if caches:
+        remove_cache_volumes(client, leases=registry, say=say)
+        diblayer.remove_layers(client, leases=registry, say=say)
+
+
+def remove_cache_volumes(client: docker.DockerClient, *, leases: Registry | None = None,
+                         say: Callable[[str], None] = print) -> list[str]:
+    """Remove the per-host image-cache volumes that no live run holds or mounts."""
+    registry = leases if leases is not None else Registry()
+    removed = []
+    with registry.frozen() as in_use:
+        for volume in client.volumes.list(filters={"label": LABEL_CACHE}):
+            holder = in_use.holder(volume.name)
+            if holder is not None:
+                say(kept_line(volume.name, holder))
+                continue
+            try:
+                volume.remove(force=True)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:  # mounted by a container
+                say(f"kept cache volume {volume.name}: {exc.explanation or exc}")
+                continue
+            say(f"removed cache volume {volume.name}")
+            removed.append(volume.name)
+    return removed
 
 
 # -- the dib invocation contract ------------------------------------------------

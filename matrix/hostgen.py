@@ -11,9 +11,10 @@ verdict stage (``matrix.verdict.classify``) names the cause from them and the pe
 from __future__ import annotations
 
 import enum
+import logging
 import re
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from matrix.hostimage import (
 )
 from matrix.hosts import BootstrapBase, HostDefinition, ImageBase, RootfsBase
 from matrix.imagebuild import BuildFailed, build_image, import_tarball
+from matrix.leases import Registry, kept_line
 from matrix.rootfs import (
     BOOTSTRAP_TIMEOUT,
     RootfsError,
@@ -52,6 +54,7 @@ from matrix.rootfs import (
     remove_tree,
 )
 
+LOG = logging.getLogger("dib-matrix")
 PROBE_TIMEOUT = 300.0
 
 
@@ -354,11 +357,25 @@ def _probe(job: _Job, image_id: str) -> HostFacts:
     return facts
 
 
-def _prune_stale(client: docker.DockerClient, host: str, keep: Collection[str]) -> None:
-    """Untag this host's images of older definitions (ones still in use stay)."""
-    for image in client.images.list(filters={"label": f"{LABEL_HOST}={host}"}):
-        for tag in image.tags:
-            if tag not in keep and tag.startswith("dib-matrix/"):
+def _prune_stale(client: docker.DockerClient, host: str, keep: Collection[str], *,
+                 leases: Registry | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
+    """Untag this host's images of older definitions (ones still in use stay).
+
+    In use: named by a live run's lease (``matrix.leases``; ``say`` tells which),
+    or used by a container (the engine refuses).
+    """
+    say = say or LOG.info
+    registry = leases if leases is not None else Registry()
+    with registry.frozen() as in_use:
+        for image in client.images.list(filters={"label": f"{LABEL_HOST}={host}"}):
+            for tag in image.tags:
+                if tag in keep or not tag.startswith("dib-matrix/"):
+                    continue
+                holder = in_use.holder(tag, image.id)
+                if holder is not None:
+                    say(kept_line(tag, holder))
+                    continue
                 with suppress(docker.errors.APIError):
                     client.images.remove(tag)
 
@@ -372,9 +389,21 @@ def _image_ids(client: docker.DockerClient, references: Collection[str | None]) 
     return ids
 
 
-def _remove_replaced(client: docker.DockerClient, previous: set[str]) -> None:
-    """After a rebuild, drop the images the content tags pointed at before (now untagged)."""
-    for image_id in previous:
-        with suppress(docker.errors.APIError):
-            if not client.images.get(image_id).tags:
-                client.images.remove(image_id)
+def _remove_replaced(client: docker.DockerClient, previous: set[str], *,
+                     leases: Registry | None = None,
+                     say: Callable[[str], None] | None = None) -> None:
+    """After a rebuild, drop the images the content tags pointed at before (now untagged).
+
+    An image a live run's lease names (by id) stays.
+    """
+    say = say or LOG.info
+    registry = leases if leases is not None else Registry()
+    with registry.frozen() as in_use:
+        for image_id in previous:
+            holder = in_use.holder(image_id)
+            if holder is not None:
+                say(kept_line(image_id, holder))
+                continue
+            with suppress(docker.errors.APIError):
+                if not client.images.get(image_id).tags:
+                    client.images.remove(image_id)

@@ -1,6 +1,9 @@
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from matrix.diblayer import LAYER_PARTS, TARGET, TreeSnapshot, layer_reference
 
@@ -49,3 +52,62 @@ def test_layer_tag_names_host_and_both_inputs(tmp_path):
     assert ref.startswith("dib-matrix/dib-debian-bookworm:")
     assert ref == layer_reference("debian-bookworm", "sha256:one", snapshot)
     assert ref != layer_reference("debian-bookworm", "sha256:two", snapshot)
+
+
+# -- leases and ensure (fake engine) --------------------------------------------
+
+
+def baker_setup(tmp_path, monkeypatch):
+    import io
+
+    from matrix import diblayer
+    from matrix.leases import Registry, RunLease
+    from tests.unit.test_leases import FakeImage, FakeImages
+
+    host = FakeImage("sha256:" + "h" * 64, ["dib-matrix/host-h:abc"])
+    client = SimpleNamespace(images=FakeImages(host))
+    builds = []
+
+    def build_image(client_, files, log, labels, tag, modes):
+        builds.append(tag)
+        client_.images.images[f"sha256:{len(builds):064x}"] = FakeImage(
+            f"sha256:{len(builds):064x}", [tag], labels=labels)
+
+    monkeypatch.setattr(diblayer, "build_image", build_image)
+    lease = RunLease("run-1", Registry(tmp_path / "leases"))
+    baker = diblayer.LayerBaker(tree_copy(tmp_path), lease=lease)
+    return client, baker, lease, builds, io.BytesIO()
+
+
+def test_bake_leases_the_host_image_and_the_layer_before_using_them(tmp_path, monkeypatch):
+    client, baker, lease, builds, log = baker_setup(tmp_path, monkeypatch)
+    layer = baker.bake(client, "h", "dib-matrix/host-h:abc", log)
+    assert builds == [layer.reference] and not layer.cached
+    assert lease.objects == {"dib-matrix/host-h:abc", "sha256:" + "h" * 64, layer.reference}
+    (held,) = lease.registry.leases()
+    assert held.objects == lease.objects and held.run_id == "run-1"
+    assert baker.bake(client, "h", "dib-matrix/host-h:abc", log).cached
+
+
+def test_ensure_rebakes_a_layer_removed_under_the_run(tmp_path, monkeypatch):
+    client, baker, lease, builds, log = baker_setup(tmp_path, monkeypatch)
+    reference = baker.bake(client, "h", "dib-matrix/host-h:abc", log).reference
+    assert baker.ensure(client, "h", log) == reference and len(builds) == 1  # present: as is
+    client.images.remove(reference)  # e.g. `docker rmi` or a run that honours no lease
+    assert baker.ensure(client, "h", log) == reference
+    assert builds == [reference, reference]
+    assert f"dib layer {reference} is gone" in log.getvalue().decode()
+    client.images.get(reference)
+
+
+def test_ensure_without_a_baked_layer_or_host_image_is_a_layer_error(tmp_path, monkeypatch):
+    from matrix.diblayer import DibLayerError
+
+    client, baker, lease, builds, log = baker_setup(tmp_path, monkeypatch)
+    with pytest.raises(DibLayerError, match="no dib layer for host h"):
+        baker.ensure(client, "h", log)
+    reference = baker.bake(client, "h", "dib-matrix/host-h:abc", log).reference
+    client.images.remove(reference)
+    client.images.remove("dib-matrix/host-h:abc")
+    with pytest.raises(DibLayerError, match="baking the dib layer on dib-matrix/host-h:abc"):
+        baker.ensure(client, "h", log)
