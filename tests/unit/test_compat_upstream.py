@@ -90,3 +90,30 @@ def test_shadow_dir_holds_symlinks_only(tmp_path):
     shadow = upstream.make_shadow_dir(tmp_path / "up", ["a"], tmp_path / "shadow")
     assert [p.name for p in shadow.iterdir()] == ["a"]
     assert (shadow / "a").is_symlink()
+
+
+def test_a_case_shadows_its_element_its_upstream_extras_and_its_helpers_deps(tmp_path):
+    from tests.compat.run import Case, shadow_elements
+
+    for name, deps in {
+        "cloud-init-nocloud": ["cloud-init-datasources"],
+        "cloud-init-datasources": [],
+        "cloud-init": ["package-installs"],
+        "install-static": ["package-installs"],
+        "package-installs": ["install-bin"],
+        "install-bin": [],
+        "vm": ["block-device", "bootloader"],
+        "bootloader": [],
+    }.items():
+        _element(tmp_path, name, deps)
+    bundled = ["package-installs", "vm", "bootloader"]
+    nocloud = Case("cloud-init-nocloud", extra=["cloud-init"], expect=[{"file": "/x"}])
+    assert shadow_elements(tmp_path, nocloud, bundled) == [
+        "cloud-init-nocloud", "cloud-init-datasources", "cloud-init",
+    ]
+    # compat-static (a helper) needs install-static, which comes from upstream
+    static = Case("install-static", extra=["compat-static"], expect=[{"file": "/x"}])
+    assert shadow_elements(tmp_path, static, bundled) == ["install-static"]
+    # the element under test is upstream's even when dib bundles it; a bundled extra is not
+    boot = Case("bootloader", extra=["vm"], expect=[{"file": "/x"}])
+    assert shadow_elements(tmp_path, boot, bundled) == ["bootloader"]
