@@ -563,3 +563,20 @@ def test_image_is_tidied_as_disk_image_create_finishes_it(tmp_path):
     assert not (root / "root" / "build.log").exists()
     assert (root / "root" / ".bashrc").read_text() == "keep"
     assert (root / "etc" / "keep.log").read_text() == "keep"
+
+
+def test_lib_defaults_keep_what_is_set_and_fill_the_rest():
+    """opensuse/extra-data.d/01-inject-defaults copies $_LIB/common-defaults and img-defaults."""
+    script = (
+        'set -eu -o pipefail; source "$1/img-defaults"; '
+        'echo "$ARCH $FS_TYPE $IMAGE_TYPE $IMAGE_NAME $DIB_CHECKSUM $DIB_NO_TMPFS"; '
+        'case ":$PATH:" in *:/usr/sbin:*) echo sbin ;; esac'
+    )
+    done = subprocess.run(
+        ["bash", "-c", script, "x", str(environment.LIB_DIR)],
+        env={"PATH": "/usr/bin:/bin", "ARCH": "arm64", "IMAGE_NAME": "/out/x"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split() == ["arm64", "ext4", "qcow2", "/out/x", "0", "0", "sbin"]
