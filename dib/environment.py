@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -227,8 +228,10 @@ def _sourcing(state: Path) -> Optional[Path]:
 
 def python_for_hooks() -> Dict[str, str]:
     """Lets outside-chroot hooks run dib's helpers: ``"$_DIB_PYTHON" -m dib.bootstrap``."""
-    package_parent = str(Path(__file__).resolve().parent.parent)
-    return {SELF_PYTHON_VAR: sys.executable, "PYTHONPATH": package_parent}
+    paths = [str(Path(__file__).resolve().parent.parent)]
+    if importlib.util.find_spec("diskimage_builder") is None:
+        paths.append(str(LIB_DIR / "python"))  # dib's stand-in (diskimage_builder.logging_config)
+    return {SELF_PYTHON_VAR: sys.executable, "PYTHONPATH": ":".join(paths)}
 
 
 def _bash_quoted(value: str) -> str:

@@ -580,3 +580,17 @@ def test_lib_defaults_keep_what_is_set_and_fill_the_rest():
         check=True,
     )
     assert done.stdout.split() == ["arm64", "ext4", "qcow2", "/out/x", "0", "0", "sbin"]
+
+
+def test_element_helpers_can_import_diskimage_builder_logging_config(dib, tmp_path, monkeypatch):
+    """package-installs/bin/package-installs-squash: from diskimage_builder import
+    logging_config; logging_config.setup(), run with "$DIB_PYTHON_EXEC"."""
+    hook = (
+        "#!/bin/bash\nset -eu\n"
+        '"$DIB_PYTHON_EXEC" -c "from diskimage_builder import logging_config as c; c.setup(); '
+        "import logging; logging.getLogger('x').info('helper logged')\"\n"
+    )
+    dib.element("helper", {"extra-data.d/50-helper": hook})
+    outcome = dib.run("fakeos", "helper")
+    assert outcome.code == 0, outcome.lines[-20:]
+    assert any("INFO x [-] helper logged" in line for line in outcome.lines)
