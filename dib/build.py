@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,7 +308,7 @@ def build_environment(
             "DIB_DEFAULT_INSTALLTYPE": opts.install_type
             or env.get("DIB_DEFAULT_INSTALLTYPE")
             or "source",
-            "DIB_PYTHON_EXEC": env.get("DIB_PYTHON_EXEC") or sys.executable,
+            "DIB_PYTHON_EXEC": env.get("DIB_PYTHON_EXEC") or environment.python_exec(tree.root),
             "IMAGE_ELEMENT_YAML": yaml.safe_dump(elements),
             environment.ELEMENT_ARRAY_VAR: environment.element_array(elements),
             "_LIB": str(environment.LIB_DIR),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -229,9 +230,36 @@ def _sourcing(state: Path) -> Optional[Path]:
 def python_for_hooks() -> Dict[str, str]:
     """Lets outside-chroot hooks run dib's helpers: ``"$_DIB_PYTHON" -m dib.bootstrap``."""
     paths = [str(Path(__file__).resolve().parent.parent)]
-    if importlib.util.find_spec("diskimage_builder") is None:
-        paths.append(str(LIB_DIR / "python"))  # dib's stand-in (diskimage_builder.logging_config)
+    if _needs_stand_in():
+        paths.append(str(STAND_IN_PYTHONPATH))
     return {SELF_PYTHON_VAR: sys.executable, "PYTHONPATH": ":".join(paths)}
+
+
+# dib's stand-in diskimage_builder package (logging_config), for element helpers.
+STAND_IN_PYTHONPATH = LIB_DIR / "python"
+PYTHON_EXEC = "dib-python-exec"
+
+
+def _needs_stand_in() -> bool:
+    return importlib.util.find_spec("diskimage_builder") is None
+
+
+def python_exec(hooks_root: Path) -> str:
+    """DIB_PYTHON_EXEC: the interpreter running dib, as disk-image-create's. Without
+    diskimage-builder installed, a wrapper in the hook tree that puts dib's stand-in
+    package on its path: upstream runs helpers as ``sudo -E $DIB_PYTHON_EXEC ...``, and
+    sudo drops PYTHONPATH."""
+    if not _needs_stand_in():
+        return sys.executable
+    wrapper = hooks_root / PYTHON_EXEC
+    wrapper.write_text(
+        "#!/bin/sh\n# DIB_PYTHON_EXEC: dib's interpreter, with dib's stand-in diskimage_builder.\n"
+        f'PYTHONPATH={shlex.quote(str(STAND_IN_PYTHONPATH))}"${{PYTHONPATH:+:$PYTHONPATH}}"\n'
+        "export PYTHONPATH\n"
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
 
 
 def _bash_quoted(value: str) -> str:

@@ -53,7 +53,7 @@ out=$DIB_PROBE_DIR
 printf '%s' "$DIB_ENV" > "$out/DIB_ENV"
 printf '%s' "$DIB_ARGS" > "$out/DIB_ARGS"
 printf '%s' "$DIB_DEFAULT_INSTALLTYPE" > "$out/DIB_DEFAULT_INSTALLTYPE"
-printf '%s' "$DIB_PYTHON_EXEC" > "$out/DIB_PYTHON_EXEC"
+"$DIB_PYTHON_EXEC" -c 'import sys; print(sys.executable, end="")' > "$out/DIB_PYTHON_EXEC"
 printf '%s' "$DIB_PYTHON" > "$out/DIB_PYTHON"
 printf '%s' "$IMAGE_ELEMENT_YAML" > "$out/IMAGE_ELEMENT_YAML"
 printf '%s' "$_LIB" > "$out/_LIB"
@@ -587,7 +587,9 @@ def test_element_helpers_can_import_diskimage_builder_logging_config(dib, tmp_pa
     logging_config; logging_config.setup(), run with "$DIB_PYTHON_EXEC"."""
     hook = (
         "#!/bin/bash\nset -eu\n"
-        '"$DIB_PYTHON_EXEC" -c "from diskimage_builder import logging_config as c; c.setup(); '
+        # as "sudo -E $DIB_PYTHON_EXEC ...": sudo drops PYTHONPATH
+        'env -u PYTHONPATH "$DIB_PYTHON_EXEC" -c '
+        '"from diskimage_builder import logging_config as c; c.setup(); '
         "import logging; logging.getLogger('x').info('helper logged')\"\n"
     )
     dib.element("helper", {"extra-data.d/50-helper": hook})
