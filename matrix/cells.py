@@ -138,6 +138,14 @@ class CellRunner:
         key = self.ctx.keys.key(cell, self.ctx.image_id(cell.host.name)) if self.ctx.keys else None
         if key and self.ctx.reusable and key in self.ctx.reusable:
             return self._reuse(self.ctx.reusable[key], log, key)
+        if self.ctx.layers is not None:
+            try:  # the host's layer, baked again if something removed it since hostgen
+                with log.open("ab") as stream:
+                    layer = self.ctx.layers.ensure(self.ctx.client, cell.host.name, stream)
+            except DibLayerError as err:
+                return _engine_error(log, str(err))
+            with self.ctx.lock:
+                self.ctx.cell_images[cell.host.name] = layer
         spec = self.spec(cell)
         if cell.kind is CellKind.BUILD:
             forget_failure_record(self.ctx, cell)

@@ -15,7 +15,7 @@ from concurrent_log_handler import ConcurrentRotatingFileHandler
 from tabulate import tabulate
 
 import reports
-from matrix import diblayer, engine, swarm
+from matrix import engine, leases, swarm
 from matrix.config import MatrixConfig, load_matrix, parse_duration, resolve_matrix_path
 from matrix.diagnostics import ConfigError
 from matrix.facts import load_facts
@@ -178,6 +178,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"dib-matrix: interrupted; finished cells kept in {holder[0].run_dir}"
                   f" (resume with --resume {holder[0].run_dir})", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except leases.LeaseError as err:  # e.g. resuming a run that is still going
+        print(f"dib-matrix: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as err:
         where = f"; finished cells are kept in {holder[0].run_dir}/results.json" if holder else ""
         cause = "out of disk space" if err.errno == errno.ENOSPC else "cannot write results"
@@ -250,18 +253,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     except engine.EngineError as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
-    runs = [args.run] if args.run else sorted(engine.runs_with_objects(client))
-    for run_id in filter(None, runs):
-        removed = engine.remove_run_objects(client, run_id)
-        print(f"run {run_id}: removed {removed.containers} container(s), "
-              f"{removed.services} swarm service(s), {removed.volumes} volume(s)")
-    if args.caches:
-        for volume in client.volumes.list(filters={"label": engine.LABEL_CACHE}):
-            volume.remove(force=True)
-            print(f"removed cache volume {volume.name}")
-        for image in diblayer.all_layers(client):
-            client.images.remove(image.id, force=True)
-            print(f"removed dib layer {', '.join(image.tags) or image.short_id}")
+    engine.clean(client, run_id=args.run, caches=args.caches)
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ import docker
 import requests
 
 from dib.mirror import MirrorNotFound, find_mirror
-from matrix import engine, swarm
+from matrix import engine, leases, swarm
 from matrix.cellreport import CellReport
 from matrix.cells import CellRunner, RunContext
 from matrix.config import MatrixConfig
@@ -221,6 +221,9 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
                                                     + request.extra_categories)
     run = MatrixRun(request, client, catalogue)
     run.run_dir.mkdir(parents=True, exist_ok=True)
+    # Another run's prune or `clean` keeps what this run uses while it lives.
+    lease = leases.RunLease(run.results.run_id)
+    lease.hold(*leases.host_objects(request.plan.hosts))
     try:
         mirror: str | None = find_mirror("debian")
     except MirrorNotFound:
@@ -232,7 +235,8 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
                      network=engine.Network(request.config.network),
                      rebuild_hosts=request.rebuild_hosts, stop=run.stop,
                      keys=KeyMaker(request.dib_tree),
-                     layers=None if request.dib_mount else LayerBaker(request.dib_tree),
+                     layers=(None if request.dib_mount
+                             else LayerBaker(request.dib_tree, lease=lease)),
                      run_cell=swarm.run_cell if request.swarm else engine.run_cell)
     if request.reuse:
         ctx.reusable = index_previous(request.out_dir, run.results.run_id,
@@ -288,6 +292,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
         run.results.interrupted = run.results.interrupted or run.engine_lost is not None
         save(run.results, run.run_dir)
         _remove_run_objects(client, run.results.run_id)
+        lease.release()
     return run
 
 
