@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,11 +297,22 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
     return run
 
 
-def _engine_answers(client) -> bool:
-    try:
-        return bool(client.ping())
-    except (docker.errors.DockerException, requests.RequestException):
-        return False
+ENGINE_CHECKS = 3  # pings, a second apart: a daemon that is shutting down still
+ENGINE_CHECK_PAUSE = 1.0  # answers for a moment after its containers' streams broke
+
+
+def _engine_answers(client, checks: int = ENGINE_CHECKS, pause: float = ENGINE_CHECK_PAUSE
+                    ) -> bool:
+    """Whether the engine keeps answering (asked after a cell ended in an engine error)."""
+    for check in range(checks):
+        if check:
+            time.sleep(pause)
+        try:
+            if not client.ping():
+                return False
+        except (docker.errors.DockerException, requests.RequestException):
+            return False
+    return True
 
 
 def _remove_run_objects(client, run_id: str) -> None:

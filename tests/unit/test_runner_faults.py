@@ -50,6 +50,17 @@ def test_an_engine_that_is_gone_neither_answers_nor_crashes_the_clean_up(monkeyp
 
     monkeypatch.setattr(runner.engine, "remove_run_objects", gone)
     assert runner._engine_answers(FakeEngine()) is False
+
+    class ShuttingDown:  # answers once more, then its socket is gone
+        calls = 0
+
+        def ping(self):
+            self.calls += 1
+            if self.calls > 1:
+                raise runner.requests.ConnectionError("gone")
+            return True
+
+    assert runner._engine_answers(ShuttingDown(), pause=0) is False
     runner._remove_run_objects(FakeEngine(), "r1")  # logs, does not raise
 
 
