@@ -31,6 +31,7 @@ from matrix.runner import (
     check_dib_tree,
     execute,
 )
+from matrix.targets import element_issues
 from matrix.verdict.catalogue import Catalogue, load_catalogue
 
 LOG = logging.getLogger("dib-matrix")
@@ -88,6 +89,8 @@ def add_parsers(sub: Any) -> None:
     _selection(plan)
     plan.add_argument("--categories", action="append", type=Path, default=[], metavar="FILE",
                       help="extra failure category file to check with the matrix (repeatable)")
+    plan.add_argument("--dib-tree", type=Path,
+                      help="check the targets' elements against this checkout's elements/")
     plan.set_defaults(func=cmd_plan)
 
     clean = sub.add_parser("clean", help="remove containers and volumes dib-matrix left")
@@ -118,8 +121,16 @@ def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan, Catalogue]:
         wanted = {c.id for c in resumed.cells}
         plan = replace(plan, hosts=tuple(h for h in plan.hosts if h.name in resumed.hosts),
                        cells=tuple(c for c in plan.cells if c.id in wanted))
-    # The catalogue is part of what run needs: plan (the dry run) checks it too.
+    # What run needs before its first cell, plan (the dry run) checks too: the
+    # catalogue, and that every target's elements resolve in the dib tree.
     catalogue = load_catalogue(config.categories + tuple(getattr(args, "categories", ())))
+    tree = check_dib_tree(getattr(args, "dib_tree", None)
+                          or _resumed_tree(getattr(args, "resume", None))
+                          or REPO_ROOT)
+    issues = element_issues({c.target.name: c.target for c in plan.cells if c.target}.values(),
+                            tree / "elements")
+    if issues:
+        raise ConfigError(issues)
     return config, plan, catalogue
 
 

@@ -8,10 +8,13 @@ image must pass a boot test.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dib.elements import index_elements, resolve
+from dib.errors import DibError
 from dib.outputs import SUPPORTED_TYPES
 from matrix.diagnostics import ConfigError, ConfigIssue, IssueCollector
 from matrix.yamlload import YamlDocument, load_yaml
@@ -175,3 +178,21 @@ def load_targets(dirs: tuple[Path, ...] = (BUNDLED_TARGETS_DIR,)) -> dict[str, T
             targets[target.name] = target
     issues.check()
     return dict(sorted(targets.items()))
+
+
+def element_issues(targets: Iterable[Target], elements_dir: Path) -> list[ConfigIssue]:
+    """Targets whose elements dib would not find or could not resolve in ``elements_dir``
+    (the run's dib tree), each named with its file and line. A target that sets its own
+    ELEMENTS_PATH (directories inside the host container) is left to dib."""
+    index = index_elements([elements_dir])
+    found = []
+    for target in targets:
+        if "ELEMENTS_PATH" in target.env_dict:
+            continue
+        try:
+            resolve(["base", *target.elements], index)
+        except DibError as err:
+            where = target.path or Path(f"<target {target.name}>")
+            line = load_yaml(target.path).line(("elements",)) if target.path else None
+            found.append(ConfigIssue(where, line, "elements", str(err)))
+    return found

@@ -61,3 +61,13 @@ def test_plan_checks_the_category_files_run_would_load(tmp_path, capsys):
     assert main(["plan", str(matrix)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml:2: [0].legend:" in err and "Traceback" not in err
+
+
+def test_plan_refuses_a_target_whose_elements_do_not_resolve(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("name: bad\nelements: [debian-minimal, no-such-elem]\n"
+                                       "env:\n  DIB_RELEASE: bookworm\n")
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("name: m\nhosts: [debian-bookworm]\ntargets: [bad.yaml]\nchecks: []\n")
+    assert main(["plan", str(matrix)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml:2: elements: element 'no-such-elem' not found" in err
