@@ -199,7 +199,12 @@ def note(err: E, **known: Any) -> E:
     (the innermost frame knows best). Returns ``err`` so ``raise note(Err(...), ...)`` works."""
     current: Dict[str, Any] = getattr(err, _ATTRIBUTE, None) or {}
     fresh = {k: v for k, v in known.items() if v is not None}
-    setattr(err, _ATTRIBUTE, {**fresh, **current})
+    merged = {**fresh, **current}
+    if isinstance(fresh.get("free_bytes"), dict) and isinstance(current.get("free_bytes"), dict):
+        # Each filesystem measured where it was known: the output's when its write
+        # failed, the build directory's when the build unwound.
+        merged["free_bytes"] = {**fresh["free_bytes"], **current["free_bytes"]}
+    setattr(err, _ATTRIBUTE, merged)
     return err
 
 
@@ -261,7 +266,7 @@ def record_for(
         for name in ("error", "command"):
             if isinstance(found.get(name), str):
                 found[name] = found[name].replace(build_dir, BUILD_DIR_NAME)
-    if output_dir is not None:
+    if output_dir is not None and free.get("output") is None:  # unless measured at the failure
         free["output"] = free_bytes(output_dir)
     known = {f.name for f in fields(FailureRecord)} - {"message", "seconds", "version"}
     values = {k: v for k, v in found.items() if k in known}

@@ -316,7 +316,10 @@ def unfinished(path: Path) -> Iterator[Path]:
     (and a full output disk gets the room back for the failure record)."""
     try:
         yield path
-    except BaseException:
+    except BaseException as err:
+        # The space left when writing failed: removing the partial file gives it back,
+        # and the failure record must show the full disk, not the freed one.
+        failure.note(err, free_bytes={"output": failure.free_bytes(path.parent)})
         with contextlib.suppress(OSError):
             path.unlink()
         raise

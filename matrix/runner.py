@@ -150,7 +150,9 @@ class MatrixRun:
         # build had printed before the engine failed.
         own_lines_only = planned.kind is CellKind.BOOT or report.state is State.ERROR
         log = None if own_lines_only else report.log
-        free = {**_record_free_bytes(report.record), **report.free_bytes}
+        # dib measured at the moment it failed; the orchestrator's later look fills gaps.
+        measured = {k: v for k, v in _record_free_bytes(report.record).items() if v is not None}
+        free = {**report.free_bytes, **measured}
         verdict = classify(Evidence(
             host=planned.host.name, row=planned.row, lines=report.evidence, log=log,
             record=report.record, hint=report.hint, free_bytes=free), self.catalogue)

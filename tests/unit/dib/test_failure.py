@@ -196,3 +196,12 @@ def test_hook_detail_round_trip(tmp_path):
     assert failure.read_hook_detail(path) == {"kind": "packages", "command": "apt-get install x=1"}
     assert failure.read_hook_detail(tmp_path / "none") == {}
     failure.write_hook_detail({}, {"kind": "x"})  # no file asked for: nothing to do
+
+
+def test_free_space_noted_at_two_depths_is_merged():
+    from dib import failure
+
+    err = RuntimeError("x")
+    failure.note(err, free_bytes={"output": 10})
+    failure.note(err, free_bytes={"build": 20, "output": 99})
+    assert failure.noted(err)["free_bytes"] == {"output": 10, "build": 20}
