@@ -409,3 +409,26 @@ def test_kill_9_mid_cell_then_resume_runs_it_again_with_the_same_tree(tmp_path):
     cells, _ = cells_of(run_dir)
     assert cells["debian-bookworm.nap"]["state"] == "success"
     assert run_containers(run_dir) == []
+
+
+def test_a_full_output_directory_is_out_of_disk_space(tmp_path):
+    """--out on a 20 MB tmpfs: the build cannot write its image; the cell says out of disk
+    space with the space dib saw when the write failed, and the run's files are intact."""
+    out = tmp_path / "small"
+    out.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(out)], check=True)
+    try:
+        matrix = write_matrix(tmp_path, "name: full\nhosts: [debian-bookworm]\n"
+                              "targets: [debian-bookworm]\nchecks: []\n")
+        done = dib_matrix("run", str(matrix), "--out", str(out))
+        assert done.returncode == 1, done.stdout[-3000:]
+        run_dir = (out / "latest").resolve()
+        cells, _ = cells_of(run_dir)
+        build = cells["debian-bookworm.debian-bookworm"]
+        assert build["state"] == "failed"
+        assert build["category"]["id"] == "out-of-disk-space"
+        assert build["free_bytes"]["output"] < 1 << 20
+        assert (run_dir / "report.html").stat().st_size > 0
+        assert run_containers(run_dir) == []
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=False)
