@@ -54,8 +54,6 @@ TABLE = HERE / "table.yaml"
 HELPERS = HERE / "elements"
 # the dib under test: this checkout, or a `git archive` of --dib-ref (set by main)
 DIB_TREE = REPO
-# the extracted wheel (holding the diskimage_builder package), set by main
-UPSTREAM_ROOT: Optional[Path] = None
 DEFAULT_WORKDIR = Path.home() / ".cache" / "dib-matrix" / "compat-run"
 DEFAULT_TIMEOUT = 900.0
 RELEASE = "bookworm"
@@ -244,13 +242,10 @@ def run_build(
     output.parent.mkdir(parents=True, exist_ok=True)
     log = output.with_suffix(".log")
     env = dict(env)
-    # upstream's python package importable, as where its elements are installed
-    # (package-installs-squash imports diskimage_builder.logging_config)
-    python_path = [str(UPSTREAM_ROOT)] if UPSTREAM_ROOT else []
+    # upstream's python package is NOT made importable: elements must run on dib alone
+    # (dib gives package-installs-squash a stand-in diskimage_builder when it is missing)
     if DIB_TREE != REPO:
-        python_path.insert(0, str(DIB_TREE))
-    if python_path:
-        env["PYTHONPATH"] = ":".join(python_path)
+        env["PYTHONPATH"] = str(DIB_TREE)
     env["ELEMENTS_PATH"] = ":".join(str(p) for p in elements_path)
     env["TMPDIR"] = env.get("TMPDIR", "/tmp")
     cmd = [sys.executable, "-m", "dib", "-o", str(output), "-t", types,
@@ -405,7 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dib-ref", metavar="REF",
                         help="test dib as committed at this git ref (default: the working tree)")
     args = parser.parse_args(argv)
-    global DIB_TREE, UPSTREAM_ROOT
+    global DIB_TREE
     if os.geteuid() != 0:
         print("dib-compat: needs root (debootstrap, chroot, mounts)", file=sys.stderr)
         return 2
@@ -419,7 +414,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cases = [c for c in cases if c.element in args.only]
     tree = upstream.upstream_tree(args.upstream_cache, args.offline)
     up = tree / upstream.ELEMENTS_SUBDIR
-    UPSTREAM_ROOT = tree
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     if args.dib_ref:
