@@ -115,8 +115,10 @@ def make_plan(config: MatrixConfig, host_globs: Sequence[str] = (),
             cells.append(build)
             if target.boot_test:
                 boot_row = target_name + BOOT_SUFFIX
-                cells.append(PlannedCell(host, boot_row, CellKind.BOOT, (build.id,), target, env,
-                                         reason, voting(host_name, boot_row)))
+                # hostgen too: a resumed run keeps the build, but the boot row's reuse
+                # key needs the host image its hostgen names again.
+                cells.append(PlannedCell(host, boot_row, CellKind.BOOT, (hostgen_id, build.id),
+                                         target, env, reason, voting(host_name, boot_row)))
     used_rows = {c.row for c in cells}
     return Plan(tuple(hosts[n] for n in host_names), tuple(r for r in rows if r in used_rows),
                 tuple(cells))
