@@ -101,3 +101,37 @@ def test_ctrl_c_during_a_boot_test(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     data = json.loads((run_dir / "results.json").read_text())
     assert {c["state"] for c in data["cells"]} == {"success"}
+
+
+def test_two_runs_at_once_with_different_dib_trees(tmp_path):
+    """A nightly and a reviewer's patched tree on one engine: each run bakes its own dib
+    layer; neither removes the other's while it runs, and both give their verdicts."""
+    import shutil
+
+    trees = []
+    for index in range(2):
+        tree = tmp_path / f"tree{index}"
+        shutil.copytree(REPO / "dib", tree / "dib", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / "elements", tree / "elements")
+        shutil.copytree(REPO / "matrix" / "incontainer", tree / "matrix" / "incontainer")
+        # A different tree each: a different dib layer each.
+        (tree / "elements" / "base" / "README.md").write_text(f"tree {index}\n")
+        trees.append(tree)
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("name: two\nhosts: [debian-bookworm]\n"
+                      "targets: [debian-bookworm, debian-trixie]\nchecks: []\nmax-parallel: 1\n")
+    procs = []
+    for index, tree in enumerate(trees):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "matrix.cli", "run", str(matrix), "--out",
+             str(tmp_path / f"out{index}"), "--dib-tree", str(tree)], cwd=REPO, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        time.sleep(3)
+    outputs = [proc.communicate(timeout=1200)[0] for proc in procs]
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-3000:]
+    for index in range(2):
+        run_dir = (tmp_path / f"out{index}" / "latest").resolve()
+        data = json.loads((run_dir / "results.json").read_text())
+        assert {c["state"] for c in data["cells"]} == {"success"}, index
+        assert_nothing_left(run_dir, ())
