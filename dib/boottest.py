@@ -454,10 +454,29 @@ def stop(proc: subprocess.Popen) -> None:
             break
         try:
             proc.wait(timeout=wait)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
     proc.wait()
+    # A child forked while the group was being signalled outlives its leader in the
+    # same group: sweep the group once more, and give the kill a moment to land.
+    deadline = time.monotonic() + KILL_GRACE_SECONDS
+    while _group_running(proc.pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies wait for a reaper)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _watch(

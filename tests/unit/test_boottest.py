@@ -367,7 +367,9 @@ def _alive(pid: int) -> bool:
 
 
 def _pids(directory: Path):
-    return [int(p.read_text()) for p in sorted(directory.glob("*.pid"))]
+    # A shell killed between opening its pid file and writing it leaves it empty.
+    texts = (p.read_text().strip() for p in sorted(directory.glob("*.pid")))
+    return [int(text) for text in texts if text]
 
 
 def test_marker_ends_the_run_and_qemu_is_reaped(fake_qemu):
