@@ -369,11 +369,7 @@ def test_kill_9_mid_cell_then_resume_runs_it_again_with_the_same_tree(tmp_path):
     """The orchestrator dies (SIGKILL) while a cell's container runs: the container is
     left behind, and --resume removes it first (same name), then re-runs the cell with
     the tree the run was started with, leaving nothing on the engine."""
-    import shutil
-
-    tree = tmp_path / "tree"
-    shutil.copytree(REPO / "dib", tree / "dib", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "elements", tree / "elements")
+    tree = patched_tree(tmp_path)
     hook = tree / "elements" / "napper" / "root.d" / "01-nap"
     hook.parent.mkdir(parents=True)
     hook.write_text("#!/bin/bash\necho napping\nsleep 15\n")
