@@ -15,7 +15,13 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 import yaml
 
 from dib import breakpoints, chroot, environment, failure, outputs
-from dib.elements import Resolution, resolve_from_env
+from dib.blockdevice import stage as disk_stage
+from dib.elements import (
+    Resolution,
+    bundled_elements_dir,
+    resolve_from_env,
+    with_block_device_default,
+)
 from dib.errors import CommandFailed, DibError
 from dib.packages import Distro, normalise_arch, plan_packages, write_pkg_maps, write_plan
 from dib.phases import HookTree, Phase, merge_elements
@@ -335,7 +341,8 @@ def build_environment(
 def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
     environment.ensure_root()
     watch = Stopwatch()
-    requested = list(opts.elements) if opts.skip_base else ["base", *opts.elements]
+    command_line = with_block_device_default(opts.elements, normalise_arch(opts.arch))
+    requested = command_line if opts.skip_base else ["base", *command_line]
     resolution = resolve_from_env(requested, base_env)
     breaks = breakpoints.parse(base_env)  # a bad value fails before any work
     LOG.info("elements: %s", " ".join(resolution.names))
@@ -351,6 +358,18 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
         sourced = environment.sourced_environment(env, tree.environment_files(), tree.origin)
         distro = Distro(sourced.get("DISTRO_NAME", ""), sourced.get("DIB_RELEASE", ""))
         compression = outputs.qcow2_compression(sourced, opts.compress)  # bad value: fail now
+        final_image = outputs.wants_final_image(resolution.names)
+        disk = disk_stage.prepare(
+            sourced,
+            [e.path for e in resolution.elements],
+            normalise_arch(opts.arch),
+            work,
+            bundled_elements_dir(),
+            disk_output=final_image and outputs.has_disk_type(opts.types),
+        )
+        if disk is not None:
+            env.update(disk.environment())
+            disk.install_shims(tree.root)
         plan = plan_packages(resolution.elements, distro, opts.arch, sourced, opts.packages)
         write_plan(plan, tree.root / "package-installs")
         write_pkg_maps(resolution.elements, distro, tree.root / "package-installs" / "pkg-map")
@@ -358,6 +377,9 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
         try:
             for phase in Phase:
                 builder.run_phase(phase)
+                if disk is not None:
+                    with failure.noting(phase=phase.dirname):
+                        disk.after_phase(phase, root)
                 if phase in RELEASE_AFTER:
                     with failure.noting(phase=phase.dirname):
                         builder.release_element_mounts(phase)
@@ -371,7 +393,14 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
             raise DibError(f"something is still mounted under {root}; refusing to package it")
         with failure.noting(kind="output"):
             images = outputs.make_outputs(
-                root, opts.output, opts.types, work, opts.image_size, opts.checksum, compression
+                root,
+                opts.output,
+                opts.types,
+                work,
+                opts.image_size,
+                opts.checksum,
+                compression,
+                final_image=final_image,
             )
     for image in images:
         LOG.info("wrote %s (%d MiB)", image, image.stat().st_size >> 20)

@@ -157,9 +157,22 @@ def resolve(
 
 
 def _ordered(chosen: Mapping[str, Element], provided: Mapping[str, str]) -> Tuple[Element, ...]:
+    """Dependencies before dependents. A dependency on a virtual name orders its provider
+    first too, unless that closes a loop: diskimage-builder does not order elements at
+    all, and its block-device-* elements are needed by a vm that they need in dib."""
+    try:
+        return _sorted(chosen, provided, through_virtual=True)
+    except ElementError:
+        return _sorted(chosen, provided, through_virtual=False)
+
+
+def _sorted(
+    chosen: Mapping[str, Element], provided: Mapping[str, str], through_virtual: bool
+) -> Tuple[Element, ...]:
     graph = graphlib.TopologicalSorter()
     for name in sorted(chosen):
-        real_deps = [provided.get(d, d) for d in chosen[name].deps]
+        deps = chosen[name].deps
+        real_deps = [provided.get(d, d) for d in deps if through_virtual or d not in provided]
         graph.add(name, *sorted(d for d in real_deps if d in chosen and d != name))
     try:
         order = list(graph.static_order())
@@ -168,6 +181,24 @@ def _ordered(chosen: Mapping[str, Element], provided: Mapping[str, str]) -> Tupl
         cycle = list(reversed(err.args[1]))
         raise ElementError("element dependency cycle: " + " -> ".join(cycle)) from None
     return tuple(chosen[n] for n in order)
+
+
+VM = "vm"
+BLOCK_DEVICE_PREFIX = "block-device-"
+EFI_ONLY_ARCHES = ("arm64", "aarch64")
+
+
+def with_block_device_default(requested: Sequence[str], arch: str) -> List[str]:
+    """The command line's elements plus the block-device element ``vm`` needs.
+
+    As disk-image-create does: ``vm`` depends on the virtual ``block-device``, and when
+    ``vm`` is asked for by name with no ``block-device-*`` element, ``block-device-mbr``
+    is added (``block-device-efi`` on arm64, which has no BIOS).
+    """
+    names = list(requested)
+    if VM in names and not any(n.startswith(BLOCK_DEVICE_PREFIX) for n in names):
+        names.append("block-device-efi" if arch in EFI_ONLY_ARCHES else "block-device-mbr")
+    return names
 
 
 def resolve_from_env(

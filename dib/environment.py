@@ -37,6 +37,10 @@ PASSTHROUGH = (
 PASSTHROUGH_PREFIXES = ("DIB_",)
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IN_TARGET_HOOKS = "/tmp/in_target.d"
+# Stand-ins dib puts first on in-image hooks' PATH for a disk build (dib/blockdevice/shims:
+# grub-probe, grub-install, ... answer from the disk plan); absent otherwise.
+CHROOT_SHIMS = f"{IN_TARGET_HOOKS}/dib-shims"
+SHIMS_VAR = "_DIB_CHROOT_SHIMS"  # set (to 1) by a build that installed them
 # Inside the chroot the caller's TMPDIR names a host path that does not exist there
 # (maintainer scripts such as ca-certificates' postinst then fail): the image's own /tmp.
 CHROOT_TMPDIR = "/tmp"
@@ -297,7 +301,8 @@ def element_array(elements: Mapping[str, str]) -> str:
 
 
 def chroot_path(env: Mapping[str, str]) -> str:
-    return f"{IN_TARGET_HOOKS}/bin:{HOST_PATH}"
+    shims = f"{CHROOT_SHIMS}:" if env.get(SHIMS_VAR) else ""
+    return f"{shims}{IN_TARGET_HOOKS}/bin:{HOST_PATH}"
 
 
 def for_chroot(env: Mapping[str, str]) -> Dict[str, str]:

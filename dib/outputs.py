@@ -325,6 +325,20 @@ def unfinished(path: Path) -> Iterator[Path]:
         raise
 
 
+NO_FINAL_IMAGE = "no-final-image"
+
+
+def wants_final_image(element_names: Sequence[str]) -> bool:
+    """False with the ``no-final-image`` element: as in disk-image-create, the tar types
+    are still written but no disk image is made or kept (elements that take what they
+    need from the tree, such as a ramdisk's kernel, use it)."""
+    return NO_FINAL_IMAGE not in element_names
+
+
+def has_disk_type(types: Sequence[str]) -> bool:
+    return any(t not in TAR_TYPES for t in types)
+
+
 def make_outputs(
     root: Path,
     output: Path,
@@ -333,8 +347,10 @@ def make_outputs(
     image_size: Optional[int] = None,
     checksum: bool = False,
     qcow2_compression: str = DEFAULT_QCOW2_COMPRESSION,
+    final_image: bool = True,
 ) -> List[Path]:
-    """Write every requested type for ``root`` next to ``output``; return the files made."""
+    """Write every requested type for ``root`` next to ``output``; return the files made.
+    Without ``final_image`` (see :func:`wants_final_image`) only the tar types."""
     output.parent.mkdir(parents=True, exist_ok=True)
     made: List[Path] = []
     manifest = output.with_name(f"{output.name}.packages")
@@ -344,9 +360,12 @@ def make_outputs(
             make_tar(root, dest, TAR_TYPES[image_type])
         made.append(dest)
     disk_types = [t for t in types if t not in TAR_TYPES]
+    if disk_types and not final_image:
+        LOG.info("%s: not writing %s", NO_FINAL_IMAGE, ", ".join(disk_types))
+        disk_types = []
     if disk_types:
         raw = image_path(output, "raw") if "raw" in disk_types else workdir / "image.raw"
-        # issue 6: a vm build gets a partitioned, bootable disk instead of a bare ext4.
+        # A build with a disk plan gets a partitioned, bootable disk instead of a bare ext4.
         with unfinished(raw):
             if not _vm_disk(root, raw, workdir, image_size, output):
                 size = max(image_size or 0, estimate_fs_size(tree_usage(root)))

@@ -1,10 +1,8 @@
 """``python -m dib.blockdevice``: the hooks' entry points, and a layout checker for users.
 
-- ``validate``   (vm's root.d, first): fail in seconds on a bad layout, not after the
-  packages are installed.
-- ``plan``       (vm's extra-data.d): validate the layout, choose UUIDs, write fstab.
-- ``fstab``      (vm's block-device.d): write fstab from the plan again.
 - ``bootloader`` (bootloader's pre-finalise.d): GRUB config and core images.
+- ``validate``, ``plan``, ``fstab``: the steps dib's core now runs itself
+  (``dib.blockdevice.stage``), kept for hooks of older elements.
 - ``check LAYOUT [--disk-size SIZE]``: validate a layout file and print where each
   partition would go.
 

@@ -68,6 +68,8 @@ BIOS = Platform("i386-pc", ("biosdisk",))
 EFI_X86_64 = Platform("x86_64-efi", ("efi_gop",), "BOOTX64.EFI")
 EFI_ARM64 = Platform("arm64-efi", (), "BOOTAA64.EFI")
 BIOS_ARCHES = ("amd64", "i386")
+PLATFORMS = {p.name: p for p in (BIOS, EFI_X86_64, EFI_ARM64)}
+GRUBENV_SIZE = 1024
 EFI_BY_ARCH = {"amd64": EFI_X86_64, "arm64": EFI_ARM64}
 
 
@@ -274,19 +276,44 @@ def install(root: Path, build_dir: Path, plan: Plan, arch: str, env: Mapping[str
     grub_dir = root / GRUB_DIR.lstrip("/")
     grub_dir.mkdir(parents=True, exist_ok=True)
     (grub_dir / "grub.cfg").write_text(grub_config(plan, settings, kernel, initrd, os_title(root)))
+    LOG.info("GRUB config for kernel %s", kernel)
+    return install_images(root, build_dir, plan, targets, {"kernel": kernel})
+
+
+def install_images(
+    root: Path,
+    build_dir: Path,
+    plan: Plan,
+    targets: Sequence[Platform],
+    extra: Optional[Mapping[str, object]] = None,
+) -> Path:
+    """Modules and core images for ``targets`` (grub.cfg is already in the tree); returns
+    bootloader.json, which tells dib.disk what to write into the disk."""
     early = f"{GRUB_DIR}/dib-early.cfg"
+    (root / early.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     (root / early.lstrip("/")).write_text(early_config(plan))
-    record: Dict[str, object] = {"platforms": [p.name for p in targets], "kernel": kernel}
+    write_grubenv(root)
+    record: Dict[str, object] = {"platforms": [p.name for p in targets], **(extra or {})}
     for platform in targets:
         _copy_modules(root, platform)
         if platform.is_efi:
             record["efi"] = _install_efi(root, plan, platform, early)
         else:
             record["bios"] = _install_bios(root, build_dir, platform, early)
-    LOG.info("GRUB for %s; kernel %s", ", ".join(p.name for p in targets), kernel)
+    LOG.info("GRUB for %s", ", ".join(p.name for p in targets))
     path = plan_dir(build_dir) / BOOTLOADER_FILE
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def write_grubenv(root: Path) -> None:
+    """An empty environment block, as grub-install leaves one (grub.cfg's save_env and
+    load_env use it); kept if the image has one."""
+    path = root / GRUB_DIR.lstrip("/") / "grubenv"
+    if path.exists() or path.is_symlink():
+        return
+    header = b"# GRUB Environment Block\n"
+    path.write_bytes(header + b"#" * (GRUBENV_SIZE - len(header)))
 
 
 def _install_bios(root: Path, build_dir: Path, platform: Platform, early: str) -> Dict[str, str]:

@@ -44,6 +44,7 @@ LABELS = ("mbr", "gpt")
 FLAGS = ("boot", "primary")
 EXT_TYPES = ("ext2", "ext3", "ext4")
 FS_TYPES = (*EXT_TYPES, "vfat")
+DEFAULT_ROOT_FS = "ext4"  # disk-image-create's FS_TYPE default
 LABEL_LIMITS = {"ext2": 16, "ext3": 16, "ext4": 16, "vfat": 11}
 MBR_MAX_PARTITIONS = 4
 GPT_NAME_MAX = 36
@@ -312,9 +313,17 @@ def _image_name(nodes: Mapping[str, List[Any]], problems: _Problems) -> str:
     body = loops[0] if isinstance(loops[0], dict) else {}
     if not isinstance(loops[0], dict):
         problems.add("local_loop", "expected a mapping with 'name'")
-    problems.check_keys(body, "local_loop", ("name", "size", "directory"))
+    problems.check_keys(body, "local_loop", ("name", "size", "directory", "block_size", "mkfs"))
     if "size" in body:
         problems.add("local_loop.size", "not supported here; use --image-size")
+    if "mkfs" in body:
+        problems.add("local_loop.mkfs", "a filesystem on the whole disk is not supported by dib's "
+                     "disk layouts; give the disk a partitioning node")
+    if str(body.get("block_size", SECTOR)) != str(SECTOR):
+        problems.add(
+            "local_loop.block_size",
+            f"{body['block_size']}-byte sectors are not supported (only {SECTOR})",
+        )
     return str(body.get("name", "image0"))
 
 
@@ -423,6 +432,9 @@ def _filesystem(body: Any, path: str, problems: _Problems) -> Optional[Filesyste
         return None
     problems.check_keys(body, path, ("type", "label", "mount", "name"))
     fs_type = str(body.get("type", ""))
+    if "type" not in body and _mounts_root(body):
+        # As diskimage-builder: the root filesystem's type defaults to the root fs type.
+        fs_type = DEFAULT_ROOT_FS
     if fs_type not in FS_TYPES:
         problems.add(
             f"{path}.type",
@@ -439,6 +451,11 @@ def _filesystem(body: Any, path: str, problems: _Problems) -> Optional[Filesyste
     if "mount" in body:
         mount_point, fstab = _mount(body["mount"], f"{path}.mount", problems)
     return Filesystem(fs_type, label, mount_point, fstab)
+
+
+def _mounts_root(mkfs: Mapping[str, Any]) -> bool:
+    mount = mkfs.get("mount")
+    return isinstance(mount, dict) and str(mount.get("mount_point", "")).strip() == "/"
 
 
 def _mount(body: Any, path: str, problems: _Problems) -> Tuple[Optional[str], Optional[Fstab]]:

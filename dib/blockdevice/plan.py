@@ -13,8 +13,9 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Mapping, Optional, Tuple
+from typing import List, Mapping, Tuple
 
+from dib.blockdevice.config import from_config
 from dib.blockdevice.layout import (
     LABEL_LIMITS,
     ROOT_LABEL,
@@ -152,19 +153,9 @@ def layout_source(env: Mapping[str, str], hooks_dir: Path) -> Tuple[str, str]:
     ``file://PATH``, or a path); else the ``DIB_BLOCK_DEVICE`` kind (mbr, gpt, efi)
     picks one of the layouts the vm element ships.
     """
-    config = env.get("DIB_BLOCK_DEVICE_CONFIG", "").strip()
-    if config:
-        path: Optional[Path] = None
-        if config.startswith("file://"):
-            path = Path(config[len("file://") :])
-        elif "\n" not in config and Path(config).is_file():
-            path = Path(config)
-        if path is None:
-            return config, "DIB_BLOCK_DEVICE_CONFIG"
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except OSError as err:
-            raise ConfigError(f"DIB_BLOCK_DEVICE_CONFIG: cannot read {path}: {err}") from None
+    given = from_config(env.get("DIB_BLOCK_DEVICE_CONFIG", ""))
+    if given is not None:
+        return given.text, given.origin
     kind = env.get("DIB_BLOCK_DEVICE", "") or "mbr"
     path = hooks_dir / LAYOUTS_DIR / f"{kind}.yaml"
     if not path.is_file():
