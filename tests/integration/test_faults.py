@@ -1,30 +1,48 @@
-"""Ctrl-C where it hurts most: during a hostgen's debootstrap and during a boot test.
+"""Faults where they hurt most, each against the real engine.
 
-After each: exit 130, the interrupted cells are pending (a resume runs them), and
-nothing is left: no debootstrap or qemu process, no mount under a bootstrap work
-directory, no container or volume of the run.
+Ctrl-C during a hostgen's debootstrap, during the dib layer's bake and during a
+boot test; two runs at once on one engine, one pruning and cleaning while the
+other is mid-run. After each: exit status, the verdicts, a valid results.json,
+and nothing left — no container, volume or network of the run, no mount or loop
+device of the test, no debootstrap, qemu or orphaned apt-cacher-ng process.
+(The engine stopped mid-run: test_faults_engine.py.)
 """
 
 import json
+import os
+import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import docker
 import pytest
+import yaml
 
+from matrix.results import load as load_results
 from tests.integration.dibhelpers import REPO
+from tests.integration.test_matrix_run import patched_tree
 
 pytestmark = pytest.mark.integration
+LABEL_RUN = "org.dib-matrix.run"
+BOOKWORM_LAYER = re.compile(r"dib layer (dib-matrix/dib-debian-bookworm:[0-9a-f]+)")
 
 
-def start_run(matrix: Path, out: Path) -> subprocess.Popen:
+def start_run(matrix: Path, out: Path, *extra: str, env: dict | None = None
+              ) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "matrix.cli", "run", str(matrix), "--out",
-                             str(out)], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                             str(out), *extra], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env)
+
+
+def dib_matrix(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "matrix.cli", *args], cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
 
 
 def wait_for_process(pattern: str, proc: subprocess.Popen, seconds: float = 600) -> None:
@@ -46,22 +64,130 @@ def interrupt(proc: subprocess.Popen) -> str:
     return output
 
 
-def assert_nothing_left(run_dir: Path, processes: tuple[str, ...]) -> None:
+def _orphaned_package_caches() -> list[str]:
+    """apt-cacher-ng processes whose orchestrator is gone (a run's own is its child)."""
+    found = subprocess.run(["pgrep", "-x", "apt-cacher-ng"], capture_output=True, text=True)
+    orphans = []
+    for pid in found.stdout.split():
+        try:
+            ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            parent = Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if b"matrix" not in parent:
+            orphans.append(f"apt-cacher-ng pid {pid} (parent {ppid}: {parent[:80]!r})")
+    return orphans
+
+
+def assert_nothing_left(run_dir: Path, processes: tuple[str, ...] = (),
+                        roots: tuple[Path, ...] = ()) -> None:
+    """No process matching ``processes``, no orphaned apt-cacher-ng, no container, volume
+    or network of the run, no rootfs mount, and no mount or loop device under ``roots``
+    (the test's directories) or the run directory."""
     for pattern in processes:
         found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
         assert found.returncode == 1, f"{pattern} still running: {found.stdout}"
+    assert _orphaned_package_caches() == []
+    places = [str(root.resolve()) for root in (*roots, run_dir)]
     mounts = Path("/proc/mounts").read_text()
     assert "dib-matrix-rootfs-" not in mounts
+    assert [line for line in mounts.splitlines() if any(p in line for p in places)] == []
+    loops = json.loads(subprocess.run(["losetup", "--list", "--json"], capture_output=True,
+                                      text=True).stdout or '{"loopdevices": []}')
+    assert [d for d in loops["loopdevices"]
+            if any(p in (d.get("back-file") or "") for p in places)] == []
     client = docker.from_env()
-    selector = {"label": f"org.dib-matrix.run={run_dir.name}"}
+    selector = {"label": f"{LABEL_RUN}={run_dir.name}"}
     assert client.containers.list(all=True, filters=selector) == []
     assert client.volumes.list(filters=selector) == []
+    assert client.networks.list(filters=selector) == []
 
 
 def cells(run_dir: Path) -> dict:
     data = json.loads((run_dir / "results.json").read_text())
     assert data["interrupted"] is True
     return {c["id"]: c for c in data["cells"]}
+
+
+def states(run_dir: Path) -> dict:
+    """Cell id -> state, from a results.json the loader accepts (schema, every field)."""
+    return {cell.id: cell.state.value for cell in load_results(run_dir).cells}
+
+
+class Gate:
+    """A loopback gate a cell's element hook waits at (cells use host networking): the test
+    knows for sure when the cell got there, and says when it goes on. A gate closed without
+    'go' fails the hook, so a failing test leaves no cell waiting."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.5)
+        self.port = self.server.getsockname()[1]
+        self.conn: socket.socket | None = None
+
+    def element(self, tree: Path, name: str = "gate") -> None:
+        hook = tree / "elements" / name / "root.d" / "05-gate"
+        hook.parent.mkdir(parents=True)
+        hook.write_text(f"#!/bin/bash\nexec 3<>/dev/tcp/127.0.0.1/{self.port} || exit 9\n"
+                        "echo 'gate: waiting'\nread -r word <&3\necho \"gate: $word\"\n"
+                        '[ "$word" = go ]\n')
+        hook.chmod(0o755)
+
+    def wait(self, proc: subprocess.Popen, seconds: float = 300) -> None:
+        """Until a cell's hook is at the gate (the run must not end first)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                self.conn, _ = self.server.accept()
+                return
+            except socket.timeout:
+                if proc.poll() is not None:
+                    pytest.fail(f"the run ended before a cell reached the gate: "
+                                f"{proc.stdout.read()[-3000:]}")
+        proc.kill()
+        pytest.fail("no cell reached the gate")
+
+    def open(self) -> None:
+        assert self.conn is not None
+        self.conn.sendall(b"go\n")
+        self.conn.close()
+        self.conn = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.server.close()
+
+
+def stop(proc: subprocess.Popen, seconds: float = 300) -> None:
+    """A run a failed test leaves: let it end, else Ctrl-C it (it cleans up), else kill."""
+    for how in (None, signal.SIGINT, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        if how is not None:
+            proc.send_signal(how)
+        try:
+            proc.communicate(timeout=seconds if how is None else 60)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def image_id(client: docker.DockerClient, reference: str) -> str | None:
+    try:
+        return client.images.get(reference).id
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def target(tmp_path: Path, name: str, *elements: str) -> Path:
+    """A tar of the bundled debian-bookworm target (its elements, whatever they are named
+    today) plus ``elements``."""
+    bundled = yaml.safe_load((REPO / "targets" / "debian-bookworm.yaml").read_text())
+    path = tmp_path / "targets" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"name: {name}\nelements: [{', '.join([*bundled['elements'], *elements])}]"
+                    "\nenv:\n  DIB_RELEASE: bookworm\noutputs: [tar]\n")
+    return path
 
 
 def test_ctrl_c_during_a_hostgen_debootstrap(tmp_path):
@@ -80,7 +206,8 @@ def test_ctrl_c_during_a_hostgen_debootstrap(tmp_path):
     run_dir = (tmp_path / "out" / "latest").resolve()
     found = cells(run_dir)
     assert {c["state"] for c in found.values()} == {"pending"}
-    assert_nothing_left(run_dir, ("debootstrap --variant",))
+    # This run's debootstrap only: dib builds beside the test run debootstraps of their own.
+    assert_nothing_left(run_dir, ("debootstrap --variant.*dib-matrix-rootfs",), (tmp_path,))
 
 
 def test_ctrl_c_during_a_boot_test(tmp_path):
@@ -103,35 +230,215 @@ def test_ctrl_c_during_a_boot_test(tmp_path):
     assert {c["state"] for c in data["cells"]} == {"success"}
 
 
-def test_two_runs_at_once_with_different_dib_trees(tmp_path):
-    """A nightly and a reviewer's patched tree on one engine: each run bakes its own dib
-    layer; neither removes the other's while it runs, and both give their verdicts."""
-    import shutil
 
-    trees = []
-    for index in range(2):
-        tree = tmp_path / f"tree{index}"
-        shutil.copytree(REPO / "dib", tree / "dib", ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copytree(REPO / "elements", tree / "elements")
-        shutil.copytree(REPO / "matrix" / "incontainer", tree / "matrix" / "incontainer")
-        # A different tree each: a different dib layer each.
-        (tree / "elements" / "base" / "README.md").write_text(f"tree {index}\n")
-        trees.append(tree)
+
+class BuildTap:
+    """The engine's API socket relayed, as one run's DOCKER_HOST. The first image build's
+    response is held once its first step has come back — the engine is baking — until the
+    run, told to stop, asks the engine for its own containers (its Ctrl-C clean-up, in the
+    main thread); then the build streams on. So the Ctrl-C lands mid-bake every time."""
+
+    BUILD = re.compile(rb"POST /v[0-9.]+/build[?\s]")
+    CLEANUP = re.compile(rb"GET /v[0-9.]+/containers/json\?\S*org\.dib-matrix\.run")
+
+    def __init__(self, path: Path, upstream: str = "/var/run/docker.sock") -> None:
+        self.path = path
+        self.upstream = upstream
+        self.baking = threading.Event()  # the build's first step came back: held now
+        self.cleanup = threading.Event()  # the run asked for its containers while held
+        self.release = threading.Event()
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(32)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.path}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.upstream)
+            build = threading.Event()
+            threading.Thread(target=self._pipe, args=(client, upstream, build, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, build, False),
+                             daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, build: threading.Event,
+              requests: bool) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                if requests and self.BUILD.search(data):
+                    build.set()
+                if requests and self.baking.is_set() and self.CLEANUP.search(data):
+                    self.cleanup.set()
+                sink.sendall(data)
+                if (not requests and build.is_set() and b"Step 1/" in data
+                        and not self.baking.is_set()):
+                    self.baking.set()
+                    self.release.wait(120)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            if not requests:
+                source.close()
+                sink.close()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.close()
+
+
+def test_ctrl_c_during_the_dib_layer_bake(tmp_path):
+    """SIGINT while the engine bakes the run's dib layer: exit 130, the cell pending, no
+    build container and no half-baked (untagged or partial) layer left; --resume finishes."""
+    from matrix.diblayer import TreeSnapshot, layer_reference
+    from matrix.hostimage import LABEL_HOST, LABEL_ROLE, image_names
+    from matrix.hosts import load_hosts
+
+    tree = patched_tree(tmp_path)
+    # A tree of its own: its layer is not in the engine yet, so the hostgen bakes it.
+    (tree / "elements" / "sleeper" / "README").write_text(secrets.token_hex(8))
     matrix = tmp_path / "m.yaml"
-    matrix.write_text("name: two\nhosts: [debian-bookworm]\n"
-                      "targets: [debian-bookworm, debian-trixie]\nchecks: []\nmax-parallel: 1\n")
-    procs = []
-    for index, tree in enumerate(trees):
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "matrix.cli", "run", str(matrix), "--out",
-             str(tmp_path / f"out{index}"), "--dib-tree", str(tree)], cwd=REPO, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-        time.sleep(3)
-    outputs = [proc.communicate(timeout=1200)[0] for proc in procs]
-    for proc, output in zip(procs, outputs):
-        assert proc.returncode == 0, output[-3000:]
-    for index in range(2):
-        run_dir = (tmp_path / f"out{index}" / "latest").resolve()
-        data = json.loads((run_dir / "results.json").read_text())
-        assert {c["state"] for c in data["cells"]} == {"success"}, index
-        assert_nothing_left(run_dir, ())
+    matrix.write_text("name: ctrlc-bake\nhosts: [debian-bookworm]\ntargets: [debian-bookworm]\n"
+                      "checks: []\n")
+    client = docker.from_env()
+    host_image = client.images.get(image_names(load_hosts()["debian-bookworm"]).image)
+    snapshot = TreeSnapshot.read(tree)
+    layer = layer_reference("debian-bookworm", host_image.id, snapshot)
+    started = time.time()
+    tap = BuildTap(tmp_path / "engine.sock")
+    try:
+        proc = start_run(matrix, tmp_path / "out", "--dib-tree", str(tree),
+                         env={**os.environ, "DOCKER_HOST": tap.docker_host})
+        if not tap.baking.wait(300):
+            proc.kill()
+            pytest.fail(f"the layer bake never started: {proc.communicate()[0][-3000:]}")
+        proc.send_signal(signal.SIGINT)
+        assert tap.cleanup.wait(60), "the run did not start its Ctrl-C clean-up"
+        tap.release.set()
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        tap.close()
+    assert proc.returncode == 130, output[-3000:]
+    assert "interrupted; finished cells kept in" in output
+    run_dir = (tmp_path / "out" / "latest").resolve()
+    hostgen_log = (run_dir / "logs" / "debian-bookworm" / "hostgen.log").read_text()
+    assert "Step 1/" in hostgen_log  # the Ctrl-C came while the engine was baking
+    found = cells(run_dir)
+    assert found["debian-bookworm.debian-bookworm"]["state"] == "pending"
+    assert found["debian-bookworm.hostgen"]["state"] in ("success", "pending")
+    assert set(states(run_dir).values()) <= {"success", "pending"}
+
+    # No build container (every step's container descends from the host image)...
+    build_containers = [c for c in client.containers.list(
+        all=True, filters={"ancestor": host_image.id})
+        if c.labels.get(LABEL_RUN) in (None, run_dir.name)]
+    assert build_containers == []
+    # ...no untagged step image of a cut-off build, and the layer is whole or absent.
+    dangling = [i for i in client.images.list(filters={
+        "dangling": True, "label": f"{LABEL_HOST}=debian-bookworm"})
+        if i.attrs.get("Created", "") >= time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                       time.gmtime(started))]
+    assert dangling == []
+    try:
+        baked = client.images.get(layer)
+    except docker.errors.ImageNotFound:
+        baked = None
+    if baked is not None:
+        assert baked.labels.get(LABEL_ROLE) == "dib-layer"
+        assert len(baked.attrs["RootFS"]["Layers"]) == (  # one per COPY: every step's
+            len(host_image.attrs["RootFS"]["Layers"]) + len(snapshot.parts))
+    assert_nothing_left(run_dir, roots=(tmp_path,))
+
+    done = dib_matrix("run", "--resume", str(run_dir))
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert set(states(run_dir).values()) == {"success"}
+    assert client.images.get(layer).labels.get(LABEL_ROLE) == "dib-layer"
+    assert f"dib-matrix/dib-debian-bookworm:{layer.split(':')[1]}" in (
+        run_dir / "results.json").read_text()  # the cell ran on the layer of its tree
+    assert_nothing_left(run_dir, roots=(tmp_path,))
+
+
+def test_a_live_runs_layer_survives_another_runs_prune_and_clean(tmp_path):
+    """The nightly-and-reviewer collision, made deterministic. Run A (hosts trixie and
+    bookworm, one cell at a time) bakes its bookworm layer, then holds its trixie cell at a
+    gate: its bookworm layer is in no container — A is between cells there, as the nightly
+    was. Meanwhile run B, three times with three other trees, bakes bookworm layers and
+    prunes (the third prune reaches A's layer: two newer ones are kept), then `clean` and
+    `clean --caches` run. A's layer, container and cache volumes stay ("kept ...: in use by
+    run A"), and once the gate opens A's cells succeed on that very layer, not a re-bake.
+    Without leases B's prune removes A's layer and `clean` kills A's running cell."""
+    gate = Gate()
+    tree_a = patched_tree(tmp_path / "a")
+    gate.element(tree_a)
+    target(tmp_path, "gated", "gate")
+    matrix_a = tmp_path / "a.yaml"
+    matrix_a.write_text(
+        "name: lease-a\nhosts: [debian-trixie, debian-bookworm]\n"
+        "targets: [targets/gated.yaml, debian-bookworm]\nchecks: []\nmax-parallel: 1\n"
+        "exclude:\n"
+        "  - {host: debian-bookworm, target: gated, reason: the gate holds trixie's cell}\n"
+        "  - {host: debian-trixie, target: debian-bookworm, reason: bookworm's host runs it}\n")
+    target(tmp_path, "broken", "broken")
+    matrix_b = tmp_path / "b.yaml"
+    matrix_b.write_text("name: lease-b\nhosts: [debian-bookworm]\ntargets: [targets/broken.yaml]\n"
+                        "checks: []\n")
+    client = docker.from_env()
+    b_runs = []
+    proc_a = start_run(matrix_a, tmp_path / "out-a", "--dib-tree", str(tree_a))
+    try:
+        gate.wait(proc_a)  # A: both layers baked, trixie's cell at the gate
+        run_a = (tmp_path / "out-a" / "latest").resolve()
+        said = (run_a / "logs" / "debian-bookworm" / "hostgen.log").read_text()
+        layer_a = BOOKWORM_LAYER.search(said).group(1)
+        layer_a_id = client.images.get(layer_a).id
+        assert client.containers.list(filters={"label": f"{LABEL_RUN}={run_a.name}"})
+
+        outputs = []
+        for index in range(3):
+            tree_b = patched_tree(tmp_path / f"b{index}")
+            (tree_b / "elements" / "broken" / "README").write_text(f"review {index}\n")
+            done = dib_matrix("run", str(matrix_b), "--out", str(tmp_path / f"out-b{index}"),
+                              "--dib-tree", str(tree_b))
+            assert done.returncode == 1, done.stdout[-3000:]  # B's own verdict: a broken hook
+            b_runs.append((tmp_path / f"out-b{index}" / "latest").resolve())
+            assert states(b_runs[-1])["debian-bookworm.broken"] == "failed"
+            outputs.append(done.stdout)
+            # The heart of it: A's layer is still there after each of B's prunes.
+            assert image_id(client, layer_a) == layer_a_id, (
+                f"run B{index}'s prune removed run A's layer {layer_a}:\n{done.stdout[-3000:]}")
+        assert f"kept {layer_a}: in use by run {run_a.name}" in "".join(outputs)
+
+        cleaned = dib_matrix("clean", timeout=300)
+        assert cleaned.returncode == 0, cleaned.stdout
+        assert f"run {run_a.name}: kept: the run is live" in cleaned.stdout
+        cleaned = dib_matrix("clean", "--caches", timeout=300)
+        assert cleaned.returncode == 0, cleaned.stdout
+        assert f"kept {layer_a}: in use by run {run_a.name}" in cleaned.stdout
+        assert image_id(client, layer_a) == layer_a_id, cleaned.stdout
+        # A's cell still runs at the gate: clean left the live run's container alone.
+        running = client.containers.list(filters={"label": f"{LABEL_RUN}={run_a.name}"})
+        assert [c.labels.get("org.dib-matrix.cell") for c in running] == ["debian-trixie.gated"]
+        gate.open()
+        output_a, _ = proc_a.communicate(timeout=600)
+    finally:
+        gate.close()  # a failed test: the gated hook fails, A finishes and cleans up
+        stop(proc_a)
+    assert proc_a.returncode == 0, output_a[-3000:]
+    assert states(run_a) == {
+        "debian-trixie.hostgen": "success", "debian-trixie.gated": "success",
+        "debian-trixie.debian-bookworm": "excluded", "debian-bookworm.hostgen": "success",
+        "debian-bookworm.gated": "excluded", "debian-bookworm.debian-bookworm": "success"}
+    built = load_results(run_a).cell("debian-bookworm", "debian-bookworm")
+    assert layer_a in built.reproducer  # the cell ran on the layer A baked at its start
+    assert "is gone" not in (run_a / built.log).read_text()  # and it was never re-baked
+    for run_dir in (run_a, *b_runs):
+        assert_nothing_left(run_dir, roots=(tmp_path,))
