@@ -10,7 +10,7 @@ whose element closure holds it, the boot rows of those builds, and every check
 row (tox tests every element).
 
 ``--quick`` keeps a small matrix: one host x debian-bookworm and
-``bench-bookworm-extra`` (debian-minimal plus the bench-only ``bench-extra``
+``bench-bookworm-extra`` (debian-minbase plus the bench-only ``bench-extra``
 element, the touched one), no checks.
 
 Which cells ran, which were reused and which never ran (a preflight verdict,
@@ -105,8 +105,8 @@ def bench_matrix(source: Mapping, source_dir: Path, hosts: Sequence[Path]) -> di
 def quick_target(directory: Path) -> Path:
     return write_yaml(directory / f"{QUICK_TARGET}.yaml", {
         "name": QUICK_TARGET,
-        "description": "debian-minimal bookworm plus the bench-only bench-extra element",
-        "elements": ["debian-minimal", QUICK_TOUCHED],
+        "description": "debian-minbase bookworm plus the bench-only bench-extra element",
+        "elements": ["debian-minbase", QUICK_TOUCHED],
         "env": {"DIB_RELEASE": "bookworm"},
         "outputs": ["tar"],
         "requires": {"tools": ["debootstrap"], "debootstrap-script": "bookworm"},

@@ -47,7 +47,7 @@ def run(bench: Bench) -> tuple[list[Figure], dict[str, list[str]]]:
             bench.say(f"{SECTION}: {label} cold build through {cache.proxy_url}")
             result = timed([sys.executable, "-m", "dib", "-o", str(root / label / "image"),
                             "-t", "tar", "--image-cache", str(root / label / "cache"),
-                            "debian-minimal"], bench.log(f"pkgcache-{label}"), env=env)
+                            "debian-minbase"], bench.log(f"pkgcache-{label}"), env=env)
             if not result.ok:
                 raise BenchError(f"{label} build failed: {result.tail(1)}")
             results[label] = (result.seconds, settled(cache) - before)

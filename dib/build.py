@@ -19,6 +19,7 @@ from dib.blockdevice import stage as disk_stage
 from dib.elements import (
     Resolution,
     bundled_elements_dir,
+    elements_path,
     resolve_from_env,
     with_block_device_default,
 )
@@ -318,6 +319,9 @@ def build_environment(
             "IMAGE_ELEMENT_YAML": yaml.safe_dump(elements),
             environment.ELEMENT_ARRAY_VAR: environment.element_array(elements),
             "_LIB": str(environment.LIB_DIR),
+            # As disk-image-create: with the bundled elements last, for helpers that look
+            # elements up themselves (package-installs-squash reads each one's yaml).
+            "ELEMENTS_PATH": ":".join(str(p) for p in elements_path(env)),
         }
     )
     env.update(

@@ -7,6 +7,7 @@ own apt sources (one-line ``sources.list`` and deb822 ``*.sources`` formats).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator, List, Mapping, Optional
 
@@ -98,3 +99,33 @@ def find_mirror(
         f"no {distro} mirror: DIB_DISTRIBUTION_MIRROR is not set and no {distro} archive "
         f"URI was found in {apt_root}/sources.list or {apt_root}/sources.list.d/"
     )
+
+
+def find_security_mirror(apt_root: Path = APT_SOURCES_ROOT) -> Optional[str]:
+    """The machine's Debian security archive, if its apt sources name one."""
+    return pick_archive_uri(apt_source_uris(apt_root), "debian-security")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m dib.mirror DISTRO``: print the mirror (for environment.d scripts);
+    ``debian-security`` looks in the machine's apt sources only."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m dib.mirror DISTRO|debian-security", file=sys.stderr)
+        return 2
+    if args[0] == "debian-security":
+        found = find_security_mirror()
+    else:
+        try:
+            found = find_mirror(args[0])
+        except MirrorNotFound as err:
+            print(err, file=sys.stderr)
+            return 1
+    if not found:
+        return 1
+    print(found)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -72,7 +72,7 @@ def test_break_after_install_opens_a_shell_inside_the_image(image_cache, tmp_pat
     env = dib_env(tmp_path, {"DIB_RELEASE": "bookworm", "break": "after-install"})
     out = tmp_path / "out" / "broken-into"
     term = Terminal(["-o", str(out), "-t", "tar", "--image-cache", str(image_cache),
-                     "debian-minimal"], env)
+                     "debian-minbase"], env)
     term.expect(b"dib after-install /# ")  # the shell's prompt, inside the image
     term.type("test -e /proc/self/status && echo proc-$((40+2)) > /etc/break-marker; exit")
     assert term.finish() == 0, term.seen[-3000:].decode(errors="replace")
@@ -83,7 +83,7 @@ def test_break_after_install_opens_a_shell_inside_the_image(image_cache, tmp_pat
 
 def test_break_after_error_opens_a_shell_then_fails_as_it_would(image_cache, tmp_path):
     elements = tmp_path / "elements"
-    make_element(elements, "fails", {"element-deps": "debian-minimal\n",
+    make_element(elements, "fails", {"element-deps": "debian-minbase\n",
                                      "root.d/50-fail": "#!/bin/bash\necho no-good; exit 9\n"})
     env = dib_env(tmp_path, {"DIB_RELEASE": "bookworm", "break": "after-error",
                              "ELEMENTS_PATH": str(elements)})
@@ -103,7 +103,7 @@ def test_break_without_a_terminal_goes_on_and_a_bad_point_is_refused(image_cache
 
     env = dib_env(tmp_path, {"DIB_RELEASE": "bookworm", "break": "before-root"})
     args = ["-o", str(tmp_path / "y"), "-t", "tar", "--image-cache", str(image_cache),
-            "debian-minimal"]
+            "debian-minbase"]
     done = subprocess.run(dib_cmd(*args), env=env, cwd=REPO, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def bookworm(tmp_path_factory, image_cache):
-    """Cold then warm build of debian-minimal bookworm as tar and qcow2."""
+    """Cold then warm build of debian-minbase bookworm as tar and qcow2."""
     tmp = tmp_path_factory.mktemp("bookworm")
     env = dib_env(tmp, {"DIB_RELEASE": "bookworm"})
     args = [
@@ -29,7 +29,7 @@ def bookworm(tmp_path_factory, image_cache):
         "--checksum",
         "--image-cache",
         str(image_cache),
-        "debian-minimal",
+        "debian-minbase",
     ]
     started = time.monotonic()
     cold = run_dib(args, env)
@@ -113,7 +113,7 @@ def test_offline_build_uses_only_the_cache(bookworm, image_cache, tmp_path):
             "--image-cache",
             str(image_cache),
             "-n",
-            "debian-minimal",
+            "debian-minbase",
         ],
         env,
     )
@@ -147,7 +147,7 @@ def test_element_in_diskimage_builder_format_runs_unchanged(bookworm, image_cach
             "tar",
             "--image-cache",
             str(image_cache),
-            "debian-minimal",
+            "debian-minbase",
             "hello",
         ],
         env,
@@ -171,7 +171,7 @@ def test_release_without_debootstrap_script_fails_with_debootstraps_line(image_c
             "tar",
             "--image-cache",
             str(image_cache),
-            "debian-minimal",
+            "debian-minbase",
         ],
         env,
     )
@@ -195,7 +195,7 @@ def test_a_cached_base_never_hides_a_missing_debootstrap_script(tmp_path, offlin
     with tarfile.open(cached, "w") as tar:
         tar.add(REPO / "README.md", arcname="./etc/motd")
     args = ["-o", str(tmp_path / "x"), "-t", "tar", "--image-cache", str(cache)]
-    done = run_dib([*args, *(["--offline"] if offline else []), "debian-minimal"], env)
+    done = run_dib([*args, *(["--offline"] if offline else []), "debian-minbase"], env)
     assert done.returncode == 1
     assert "No such script: /usr/share/debootstrap/scripts/no-such-release" in done.stdout
     assert "using cached base" not in done.stdout
@@ -226,7 +226,7 @@ def test_unreachable_mirror_fails_fast(tmp_path):
             "tar",
             "--image-cache",
             str(tmp_path / "cache"),
-            "debian-minimal",
+            "debian-minbase",
         ],
         env,
     )
@@ -251,7 +251,7 @@ def test_mirror_without_the_suite_fails_fast(tmp_path):
                 "tar",
                 "--image-cache",
                 str(tmp_path / "cache"),
-                "debian-minimal",
+                "debian-minbase",
             ],
             env,
             timeout=60,
@@ -281,7 +281,7 @@ def test_failing_chroot_script_leaves_no_mount_behind(bookworm, image_cache, tmp
             "tar",
             "--image-cache",
             str(image_cache),
-            "debian-minimal",
+            "debian-minbase",
             "broken",
         ],
         env,
@@ -304,7 +304,7 @@ def test_sigterm_mid_chroot_releases_everything(bookworm, image_cache, tmp_path)
             "tar",
             "--image-cache",
             str(image_cache),
-            "debian-minimal",
+            "debian-minbase",
             "slow",
         ),
         env=env,
@@ -338,7 +338,7 @@ def test_kernel_with_initramfs_tools_builds_one_initramfs_into_a_zstd_qcow2(
     env = dib_env(tmp_path, {"DIB_RELEASE": "bookworm"})
     out = tmp_path / "out" / "kernel"
     args = ["-o", str(out), "-t", "tar,qcow2", "--image-cache", str(image_cache)]
-    args += ["-p", "linux-image-amd64,initramfs-tools,ca-certificates", "debian-minimal"]
+    args += ["-p", "linux-image-amd64,initramfs-tools,ca-certificates", "debian-minbase"]
     built = run_dib(args, env)
     assert built.returncode == 0, built.stdout[-3000:]
     generated = [

@@ -41,7 +41,7 @@ def test_failing_post_install_hook(image_cache, tmp_path):
     env = dib_env(tmp_path, {"DIB_RELEASE": "bookworm", "ELEMENTS_PATH": str(elements)})
     output = tmp_path / "out" / "debian-bookworm"
     args = ["-o", str(output), "-t", "tar", "--image-cache", str(image_cache)]
-    done = run_dib([*args, "debian-minimal", "grow-broken"], env)
+    done = run_dib([*args, "debian-minbase", "grow-broken"], env)
     assert done.returncode == 1
     record = one_record(done, output)
     assert record.kind == "hook"
@@ -61,7 +61,7 @@ def test_failing_post_install_hook(image_cache, tmp_path):
     assert not build_mounts()
 
     # The next build with the same -o removes the stale record; a success writes none.
-    done = run_dib([*args, "debian-minimal"], env)
+    done = run_dib([*args, "debian-minbase"], env)
     assert done.returncode == 0, done.stdout[-3000:]
     assert not output.with_name("debian-bookworm.failure.json").exists()
     assert failure.LOG_PREFIX not in done.stdout
@@ -71,7 +71,7 @@ def test_unknown_package_is_kind_packages_with_apts_line(image_cache, tmp_path):
     env = dib_env(tmp_path, {"DIB_RELEASE": "bookworm"})
     output = tmp_path / "out" / "x"
     args = ["-o", str(output), "-t", "tar", "--image-cache", str(image_cache)]
-    done = run_dib([*args, "-p", "no-such-package-dib", "debian-minimal"], env)
+    done = run_dib([*args, "-p", "no-such-package-dib", "debian-minbase"], env)
     assert done.returncode == 1
     record = one_record(done, output)
     assert record.kind == "packages"
@@ -92,7 +92,7 @@ def test_debootstrap_failure_is_kind_debootstrap_with_its_e_line(tmp_path):
     )
     output = tmp_path / "out" / "x"
     args = ["-o", str(output), "-t", "tar", "--image-cache", str(tmp_path / "cache")]
-    done = run_dib([*args, "debian-minimal"], env, timeout=300)
+    done = run_dib([*args, "debian-minbase"], env, timeout=300)
     assert done.returncode == 1
     record = one_record(done, output)
     assert record.kind == "debootstrap"
@@ -121,7 +121,7 @@ def test_full_output_disk_is_kind_output_and_still_gets_its_record(image_cache, 
     with small_tmpfs(tmp_path / "out", "2M") as out:
         output = out / "x"
         args = ["-o", str(output), "-t", "tar", "--image-cache", str(image_cache)]
-        done = run_dib([*args, "debian-minimal"], env)
+        done = run_dib([*args, "debian-minbase"], env)
         assert done.returncode == 1
         record = one_record(done, output)
         assert not (out / "x.tar").exists()  # the truncated tarball is gone

@@ -1,6 +1,6 @@
 """diskimage-builder's own elements (3.43.0, from its wheel) run unchanged on dib.
 
-One real build: debian-minimal bookworm to tar with upstream dib-init-system, pkg-map,
+One real build: debian-minbase bookworm to tar with upstream dib-init-system, pkg-map,
 modprobe, svc-map (with dib-python), manifests, install-types and pip-cache on
 ELEMENTS_PATH, plus a small element of ours that gives each of them something to do. The checks
 look at what those elements leave in the image, not only at dib's exit status.
@@ -126,7 +126,7 @@ def built(tmp_path_factory, image_cache) -> Dict[str, object]:
     )
     out = tmp / "out" / "upstream"
     done = run_dib(
-        ["-o", str(out), "-t", "tar", "--image-cache", str(image_cache), "debian-minimal"]
+        ["-o", str(out), "-t", "tar", "--image-cache", str(image_cache), "debian-minbase"]
         + ["upstream-probe"],
         env,
         timeout=600,

@@ -51,7 +51,7 @@ def assert_dib_tar(session: HostgenSession, host: str) -> None:
     result = session.cell(
         host,
         "debian-bookworm-tar",
-        dib_command(["debian-minimal"], "debian-bookworm"),
+        dib_command(["debian-minbase"], "debian-bookworm"),
         environment=dib_environment({"DIB_RELEASE": "bookworm"}, find_mirror("debian")),
     )
     log = result.log_path.read_text(errors="replace")

@@ -207,7 +207,7 @@ def test_patch_review_tree_with_timeout_and_real_failure(tmp_path):
     targets.mkdir()
     for name, element in (("sleepy", "sleeper"), ("broken", "broken")):
         (targets / f"{name}.yaml").write_text(
-            f"name: {name}\nelements: [debian-minimal, {element}]\nenv:\n"
+            f"name: {name}\nelements: [debian-minbase, {element}]\nenv:\n"
             "  DIB_RELEASE: bookworm\noutputs: [tar]\n")
     matrix = write_matrix(tmp_path, """\
 name: review
@@ -246,7 +246,7 @@ def test_element_patch_bakes_only_a_thin_layer_and_mount_still_works(tmp_path):
     tree = patched_tree(tmp_path)
     (tmp_path / "targets").mkdir()
     (tmp_path / "targets" / "broken.yaml").write_text(
-        "name: broken\nelements: [debian-minimal, broken]\nenv:\n  DIB_RELEASE: bookworm\n"
+        "name: broken\nelements: [debian-minbase, broken]\nenv:\n  DIB_RELEASE: bookworm\n"
         "outputs: [tar]\n")
     matrix = write_matrix(tmp_path, "name: layers\nhosts: [debian-bookworm]\n"
                           "targets: [targets/broken.yaml]\nchecks: []\n")
@@ -348,7 +348,7 @@ def test_bullseye_host_builds_qcow2_without_zstd(tmp_path):
     probes, says so in the log, writes zlib, and the image passes its checks."""
     (tmp_path / "targets").mkdir()
     (tmp_path / "targets" / "bookworm-qcow2.yaml").write_text(
-        "name: bookworm-qcow2\nelements: [debian-minimal]\nenv:\n  DIB_RELEASE: bookworm\n"
+        "name: bookworm-qcow2\nelements: [debian-minbase]\nenv:\n  DIB_RELEASE: bookworm\n"
         "outputs: [qcow2]\n")
     matrix = write_matrix(tmp_path, "name: bullseye\nhosts: [debian-bullseye]\n"
                           "targets: [targets/bookworm-qcow2.yaml]\nchecks: []\n")
@@ -376,7 +376,7 @@ def test_kill_9_mid_cell_then_resume_runs_it_again_with_the_same_tree(tmp_path):
     hook.chmod(0o755)
     (tmp_path / "targets").mkdir()
     (tmp_path / "targets" / "nap.yaml").write_text(
-        "name: nap\nelements: [debian-minimal, napper]\nenv:\n  DIB_RELEASE: bookworm\n"
+        "name: nap\nelements: [debian-minbase, napper]\nenv:\n  DIB_RELEASE: bookworm\n"
         "outputs: [tar]\n")
     matrix = write_matrix(tmp_path, "name: nap\nhosts: [debian-bookworm]\n"
                           "targets: [targets/nap.yaml]\nchecks: []\n")

@@ -78,7 +78,7 @@ def build_in_cell(hosts: HostgenSession, cache: PackageCache, name: str) -> Cach
         cell_id=f"pkgcache-{name}",
         host=HOST,
         image=hosts.image(HOST),
-        command=dib_command(["debian-minimal"], name, ("tar",)),
+        command=dib_command(["debian-minbase"], name, ("tar",)),
         log_path=hosts.workdir / "logs" / f"pkgcache-{name}.log",
         timeout=1800,
         environment=env,

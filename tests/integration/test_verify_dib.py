@@ -1,4 +1,4 @@
-"""Image verification of real dib builds on this machine: debian-minimal bookworm as tar
+"""Image verification of real dib builds on this machine: debian-minbase bookworm as tar
 and qcow2 passes every check within its time budget; a target that declares forky but
 whose element pins bookworm fails with ``image is bookworm, target wants forky``; a
 partitioned disk assembled by dib.disk carries its layout record and passes.
@@ -53,13 +53,13 @@ def build(tmp: Path, image_cache: Path, name: str, types: str, elements: list[st
 @pytest.fixture(scope="module")
 def bookworm(tmp_path_factory, image_cache):
     tmp = tmp_path_factory.mktemp("verify-bookworm")
-    out = build(tmp, image_cache, "debian-bookworm", "tar,qcow2", ["debian-minimal"],
+    out = build(tmp, image_cache, "debian-bookworm", "tar,qcow2", ["debian-minbase"],
                 {"DIB_RELEASE": "bookworm"}, "--image-size", "2G")
     return tmp, out
 
 
 def bookworm_target(outputs=("tar", "qcow2")) -> Target:
-    return Target("debian-bookworm", ("debian-minimal",), (("DIB_RELEASE", "bookworm"),),
+    return Target("debian-bookworm", ("debian-minbase",), (("DIB_RELEASE", "bookworm"),),
                   tuple(outputs))
 
 
@@ -84,7 +84,7 @@ def test_a_real_bookworm_build_passes_every_check_in_time(bookworm):
 
 def test_a_bookworm_image_for_a_forky_expectation_fails_its_release(bookworm):
     tmp, out = bookworm
-    forky = Target("debian-forky", ("debian-minimal",), (("DIB_RELEASE", "forky"),), ("tar",))
+    forky = Target("debian-forky", ("debian-minbase",), (("DIB_RELEASE", "forky"),), ("tar",))
     checks = verify_images([out / "debian-bookworm.tar", out / "debian-bookworm.qcow2"],
                            expectation_for(forky, {}), tmp, timeout=300)
     release = [c for c in checks if c.name == "os-release"]
@@ -139,7 +139,7 @@ def test_an_assembled_disk_carries_its_layout_record(tmp_path):
     subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(out / "t.raw"),
                     str(out / "t.qcow2")], check=True)
     (out / "t.packages").write_text("")
-    target = Target("t", ("debian-minimal", "vm", "block-device-efi"),
+    target = Target("t", ("debian-minbase", "vm", "block-device-efi"),
                     (("DIB_RELEASE", "bookworm"),), ("raw", "qcow2"))
     checks, _ = timed_verify([out / "t.raw", out / "t.qcow2"], expectation_for(target, {}),
                              tmp_path, "assembled efi disk")
@@ -151,12 +151,12 @@ def test_an_assembled_disk_carries_its_layout_record(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_vm_build_passes_against_its_record(tmp_path, image_cache):
-    """debian-minimal + vm + block-device-gpt, 2 GiB: raw and qcow2 with the record."""
+    """debian-minbase + vm + block-device-gpt, 2 GiB: raw and qcow2 with the record."""
     out = build(tmp_path, image_cache, "vm", "raw,qcow2",
-                ["debian-minimal", "vm", "block-device-gpt"], {"DIB_RELEASE": "bookworm"},
+                ["debian-minbase", "vm", "block-device-gpt"], {"DIB_RELEASE": "bookworm"},
                 "--image-size", "2G")
     assert (out / "vm.layout.json").is_file()
-    target = Target("vm", ("debian-minimal", "vm", "block-device-gpt"),
+    target = Target("vm", ("debian-minbase", "vm", "block-device-gpt"),
                     (("DIB_RELEASE", "bookworm"),), ("raw", "qcow2"))
     expect = expectation_for(target, {})
     raw_checks, _ = timed_verify([out / "vm.raw"], expect, tmp_path, "vm raw (2 GiB)")

@@ -1,7 +1,7 @@
 """vm images for real: partitioned disks assembled in files, booted under qemu (TCG).
 
 Quick: a disk assembled from a tiny tree (sfdisk, mkfs at offsets, mtools) — seconds.
-Slow (minutes each): debian-minimal bookworm builds booted with SeaBIOS and OVMF, and
+Slow (minutes each): debian-minbase bookworm builds booted with SeaBIOS and OVMF, and
 images that must fail the boot check with the right evidence line (and the catalogue's
 category for it). Timings are printed (run with -s to see them).
 """
@@ -168,7 +168,7 @@ def boot(image: Path, log: Path, **kwargs) -> object:
 @pytest.fixture(scope="module")
 def mbr_vm(tmp_path_factory, image_cache):
     return build_image(
-        tmp_path_factory, image_cache, "mbr-vm", ["debian-minimal", "vm", "boot-marker", "growroot"]
+        tmp_path_factory, image_cache, "mbr-vm", ["debian-minbase", "vm", "boot-marker", "growroot"]
     )
 
 
@@ -178,7 +178,7 @@ def efi_vm(tmp_path_factory, image_cache):
         tmp_path_factory,
         image_cache,
         "efi-vm",
-        ["debian-minimal", "block-device-efi", "boot-marker"],
+        ["debian-minbase", "block-device-efi", "boot-marker"],
     )
 
 
@@ -219,7 +219,7 @@ def test_efi_vm_also_boots_with_bios(efi_vm):
 @pytest.mark.slow
 @needs_qemu
 def test_image_without_a_bootloader_fails_as_no_bootloader(tmp_path_factory, image_cache):
-    plain = build_image(tmp_path_factory, image_cache, "plain", ["debian-minimal"])
+    plain = build_image(tmp_path_factory, image_cache, "plain", ["debian-minbase"])
     result = boot(plain["image"], plain["tmp"] / "serial.log")
     assert not result.passed
     assert not result.infrastructure
@@ -235,7 +235,7 @@ def test_kernel_that_cannot_find_its_root_fails_as_root_fs_not_found(tmp_path_fa
         tmp_path_factory,
         image_cache,
         "badroot",
-        ["debian-minimal", "vm"],
+        ["debian-minbase", "vm"],
         {"DIB_BOOTLOADER_DEFAULT_CMDLINE": "root=UUID=00000000-1111-2222-3333-444444444444"},
     )
     result = boot(bad["image"], bad["tmp"] / "serial.log")
@@ -286,7 +286,7 @@ def test_bad_layout_fails_the_build_with_every_problem(tmp_path, image_cache):
             "qcow2",
             "--image-cache",
             str(image_cache),
-            "debian-minimal",
+            "debian-minbase",
             "block-device-mbr",
         ],
         env,

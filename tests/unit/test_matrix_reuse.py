@@ -33,7 +33,7 @@ def test_key_follows_the_element_closure_only(tmp_path):
     script = tree / "elements/debootstrap/root.d/08-debootstrap"
     script.write_text(script.read_text() + "# patched\n")
     after = KeyMaker(tree)
-    assert after.key(debian, "sha256:img") != keys[0]  # debian-minimal -> debootstrap
+    assert after.key(debian, "sha256:img") != keys[0]  # debian-minbase -> debootstrap
     assert after.key(suse, "sha256:img") == keys[1]  # opensuse's closure is untouched
     assert after.key(debian, "sha256:other-host-image") != after.key(debian, "sha256:img")
 

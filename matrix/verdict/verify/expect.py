@@ -25,6 +25,7 @@ LOG = logging.getLogger(__name__)
 # Base elements (diskimage-builder's names too) -> os-release ID.
 DISTRO_IDS = {
     "debian-minimal": "debian",
+    "debian-minbase": "debian",
     "debian": "debian",
     "ubuntu-minimal": "ubuntu",
     "ubuntu": "ubuntu",

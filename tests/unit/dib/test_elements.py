@@ -102,7 +102,7 @@ def test_bundled_elements_come_last(tmp_path):
 def test_bundled_base_distros_resolve():
     index = index_elements([bundled_elements_dir()])
     for distro in (
-        "debian-minimal",
+        "debian-minbase",
         "ubuntu-minimal",
         "opensuse-minimal",
         "fedora-minimal",
@@ -110,3 +110,7 @@ def test_bundled_base_distros_resolve():
     ):
         resolution = resolve(["base", distro], index)
         assert resolution.provided["operating-system"] == distro
+    # diskimage-builder's debian-minimal: the bare tree plus its own content.
+    full = resolve(["base", "debian-minimal"], index)
+    assert full.provided["operating-system"] == "debian-minbase"
+    assert {"debian-minimal", "debian-minbase", "debootstrap"} <= set(full.names)

@@ -275,7 +275,7 @@ def test_debootstrap_failure_carries_debootstraps_own_line(dib, tmp_path, monkey
     fake = "#!/bin/sh\necho 'I: Retrieving InRelease'\n"
     fake += 'echo "E: Couldn\'t find these debs: nosuchdeb"\nexit 1\n'
     _debootstrap_setup(dib, tmp_path, monkeypatch, fake)
-    record = assert_one_record(dib.run("debian-minimal"))
+    record = assert_one_record(dib.run("debian-minbase"))
     assert record.kind == "debootstrap"
     assert (record.phase, record.hook, record.element) == (
         "root.d",
@@ -290,7 +290,7 @@ def test_debootstrap_failure_carries_debootstraps_own_line(dib, tmp_path, monkey
 
 def test_missing_debootstrap_script_is_kind_debootstrap(dib, tmp_path, monkeypatch):
     _debootstrap_setup(dib, tmp_path, monkeypatch, "#!/bin/sh\nexit 0\n", release="forky-ish")
-    record = assert_one_record(dib.run("debian-minimal"))
+    record = assert_one_record(dib.run("debian-minbase"))
     assert record.kind == "debootstrap" and record.element == "debootstrap"
     assert record.error == f"No such script: {tmp_path}/dbs/scripts/forky-ish"
 

@@ -28,7 +28,7 @@ dib = harness.dib  # the fixture: dib's CLI in-process on fake elements
 
 @pytest.mark.parametrize(
     "element",
-    ["debian-minimal", "ubuntu-minimal", "centos-minimal", "fedora-minimal", "opensuse-minimal"],
+    ["debian-minbase", "ubuntu-minimal", "centos-minimal", "fedora-minimal", "opensuse-minimal"],
 )
 def test_base_distro_elements_export_the_init_system(element):
     """dib-init-system/environment.d/99-dib-init-system exits without DIB_INIT_SYSTEM."""
