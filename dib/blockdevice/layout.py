@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from dib.blockdevice import flatform
 from dib.errors import ConfigError
 
 SECTOR = 512
@@ -65,9 +66,9 @@ ESP_MBR_TYPE = "ef"
 UNSUPPORTED_NODES = {
     "lvm": "LVM needs device-mapper",
     "mdraid": "software RAID needs md devices",
-    "mkfs": "write mkfs inside its partition instead (nested form)",
-    "mount": "write mount inside its mkfs instead (nested form)",
-    "fstab": "write fstab inside its mount instead (nested form)",
+    "mkfs": "expected a mapping with base, type and mount",
+    "mount": "expected a mapping with base and mount_point",
+    "fstab": "expected a mapping with base and options",
 }
 # Units as in diskimage-builder: IEC (KiB, MiB...) and SI (kB, MB...); one letter is IEC.
 UNITS = {
@@ -272,6 +273,9 @@ def parse_layout_text(text: str, origin: str) -> Layout:
 def parse_layout(data: Any, origin: str, lines: Optional[Mapping[str, int]] = None) -> Layout:
     """Validate DIB-format layout data; raise :class:`LayoutError` listing every problem."""
     problems = _Problems(lines or {})
+    data, misplaced = flatform.nest(data)
+    for path, message in misplaced:
+        problems.add(path, message)
     nodes = _top_level_nodes(data, problems)
     image = _image_name(nodes, problems)
     layout = _partitioning(nodes, image, problems)

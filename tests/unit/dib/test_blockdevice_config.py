@@ -111,3 +111,55 @@ def test_diskimage_builders_own_layouts_parse(name):
     path = UPSTREAM / name / "block-device-default.yaml"
     layout = parse_layout_text(path.read_text(), str(path))
     assert layout.root.filesystem.type == "ext4"
+
+
+FLAT = """\
+- local_loop:
+    name: image0
+- partitioning:
+    base: image0
+    label: gpt
+    partitions:
+      - name: ESP
+        type: EF00
+        size: 64MiB
+      - name: root
+        type: "8300"
+- mkfs:
+    name: fs_esp
+    base: ESP
+    type: vfat
+- mkfs:
+    name: fs_root
+    base: root
+    type: ext4
+    label: myroot
+- mount:
+    name: mount_esp
+    base: fs_esp
+    mount_point: /boot/efi
+- mount:
+    base: fs_root
+    mount_point: /
+- fstab:
+    base: mount_fs_root
+    options: defaults
+    fsck-passno: 1
+"""
+
+
+def test_flat_form_means_the_same_as_nested():
+    layout = parse_layout_text(FLAT, "flat")
+    assert layout.root.filesystem.label == "myroot"
+    assert layout.root.filesystem.fstab.passno == 1
+    assert layout.esp.mount_point == "/boot/efi"
+    assert layout.esp.filesystem.fstab is None
+
+
+def test_flat_nodes_that_cannot_be_placed_are_named():
+    text = FLAT + "- mkfs:\n    name: fs_var\n    base: lv_var\n    type: ext4\n"
+    with pytest.raises(LayoutError, match=r"mkfs: 'fs_var': base 'lv_var' is not a partition"):
+        parse_layout_text(text, "t")
+    text = FLAT + "- mount:\n    base: fs_root\n    mount_point: /srv\n"
+    with pytest.raises(LayoutError, match=r"'fs_root' already has a mount"):
+        parse_layout_text(text, "t")
