@@ -1,8 +1,10 @@
 """dib against the real diskimage-builder: debian-minimal bookworm to qcow2, cold then warm.
 
-Both run on this machine from the same mirror with the same apt sources (the
-release's main suite: diskimage-builder would otherwise add a security archive
-of its own choosing), each with its own empty cache for the cold build. DIB gets
+Both build the same content (dib's debian-minimal is diskimage-builder's: kernel,
+systemd, python3, ...) on this machine from the same mirror with the same apt
+sources (``DIB_APT_SOURCES_CONF``: the release's main suite; diskimage-builder
+would otherwise add a security archive of its own choosing), each with its own
+empty cache for the cold build. DIB gets
 its best warm case: its debootstrap tarball kept and used (``DIB_DEBOOTSTRAP_CACHE``,
 ``DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE``) besides its shared apt cache.
 """
@@ -101,10 +103,16 @@ def dib_packages(output: Path) -> set[str]:
             for entry in json.loads(manifests[0].read_text())["packages"]}
 
 
+def sources_conf(bench: Bench) -> str:
+    """Both debian-minimals read it (diskimage-builder's names): the same apt sources."""
+    return f"default:deb {bench.mirror} {RELEASE} main"
+
+
 def ours(bench: Bench) -> Builder:
     root = bench.path("builders", "dib")
     env = base_env({"PYTHONPATH": str(REPO), "DIB_RELEASE": RELEASE,
-                    "DIB_DISTRIBUTION_MIRROR": bench.mirror})
+                    "DIB_DISTRIBUTION_MIRROR": bench.mirror,
+                    "DIB_APT_SOURCES_CONF": sources_conf(bench)})
     return Builder("dib", root, [sys.executable, "-m", "dib", "--image-cache",
                                  str(root / "cache")], env, our_packages)
 
@@ -120,7 +128,7 @@ def diskimage_builder(bench: Bench) -> Builder:
         "PATH": f"{program.parent}:{base_env()['PATH']}",
         "DIB_RELEASE": RELEASE,
         "DIB_DISTRIBUTION_MIRROR": bench.mirror,
-        "DIB_APT_SOURCES_CONF": f"default:deb {bench.mirror} {RELEASE} main",
+        "DIB_APT_SOURCES_CONF": sources_conf(bench),
         "DIB_IMAGE_CACHE": str(root / "cache"),
         # Its warm best: write the debootstrap tarball, and use it when there.
         "DIB_DEBOOTSTRAP_CACHE": "1",

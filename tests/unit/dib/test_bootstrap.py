@@ -89,3 +89,21 @@ def test_spec_reads_the_environment():
     assert got.components == ("main", "contrib")
     assert got.include == ("less", "vim")
     assert got.cache_file(bootstrap.Path("/c")).name.startswith("debian-trixie-amd64-")
+
+
+def test_debootstrap_runs_with_unsafe_io_and_leaves_no_trace(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, tag, timeout):
+        cfg = tmp_path / bootstrap.UNSAFE_IO
+        seen["cfg"] = cfg.read_text() if cfg.exists() else None
+        if "fail" in cmd:
+            raise bootstrap.CommandFailed("debootstrap", 1, ["E: boom"])
+
+    monkeypatch.setattr(bootstrap, "run", fake_run)
+    bootstrap.debootstrap(spec(), tmp_path, 10)
+    assert seen["cfg"] == "force-unsafe-io\n"
+    assert not (tmp_path / bootstrap.UNSAFE_IO).exists()
+    with pytest.raises(DibError):
+        bootstrap.debootstrap(spec(release="fail"), tmp_path, 10)
+    assert not (tmp_path / bootstrap.UNSAFE_IO).exists()
