@@ -66,3 +66,19 @@ def test_a_loop_through_a_virtual_name_is_no_cycle(tmp_path):
     assert names.index("vm") < names.index("block-device-mbr")
     with pytest.raises(ElementError, match="element dependency cycle: .*a"):
         resolve(["os", "a"], index)
+
+
+def test_no_final_image_writes_the_tar_types_only(tmp_path):
+    """The no-final-image element: as in disk-image-create, tar is still written, no disk."""
+    from dib.outputs import has_disk_type, make_outputs, wants_final_image
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("x\n")
+    assert not wants_final_image(["base", "vm", "no-final-image"])
+    assert wants_final_image(["base", "vm"])
+    assert has_disk_type(["tar", "qcow2"]) and not has_disk_type(["tar", "tgz"])
+    output = tmp_path / "out" / "image"
+    made = make_outputs(root, output, ["tar", "raw", "qcow2"], tmp_path, final_image=False)
+    assert made == [tmp_path / "out" / "image.tar"]
+    assert sorted(p.name for p in output.parent.iterdir()) == ["image.packages", "image.tar"]
