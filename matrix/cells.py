@@ -61,6 +61,10 @@ class RunContext:
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the package cache proxy
     layers: LayerBaker | None = None  # None: bind-mount dib_tree into cells (--dib-mount)
     cell_images: dict[str, str] = field(default_factory=dict)  # host -> its dib layer
+    # diskimage-builder version -> its element tree on this machine (runner.prepare_upstream)
+    upstream_elements: dict[str, Path] = field(default_factory=dict)
+    security_mirror: str | None = None  # for upstream's debian-minimal (its own default
+    # is a public host); the machine's debian-security archive, like ``mirror``
     # How a cell's container runs: engine.run_cell (local) or swarm.run_cell (a job).
     run_cell: Callable[[docker.DockerClient, engine.CellSpec], engine.CellResult] = \
         engine.run_cell
@@ -76,6 +80,13 @@ class RunContext:
 
     def images_dir(self, host: str) -> Path:
         return self.run_dir / "images" / host
+
+    def elements_dirs(self, cell: PlannedCell) -> list[Path]:
+        """Where the cell's dib finds elements, on this machine: upstream's tree first
+        for a target with ``diskimage-builder-elements``, then dib's."""
+        version = cell.target.upstream_elements if cell.target else None
+        first = [self.upstream_elements[version]] if version in self.upstream_elements else []
+        return [*first, self.dib_tree / "elements"]
 
 
 def _write(path: Path, text: str) -> None:
@@ -188,6 +199,14 @@ class CellRunner:
 
     def spec(self, cell: PlannedCell) -> engine.CellSpec:
         env = dict(cell.env)
+        upstream = self.upstream_elements(cell)
+        if upstream is not None:
+            # That release's whole tree first; a target's own ELEMENTS_PATH after it, dib's
+            # bundled elements last (dib appends them).
+            env["ELEMENTS_PATH"] = ":".join(filter(None, (engine.UPSTREAM_ELEMENTS_MOUNT,
+                                                          env.get("ELEMENTS_PATH"))))
+            if self.ctx.security_mirror:
+                env.setdefault("DIB_DEBIAN_SECURITY_MIRROR", self.ctx.security_mirror)
         if cell.kind is CellKind.CHECK:
             command: tuple[str, ...] = ("bash", TOX_SCRIPT)
         else:
@@ -208,7 +227,17 @@ class CellRunner:
             out_dir=self.ctx.images_dir(cell.host.name) if cell.kind is CellKind.BUILD else None,
             cache_volume=engine.cache_volume_name(cell.host.name),
             network=self.ctx.network,
+            upstream_elements=upstream,
         )
+
+    def upstream_elements(self, cell: PlannedCell) -> Path | None:
+        """The diskimage-builder element tree to mount for ``cell``, or None."""
+        version = cell.target.upstream_elements if cell.target else None
+        if not version or cell.kind is not CellKind.BUILD:
+            return None
+        if version not in self.ctx.upstream_elements:
+            raise engine.EngineError(f"diskimage-builder {version} elements were not prepared")
+        return self.ctx.upstream_elements[version]
 
     def cell_image(self, host: str) -> str:
         """The host's dib layer, or its host image when the tree is bind-mounted."""
@@ -292,7 +321,7 @@ def verify_build(ctx: RunContext, cell: PlannedCell, report: CellReport) -> Cell
     """A build is ``success`` only once its images pass their checks."""
     assert cell.target is not None
     images = [ctx.run_dir / a.path for a in report.artifacts]
-    expect = expectation_for(cell.target, dict(cell.env), [ctx.dib_tree / "elements"])
+    expect = expectation_for(cell.target, dict(cell.env), ctx.elements_dirs(cell))
     checks = tuple(verify_images(images, expect, ctx.run_dir, timeout=ctx.timeout))
     log = ctx.log_path(cell)
     for check in checks:
@@ -339,6 +368,8 @@ def reproducer(spec: engine.CellSpec) -> str:
         parts += ["-v", f"{spec.out_dir.resolve()}:{engine.OUT_MOUNT}"]
     if spec.cache_volume is not None:
         parts += ["-v", f"{spec.cache_volume}:{engine.CACHE_MOUNT}"]
+    if spec.upstream_elements is not None:
+        parts += ["-v", f"{spec.upstream_elements.resolve()}:{engine.UPSTREAM_ELEMENTS_MOUNT}:ro"]
     for key, value in sorted(spec.environment.items()):
         parts += ["-e", f"{key}={value}"]
     parts += [spec.image, *spec.command]

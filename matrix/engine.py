@@ -8,6 +8,8 @@ A cell container is a fresh container of a host image that runs one command
   default), or a read-only bind mount of the local tree (``--dib-mount``);
 - an output directory bind-mounted at ``/out``;
 - a per-host image-cache volume at ``/cache``;
+- for a target with ``diskimage-builder-elements``, that release's element tree as a
+  read-only bind mount at ``/opt/dib-upstream/elements``;
 - host networking and a few named capabilities, never ``privileged``.
 
 It is removed after success, failure, timeout and KeyboardInterrupt.
@@ -44,6 +46,7 @@ LABEL_CACHE = "org.dib-matrix.cache"
 DIB_MOUNT = "/opt/dib-matrix"
 OUT_MOUNT = "/out"
 CACHE_MOUNT = "/cache"
+UPSTREAM_ELEMENTS_MOUNT = "/opt/dib-upstream/elements"  # diskimage-builder's element tree
 # Socket read timeout of API calls (image builds stream with it too).
 API_TIMEOUT = 600
 
@@ -104,6 +107,7 @@ class CellSpec:
     dib_tree: Path | None = None  # bind-mounted read-only at DIB_MOUNT; None: baked/absent
     out_dir: Path | None = None  # bind-mounted at OUT_MOUNT
     cache_volume: str | None = None  # named volume mounted at CACHE_MOUNT
+    upstream_elements: Path | None = None  # bind-mounted read-only at UPSTREAM_ELEMENTS_MOUNT
     network: Network = Network.HOST
     capabilities: tuple[str, ...] = CELL_CAPABILITIES
     workdir: str | None = None
@@ -156,6 +160,9 @@ def cell_mounts(spec: CellSpec) -> list[Mount]:
         mounts.append(Mount(OUT_MOUNT, str(spec.out_dir.resolve()), type="bind"))
     if spec.cache_volume is not None:
         mounts.append(Mount(CACHE_MOUNT, spec.cache_volume, type="volume"))
+    if spec.upstream_elements is not None:
+        mounts.append(Mount(UPSTREAM_ELEMENTS_MOUNT, str(spec.upstream_elements.resolve()),
+                            type="bind", read_only=True))
     return mounts
 
 

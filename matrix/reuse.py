@@ -1,7 +1,9 @@
 """Content-addressed cell reuse: a cell's key names everything its result depends on.
 
 key = hash(host image id, the files of every element the target resolves to, the
-target definition, the dib package, the options that change the output). A later
+target definition, the dib package, the options that change the output; for a target
+with ``diskimage-builder-elements``, that release's version and pinned wheel sha256,
+which stand for every upstream element file). A later
 run with ``--reuse`` takes a finished cell with the same key instead of building
 again, so a patch to one element re-runs only the cells whose closure holds it.
 """
@@ -12,11 +14,12 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
+from matrix import upstreamdib
 from matrix.plan import PlannedCell
 from matrix.results import Cell, CellKind, RunResults, State, load
 
@@ -39,23 +42,41 @@ def _tree_files(root: Path, top: str) -> list[Path]:
 
 @dataclass
 class KeyMaker:
-    """Computes cell keys against one dib tree; element closures are cached per target."""
+    """Computes cell keys against one dib tree; element closures are cached per target.
+
+    ``upstream_elements`` maps a diskimage-builder version to its element tree on this
+    machine (filled by the run once the tree is prepared): a target using it resolves
+    there first, as its cell's dib does.
+    """
 
     dib_tree: Path
+    upstream_elements: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._closures: dict[tuple[str, ...], list[Path]] = {}
+        self._closures: dict[tuple[str | None, tuple[str, ...]], list[Path]] = {}
         self._index = index_elements([self.dib_tree / "elements"])
 
-    def element_dirs(self, elements: tuple[str, ...]) -> list[Path]:
-        if elements not in self._closures:
+    def element_dirs(self, elements: tuple[str, ...], upstream: str | None = None) -> list[Path]:
+        """The dirs of dib's own elements in the closure (upstream ones are pinned by sha)."""
+        cache_key = (upstream, elements)
+        if cache_key not in self._closures:
+            if upstream is None:
+                index = self._index
+            elif upstream in self.upstream_elements:
+                index = index_elements([self.upstream_elements[upstream],
+                                        self.dib_tree / "elements"])
+            else:  # the closure is unknown here: every dib element counts
+                self._closures[cache_key] = sorted(
+                    p for p in (self.dib_tree / "elements").iterdir() if p.is_dir())
+                return self._closures[cache_key]
             try:
-                resolution = resolve(["base", *elements], self._index)
+                resolution = resolve(["base", *elements], index)
                 dirs = [e.path for e in resolution.elements]
             except DibError:
                 dirs = []  # the build will fail on it; nothing to reuse anyway
-            self._closures[elements] = dirs
-        return self._closures[elements]
+            mine = self.dib_tree / "elements"
+            self._closures[cache_key] = [d for d in dirs if d.parent == mine]
+        return self._closures[cache_key]
 
     def key(self, cell: PlannedCell, host_image_id: str) -> str | None:
         digest = hashlib.sha256(f"dib-matrix-cell/{KEY_VERSION}\0{host_image_id}\0".encode())
@@ -71,9 +92,14 @@ class KeyMaker:
         target = cell.target
         definition = {"elements": target.elements, "outputs": target.outputs,
                       "arch": target.arch, "env": cell.env}
+        upstream = target.upstream_elements
+        if upstream:
+            # The release and its wheel's sha256 pin every upstream element file.
+            definition["diskimage-builder-elements"] = [
+                upstream, upstreamdib.PINS.get(upstream, "unpinned")]
         digest.update(json.dumps(definition, sort_keys=True).encode())
         _hash_files(digest, self.dib_tree, _tree_files(self.dib_tree, "dib"))
-        for element_dir in self.element_dirs(target.elements):
+        for element_dir in self.element_dirs(target.elements, upstream):
             _hash_files(digest, self.dib_tree, element_dir.rglob("*"))
         return digest.hexdigest()
 

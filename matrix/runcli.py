@@ -31,7 +31,7 @@ from matrix.runner import (
     check_dib_tree,
     execute,
 )
-from matrix.targets import element_issues
+from matrix.targets import element_issues, upstream_notes
 from matrix.verdict.catalogue import Catalogue, load_catalogue
 
 LOG = logging.getLogger("dib-matrix")
@@ -242,6 +242,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(tabulate(rows, headers=["cell", "kind", "needs", "planned"]))
     if not facts:
         print("(no host image is built yet: preflight verdicts appear once hosts are built)")
+    for note in upstream_notes({c.target.name: c.target for c in plan.cells
+                                if c.target and c.excluded is None}.values()):
+        print(note)
     return EXIT_OK
 
 

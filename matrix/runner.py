@@ -20,8 +20,8 @@ from typing import Any
 import docker
 import requests
 
-from dib.mirror import MirrorNotFound, find_mirror
-from matrix import engine, leases, swarm
+from dib.mirror import MirrorNotFound, find_mirror, find_security_mirror
+from matrix import engine, leases, swarm, upstreamdib
 from matrix.cellreport import CellReport
 from matrix.cells import CellRunner, RunContext
 from matrix.config import MatrixConfig
@@ -63,6 +63,35 @@ def tree_info(path: Path) -> dict[str, object]:
     return info
 
 
+UPSTREAM_UNAVAILABLE = "upstream elements unavailable: "  # the catalogue's pattern
+
+
+def upstream_versions(plan: Plan) -> list[str]:
+    """diskimage-builder releases whose element trees the plan's builds use."""
+    return sorted({c.target.upstream_elements for c in plan.cells
+                   if c.kind is CellKind.BUILD and c.target is not None
+                   and c.target.upstream_elements and c.excluded is None})
+
+
+def prepare_upstream(versions: list[str], cache: Path = upstreamdib.DEFAULT_CACHE
+                     ) -> tuple[dict[str, Path], dict[str, str]]:
+    """Each release's element tree (fetched and extracted once, cached across runs), and
+    for the ones that could not be had, the line their cells fail with."""
+    trees: dict[str, Path] = {}
+    failures: dict[str, str] = {}
+    for version in versions:
+        started = time.monotonic()
+        try:
+            trees[version] = upstreamdib.elements_dir(cache, version=version)
+        except (upstreamdib.UpstreamError, OSError) as err:
+            failures[version] = f"{UPSTREAM_UNAVAILABLE}diskimage-builder {version}: {err}"
+            LOG.error("%s", failures[version])
+            continue
+        LOG.info("diskimage-builder %s elements: %s (%.1f s)", version, trees[version],
+                 time.monotonic() - started)
+    return trees, failures
+
+
 def check_dib_tree(path: Path) -> Path:
     if not (path / "dib" / "__main__.py").is_file() or not (path / "elements").is_dir():
         raise ValueError(f"--dib-tree {path}: no dib/ package and elements/ directory there")
@@ -83,6 +112,7 @@ class RunRequest:
     package_cache: Path | None = DEFAULT_PACKAGE_CACHE  # None: cells fetch directly
     dib_mount: bool = False  # bind-mount the tree rather than bake a dib layer
     swarm: bool = False  # cells as swarm replicated-job services instead of local containers
+    upstream_cache: Path = upstreamdib.DEFAULT_CACHE  # diskimage-builder wheels and trees
     catalogue: Catalogue | None = None  # loaded (and checked) by the caller; else loaded here
 
 
@@ -245,6 +275,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
         ctx.reusable = index_previous(request.out_dir, run.results.run_id,
                                       request.reuse_failures)
     run.results.engine = {**_engine_info(client), "cells": "swarm" if request.swarm else "local"}
+    upstream_failures: dict[str, str] = {}  # version -> the line its cells fail with
 
     def stop_everything() -> None:
         _remove_run_objects(client, run.results.run_id)
@@ -253,6 +284,14 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
     cells = CellRunner(ctx)
 
     def execute(cell: PlannedCell, attempt: int) -> CellReport:
+        version = cell.target.upstream_elements if cell.target else None
+        if cell.kind is CellKind.BUILD and version in upstream_failures:
+            log = ctx.log_path(cell)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a", encoding="utf-8") as stream:
+                stream.write(upstream_failures[version] + "\n")
+            return run.judge(cell, CellReport(State.FAILED, (upstream_failures[version],),
+                                              log=log))
         report = cells.execute(cell, attempt)
         if report.state is State.ERROR and not _engine_answers(client):
             run.lose_engine(report.evidence[0] if report.evidence else "no answer")
@@ -273,6 +312,14 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
             _point_latest(request.out_dir, run.results.run_id)
             if on_start:
                 on_start(run)
+            versions = upstream_versions(request.plan)
+            if versions:  # before any cell: every cell of a release sees the same tree
+                trees, failures = prepare_upstream(versions, request.upstream_cache)
+                ctx.upstream_elements.update(trees)
+                if ctx.keys is not None:
+                    ctx.keys.upstream_elements.update(trees)
+                upstream_failures.update(failures)
+                ctx.security_mirror = find_security_mirror()
             package_cache = _start_package_cache(request.package_cache, stack)
             if package_cache is not None:
                 ctx.extra_env = package_cache.environment()

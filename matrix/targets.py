@@ -1,8 +1,9 @@
 """Target image definitions (``targets/*.yaml``): what dib builds in every host.
 
 A target names its elements, environment, output types, architecture, what it
-``requires`` from a host (tools on PATH, a debootstrap script) and whether its
-image must pass a boot test.
+``requires`` from a host (tools on PATH, a debootstrap script), whether its
+image must pass a boot test, and optionally a diskimage-builder release whose whole
+element tree goes first on ELEMENTS_PATH (``diskimage-builder-elements``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
 from dib.outputs import SUPPORTED_TYPES
+from matrix import upstreamdib
 from matrix.diagnostics import ConfigError, ConfigIssue, IssueCollector
 from matrix.yamlload import YamlDocument, load_yaml
 
@@ -35,7 +37,10 @@ TARGET_KEYS = {
     "arch": "architecture (default amd64)",
     "requires": "host facts it needs: {tools: [...], debootstrap-script: RELEASE}",
     "boot-test": "boot the image under qemu after building (default false)",
+    "diskimage-builder-elements": "a diskimage-builder release (quoted, e.g. \"3.43.0\") "
+                                  "whose whole element tree goes first on ELEMENTS_PATH",
 }
+UPSTREAM_KEY = "diskimage-builder-elements"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Target:
     boot_test: bool = False
     description: str = ""
     path: Path | None = None
+    upstream_elements: str | None = None  # diskimage-builder version, see UPSTREAM_KEY
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -114,6 +120,22 @@ def _requirements(value: Any, doc: YamlDocument, issues: IssueCollector) -> Requ
     return Requirements(tools=tools, debootstrap_script=script)
 
 
+def _upstream_version(value: Any, doc: YamlDocument, issues: IssueCollector) -> str | None:
+    """A diskimage-builder release with a pinned wheel (matrix.upstreamdib.PINS)."""
+    if value is None:
+        return None
+    known = ", ".join(sorted(upstreamdib.PINS))
+    if not isinstance(value, str):
+        issues.add(doc.issue((UPSTREAM_KEY,), f"must be a quoted version string; known: "
+                                              f"{known}"))
+        return None
+    if value not in upstreamdib.PINS:
+        issues.add(doc.issue((UPSTREAM_KEY,), f"diskimage-builder {value} has no pinned "
+                                              f"wheel sha256; known: {known}"))
+        return None
+    return value
+
+
 def parse_target(doc: YamlDocument) -> Target:
     issues = IssueCollector(list(doc.issues))
     data = doc.data
@@ -140,6 +162,7 @@ def parse_target(doc: YamlDocument) -> Target:
         issues.add(doc.issue(("arch",), "must be an architecture name such as amd64"))
     env = check_env(data.get("env"), doc, ("env",), issues)
     requires = _requirements(data.get("requires"), doc, issues)
+    upstream = _upstream_version(data.get(UPSTREAM_KEY), doc, issues)
     issues.check()
     return Target(
         name=name,
@@ -151,6 +174,7 @@ def parse_target(doc: YamlDocument) -> Target:
         boot_test=bool(boot),
         description=str(data.get("description", "")),
         path=doc.path,
+        upstream_elements=upstream,
     )
 
 
@@ -180,15 +204,26 @@ def load_targets(dirs: tuple[Path, ...] = (BUNDLED_TARGETS_DIR,)) -> dict[str, T
     return dict(sorted(targets.items()))
 
 
-def element_issues(targets: Iterable[Target], elements_dir: Path) -> list[ConfigIssue]:
+def element_issues(targets: Iterable[Target], elements_dir: Path,
+                   upstream_cache: Path = upstreamdib.DEFAULT_CACHE) -> list[ConfigIssue]:
     """Targets whose elements dib would not find or could not resolve in ``elements_dir``
     (the run's dib tree), each named with its file and line. A target that sets its own
-    ELEMENTS_PATH (directories inside the host container) is left to dib."""
-    index = index_elements([elements_dir])
+    ELEMENTS_PATH (directories inside the host container) is left to dib. A target with
+    ``diskimage-builder-elements`` resolves against that release's tree first, when it is
+    cached (see :func:`upstream_notes`); nothing is fetched here."""
+    indexes: dict[str | None, dict | None] = {None: index_elements([elements_dir])}
     found = []
     for target in targets:
         if "ELEMENTS_PATH" in target.env_dict:
             continue
+        version = target.upstream_elements
+        if version not in indexes:
+            upstream = upstreamdib.cached_elements_dir(upstream_cache, version)
+            indexes[version] = (None if upstream is None
+                                else index_elements([upstream, elements_dir]))
+        index = indexes[version]
+        if index is None:
+            continue  # not cached yet: upstream_notes says so
         try:
             resolve(["base", *target.elements], index)
         except DibError as err:
@@ -196,3 +231,25 @@ def element_issues(targets: Iterable[Target], elements_dir: Path) -> list[Config
             line = load_yaml(target.path).line(("elements",)) if target.path else None
             found.append(ConfigIssue(where, line, "elements", str(err)))
     return found
+
+
+def upstream_notes(targets: Iterable[Target],
+                   upstream_cache: Path = upstreamdib.DEFAULT_CACHE) -> list[str]:
+    """One line per diskimage-builder release the targets use: where its element tree
+    is, or that the run fetches it before cells start (and its elements were not checked)."""
+    users: dict[str, list[str]] = {}
+    for target in targets:
+        if target.upstream_elements:
+            users.setdefault(target.upstream_elements, []).append(target.name)
+    notes = []
+    for version, names in sorted(users.items()):
+        cached = upstreamdib.cached_elements_dir(upstream_cache, version)
+        who = ", ".join(names)
+        if cached is not None:
+            notes.append(f"diskimage-builder {version} elements (for {who}): cached in "
+                         f"{cached}")
+        else:
+            notes.append(f"diskimage-builder {version} elements (for {who}): not cached; "
+                         f"the run fetches the pinned wheel before cells start; their "
+                         f"elements were not checked (dib resolves them in the cell)")
+    return notes

@@ -17,6 +17,10 @@ SAMPLES = {
     "engine-error": ("t", "engine error: 500 Server Error", "container engine error"),
     "qemu-error": ("t:boot", "boot: qemu failed: qemu-system-x86_64 not found", None),
     "missing-dependency": ("t", "prerequisite failed: h.hostgen", "missing dependency"),
+    "upstream-elements-unavailable": (
+        "t", "upstream elements unavailable: diskimage-builder 3.43.0: pip download of "
+        "diskimage-builder==3.43.0 failed: ERROR: No matching distribution found",
+        "diskimage-builder 3.43.0 elements unavailable"),
     "image-verification-failed": (
         "t", "verify: os-release: image is bookworm, target wants forky",
         "image is bookworm, target wants forky"),
