@@ -66,9 +66,12 @@ ESP_MBR_TYPE = "ef"
 UNSUPPORTED_NODES = {
     "lvm": "LVM needs device-mapper",
     "mdraid": "software RAID needs md devices",
-    "mkfs": "expected a mapping with base, type and mount",
-    "mount": "expected a mapping with base and mount_point",
-    "fstab": "expected a mapping with base and options",
+}
+# Flat nodes that flatform.nest could not read (it takes mappings only).
+FLAT_NODE_SHAPES = {
+    "mkfs": "a mapping with base, type and mount",
+    "mount": "a mapping with base and mount_point",
+    "fstab": "a mapping with base and options",
 }
 # Units as in diskimage-builder: IEC (KiB, MiB...) and SI (kB, MB...); one letter is IEC.
 UNITS = {
@@ -301,8 +304,12 @@ def _top_level_nodes(data: Any, problems: _Problems) -> Dict[str, List[Any]]:
         kind = str(kind)
         if kind in UNSUPPORTED_NODES:
             problems.add(kind, f"not supported by dib ({UNSUPPORTED_NODES[kind]})")
+        elif kind in FLAT_NODE_SHAPES:
+            problems.add(kind, f"expected {FLAT_NODE_SHAPES[kind]}")
         elif kind not in ("local_loop", "partitioning"):
-            problems.add(kind, "unknown node (supported: local_loop, partitioning)")
+            problems.add(
+                kind, "unknown node (supported: local_loop, partitioning, mkfs, mount, fstab)"
+            )
         else:
             nodes.setdefault(kind, []).append(body)
     return nodes
