@@ -40,7 +40,7 @@ from tests.integration.test_faults import (
 )
 from tests.integration.test_matrix_run import patched_tree
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration  # in the quick set: about 30 s, the engine is always restarted
 PIDFILE = Path("/var/run/docker.pid")
 CONTAINERD_PIDFILE = Path("/var/run/docker/containerd/containerd.pid")
 DOCKERD_LOG = Path("/var/log/dib-matrix-dockerd.log")
