@@ -308,7 +308,20 @@ def run_case(case: Case, up: Path, work: Path, image_cache: Path, subs: Mapping[
     outcome.passed = not outcome.missing
     if outcome.missing:
         outcome.error = "effect not found: " + outcome.missing[0]
+    else:
+        discard_images(output)
     return outcome
+
+
+# A checked image is no longer needed; 52 of them (about 700 MB each with a kernel)
+# would fill the disk. A failing element's image stays beside its log.
+IMAGE_SUFFIXES = (".tar", ".qcow2", ".raw", ".vhd", ".vmdk", ".img")
+
+
+def discard_images(output: Path) -> None:
+    for path in output.parent.glob(output.name + ".*"):
+        if path.suffix in IMAGE_SUFFIXES and path.is_file():
+            path.unlink()
 
 
 def wholesale(up: Path, work: Path, image_cache: Path, timeout: float,
