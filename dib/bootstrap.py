@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Mapping, Optional, Tuple
 
-from dib import failure
+from dib import debprefetch, failure
 from dib.errors import CommandFailed, DibError
 from dib.mirror import MirrorNotFound, find_mirror
 from dib.run import run
@@ -266,7 +266,10 @@ def prepare_root(env: Mapping[str, str]) -> Path:
         else:
             probe_mirror(spec)
             timeout = float(env.get("DIB_DEBOOTSTRAP_TIMEOUT", DEFAULT_DEBOOTSTRAP_TIMEOUT))
-            debootstrap(spec, root, timeout)
+            # The .debs in parallel while debootstrap reads its index (best effort).
+            with debprefetch.alongside(env, spec.mirror, spec.release, spec.arch,
+                                       spec.components, spec.variant, spec.include, root):
+                debootstrap(spec, root, timeout)
             store(root, cache_file)
             LOG.info("cached base as %s", cache_file)
     write_sources(spec, root)
