@@ -11,18 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from dib import bundled
 from dib.errors import ElementError
 
 OPERATING_SYSTEM = "operating-system"
 
 
 def bundled_elements_dir() -> Path:
-    """The ``elements/`` tree shipped beside the dib package."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "elements", here / "elements"):
-        if candidate.is_dir():
-            return candidate
-    raise ElementError(f"bundled elements directory not found next to {here}")
+    """The ``elements/`` tree shipped with dib (a checkout's, a copied tree's, or installed)."""
+    found = bundled.path("elements")
+    if not found.is_dir():
+        raise ElementError(f"bundled elements directory not found: {found}")
+    return found
 
 
 def elements_path(env: Mapping[str, str]) -> List[Path]:

@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +44,7 @@ from typing import BinaryIO
 import docker
 import docker.errors
 
+from dib import bundled
 from matrix.hostimage import LABEL_HOST, LABEL_ROLE
 from matrix.imagebuild import BuildFailed, build_image
 from matrix.leases import LeaseError, Registry, RunLease, kept_line
@@ -65,6 +69,8 @@ LAYER_PARTS: tuple[str, ...] = (
     "elements",
 )
 TARGET = "/opt/dib-matrix"
+# Where an installed package assembles its dib tree (see bundled_tree).
+TREE_CACHE = Path.home() / ".cache" / "dib-matrix" / "dib-tree"
 
 
 class DibLayerError(Exception):
@@ -84,18 +90,11 @@ class TreeSnapshot:
     def read(cls, tree: Path, parts: Sequence[str] = LAYER_PARTS) -> TreeSnapshot:
         files: dict[str, bytes] = {}
         modes: dict[str, int] = {}
-        present = []
-        for part in parts:
-            top = tree / part
-            if not top.exists():
-                continue  # e.g. a tree without tests: the tox row says what is missing
-            present.append(part)
-            paths = [top] if top.is_file() else sorted(top.rglob("*"))
-            for path in paths:
-                if path.is_file() and "__pycache__" not in path.parts:
-                    name = str(path.relative_to(tree))
-                    files[name] = path.read_bytes()
-                    modes[name] = path.stat().st_mode & 0o777  # hooks keep their x bit
+        # A part missing (e.g. a tree without tests) is left out: the tox row says so.
+        present = [part for part in parts if (tree / part).exists()]
+        for name, path in _part_files({part: tree / part for part in present}).items():
+            files[name] = path.read_bytes()
+            modes[name] = path.stat().st_mode & 0o777  # hooks keep their x bit
         digest = hashlib.sha256()
         for name in sorted(files):
             digest.update(f"{name}\0{modes[name]:o}\0".encode())
@@ -105,6 +104,65 @@ class TreeSnapshot:
     def dockerfile(self, host_image: str) -> str:
         copies = "".join(f"COPY {part} {TARGET}/{part}\n" for part in self.parts)
         return f"FROM {host_image}\n{copies}"
+
+
+def _part_files(sources: dict[str, Path]) -> dict[str, Path]:
+    """Each file of the parts by its name in the tree (``elements/base/element-deps``).
+
+    A file under another part's source belongs to that part only: an installed
+    ``dib`` package holds the installed ``elements`` and the tox row's inputs.
+    """
+    found: dict[str, Path] = {}
+    tops = set(sources.values())
+    for part, top in sources.items():
+        if not top.exists():
+            continue
+        paths = [top] if top.is_file() else sorted(top.rglob("*"))
+        for path in paths:
+            if not path.is_file() or "__pycache__" in path.parts:
+                continue
+            inner = [path, *path.parents] if path != top else []
+            if any(other in tops and top in other.parents for other in inner):
+                continue  # another part's
+            found[str(Path(part) / path.relative_to(top)) if path != top else part] = path
+    return found
+
+
+def bundled_tree(cache: Path = TREE_CACHE) -> Path:
+    """The dib tree a run uses unless told otherwise (``--dib-tree``).
+
+    From a checkout, the checkout. An installed package has no such directory:
+    its wheel carries the parts inside the packages (``dib.bundled``), so they
+    are assembled once, laid out like a checkout, under ``cache/<digest>`` (the
+    digest of their paths, modes and contents), and every run of this
+    installation uses that directory: baked as the dib layer, bind-mounted with
+    ``--dib-mount``, hashed into reuse keys, recorded in results.json.
+    """
+    if not bundled.installed():
+        return bundled.SOURCE_ROOT
+    files = _part_files({part: bundled.path(part) for part in LAYER_PARTS})
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        mode = files[name].stat().st_mode & 0o777
+        digest.update(f"{name}\0{mode:o}\0".encode())
+        digest.update(hashlib.sha256(files[name].read_bytes()).digest())
+    tree = cache / digest.hexdigest()[:TAG_LENGTH]
+    if tree.is_dir():
+        return tree
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".assembling-", dir=cache))
+    try:
+        for name, source in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, staging / name)  # hooks keep their x bit
+        try:
+            os.rename(staging, tree)
+        except OSError:
+            if not tree.is_dir():  # else another process assembled it first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return tree
 
 
 def layer_reference(host: str, host_image_id: str, snapshot: TreeSnapshot) -> str:

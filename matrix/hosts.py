@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from dib import bundled
 from matrix.diagnostics import ConfigError, ConfigIssue, IssueCollector
 from matrix.yamlload import KeyPath, YamlDocument, load_yaml
 
-# hosts/ sits beside the matrix package in the source tree (editable installs).
-BUNDLED_HOSTS_DIR = Path(__file__).resolve().parent.parent / "hosts"
+# A checkout's hosts/, or the copy an installed wheel carries (see dib.bundled).
+BUNDLED_HOSTS_DIR = bundled.path("hosts")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Package specs are passed to the package manager as separate arguments, never

@@ -15,9 +15,11 @@ from concurrent_log_handler import ConcurrentRotatingFileHandler
 from tabulate import tabulate
 
 import reports
+from dib import bundled
 from matrix import engine, leases, swarm
 from matrix.config import MatrixConfig, load_matrix, parse_duration, resolve_matrix_path
 from matrix.diagnostics import ConfigError
+from matrix.diblayer import bundled_tree
 from matrix.facts import load_facts
 from matrix.hostimage import image_names
 from matrix.plan import Plan, SelectionError, make_plan, preflight
@@ -25,7 +27,6 @@ from matrix.results import RunResults, State
 from matrix.results import load as load_results
 from matrix.runner import (
     DEFAULT_PACKAGE_CACHE,
-    REPO_ROOT,
     MatrixRun,
     RunRequest,
     check_dib_tree,
@@ -124,11 +125,11 @@ def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan, Catalogue]:
     # What run needs before its first cell, plan (the dry run) checks too: the
     # catalogue, and that every target's elements resolve in the dib tree.
     catalogue = load_catalogue(config.categories + tuple(getattr(args, "categories", ())))
-    tree = check_dib_tree(getattr(args, "dib_tree", None)
-                          or _resumed_tree(getattr(args, "resume", None))
-                          or REPO_ROOT)
+    tree = (getattr(args, "dib_tree", None)
+            or _resumed_tree(getattr(args, "resume", None)))
+    elements = check_dib_tree(tree) / "elements" if tree else bundled.path("elements")
     issues = element_issues({c.target.name: c.target for c in plan.cells if c.target}.values(),
-                            tree / "elements")
+                            elements)
     if issues:
         raise ConfigError(issues)
     return config, plan, catalogue
@@ -158,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.debug)
     try:
         config, plan, catalogue = _load(args)
-        dib_tree = check_dib_tree(args.dib_tree or _resumed_tree(args.resume) or REPO_ROOT)
+        dib_tree = check_dib_tree(args.dib_tree or _resumed_tree(args.resume) or bundled_tree())
         client = engine.connect()
         if args.engine == "swarm":
             swarm.check_manager(client)

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from matrix import engine, leases, swarm, upstreamdib
 from matrix.cellreport import CellReport
 from matrix.cells import CellRunner, RunContext
 from matrix.config import MatrixConfig
-from matrix.diblayer import LayerBaker
+from matrix.diblayer import LayerBaker, bundled_tree
 from matrix.pkgcache import PackageCache, PackageCacheError
 from matrix.plan import Plan, PlannedCell
 from matrix.results import Cell, CellKind, RunResults, State, load, save
@@ -35,7 +35,6 @@ from matrix.verdict.catalogue import Catalogue, load_catalogue
 from matrix.verdict.classify import Evidence, classify
 
 LOG = logging.getLogger("dib-matrix")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PACKAGE_CACHE = Path.home() / ".cache" / "dib-matrix" / "apt-cacher-ng"
 
 
@@ -103,7 +102,7 @@ class RunRequest:
     config: MatrixConfig
     plan: Plan
     out_dir: Path
-    dib_tree: Path = REPO_ROOT
+    dib_tree: Path = field(default_factory=bundled_tree)  # a checkout, or assembled
     resume: Path | None = None
     rebuild_hosts: bool = False
     extra_categories: tuple[Path, ...] = ()

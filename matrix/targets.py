@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dib import bundled
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
 from dib.outputs import SUPPORTED_TYPES
@@ -23,7 +24,7 @@ from matrix.yamlload import YamlDocument, load_yaml
 
 BOOT_SUFFIX = ":boot"  # a target with boot-test: true gets the row "<target>:boot"
 
-BUNDLED_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+BUNDLED_TARGETS_DIR = bundled.path("targets")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 ELEMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ENV_NAME_RE = re.compile(r"^DIB_[A-Z0-9_]+$|^ELEMENTS_PATH$")
