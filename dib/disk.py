@@ -36,7 +36,7 @@ from dib.blockdevice.geometry import Extent
 from dib.blockdevice.layout import EXT_TYPES, GPT_TYPES, MIB, SECTOR, Layout, Partition
 from dib.blockdevice.plan import Plan, has_plan, load_plan, plan_dir
 from dib.errors import CommandFailed, DibError
-from dib.outputs import estimate_fs_size, tree_usage
+from dib.fssize import estimate_fs_size, tree_usage
 from dib.run import run
 
 LOG = logging.getLogger("dib")

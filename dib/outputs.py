@@ -18,20 +18,17 @@ import math
 import os
 import re
 import shutil
-import stat
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from dib import failure
+from dib import disk, failure
 from dib.errors import CommandFailed, ConfigError, DibError
+from dib.fssize import MIB, estimate_fs_size, tree_usage
 from dib.run import capture, run
 
 LOG = logging.getLogger("dib")
 ROOT_LABEL = "cloudimg-rootfs"
-BLOCK = 4096
-MIB = 1 << 20
 # Image type -> qemu-img format name; "raw" and "tar" are made directly.
 QEMU_FORMATS = {
     "qcow2": "qcow2",
@@ -72,39 +69,6 @@ def parse_size(text: str) -> int:
         raise ConfigError(f"cannot read image size '{text}' (examples: 2, 2G, 512M)")
     number, unit = float(match.group(1)), match.group(2).upper() or "G"
     return int(number * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit])
-
-
-@dataclass(frozen=True)
-class TreeUsage:
-    bytes: int
-    inodes: int
-
-
-def tree_usage(root: Path) -> TreeUsage:
-    """Space the tree takes on ext4: blocks per file (hard links once), an inode each."""
-    seen = set()
-    total = 0
-    inodes = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            info = os.lstat(os.path.join(dirpath, name))
-            if (info.st_dev, info.st_ino) in seen:
-                continue
-            seen.add((info.st_dev, info.st_ino))
-            inodes += 1
-            if (
-                stat.S_ISREG(info.st_mode)
-                or stat.S_ISDIR(info.st_mode)
-                or (stat.S_ISLNK(info.st_mode) and info.st_size > 60)
-            ):
-                total += math.ceil(info.st_size / BLOCK) * BLOCK
-    return TreeUsage(bytes=total, inodes=inodes + 1)
-
-
-def estimate_fs_size(usage: TreeUsage) -> int:
-    """A filesystem size just above what the tree needs (journal and metadata included)."""
-    metadata = usage.inodes * 256 + 64 * MIB
-    return math.ceil((usage.bytes * 1.10 + metadata) / MIB) * MIB
 
 
 def make_ext4(
@@ -301,7 +265,6 @@ def _vm_disk(
     """A vm build: assemble the planned partitioned disk, if there is one, and publish its
     layout record as ``<output>.layout.json`` whatever the output types (image checks
     compare the disk with it)."""
-    from dib import disk  # imported here: dib.disk builds on this module's helpers
 
     if not disk.planned(workdir):
         return False

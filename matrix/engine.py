@@ -35,7 +35,7 @@ import requests.exceptions
 from docker.types import Mount
 
 from matrix import diblayer
-from matrix.hostimage import LABEL_HOST
+from matrix.hostimage import LABEL_HOST, cache_volume_name
 from matrix.leases import Registry, kept_line
 
 LABEL_RUN = "org.dib-matrix.run"
@@ -133,10 +133,6 @@ def container_name(run_id: str, cell_id: str) -> str:
     if len(slug) > 100:
         slug = slug[:80] + "-" + hashlib.sha256(slug.encode()).hexdigest()[:12]
     return f"dib-matrix-{slug}"
-
-
-def cache_volume_name(host: str) -> str:
-    return f"dib-matrix-cache-{host}"
 
 
 def ensure_volume(client: docker.DockerClient, name: str, run_id: str, host: str) -> None:

@@ -29,6 +29,11 @@ LABEL_ROLE = "org.dib-matrix.role"  # "base" (imported rootfs) or "host"
 LABEL_DIGEST = "org.dib-matrix.digest"
 
 
+def cache_volume_name(host: str) -> str:
+    """The host's dib image-cache volume, kept across runs (warm builds)."""
+    return f"dib-matrix-cache-{host}"
+
+
 def exec_form(argv: Iterable[str]) -> str:
     """A JSON array for exec-form RUN/CMD: no shell or Dockerfile parsing of the words."""
     return json.dumps([str(word) for word in argv])

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matrix.hostimage import cache_volume_name, image_names
+
 LOG = logging.getLogger("dib-matrix")
 LEASE_DIR_ENV = "DIB_MATRIX_LEASES"
 LOCK_NAME = ".lock"
@@ -317,8 +319,6 @@ def host_objects(hosts: Iterable[Any]) -> list[str]:
 
     Known before hostgen (content tags), so a run holds them from its start.
     """
-    from matrix.engine import cache_volume_name  # engine imports this module
-    from matrix.hostimage import image_names
 
     names: list[str] = []
     for host in hosts:

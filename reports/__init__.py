@@ -11,8 +11,8 @@ from pathlib import Path
 from matrix.results import RunResults, write_atomically
 from reports.compare import compare, render_comparison
 from reports.gate import gate_exit_code
-from reports.history import load_runs, trends_from, with_current, write_index
-from reports.html import render_html
+from reports.history import load_runs, trends_from, with_current
+from reports.html import render_html, write_index
 from reports.junit import render_junit
 from reports.text import render_report, render_table
 

@@ -1,4 +1,5 @@
-"""Nightly history: the runs under an output directory, each cell's recent trend, index.html."""
+"""Nightly history: the runs under an output directory and each cell's recent trend
+(computed only; reports/html.py renders them and the index)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix.results import RunResults, State, load, write_atomically
-from reports.html import render_index
+from matrix.results import RunResults, State, load
 
 DEFAULT_TREND = 10
 
@@ -60,10 +60,3 @@ def trends(out_dir: Path, n: int = DEFAULT_TREND) -> dict[str, list[TrendPoint]]
     """Each cell's states over the last ``n`` runs stored under ``out_dir``."""
     return trends_from(load_runs(out_dir), n)
 
-
-def write_index(out_dir: Path, current: RunResults | None = None) -> Path:
-    """Write ``<out>/index.html`` listing every run, newest first; returns its path."""
-    runs = with_current(load_runs(out_dir), current)
-    path = out_dir / "index.html"
-    write_atomically(path, render_index(list(reversed(runs))))
-    return path

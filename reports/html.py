@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from matrix.results import RunResults
+from matrix.results import RunResults, write_atomically
 from reports.compare import compare
+from reports.history import TrendPoint, load_runs, with_current
 from reports.htmlview import (
     CountView,
     ViewInputs,
@@ -25,9 +25,6 @@ from reports.htmlview import (
 from reports.legend import build_legend
 from reports.styles import STYLES
 from reports.summary import counted_failures
-
-if TYPE_CHECKING:  # history imports this module to write index.html
-    from reports.history import TrendPoint
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -98,3 +95,11 @@ def render_index(runs: list[RunResults]) -> str:
     return environment().get_template("index.html.j2").render(
         rows=rows, states=list(STYLES.values())
     )
+
+
+def write_index(out_dir: Path, current: RunResults | None = None) -> Path:
+    """Write ``<out>/index.html`` listing every run, newest first; returns its path."""
+    runs = with_current(load_runs(out_dir), current)
+    path = out_dir / "index.html"
+    write_atomically(path, render_index(list(reversed(runs))))
+    return path

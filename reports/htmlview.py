@@ -9,12 +9,12 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from matrix.results import Artifact, Cell, ImageCheck, RunResults, State
 from reports.compare import Comparison, describe, summary_line
 from reports.grid import build_grid
+from reports.history import TrendPoint
 from reports.legend import (
     Legend,
     LegendEntry,
@@ -28,9 +28,6 @@ from reports.logs import Excerpt, excerpt
 from reports.sanitize import clean_text, one_line
 from reports.styles import STYLES, Flag, StateStyle, flags, style
 from reports.summary import rate_text, uncategorized
-
-if TYPE_CHECKING:  # history writes index.html through this package's templates
-    from reports.history import TrendPoint
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import os
 
 from matrix.results import State, save
 from reports import write_all
-from reports.history import load_runs, trends, write_index
+from reports.history import load_runs, trends
+from reports.html import write_index
 from tests.unit.test_report_fixtures import all_states, make_cell, make_run
 
 

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from dib import outputs
+from dib import fssize, outputs
 from dib.errors import ConfigError
 
 
@@ -36,14 +36,14 @@ def test_tree_usage_counts_blocks_and_hard_links_once(tmp_path):
     (tmp_path / "a").write_bytes(b"x" * 5000)
     os.link(tmp_path / "a", tmp_path / "b")
     (tmp_path / "d").mkdir()
-    usage = outputs.tree_usage(tmp_path)
+    usage = fssize.tree_usage(tmp_path)
     assert usage.inodes == 3  # a (=b), d, plus the root
     assert usage.bytes == 8192 + 4096
 
 
 def test_estimate_leaves_room_for_metadata():
-    usage = outputs.TreeUsage(bytes=100 << 20, inodes=10000)
-    size = outputs.estimate_fs_size(usage)
+    usage = fssize.TreeUsage(bytes=100 << 20, inodes=10000)
+    size = fssize.estimate_fs_size(usage)
     assert size > 110 << 20 and size % (1 << 20) == 0
 
 
