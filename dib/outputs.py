@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from dib import disk, failure
+from dib import failure
+from dib.blockdevice import disk
 from dib.errors import CommandFailed, ConfigError, DibError
 from dib.fssize import MIB, estimate_fs_size, tree_usage
 from dib.run import capture, run

@@ -16,7 +16,7 @@ diskimage-builder's):
   chroot: by dib's bootloader element (pre-finalise.d), or, for diskimage-builder's
   bootloader, by ``grubinstall`` from the grub-install requests it recorded.
 - ``geometry``: pure arithmetic, partition offsets for a disk size.
-- ``dib.disk`` (at output time): filesystems written from directories straight
+- ``dib.blockdevice.disk`` (at output time): filesystems written from directories straight
   into the image file at their offsets, partition table by ``sfdisk``, BIOS boot
   code patched in (``biosboot``).
 """

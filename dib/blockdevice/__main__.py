@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional
 
 from dib.blockdevice import geometry, grub
+from dib.blockdevice.disk import check_tools
 from dib.blockdevice.layout import parse_bytes, parse_layout_text
 from dib.blockdevice.plan import (
     has_plan,
@@ -30,7 +31,6 @@ from dib.blockdevice.plan import (
     prepare_tree,
     save_plan,
 )
-from dib.disk import check_tools
 from dib.errors import DibError
 
 LOG = logging.getLogger("dib")

@@ -4,7 +4,7 @@ Why the target's tools and not the build host's: the modules GRUB loads at boot
 then match the GRUB installed in the image, any host distro works (Fedora names
 them grub2-*, containers often have none), and nothing needs a device: only
 ``grub-mkimage`` runs, which writes a file. grub-install and grub-bios-setup are
-not used at all (they insist on a block device); ``dib.disk`` writes boot.img and
+not used at all (they insist on a block device); ``dib.blockdevice.disk`` writes boot.img and
 core.img into the image file instead.
 
 Both platforms share one ``/boot/grub/grub.cfg``. Each core image carries a small
@@ -269,7 +269,7 @@ def _mkimage(root: Path, platform: Platform, output: str, early_cfg: str) -> Non
 
 
 def install(root: Path, build_dir: Path, plan: Plan, arch: str, env: Mapping[str, str]) -> Path:
-    """Config, modules and core images into the tree; returns bootloader.json for dib.disk."""
+    """Config, modules and core images into the tree; returns bootloader.json for disk.py."""
     settings = BootSettings.from_env(env)
     targets = platforms(plan, arch)
     kernel, initrd = find_kernel(root, plan)
@@ -288,7 +288,7 @@ def install_images(
     extra: Optional[Mapping[str, object]] = None,
 ) -> Path:
     """Modules and core images for ``targets`` (grub.cfg is already in the tree); returns
-    bootloader.json, which tells dib.disk what to write into the disk."""
+    bootloader.json, which tells dib.blockdevice.disk what to write into the disk."""
     early = f"{GRUB_DIR}/dib-early.cfg"
     (root / early.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     (root / early.lstrip("/")).write_text(early_config(plan))

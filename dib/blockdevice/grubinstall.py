@@ -5,7 +5,7 @@ in finalise.d. A dib build has no block device then, so dib's stand-in grub-inst
 (``shims/grub-install``) only appends its arguments to :data:`REQUESTS` in the image;
 after finalise.d, dib reads them and does what each asks with its own GRUB pieces
 (``grub.install_images``): a BIOS core image for the MBR gap or the BIOS boot
-partition, an EFI binary on the ESP. ``dib.disk`` writes them into the disk file.
+partition, an EFI binary on the ESP. ``dib.blockdevice.disk`` writes them into the disk file.
 
 An EFI install always goes to the removable-media path (``EFI/BOOT/BOOTX64.EFI``):
 there is no firmware whose boot entries could be set, and it is what a new VM boots.

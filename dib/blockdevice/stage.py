@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from dib.blockdevice import config, grubinstall
+from dib.blockdevice.disk import check_tools
 from dib.blockdevice.layout import Partition, parse_layout_text
 from dib.blockdevice.plan import Plan, make_plan, prepare_tree, save_plan
 from dib.environment import CHROOT_SHIMS, SHIMS_VAR
@@ -122,8 +123,6 @@ def prepare(
         return None
     plan = make_plan(parse_layout_text(source.text, source.origin), source.text, source.origin)
     if disk_output:
-        from dib.disk import check_tools  # dib.disk builds on this package's modules
-
         check_tools(plan.layout)
     save_plan(plan, build_dir)
     parts: List[str] = []

@@ -1,7 +1,7 @@
 """Image verification of real dib builds on this machine: debian-minbase bookworm as tar
 and qcow2 passes every check within its time budget; a target that declares forky but
 whose element pins bookworm fails with ``image is bookworm, target wants forky``; a
-partitioned disk assembled by dib.disk carries its layout record and passes.
+partitioned disk assembled by dib.blockdevice.disk carries its layout record and passes.
 
 Timings are printed (run with -s to see them).
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from dib.blockdevice.disk import assemble
 from dib.blockdevice.layout import parse_layout_text
 from dib.blockdevice.plan import make_plan, save_plan
-from dib.disk import assemble
 from matrix.results import ImageCheck
 from matrix.targets import Target, load_target
 from matrix.verdict.verify import expectation_for, summary, verify_images
@@ -119,7 +119,7 @@ def test_a_target_built_from_another_release_than_it_declares(tmp_path, image_ca
 
 
 def test_an_assembled_disk_carries_its_layout_record(tmp_path):
-    """dib.disk writes <output>.layout.json beside an output raw; verify compares offsets."""
+    """The disk assembler writes <output>.layout.json beside a raw; verify compares offsets."""
     root = tmp_path / "root"
     (root / "usr" / "lib").mkdir(parents=True)
     (root / "etc").mkdir()

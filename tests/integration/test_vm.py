@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from dib.blockdevice.disk import assemble
 from dib.blockdevice.geometry import place
 from dib.blockdevice.layout import MIB, parse_layout_text
 from dib.blockdevice.plan import make_plan, save_plan
 from dib.boottest import BootOptions, WatchSettings, run_boot_test
-from dib.disk import assemble
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import classify_lines
 from tests.integration.dibhelpers import REPO, build_mounts, dib_env, run_dib

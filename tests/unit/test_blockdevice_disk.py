@@ -1,12 +1,12 @@
-"""dib.disk's pure parts: the sfdisk script and setting nested filesystems aside."""
+"""dib.blockdevice.disk's pure parts: the sfdisk script and setting nested filesystems aside."""
 
 from pathlib import Path
 
 import pytest
 
+from dib.blockdevice.disk import check_tools, set_aside, sfdisk_script, vfat_need
 from dib.blockdevice.geometry import place
 from dib.blockdevice.layout import GPT_TYPES, MIB, parse_layout_text
-from dib.disk import check_tools, set_aside, sfdisk_script, vfat_need
 from dib.errors import DibError
 
 LAYOUTS = Path(__file__).resolve().parents[2] / "elements" / "vm" / "layouts"
@@ -71,7 +71,8 @@ def test_vfat_need_counts_clusters_and_slack(tmp_path):
 
 
 def test_missing_tools_are_named_with_their_package(monkeypatch):
-    monkeypatch.setattr("dib.disk.shutil.which", lambda tool: None if tool == "mcopy" else tool)
+    monkeypatch.setattr("dib.blockdevice.disk.shutil.which",
+                        lambda tool: None if tool == "mcopy" else tool)
     check_tools(layout("mbr"))  # no FAT filesystem: mtools not needed
     with pytest.raises(DibError, match=r"^mcopy not available: install mtools"):
         check_tools(layout("efi"))

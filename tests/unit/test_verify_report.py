@@ -1,5 +1,5 @@
 """Image checks in results.json (schema), the HTML cell panel, and the layout record dib
-writes beside a disk image (dib.disk) as matrix.verdict.verify reads it."""
+writes beside a disk image (dib.blockdevice.disk) as matrix.verdict.verify reads it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ from pathlib import Path
 
 import jsonschema
 
+from dib.blockdevice.disk import (
+    DiskImage,
+    layout_path,
+    layout_record,
+    publish_layout,
+    record_layout,
+)
 from dib.blockdevice.geometry import place
 from dib.blockdevice.layout import MIB, parse_layout_text
 from dib.blockdevice.plan import make_plan, plan_dir
-from dib.disk import DiskImage, layout_path, layout_record, publish_layout, record_layout
 from matrix.results import Artifact, Category, ImageCheck, State, load, save
 from matrix.verdict.verify.expect import load_layout_record
 from reports.html import render_html

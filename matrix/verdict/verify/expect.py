@@ -162,7 +162,7 @@ def _planned_for_target(
 
 
 def load_layout_record(path: Path) -> PlannedLayout:
-    """``<target>.layout.json`` as dib.disk writes it."""
+    """``<target>.layout.json`` as dib.blockdevice.disk writes it."""
     data = json.loads(read_text(path, LAYOUT_LIMIT, strict=True))
     parts = tuple(
         PlannedPartition(p["name"], p.get("filesystem"), p.get("label"), p.get("mountpoint"),

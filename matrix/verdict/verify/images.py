@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from dib.disk import LAYOUT_SUFFIX
+from dib.blockdevice.disk import LAYOUT_SUFFIX
 from dib.outputs import QEMU_FORMATS, TAR_TYPES
 from matrix.results import ImageCheck
 
