@@ -319,10 +319,6 @@ def host_path(hooks_root: Path, env: Mapping[str, str]) -> str:
     return f"{hooks_root / 'bin'}:{env.get('PATH', HOST_PATH)}:{LIB_DIR / 'fallback'}"
 
 
-def is_true(value: str) -> bool:
-    return value.strip().lower() not in ("", "0", "false", "no")
-
-
 def ensure_root() -> None:
     if os.geteuid() != 0:
         raise failure.note(

@@ -5,7 +5,7 @@
 nothing that finished.
 
 A rewrite costs what changed, not the whole matrix: each cell keeps its JSON text
-from the last save and :func:`dumps` re-serializes only cells that changed since,
+from the last save and :func:`save` re-serializes only cells that changed since,
 then joins the texts (a 2600-cell run would otherwise spend most of its
 scheduling time in ``asdict`` and ``json.dumps`` of unchanged cells). A cell
 knows it changed because every attribute assignment on it takes a fresh stamp
@@ -338,12 +338,6 @@ def _document(results: RunResults) -> list[bytes]:
             text = "\n  ]"
     chunks.append((text + "\n}\n").encode("ascii"))
     return chunks
-
-
-def dumps(results: RunResults) -> str:
-    """results.json's text: ``json.dumps(results.to_json(), indent=2, sort_keys=True)``
-    plus a newline, with only the cells changed since the last save serialized again."""
-    return b"".join(_document(results)).decode("ascii")
 
 
 def save(results: RunResults, run_dir: Path) -> Path:
