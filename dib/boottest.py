@@ -1,6 +1,7 @@
 """Boot an image under qemu (software emulation) and tell from its serial console how it went.
 
-``python -m dib.boottest IMAGE --timeout 600 --serial-log PATH [--uefi] [--result-json PATH]``
+``python -m dib.boottest IMAGE --timeout 600 --serial-log PATH [--uefi] [--arch arm64]
+[--result-json PATH]``
 
 The image is attached with ``-snapshot`` (never modified), the serial console goes
 to the log, and the run ends as soon as the outcome is known:
@@ -13,8 +14,15 @@ to the log, and the run ends as soon as the outcome is known:
   panic, the initramfs shell, the firmware finding nothing to boot), or, when no
   console line did, a synthesized ``boot: ...`` line (:data:`EVIDENCE_SHAPES`).
 
+The machine matches the image's architecture (``BootOptions.arch``, ``--arch``): amd64
+boots in ``qemu-system-x86_64 -machine q35`` with SeaBIOS, or OVMF for ``--uefi``;
+arm64 always boots with UEFI, in ``qemu-system-aarch64 -machine virt -cpu cortex-a57``
+with AAVMF (Debian's qemu-efi-aarch64: the read-only code in one flash, a private copy
+of its variable store in the other), its serial console being the PL011 (ttyAMA0).
+Both run under TCG (software emulation) unless ``accel`` says otherwise.
+
 The watcher only reports evidence; naming the cause is the category catalogue's job
-(``matrix/categories/default.yaml``, entries for ``*:boot`` rows).
+(``matrix/verdict/categories/default.yaml``, entries for ``*:boot`` rows).
 
 qemu runs in its own process group and is terminated, then killed, and reaped on
 every way out: success, failure, timeout, Ctrl-C, SIGTERM.
@@ -55,6 +63,43 @@ from dib.errors import DibError
 DEFAULT_MARKER = "DIB-BOOT-MARKER-OK"
 DEFAULT_TIMEOUT = 600.0
 OVMF_CANDIDATES = ("/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd")
+# arm64 UEFI (Debian's qemu-efi-aarch64): the code flash; its variable store is the
+# file of the same name with VARS for CODE, copied for each boot.
+AAVMF_CANDIDATES = ("/usr/share/AAVMF/AAVMF_CODE.fd",)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """How qemu emulates one architecture: binary, machine type, CPU, where its UEFI
+    firmware is, and the Debian package to install when the binary is missing."""
+
+    arch: str
+    qemu: str
+    machine: str
+    cpu: str  # "" = qemu's default for the machine
+    package: str
+    uefi_only: bool  # no BIOS: always boots with UEFI firmware
+    firmware: Tuple[str, ...]
+    firmware_package: str
+
+
+MACHINES = {
+    "amd64": Machine("amd64", "qemu-system-x86_64", "q35", "", "qemu-system-x86", False,
+                     OVMF_CANDIDATES, "ovmf"),
+    "arm64": Machine("arm64", "qemu-system-aarch64", "virt", "cortex-a57", "qemu-system-arm",
+                     True, AAVMF_CANDIDATES, "qemu-efi-aarch64"),
+}
+ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def machine_for(arch: str) -> Machine:
+    """The emulated machine for ``arch`` (Debian or kernel name); BootTestError if none."""
+    found = MACHINES.get(ARCH_ALIASES.get(arch, arch))
+    if found is None:
+        raise BootTestError(
+            f"no boot test for architecture {arch} (known: {', '.join(sorted(MACHINES))})"
+        )
+    return found
 KILL_GRACE_SECONDS = 5.0
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78cDEHMZ])")
 FACT = re.compile(r"\b([a-z][a-z0-9-]*)=(\S+)")
@@ -291,20 +336,36 @@ class BootOptions:
     image: Path
     serial_log: Path
     timeout: float = DEFAULT_TIMEOUT
-    uefi: bool = False
-    firmware: Optional[Path] = None  # OVMF for --uefi; found in Debian's ovmf package
+    uefi: bool = False  # amd64: OVMF instead of SeaBIOS; arm64 boots with UEFI anyway
+    firmware: Optional[Path] = None  # UEFI code; default: Debian's ovmf / qemu-efi-aarch64
     memory_mib: int = 1024
     cpus: int = 1
     accel: str = "tcg"
     disk_size: Optional[str] = None  # boot a larger copy-on-write overlay (tests growroot)
-    qemu: str = "qemu-system-x86_64"
+    qemu: str = ""  # the qemu binary; "" = the one for ``arch``
     watch: WatchSettings = WatchSettings()
+    arch: str = "amd64"  # the image's architecture (Debian name): picks qemu and machine
+    cpu: str = ""  # qemu -cpu; "" = the machine's default (cortex-a57 on arm64)
+
+    @property
+    def machine(self) -> Machine:
+        return machine_for(self.arch)
+
+    @property
+    def qemu_binary(self) -> str:
+        return self.qemu or self.machine.qemu
+
+    @property
+    def with_uefi(self) -> bool:
+        return self.uefi or self.machine.uefi_only
 
     def to_argv(self) -> List[str]:
         """The ``python -m dib.boottest`` arguments that repeat this test by hand."""
         argv = [str(self.image), "--serial-log", str(self.serial_log)]
         argv += ["--timeout", f"{self.timeout:g}"]
         argv += ["--uefi"] if self.uefi else []
+        argv += ["--arch", self.arch] if self.arch != "amd64" else []
+        argv += ["--cpu", self.cpu] if self.cpu else []
         argv += ["--firmware", str(self.firmware)] if self.firmware else []
         if self.memory_mib != 1024:
             argv += ["--memory", str(self.memory_mib)]
@@ -354,17 +415,30 @@ class BootTestError(DibError):
     exit_code = 2
 
 
-def find_firmware(explicit: Optional[Path]) -> Path:
+def find_firmware(explicit: Optional[Path], arch: str = "amd64") -> Path:
     if explicit:
         if not explicit.is_file():
             raise BootTestError(f"firmware {explicit} does not exist")
         return explicit
-    for candidate in OVMF_CANDIDATES:
+    machine = machine_for(arch)
+    for candidate in machine.firmware:
         if os.path.isfile(candidate):
             return Path(candidate)
     raise BootTestError(
-        "OVMF (UEFI firmware for qemu) not found: install the ovmf package or pass --firmware"
+        f"UEFI firmware for {machine.arch} qemu not found ({', '.join(machine.firmware)}): "
+        f"install the {machine.firmware_package} package or pass --firmware"
     )
+
+
+def variable_store(code: Path) -> Optional[Path]:
+    """The pristine variable store beside a split firmware's code file (AAVMF_CODE.fd ->
+    AAVMF_VARS.fd); None for a single-file firmware (OVMF.fd, QEMU_EFI.fd)."""
+    if "CODE" not in code.name:
+        return None
+    store = code.with_name(code.name.replace("CODE", "VARS"))
+    if not store.is_file():
+        raise BootTestError(f"firmware {code} has no variable store beside it ({store.name})")
+    return store
 
 
 def image_format(image: Path) -> str:
@@ -382,15 +456,31 @@ def image_format(image: Path) -> str:
     return "qcow2" if image.suffix == ".qcow2" else "raw"
 
 
-def qemu_command(opts: BootOptions, disk: Path, fmt: str, firmware: Optional[Path]) -> List[str]:
-    """The qemu command line: software emulation, serial on stdout, disk as a snapshot."""
-    drive = str(disk).replace(",", ",,")  # qemu's option syntax doubles literal commas
+def _option_path(path: Path) -> str:
+    return str(path).replace(",", ",,")  # qemu's option syntax doubles literal commas
+
+
+def qemu_command(
+    opts: BootOptions,
+    disk: Path,
+    fmt: str,
+    firmware: Optional[Path],
+    variables: Optional[Path] = None,
+) -> List[str]:
+    """The qemu command line: software emulation, serial on stdout, disk as a snapshot.
+    ``firmware`` with ``variables`` (a private copy of the store): split UEFI flashes."""
+    drive = _option_path(disk)
+    machine = opts.machine
     cmd = [
-        opts.qemu,
+        opts.qemu_binary,
         "-accel",
         opts.accel,
         "-machine",
-        "q35",
+        machine.machine,
+    ]
+    cpu = opts.cpu or machine.cpu
+    cmd += ["-cpu", cpu] if cpu else []
+    cmd += [
         "-m",
         str(opts.memory_mib),
         "-smp",
@@ -408,9 +498,34 @@ def qemu_command(opts: BootOptions, disk: Path, fmt: str, firmware: Optional[Pat
         "-drive",
         f"file={drive},format={fmt},if=virtio,media=disk",
     ]
-    if firmware is not None:
+    if firmware is not None and variables is not None:
+        cmd += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={_option_path(firmware)}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={_option_path(variables)}",
+        ]
+    elif firmware is not None:
         cmd += ["-bios", str(firmware)]
     return cmd
+
+
+@contextlib.contextmanager
+def _firmware(opts: BootOptions) -> Iterator[Tuple[Optional[Path], Optional[Path]]]:
+    """(firmware, private copy of its variable store) for a UEFI boot; (None, None) for
+    BIOS. The copy lives only as long as the boot."""
+    if not opts.with_uefi:
+        yield None, None
+        return
+    code = find_firmware(opts.firmware, opts.arch)
+    store = variable_store(code)
+    if store is None:
+        yield code, None
+        return
+    with tempfile.TemporaryDirectory(prefix="dib-boottest-vars.") as tmp:
+        copy = Path(tmp) / store.name
+        shutil.copyfile(store, copy)
+        yield code, copy
 
 
 @contextlib.contextmanager
@@ -513,13 +628,16 @@ def run_boot_test(opts: BootOptions) -> BootResult:
     the test cannot even start."""
     if not opts.image.is_file():
         raise BootTestError(f"image {opts.image} does not exist")
-    if shutil.which(opts.qemu) is None:
-        raise BootTestError(f"{opts.qemu} not found: install qemu-system-x86")
-    firmware = find_firmware(opts.firmware) if opts.uefi else None
+    machine = opts.machine
+    if shutil.which(opts.qemu_binary) is None:
+        raise BootTestError(f"{opts.qemu_binary} not found: install {machine.package}")
     opts.serial_log.parent.mkdir(parents=True, exist_ok=True)
     watcher = Watcher(opts.watch)
-    with _boot_disk(opts, image_format(opts.image)) as (disk, fmt), tempfile.TemporaryFile() as err:
-        cmd = qemu_command(opts, disk, fmt, firmware)
+    with contextlib.ExitStack() as stack:
+        firmware, variables = stack.enter_context(_firmware(opts))
+        disk, fmt = stack.enter_context(_boot_disk(opts, image_format(opts.image)))
+        err = stack.enter_context(tempfile.TemporaryFile())
+        cmd = qemu_command(opts, disk, fmt, firmware, variables)
         with open(opts.serial_log, "wb") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -563,8 +681,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("image", type=Path)
     parser.add_argument("--serial-log", type=Path, required=True, help="where the console goes")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds (600)")
-    parser.add_argument("--uefi", action="store_true", help="boot with OVMF instead of SeaBIOS")
-    parser.add_argument("--firmware", type=Path, help="OVMF image (default: Debian's ovmf)")
+    parser.add_argument(
+        "--uefi", action="store_true", help="boot with OVMF instead of SeaBIOS (amd64)"
+    )
+    parser.add_argument(
+        "--arch",
+        default="amd64",
+        help="the image's architecture: amd64 (default) or arm64 (qemu-system-aarch64, "
+        "virt machine, AAVMF: always UEFI)",
+    )
+    parser.add_argument("--cpu", default="", help="qemu -cpu (default: cortex-a57 on arm64)")
+    parser.add_argument(
+        "--firmware",
+        type=Path,
+        help="UEFI firmware (default: Debian's ovmf; qemu-efi-aarch64's AAVMF_CODE.fd on "
+        "arm64, with its AAVMF_VARS.fd copied)",
+    )
     parser.add_argument("--memory", type=int, default=1024, help="MiB of RAM (1024)")
     parser.add_argument("--cpus", type=int, default=1, help="virtual CPUs (1)")
     parser.add_argument("--accel", default="tcg", help="qemu accelerator (tcg; kvm where allowed)")
@@ -602,6 +734,8 @@ def options_from_args(args: argparse.Namespace) -> BootOptions:
         accel=args.accel,
         disk_size=args.disk_size,
         watch=watch,
+        arch=ARCH_ALIASES.get(args.arch, args.arch),
+        cpu=args.cpu,
     )
 
 

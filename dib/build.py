@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 
 import yaml
 
+from dib import arch as arches
 from dib import breakpoints, chroot, environment, failure, outputs
 from dib.blockdevice import stage as disk_stage
 from dib.elements import (
@@ -345,6 +346,9 @@ def build_environment(
 def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
     environment.ensure_root()
     watch = Stopwatch()
+    # A foreign architecture runs its programs through a binfmt handler: none, no build.
+    with failure.noting(kind="config"):
+        arches.require(opts.arch, env=base_env)
     command_line = with_block_device_default(opts.elements, normalise_arch(opts.arch))
     requested = command_line if opts.skip_base else ["base", *command_line]
     resolution = resolve_from_env(requested, base_env)

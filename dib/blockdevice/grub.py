@@ -48,7 +48,13 @@ COMMON_MODULES = (
     "gzio",
 )
 SAFE_CMDLINE = re.compile(r"^[A-Za-z0-9_.,:=/+@%-]*$")
-SERIAL = re.compile(r"^ttyS(\d+)(?:,(\d+)\S*)?$")
+# ttyS<n>: a PC UART (GRUB drives it as com<n>); ttyAMA<n>: the PL011 of arm64 machines
+# such as qemu's virt, which GRUB reaches through the firmware's console instead.
+SERIAL = re.compile(r"^(ttyS|ttyAMA)(\d+)(?:,(\d+)\S*)?$")
+# The serial console the kernel command line names unless DIB_BOOTLOADER_SERIAL_CONSOLE
+# says otherwise (as diskimage-builder's bootloader: ttyAMA0 on arm64).
+DEFAULT_SERIAL = {"arm64": "ttyAMA0,115200"}
+PC_SERIAL = "ttyS0,115200"
 
 
 @dataclass(frozen=True)
@@ -78,19 +84,22 @@ class BootSettings:
     """What the boot menu says: from DIB_GRUB_TIMEOUT, DIB_BOOTLOADER_* (as in DIB)."""
 
     timeout: int = 1
-    serial_console: str = "ttyS0,115200"
+    serial_console: str = PC_SERIAL
     extra_cmdline: str = ""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> BootSettings:
+    def from_env(cls, env: Mapping[str, str], arch: str = "amd64") -> BootSettings:
         problems = []
         raw_timeout = env.get("DIB_GRUB_TIMEOUT", "1").strip() or "1"
         timeout = int(raw_timeout) if raw_timeout.isdigit() else -1
         if timeout < 0:
             problems.append(f"DIB_GRUB_TIMEOUT={raw_timeout!r} is not a number of seconds")
-        serial = env.get("DIB_BOOTLOADER_SERIAL_CONSOLE", "ttyS0,115200").strip()
+        default_serial = DEFAULT_SERIAL.get(arch, PC_SERIAL)
+        serial = env.get("DIB_BOOTLOADER_SERIAL_CONSOLE", default_serial).strip()
         if serial and not SERIAL.match(serial):
-            problems.append(f"DIB_BOOTLOADER_SERIAL_CONSOLE={serial!r} is not like ttyS0,115200")
+            problems.append(
+                f"DIB_BOOTLOADER_SERIAL_CONSOLE={serial!r} is not like {default_serial}"
+            )
         extra = " ".join(env.get("DIB_BOOTLOADER_DEFAULT_CMDLINE", "").split())
         if not all(SAFE_CMDLINE.match(word) for word in extra.split()):
             problems.append(
@@ -102,10 +111,12 @@ class BootSettings:
         return cls(max(timeout, 0), serial, extra)
 
     def serial_unit_speed(self) -> Optional[Tuple[int, int]]:
+        """GRUB's ``serial --unit --speed`` for a PC UART; None otherwise (no serial
+        console, or an arm64 PL011, which GRUB writes to through the UEFI console)."""
         match = SERIAL.match(self.serial_console)
-        if not match:
+        if not match or match.group(1) != "ttyS":
             return None
-        return int(match.group(1)), int(match.group(2) or 115200)
+        return int(match.group(2)), int(match.group(3) or 115200)
 
 
 def platforms(plan: Plan, arch: str) -> List[Platform]:
@@ -227,7 +238,8 @@ def _copy_modules(root: Path, platform: Platform) -> None:
     if not (source / "moddep.lst").is_file():
         raise DibError(
             f"GRUB modules for {platform.name} are not in the image ({MODULE_DIR}/"
-            f"{platform.name}): the bootloader element installs them via package-installs"
+            f"{platform.name}): the bootloader element installs them via package-installs "
+            f"({PACKAGES.get(platform.name, 'grub')})"
         )
     dest = root / GRUB_DIR.lstrip("/") / platform.name
     if dest.exists():
@@ -238,11 +250,17 @@ def _copy_modules(root: Path, platform: Platform) -> None:
             shutil.copy2(item, dest / item.name)
 
 
+# The Debian package that holds each platform's modules (named in error messages).
+PACKAGES = {"i386-pc": "grub-pc-bin", "x86_64-efi": "grub-efi-amd64-bin",
+            "arm64-efi": "grub-efi-arm64-bin"}
+
+
 def _mkimage(root: Path, platform: Platform, output: str, early_cfg: str) -> None:
     if not (root / "usr" / "bin" / "grub-mkimage").exists():
         raise DibError(
             "grub-mkimage is not in the image: the bootloader element installs GRUB's "
-            "packages (grub-pc-bin, grub-efi-amd64-bin) through package-installs"
+            f"package for {platform.name} ({PACKAGES.get(platform.name, 'grub')}) "
+            "through package-installs"
         )
     run(
         [
@@ -270,7 +288,7 @@ def _mkimage(root: Path, platform: Platform, output: str, early_cfg: str) -> Non
 
 def install(root: Path, build_dir: Path, plan: Plan, arch: str, env: Mapping[str, str]) -> Path:
     """Config, modules and core images into the tree; returns bootloader.json for disk.py."""
-    settings = BootSettings.from_env(env)
+    settings = BootSettings.from_env(env, arch)
     targets = platforms(plan, arch)
     kernel, initrd = find_kernel(root, plan)
     grub_dir = root / GRUB_DIR.lstrip("/")
@@ -342,4 +360,5 @@ def load_record(build_dir: Path) -> Optional[Mapping[str, object]]:
 
 
 def describe(platform_names: Sequence[str]) -> str:
-    return ", ".join({"i386-pc": "BIOS", "x86_64-efi": "UEFI"}.get(n, n) for n in platform_names)
+    names = {"i386-pc": "BIOS", "x86_64-efi": "UEFI", "arm64-efi": "UEFI (arm64)"}
+    return ", ".join(names.get(n, n) for n in platform_names)
