@@ -14,7 +14,8 @@ import docker.errors
 
 from bench.matrixbench import PREFIX
 from bench.proc import release_mounts
-from matrix import diblayer, engine, hostimage
+from matrix.containers import engine
+from matrix.hostgen import diblayer, hostimage
 
 # The repositories a bench host's images live in, e.g. dib-matrix/host-bench-debian-trixie.
 BENCH_REPOSITORIES = tuple(

@@ -1,6 +1,6 @@
 """``dib-matrix run``: cold, warm, --reuse unchanged, one element touched.
 
-The full run measures the default matrix (``matrix/matrices/default.yaml``,
+The full run measures the default matrix (``matrix/config/matrices/default.yaml``,
 read at run time): its targets, checks, max-parallel and timeout, on copies of
 its hosts named ``bench-<host>``, so their images and per-host cache volumes
 are the benchmark's own: making them cold never touches anyone else's. The
@@ -33,11 +33,11 @@ from bench.figures import Figure, megabytes, ratio
 from bench.proc import Timed, base_env, timed
 from bench.profiling import record_argv, summarise
 from bench.workspace import REPO, Bench, BenchError, copy_tree, write_element
-from matrix import engine
-from matrix.config import load_matrix, resolve_matrix_path
-from matrix.plan import Plan, PlannedCell, make_plan
-from matrix.results import Cell, CellKind, RunResults, State, load
-from matrix.reuse import KeyMaker
+from matrix.config.matrixfile import load_matrix, resolve_matrix_path
+from matrix.containers import engine
+from matrix.run.plan import Plan, PlannedCell, make_plan
+from matrix.run.reuse import KeyMaker
+from results.model import Cell, CellKind, RunResults, State, load
 
 SECTION = "matrix"
 PREFIX = "bench-"

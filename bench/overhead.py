@@ -21,8 +21,8 @@ from bench.matrixbench import PREFIX, bench_host, remove_cache_volumes, write_ya
 from bench.proc import base_env, timed
 from bench.profiling import record_argv, summarise
 from bench.workspace import REPO, Bench, copy_tree, write_element
-from matrix import engine
-from matrix.results import CellKind, load
+from matrix.containers import engine
+from results.model import CellKind, load
 
 SECTION = "overhead"
 HOST = "debian-bookworm"

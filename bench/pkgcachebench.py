@@ -1,6 +1,6 @@
 """The shared package cache: two cold dib builds (separate, empty image caches) through it.
 
-Both builds run on this machine through one fresh apt-cacher-ng (matrix/pkgcache.py);
+Both builds run on this machine through one fresh apt-cacher-ng (matrix/hostgen/pkgcache.py);
 its transfer log says how many bytes each fetched from the mirror.
 """
 
@@ -13,7 +13,7 @@ import time
 from bench.figures import Figure, megabytes, ratio
 from bench.proc import base_env, timed
 from bench.workspace import REPO, Bench, BenchError
-from matrix.pkgcache import CacheStats, PackageCache, PackageCacheError
+from matrix.hostgen.pkgcache import CacheStats, PackageCache, PackageCacheError
 
 SECTION = "package cache"
 UPSTREAM_TARGET_PERCENT = 10.0

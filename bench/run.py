@@ -37,7 +37,7 @@ from bench.figures import Figure, Report, format_report  # noqa: E402
 from bench.proc import release_mounts  # noqa: E402
 from bench.workspace import REPO, Bench, BenchError  # noqa: E402
 from dib.mirror import MirrorNotFound, find_mirror  # noqa: E402
-from matrix import engine  # noqa: E402
+from matrix.containers import engine  # noqa: E402
 
 Section = Callable[[Bench], "tuple[list[Figure], dict[str, list[str]]]"]
 SECTIONS: dict[str, Section] = {

@@ -20,14 +20,15 @@ from pathlib import Path
 import yaml
 
 import reports
-from matrix import results, runner
-from matrix.cellreport import CellReport
-from matrix.config import load_matrix
-from matrix.plan import PlannedCell, make_plan
-from matrix.results import RunResults, State
-from matrix.runner import MatrixRun, RunRequest
-from matrix.scheduler import Scheduler
+from matrix.config.matrixfile import load_matrix
+from matrix.run import runner
+from matrix.run.cellreport import CellReport
+from matrix.run.plan import PlannedCell, make_plan
+from matrix.run.runner import MatrixRun, RunRequest
+from matrix.run.scheduler import Scheduler
 from matrix.verdict.catalogue import load_catalogue
+from results import model as results
+from results.model import RunResults, State
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ from bench.proc import base_env, timed
 
 REPO = Path(__file__).resolve().parent.parent
 # What a cell needs of a dib tree: dib, elements, and the tox row's inputs.
-TREE_PARTS = ("dib", "elements", "matrix/incontainer", "tests/__init__.py",
+TREE_PARTS = ("dib", "elements", "matrix/run/incontainer", "tests/__init__.py",
               "tests/unit/__init__.py", "tests/unit/dib", "tox.ini", "pyproject.toml")
 
 

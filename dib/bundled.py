@@ -50,7 +50,7 @@ def path(name: str) -> Path:
 
     A checkout (or a copied dib tree) answers with its own file; an installed
     wheel with the copy inside its package. Other paths (``dib``,
-    ``matrix/incontainer``) are the same in both. The path may not exist (a dib
+    ``matrix/run/incontainer``) are the same in both. The path may not exist (a dib
     tree in a host container has no ``hosts``).
     """
     if name not in INSTALLED or not installed():

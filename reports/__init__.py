@@ -1,6 +1,6 @@
 """dib-matrix reports: text, HTML, JSON and JUnit views of a run's results.
 
-Reporters only read ``matrix.results.RunResults`` (and the logs it points to).
+Reporters only read ``results.model.RunResults`` (and the logs it points to).
 The orchestrator writes results.json itself and then calls :func:`write_all`.
 """
 
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from matrix.results import RunResults, write_atomically
 from reports.compare import compare, render_comparison
 from reports.gate import gate_exit_code
 from reports.history import load_runs, trends_from, with_current
 from reports.html import render_html, write_index
 from reports.junit import render_junit
 from reports.text import render_report, render_table
+from results.model import RunResults, write_atomically
 
 __all__ = ["compare", "gate_exit_code", "render_table", "write_all"]
 

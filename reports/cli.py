@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from matrix.results import RunResults, load, write_atomically
 from reports import write_all
 from reports.compare import compare, render_comparison
 from reports.gate import EXIT_OK, EXIT_USAGE, gate_exit_code
@@ -15,6 +14,7 @@ from reports.html import render_html
 from reports.jsonreport import render_json
 from reports.junit import render_junit
 from reports.text import render_report
+from results.model import RunResults, load, write_atomically
 
 FORMATS = ("text", "html", "json", "junit")
 

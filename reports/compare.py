@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from tabulate import tabulate
 
-from matrix.results import Cell, RunResults, State
 from reports.legend import grid_order
 from reports.sanitize import one_line
 from reports.styles import style
+from results.model import Cell, RunResults, State
 
 # States that count as "not success" for a regression or a fix.
 NOT_PASSING = frozenset(

@@ -6,8 +6,8 @@ configuration error, 130 interrupted.
 
 from __future__ import annotations
 
-from matrix.results import Cell, RunResults, State
 from reports.compare import compare
+from results.model import Cell, RunResults, State
 
 EXIT_OK = 0
 EXIT_FAILURES = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from matrix.results import Cell, RunResults
+from results.model import Cell, RunResults
 
 CORNER = "target \\ host"
 CORNER_TRANSPOSED = "host \\ target"

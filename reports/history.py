@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix.results import RunResults, State, load
+from results.model import RunResults, State, load
 
 DEFAULT_TREND = 10
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from matrix.results import RunResults, write_atomically
 from reports.compare import compare
 from reports.history import TrendPoint, load_runs, with_current
 from reports.htmlview import (
@@ -25,6 +24,7 @@ from reports.htmlview import (
 from reports.legend import build_legend
 from reports.styles import STYLES
 from reports.summary import counted_failures
+from results.model import RunResults, write_atomically
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 

@@ -11,7 +11,6 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from matrix.results import Artifact, Cell, ImageCheck, RunResults, State
 from reports.compare import Comparison, describe, summary_line
 from reports.grid import build_grid
 from reports.history import TrendPoint
@@ -28,6 +27,7 @@ from reports.logs import Excerpt, excerpt
 from reports.sanitize import clean_text, one_line
 from reports.styles import STYLES, Flag, StateStyle, flags, style
 from reports.summary import rate_text, uncategorized
+from results.model import Artifact, Cell, ImageCheck, RunResults, State
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from matrix.results import RunResults
+from results.model import RunResults
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "results.schema.json"
 
@@ -18,5 +18,5 @@ def load_schema() -> dict[str, Any]:
 
 
 def render_json(results: RunResults) -> str:
-    """results.json exactly as ``matrix.results.save`` writes it."""
+    """results.json exactly as ``results.model.save`` writes it."""
     return json.dumps(results.to_json(), indent=2, sort_keys=True) + "\n"

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from matrix.results import Cell, RunResults, State
 from reports.legend import UNCATEGORIZED, footnote_text, grid_order
 from reports.sanitize import clean_text, one_line
 from reports.styles import JUnitOutcome, style
+from results.model import Cell, RunResults, State
 
 MESSAGE_LIMIT = 1000
 

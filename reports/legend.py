@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from matrix.results import Cell, RunResults, State
 from reports.sanitize import one_line
 from reports.styles import flags, style
+from results.model import Cell, RunResults, State
 
 UNCATEGORIZED = "uncategorized"
 FIRST_FOOTNOTE = 0

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix.results import Cell
 from reports.sanitize import clean_line, clean_text
+from results.model import Cell
 
 MAX_BYTES = 1024 * 1024
 CONTEXT = 6  # lines shown before and after the evidence line

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from matrix.results import Cell, State
+from results.model import Cell, State
 
 
 class JUnitOutcome(str, enum.Enum):

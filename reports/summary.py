@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from matrix.results import Cell, RunResults, State
 from reports.legend import has_named_cause
 from reports.styles import STYLES
+from results.model import Cell, RunResults, State
 
 
 def counted_failures(results: RunResults) -> list[Cell]:

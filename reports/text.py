@@ -6,11 +6,11 @@ import re
 
 from tabulate import DataRow, Line, TableFormat, tabulate
 
-from matrix.results import RunResults
 from reports.grid import build_grid
 from reports.legend import build_legend, cell_mark
 from reports.sanitize import one_line
 from reports.summary import counts_text, rate_text, retried, uncategorized
+from results.model import RunResults
 
 _RULE = Line("+", "-", "+", "+")
 _ROW = DataRow("|", "|", "|")

@@ -25,8 +25,8 @@ from typing import Any
 
 import re2
 
-from matrix.diagnostics import ConfigError, IssueCollector
-from matrix.yamlload import YamlDocument, load_yaml
+from matrix.config.diagnostics import ConfigError, IssueCollector
+from matrix.config.yamlload import YamlDocument, load_yaml
 
 UNCATEGORIZED = "uncategorized"
 ANY = "*"  # a host or row that every entry's scope takes (dib-matrix classify without --row)
@@ -42,7 +42,7 @@ _OPTIONS.log_errors = False  # a refused pattern is reported once, by us, with i
 
 
 def bundled_catalogue() -> Path:
-    return Path(str(resources.files("matrix") / "categories" / "default.yaml"))
+    return Path(str(resources.files("matrix.verdict") / "categories" / "default.yaml"))
 
 
 @dataclass(frozen=True)

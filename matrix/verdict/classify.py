@@ -29,10 +29,10 @@ from typing import Any
 import re2
 
 from dib import failure
-from matrix.results import Category
 from matrix.verdict.catalogue import OPTIONAL_SEGMENT, UNCATEGORIZED, Catalogue, CategoryRule
 from matrix.verdict.logscan import EVIDENCE_LIMIT, evidence, lines_of_file, lines_of_text
 from matrix.verdict.runparts import RunPartsTrail
+from results.model import Category
 
 TAIL_LINES = 15
 # Below this many bytes free, a filesystem the cell wrote to is full, whatever the

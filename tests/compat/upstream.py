@@ -1,7 +1,7 @@
 """Upstream elements for the compatibility suite: element-deps closures and shadow dirs.
 
 diskimage-builder's pinned wheel is fetched, verified and extracted (with its files'
-modes, under a lock) by :mod:`matrix.upstreamdib`; its names are re-exported here.
+modes, under a lock) by :mod:`matrix.config.upstreamdib`; its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, Iterable, List, Set
 
-from matrix.upstreamdib import (  # noqa: F401 - the suite's names for them
+from matrix.config.upstreamdib import (  # noqa: F401 - the suite's names for them
     DEFAULT_CACHE,
     ELEMENTS_SUBDIR,
     SHA256,

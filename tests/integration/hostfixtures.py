@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from dib.mirror import MirrorNotFound, find_mirror
-from matrix.engine import (
+from matrix.config.hosts import HostDefinition, load_hosts
+from matrix.containers.engine import (
     LABEL_RUN,
     CellResult,
     CellSpec,
@@ -26,8 +27,7 @@ from matrix.engine import (
     remove_run_objects,
     run_cell,
 )
-from matrix.hostgen import HostgenOutcome, build_host
-from matrix.hosts import HostDefinition, load_hosts
+from matrix.hostgen.build import HostgenOutcome, build_host
 
 REPO = Path(__file__).resolve().parents[2]
 

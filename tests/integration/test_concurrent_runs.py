@@ -23,11 +23,12 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from matrix import diblayer
-from matrix.engine import LABEL_RUN, EngineError, connect, run_captured
-from matrix.hostimage import LABEL_HOST, image_names
-from matrix.hosts import load_hosts
-from matrix.leases import Registry, RunLease
+from matrix.config.hosts import load_hosts
+from matrix.containers.engine import LABEL_RUN, EngineError, connect, run_captured
+from matrix.containers.labels import LABEL_HOST
+from matrix.containers.leases import Registry, RunLease
+from matrix.hostgen import diblayer
+from matrix.hostgen.hostimage import image_names
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -35,9 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_1 = """
 import sys
 from pathlib import Path
-from matrix import engine
-from matrix.diblayer import LayerBaker
-from matrix.leases import Registry, RunLease
+from matrix.containers import engine
+from matrix.hostgen.diblayer import LayerBaker
+from matrix.containers.leases import Registry, RunLease
 
 tree, leases, host, host_image = sys.argv[1:5]
 client = engine.connect()

@@ -24,7 +24,7 @@ import docker
 import pytest
 import yaml
 
-from matrix.results import load as load_results
+from results.model import load as load_results
 from tests.integration.dibhelpers import REPO
 from tests.integration.test_matrix_run import patched_tree
 
@@ -299,9 +299,10 @@ class BuildTap:
 def test_ctrl_c_during_the_dib_layer_bake(tmp_path):
     """SIGINT while the engine bakes the run's dib layer: exit 130, the cell pending, no
     build container and no half-baked (untagged or partial) layer left; --resume finishes."""
-    from matrix.diblayer import TreeSnapshot, layer_reference
-    from matrix.hostimage import LABEL_HOST, LABEL_ROLE, image_names
-    from matrix.hosts import load_hosts
+    from matrix.config.hosts import load_hosts
+    from matrix.containers.labels import LABEL_HOST, LABEL_ROLE
+    from matrix.hostgen.diblayer import TreeSnapshot, layer_reference
+    from matrix.hostgen.hostimage import image_names
 
     tree = patched_tree(tmp_path)
     # A tree of its own: its layer is not in the engine yet, so the hostgen bakes it.

@@ -28,7 +28,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from matrix.results import load as load_results
+from results.model import load as load_results
 from tests.integration.dibhelpers import REPO
 from tests.integration.test_faults import (
     LABEL_RUN,

@@ -22,16 +22,16 @@ import pytest
 
 from dib.mirror import find_mirror
 from matrix import cli
-from matrix.diblayer import TreeSnapshot, bake
-from matrix.engine import (
+from matrix.config.hosts import load_host
+from matrix.containers.engine import (
     LABEL_RUN,
     dib_command,
     dib_environment,
     remove_run_objects,
 )
-from matrix.hostgen import HostgenStatus, build_host
-from matrix.hostimage import LABEL_HOST
-from matrix.hosts import load_host
+from matrix.containers.labels import LABEL_HOST
+from matrix.hostgen.build import HostgenStatus, build_host
+from matrix.hostgen.diblayer import TreeSnapshot, bake
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import Evidence, classify
 from tests.integration.hostfixtures import REPO, HostgenSession, open_hostgen_session
@@ -131,7 +131,7 @@ def test_ctrl_c_removes_the_cell_container(hostgen_session: HostgenSession, tmp_
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from matrix.engine import CellSpec, connect, run_cell
+        from matrix.containers.engine import CellSpec, connect, run_cell
         spec = CellSpec({run_id!r}, "sleeper", "debian-bookworm",
                         {hostgen_session.image("debian-bookworm")!r},
                         ("/bin/sh", "-c", "echo up; sleep 300"),
@@ -279,7 +279,7 @@ def test_missing_package_is_categorised(hostgen_session: HostgenSession, tmp_pat
 def test_a_silent_build_step_ends_at_the_deadline(hostgen_session: HostgenSession) -> None:
     """A RUN step that prints nothing is killed at the hostgen deadline, not at the
     SDK's read timeout; the engine keeps neither its container nor an image."""
-    from matrix.imagebuild import BuildFailed, build_image
+    from matrix.hostgen.imagebuild import BuildFailed, build_image
 
     base = hostgen_session.image("debian-bookworm")
     dockerfile = f"FROM {base}\nRUN sleep 600\n".encode()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dib.bootstrap import BaseSpec, probe_mirror
-from matrix.engine import CellSpec, dib_command, dib_environment, run_cell
-from matrix.pkgcache import CacheStats, PackageCache, PackageCacheError
+from matrix.containers.engine import CellSpec, dib_command, dib_environment, run_cell
+from matrix.hostgen.pkgcache import CacheStats, PackageCache, PackageCacheError
 from tests.integration.hostfixtures import HostgenSession, open_hostgen_session
 
 pytestmark = pytest.mark.integration

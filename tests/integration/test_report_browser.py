@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from matrix.results import load
 from reports import write_all
 from reports.htmlview import anchor as _anchor
 from reports.legend import build_legend
 from reports.styles import STYLES
+from results.model import load
 from tests.unit.test_report_fixtures import ALL_STATES
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from matrix import engine, swarm
-from matrix.engine import LABEL_RUN, CellSpec
+from matrix.containers import engine, swarm
+from matrix.containers.engine import LABEL_RUN, CellSpec
 from tests.integration.hostfixtures import HostgenSession, open_hostgen_session
 from tests.integration.test_matrix_run import dib_matrix, write_matrix
 

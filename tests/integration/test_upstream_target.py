@@ -13,7 +13,7 @@ import tarfile
 
 import pytest
 
-from matrix import upstreamdib
+from matrix.config import upstreamdib
 from tests.integration.dibhelpers import REPO
 from tests.integration.test_matrix_run import cells_of, run_containers
 

@@ -17,9 +17,9 @@ import pytest
 from dib.blockdevice.disk import assemble
 from dib.blockdevice.layout import parse_layout_text
 from dib.blockdevice.plan import make_plan, save_plan
-from matrix.results import ImageCheck
-from matrix.targets import Target, load_target
+from matrix.config.targets import Target, load_target
 from matrix.verdict.verify import expectation_for, summary, verify_images
+from results.model import ImageCheck
 from tests.integration.dibhelpers import REPO, dib_env, run_dib
 
 pytestmark = pytest.mark.integration

@@ -64,7 +64,7 @@ def test_the_wheel_carries_the_data_and_says_which_python(installed):
     for name in ("dib/elements/base/element-deps", "matrix/data/hosts/debian-bookworm.yaml",
                  "matrix/data/targets/debian-bookworm.yaml", "dib/selftest/tox.ini",
                  "dib/selftest/pyproject.toml", "dib/selftest/tests/unit/dib/test_elements.py",
-                 "dib/lib/img-functions", "matrix/incontainer/tox-check.sh"):
+                 "dib/lib/img-functions", "matrix/run/incontainer/tox-check.sh"):
         assert name in names
     assert (hook.external_attr >> 16) & 0o111  # hooks stay executable
     assert not any(n.startswith(("elements/", "hosts/", "targets/", "tests/")) for n in names)

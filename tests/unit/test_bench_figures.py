@@ -22,10 +22,10 @@ from bench.proc import Timed
 from bench.profiling import busy_seconds
 from bench.steps import dib_slowest, slowest_steps
 from bench.workspace import REPO, BenchError, write_element
-from matrix.config import load_matrix
-from matrix.hosts import load_host
-from matrix.plan import make_plan
-from matrix.results import Cell, CellKind, RunResults, State
+from matrix.config.hosts import load_host
+from matrix.config.matrixfile import load_matrix
+from matrix.run.plan import make_plan
+from results.model import Cell, CellKind, RunResults, State
 
 
 def test_ratio_is_none_without_both_figures():
@@ -70,11 +70,11 @@ def test_table_names_each_section_once_and_shows_targets():
 def test_report_lists_misses_profiles_and_round_trips_as_json():
     report = Report()
     report.add([Figure("matrix", "--reuse", 12.5, "s", 10.0), Figure("x", "y", 1.0, "s", 2.0)])
-    report.profiles["reuse"] = ["  9.00 s  execute (matrix/runner.py)"]
+    report.profiles["reuse"] = ["  9.00 s  execute (matrix/run/runner.py)"]
     report.notes.append("full run")
     text = format_report(report)
     assert "targets: 1 met, 1 missed: matrix/--reuse" in text
-    assert "profile: reuse\n    9.00 s  execute (matrix/runner.py)" in text
+    assert "profile: reuse\n    9.00 s  execute (matrix/run/runner.py)" in text
     assert text.endswith("note: full run")
     data = json.loads(report.to_json())
     assert data["figures"][0]["status"] == "MISSED" and data["figures"][1]["value"] == 1.0
@@ -84,19 +84,20 @@ def test_profile_counts_busy_stacks_of_our_code_only():
     raw = [
         # a worker running a cell: 50 samples at 100/s = 0.5 s in run_cell and below
         "_bootstrap (threading.py:995);run (concurrent/futures/thread.py:58);"
-        "execute (/work/main/matrix/cells.py:80);run_cell (/work/main/matrix/engine.py:170);"
+        "execute (/work/main/matrix/run/cells.py:80);"
+        "run_cell (/work/main/matrix/containers/engine.py:170);"
         "create (/v/site-packages/docker/models/containers.py:900) 50",
         # the scheduler waiting, a watchdog timer, an idle pool worker: not cost
-        "run (/work/main/matrix/scheduler.py:90);wait (concurrent/futures/_base.py:305) 400",
+        "run (/work/main/matrix/run/scheduler.py:90);wait (concurrent/futures/_base.py:305) 400",
         "_bootstrap (threading.py:995);Timer.run (threading.py:1427) 300",
         "_bootstrap (threading.py:995);_worker (concurrent/futures/thread.py:81);"
         "get (queue.py:171) 200",
         "garbage",
     ]
     seconds = busy_seconds(raw)
-    assert seconds["run_cell (matrix/engine.py)"] == 0.5
+    assert seconds["run_cell (matrix/containers/engine.py)"] == 0.5
     assert seconds["create (docker/models/containers.py)"] == 0.5
-    assert "run (matrix/scheduler.py)" not in seconds
+    assert "run (matrix/run/scheduler.py)" not in seconds
     assert len(seconds) == 3
 
 

@@ -141,3 +141,28 @@ def test_os_title(tmp_path):
     assert os_title(tmp_path) == "Debian GNU/Linux 12 (bookworm)"
     (tmp_path / "etc" / "os-release").write_text('PRETTY_NAME="Evil\' title {x}"\n')
     assert os_title(tmp_path) == "Evil title x"
+
+
+def test_arm64_serial_console_is_the_pl011_and_grub_uses_the_firmware_console():
+    settings = BootSettings.from_env({}, "arm64")
+    assert settings.serial_console == "ttyAMA0,115200"
+    assert settings.serial_unit_speed() is None  # no PC UART for GRUB's serial command
+    plan = plan_for("efi")
+    text = grub_config(plan, settings, "/vmlinuz", "/initrd.img", "Debian GNU/Linux 12")
+    assert "serial" not in text.replace("console=ttyAMA0", "")
+    assert "terminal_output" not in text
+    assert "console=tty0 console=ttyAMA0,115200" in kernel_cmdline(plan, settings)
+    assert BootSettings.from_env({}, "amd64").serial_console == "ttyS0,115200"
+    chosen = BootSettings.from_env({"DIB_BOOTLOADER_SERIAL_CONSOLE": "ttyAMA1,9600"}, "arm64")
+    assert chosen.serial_console == "ttyAMA1,9600" and chosen.serial_unit_speed() is None
+    with pytest.raises(ConfigError, match="is not like ttyAMA0,115200"):
+        BootSettings.from_env({"DIB_BOOTLOADER_SERIAL_CONSOLE": "hvc0"}, "arm64")
+
+
+def test_arm64_boots_from_the_removable_efi_path():
+    from dib.blockdevice.grub import EFI_ARM64, PACKAGES, describe
+
+    assert platforms(plan_for("efi"), "arm64") == [EFI_ARM64]
+    assert EFI_ARM64.efi_binary == "BOOTAA64.EFI" and EFI_ARM64.name == "arm64-efi"
+    assert PACKAGES["arm64-efi"] == "grub-efi-arm64-bin"
+    assert describe(["arm64-efi"]) == "UEFI (arm64)"

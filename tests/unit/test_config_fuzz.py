@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from matrix.config import BUNDLED_MATRICES_DIR, load_matrix
-from matrix.diagnostics import ConfigError
-from matrix.hosts import BUNDLED_HOSTS_DIR, load_host
-from matrix.targets import BUNDLED_TARGETS_DIR, load_target
+from matrix.config.diagnostics import ConfigError
+from matrix.config.hosts import BUNDLED_HOSTS_DIR, load_host
+from matrix.config.matrixfile import BUNDLED_MATRICES_DIR, load_matrix
+from matrix.config.targets import BUNDLED_TARGETS_DIR, load_target
 from matrix.verdict.catalogue import bundled_catalogue, load_catalogue
 
 ROUNDS = 60

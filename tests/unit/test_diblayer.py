@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from matrix.diblayer import LAYER_PARTS, TARGET, TreeSnapshot, layer_reference
+from matrix.hostgen.diblayer import LAYER_PARTS, TARGET, TreeSnapshot, layer_reference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,8 +60,8 @@ def test_layer_tag_names_host_and_both_inputs(tmp_path):
 def baker_setup(tmp_path, monkeypatch):
     import io
 
-    from matrix import diblayer
-    from matrix.leases import Registry, RunLease
+    from matrix.containers.leases import Registry, RunLease
+    from matrix.hostgen import diblayer
     from tests.unit.test_leases import FakeImage, FakeImages
 
     host = FakeImage("sha256:" + "h" * 64, ["dib-matrix/host-h:abc"])
@@ -101,7 +101,7 @@ def test_ensure_rebakes_a_layer_removed_under_the_run(tmp_path, monkeypatch):
 
 
 def test_ensure_without_a_baked_layer_or_host_image_is_a_layer_error(tmp_path, monkeypatch):
-    from matrix.diblayer import DibLayerError
+    from matrix.hostgen.diblayer import DibLayerError
 
     client, baker, lease, builds, log = baker_setup(tmp_path, monkeypatch)
     with pytest.raises(DibLayerError, match="no dib layer for host h"):

@@ -1,4 +1,4 @@
-"""matrix.engine: cell container lifecycle against a fake engine (no Docker needed)."""
+"""matrix.containers.engine: cell container lifecycle against a fake engine (no Docker needed)."""
 
 import threading
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from matrix.engine import (
+from matrix.containers.engine import (
     CACHE_MOUNT,
     CELL_CAPABILITIES,
     DIB_MOUNT,
@@ -232,6 +232,6 @@ def test_dib_invocation_contract():
 def test_no_privileged_anywhere():
     import inspect
 
-    import matrix.engine
+    import matrix.containers.engine
 
-    assert "privileged=True" not in inspect.getsource(matrix.engine)
+    assert "privileged=True" not in inspect.getsource(matrix.containers.engine)

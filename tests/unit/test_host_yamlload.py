@@ -1,12 +1,12 @@
-"""matrix.yamlload: safe_load-compatible data plus the line of every key."""
+"""matrix.config.yamlload: safe_load-compatible data plus the line of every key."""
 
 from pathlib import Path
 
 import pytest
 import yaml
 
-from matrix.diagnostics import ConfigError
-from matrix.yamlload import format_key, load_yaml
+from matrix.config.diagnostics import ConfigError
+from matrix.config.yamlload import format_key, load_yaml
 
 SAMPLE = """\
 a: 1

@@ -1,10 +1,10 @@
-"""matrix.facts: parsing the probe's output and storing facts on images."""
+"""matrix.hostgen.facts: parsing the probe's output and storing facts on images."""
 
 import subprocess
 
 import pytest
 
-from matrix.facts import (
+from matrix.hostgen.facts import (
     FACTS_LABEL,
     FactsError,
     HostFacts,

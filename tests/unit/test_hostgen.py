@@ -1,4 +1,4 @@
-"""matrix.hostgen against a fake engine: cached, unpullable and unconfigured outcomes."""
+"""matrix.hostgen.build against a fake engine: cached, unpullable and unconfigured outcomes."""
 
 import io
 from types import SimpleNamespace
@@ -6,13 +6,13 @@ from types import SimpleNamespace
 import docker.errors
 import pytest
 
-import matrix.hostgen as hostgen
+import matrix.hostgen.build as hostgen
 from dib.mirror import MirrorNotFound
-from matrix.facts import FACTS_LABEL, HostFacts
-from matrix.hostgen import HostgenStatus, build_host
-from matrix.hostimage import image_names
-from matrix.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager
-from matrix.imagebuild import BuildFailed, build_image
+from matrix.config.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager
+from matrix.hostgen.build import HostgenStatus, build_host
+from matrix.hostgen.facts import FACTS_LABEL, HostFacts
+from matrix.hostgen.hostimage import image_names
+from matrix.hostgen.imagebuild import BuildFailed, build_image
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import Evidence, classify
 

@@ -1,10 +1,11 @@
-"""matrix.hostimage: content-hash tags and Dockerfile rendering per base kind."""
+"""matrix.hostgen.hostimage: content-hash tags and Dockerfile rendering per base kind."""
 
 import dataclasses
 import json
 from pathlib import Path
 
-from matrix.hostimage import (
+from matrix.config.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager, load_host
+from matrix.hostgen.hostimage import (
     apt_sources,
     env_value,
     exec_form,
@@ -13,7 +14,6 @@ from matrix.hostimage import (
     image_names,
     render_dockerfile,
 )
-from matrix.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager, load_host
 
 MIRROR = "http://mirror.invalid/debian"
 
@@ -70,7 +70,7 @@ def test_digest_covers_setup_and_environment():
 
 
 def test_digest_covers_the_template(monkeypatch, tmp_path):
-    import matrix.hostimage as hostimage
+    import matrix.hostgen.hostimage as hostimage
 
     plain = host_digest(bootstrap_host())
     for name in ("host.Dockerfile.j2", "facts-probe.sh"):
@@ -159,6 +159,6 @@ def test_apt_sources_is_http():
 
 
 def test_bundled_templates_exist():
-    import matrix.hostimage as hostimage
+    import matrix.hostgen.hostimage as hostimage
 
     assert Path(hostimage.TEMPLATES_DIR, hostimage.HOST_TEMPLATE).is_file()

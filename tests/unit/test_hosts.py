@@ -1,11 +1,11 @@
-"""matrix.hosts: host schema validation (errors name file, line and key) and loading."""
+"""matrix.config.hosts: host schema validation (errors name file, line and key) and loading."""
 
 from pathlib import Path
 
 import pytest
 
-from matrix.diagnostics import ConfigError
-from matrix.hosts import (
+from matrix.config.diagnostics import ConfigError
+from matrix.config.hosts import (
     BaseKind,
     BootstrapBase,
     BootstrapTool,

@@ -10,9 +10,12 @@ from types import SimpleNamespace
 import docker.errors
 import pytest
 
-from matrix import diblayer, engine, hostgen, leases
-from matrix.hostimage import LABEL_HOST, LABEL_ROLE
-from matrix.leases import InUse, LeaseError, Owner, Registry, RunLease
+from matrix.containers import engine, leases
+from matrix.containers.labels import LABEL_HOST, LABEL_ROLE
+from matrix.containers.leases import InUse, LeaseError, Owner, Registry, RunLease
+from matrix.hostgen import build as hostgen
+from matrix.hostgen import diblayer, hostimage
+from matrix.run import cleanup
 
 
 class FakeImage:
@@ -269,7 +272,7 @@ def test_clean_keeps_live_runs_and_their_caches(registry, monkeypatch):
     monkeypatch.setattr(engine, "remove_run_objects",
                         lambda c, run: cleaned.append(run) or engine.Removed(1, 0, 2))
     said = []
-    engine.clean(client, caches=True, leases=registry, say=said.append)
+    cleanup.clean(client, caches=True, leases=registry, say=said.append)
     assert cleaned == ["killed", "old"]
     assert said[0].startswith("run killed: removed 1 container(s)")
     assert said[1] == f"run nightly: kept: the run is live (pid {os.getpid()} on " \
@@ -281,15 +284,15 @@ def test_clean_keeps_live_runs_and_their_caches(registry, monkeypatch):
     assert [v.removed for v in volumes] == [False, True]
     assert list(client.images.images) == [leased.id]
     said.clear()
-    engine.clean(client, run_id="nightly", leases=registry, say=said.append)  # named: still kept
+    cleanup.clean(client, run_id="nightly", leases=registry, say=said.append)  # named: still kept
     assert cleaned == ["killed", "old"] and said[0].startswith("run nightly: kept")
 
 
 def test_host_objects_names_tags_and_the_cache_volume():
-    from matrix.hostimage import image_names
-    from matrix.hosts import load_hosts
+    from matrix.config.hosts import load_hosts
+    from matrix.hostgen.hostimage import image_names
 
     host = load_hosts()["debian-bookworm"]
-    names = leases.host_objects([host])
+    names = hostimage.host_objects([host])
     assert image_names(host).image in names
     assert engine.cache_volume_name("debian-bookworm") in names

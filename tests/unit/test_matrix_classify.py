@@ -5,7 +5,7 @@ import tracemalloc
 
 import pytest
 
-from matrix.diagnostics import ConfigError
+from matrix.config.diagnostics import ConfigError
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import Evidence, classify, classify_lines, message_of
 

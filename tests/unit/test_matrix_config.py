@@ -1,7 +1,7 @@
 import pytest
 
-from matrix.config import load_matrix, parse_duration, resolve_matrix_path
-from matrix.diagnostics import ConfigError
+from matrix.config.diagnostics import ConfigError
+from matrix.config.matrixfile import load_matrix, parse_duration, resolve_matrix_path
 
 
 def write(tmp_path, text):
@@ -96,7 +96,7 @@ allowed-failures:
 
 
 def test_categories_is_a_file_or_a_list_of_files(tmp_path):
-    from matrix.config import load_matrix
+    from matrix.config.matrixfile import load_matrix
 
     one = load_matrix(write(tmp_path, "hosts: [debian-bookworm]\ntargets: [debian-bookworm]\n"
                                       "categories: mine.yaml\n"))

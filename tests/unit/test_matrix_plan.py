@@ -1,9 +1,9 @@
 import pytest
 
-from matrix.config import load_matrix
-from matrix.facts import HostFacts
-from matrix.plan import SelectionError, make_plan, preflight
-from matrix.results import CellKind
+from matrix.config.matrixfile import load_matrix
+from matrix.hostgen.facts import HostFacts
+from matrix.run.plan import SelectionError, make_plan, preflight
+from results.model import CellKind
 
 MATRIX = """\
 hosts: [debian-bookworm, debian-trixie]

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from matrix import results
-from matrix.results import Artifact, Category, Cell, CellKind, RunResults, State
+from results import model as results
+from results.model import Artifact, Category, Cell, CellKind, RunResults, State
 
 
 def sample():
@@ -68,7 +68,7 @@ def test_pending_cells_are_what_a_resume_runs():
 def test_resume_keeps_the_runs_matrix_and_selection(tmp_path):
     import argparse
 
-    from matrix import runcli
+    from matrix.cli import runcli
 
     matrix = tmp_path / "m.yaml"
     matrix.write_text(

@@ -1,10 +1,10 @@
 import shutil
 from pathlib import Path
 
-from matrix.config import load_matrix
-from matrix.plan import make_plan
-from matrix.results import Cell, CellKind, RunResults, State, save
-from matrix.reuse import KeyMaker, index_previous
+from matrix.config.matrixfile import load_matrix
+from matrix.run.plan import make_plan
+from matrix.run.reuse import KeyMaker, index_previous
+from results.model import Cell, CellKind, RunResults, State, save
 
 REPO = Path(__file__).resolve().parents[2]
 

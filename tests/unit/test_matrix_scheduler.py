@@ -1,10 +1,10 @@
 import threading
 import time
 
-from matrix.cellreport import CellReport as Outcome
-from matrix.plan import PlannedCell
-from matrix.results import CellKind, State
-from matrix.scheduler import Scheduler
+from matrix.run.cellreport import CellReport as Outcome
+from matrix.run.plan import PlannedCell
+from matrix.run.scheduler import Scheduler
+from results.model import CellKind, State
 
 
 class FakeHost:

@@ -1,4 +1,4 @@
-"""matrix.pkgcache without the real apt-cacher-ng: a fake one on loopback stands in."""
+"""matrix.hostgen.pkgcache without the real apt-cacher-ng: a fake one on loopback stands in."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from dib import bootstrap
 from dib.errors import DibError
-from matrix import pkgcache
-from matrix.pkgcache import (
+from matrix.hostgen import pkgcache
+from matrix.hostgen.pkgcache import (
     CacheStats,
     Layout,
     PackageCache,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from matrix.cli import main
-from matrix.results import Category, State, save
 from reports.compare import Change, compare, render_comparison
 from reports.gate import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, gate_exit_code, gating_cells
+from results.model import Category, State, save
 from tests.unit.test_report_fixtures import all_states, category, make_cell, make_run
 
 NOBLE = Category("no-such-script", "No such script: /usr/share/debootstrap/scripts/noble")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from matrix.results import Category, Cell, CellKind, RunResults, State, load
+from results.model import Category, Cell, CellKind, RunResults, State, load
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 ALL_STATES = GOLDEN / "run_all_states"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from matrix.results import State, save
 from reports import write_all
 from reports.history import load_runs, trends
 from reports.html import write_index
+from results.model import State, save
 from tests.unit.test_report_fixtures import all_states, make_cell, make_run
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from matrix.results import Artifact, Category, State
 from reports.history import TrendPoint
 from reports.html import render_html
 from reports.htmlview import anchor, human_duration, human_size, run_duration, safe_href
 from reports.styles import STYLES
+from results.model import Artifact, Category, State
 from tests.unit.test_report_fixtures import (
     ALL_STATES,
     all_states,
@@ -153,7 +153,7 @@ def test_uncategorized_section_rate_and_metadata():
     assert "\x1b" not in html and "1 failed, 41 passed" in section
     assert "classification rate: 83% (10 of 12 failures have a named cause)" in html
     meta = html.split('id="run"')[1]
-    for text in ("matrix/matrices/default.yaml", "61273ec0d2f4e8b1a9c3d5e7f9a1b3c5d7e9f1a3",
+    for text in ("matrix/config/matrices/default.yaml", "61273ec0d2f4e8b1a9c3d5e7f9a1b3c5d7e9f1a3",
                  "/work/main", "kind=docker", "2025-06-01T02:00:00+00:00",
                  "2025-06-01T03:12:45+00:00", "1h 12m 45s", "dib-matrix/host-fedora-43:"):
         assert text in meta, text

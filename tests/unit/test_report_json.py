@@ -8,8 +8,8 @@ from dataclasses import fields
 import jsonschema
 import pytest
 
-from matrix.results import SCHEMA_VERSION, Artifact, Category, Cell, RunResults, State, save
 from reports.jsonreport import load_schema, render_json
+from results.model import SCHEMA_VERSION, Artifact, Category, Cell, RunResults, State, save
 from tests.unit.test_report_fixtures import ALL_STATES, all_states, make_cell, make_run
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from junitparser import Error, Failure, JUnitXml, Skipped
 
-from matrix.results import Category, State
 from reports.junit import render_junit
+from results.model import Category, State
 from tests.unit.test_report_fixtures import all_states, category, make_cell, make_run
 
 

@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from matrix.results import Category, State
 from reports.legend import build_legend, cell_mark
 from reports.text import render_report, render_table
+from results.model import Category, State
 from tests.unit.test_report_fixtures import GOLDEN, all_states, category, make_cell, make_run
 
 SEED = GOLDEN / "seed_slide22.txt"

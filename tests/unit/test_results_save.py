@@ -1,4 +1,4 @@
-"""matrix.results.save: cells keep their JSON text between saves, and it never goes stale.
+"""results.model.save: cells keep their JSON text between saves, and it never goes stale.
 
 Every save must still write the whole document, exactly what
 ``json.dumps(results.to_json(), indent=2, sort_keys=True)`` gives, atomically.
@@ -16,9 +16,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from matrix import results
-from matrix.results import Artifact, Category, Cell, CellKind, RunResults, State
 from reports.jsonreport import load_schema
+from results import model as results
+from results.model import Artifact, Category, Cell, CellKind, RunResults, State
 from tests.unit.test_report_fixtures import ALL_STATES, all_states
 
 

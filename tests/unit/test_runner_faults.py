@@ -3,8 +3,8 @@
 from pathlib import Path
 from types import SimpleNamespace
 
-from matrix import runner
-from matrix.results import Cell, CellKind, RunResults, State, save
+from matrix.run import runner
+from results.model import Cell, CellKind, RunResults, State, save
 
 
 def resumed_run(tmp_path: Path) -> runner.MatrixRun:

@@ -1,12 +1,12 @@
-"""matrix.swarm: a cell as a replicated-job service, against a fake swarm (no Docker)."""
+"""matrix.containers.swarm: a cell as a replicated-job service, against a fake swarm (no Docker)."""
 
 from __future__ import annotations
 
 import docker.errors
 import pytest
 
-from matrix import engine, swarm
-from matrix.engine import LABEL_RUN, CellSpec, EngineError
+from matrix.containers import engine, swarm
+from matrix.containers.engine import LABEL_RUN, CellSpec, EngineError
 
 
 class FakeService:

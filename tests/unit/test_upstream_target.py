@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from matrix import engine, runner, upstreamdib
-from matrix.cells import CellRunner, RunContext, reproducer
-from matrix.config import load_matrix, resolve_matrix_path
-from matrix.diagnostics import ConfigError
-from matrix.plan import make_plan
-from matrix.reuse import KeyMaker
-from matrix.targets import element_issues, load_target, load_targets, upstream_notes
+from matrix.config import upstreamdib
+from matrix.config.diagnostics import ConfigError
+from matrix.config.matrixfile import load_matrix, resolve_matrix_path
+from matrix.config.targets import element_issues, load_target, load_targets, upstream_notes
+from matrix.containers import engine
+from matrix.run import runner
+from matrix.run.cells import CellRunner, RunContext, reproducer
+from matrix.run.plan import make_plan
+from matrix.run.reuse import KeyMaker
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import classify_lines
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from matrix.results import ImageCheck
-from matrix.targets import Target
+from matrix.config.targets import Target
 from matrix.verdict.verify import expectation_for, summary, tools, verify_images
 from matrix.verdict.verify.checks import release_matches
 from matrix.verdict.verify.expect import BARE_EXT4, Expectation
 from matrix.verdict.verify.limits import OS_RELEASE_LIMIT, Deadline, VerifyError
 from matrix.verdict.verify.parse import parse_os_release
 from matrix.verdict.verify.tools import run_tool
+from results.model import ImageCheck
 
 BOOKWORM = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_ID="12"\n' \
            "VERSION_CODENAME=bookworm\nID=debian\n"

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.results import ImageCheck
-from matrix.targets import Target
+from matrix.config.targets import Target
 from matrix.verdict.verify import (
     Expectation,
     PlannedLayout,
@@ -26,6 +25,7 @@ from matrix.verdict.verify import (
     verify_images,
 )
 from matrix.verdict.verify.expect import BARE_EXT4
+from results.model import ImageCheck
 from tests.unit.test_verify import BOOKWORM, PACKAGES, manifest_text, one, status_text
 
 TOOLS = ("mkfs.ext4", "sfdisk", "qemu-img", "debugfs")

@@ -19,10 +19,10 @@ from dib.blockdevice.disk import (
 from dib.blockdevice.geometry import place
 from dib.blockdevice.layout import MIB, parse_layout_text
 from dib.blockdevice.plan import make_plan, plan_dir
-from matrix.results import Artifact, Category, ImageCheck, State, load, save
 from matrix.verdict.verify.expect import load_layout_record
 from reports.html import render_html
 from reports.jsonreport import load_schema
+from results.model import Artifact, Category, ImageCheck, State, load, save
 from tests.unit.test_report_fixtures import make_cell, make_run
 
 LAYOUTS = Path(__file__).resolve().parents[2] / "elements" / "vm" / "layouts"

@@ -16,7 +16,7 @@ from dib.blockdevice.plan import layout_source, make_plan
 from dib.elements import elements_path, index_elements, resolve
 from dib.errors import DibError
 from dib.outputs import TAR_TYPES
-from matrix.targets import Target
+from matrix.config.targets import Target
 
 from .limits import KIB, LAYOUT_LIMIT, VerifyError, read_text
 

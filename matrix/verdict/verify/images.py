@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from dib.blockdevice.disk import LAYOUT_SUFFIX
 from dib.outputs import QEMU_FORMATS, TAR_TYPES
-from matrix.results import ImageCheck
+from results.model import ImageCheck
 
 from .checks import (
     Found,

@@ -4,7 +4,7 @@ set -u
 tree=$WORK/tree
 mkdir -p "$tree" "$WORK/targets" "$WORK/hosts"
 for part in pyproject.toml tox.ini tests/__init__.py tests/unit/__init__.py tests/unit/dib \
-            matrix/incontainer dib elements; do
+            matrix/run/incontainer dib elements; do
     mkdir -p "$(dirname "$tree/$part")"
     cp -a "$REPO/$part" "$tree/$part"
 done

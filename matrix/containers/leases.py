@@ -50,8 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matrix.hostimage import cache_volume_name, image_names
-
 LOG = logging.getLogger("dib-matrix")
 LEASE_DIR_ENV = "DIB_MATRIX_LEASES"
 LOCK_NAME = ".lock"
@@ -312,19 +310,6 @@ class RunLease:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
-
-
-def host_objects(hosts: Iterable[Any]) -> list[str]:
-    """What a run will use of each host definition: image tags and its cache volume.
-
-    Known before hostgen (content tags), so a run holds them from its start.
-    """
-
-    names: list[str] = []
-    for host in hosts:
-        images = image_names(host)
-        names += [images.image, images.base or "", cache_volume_name(host.name)]
-    return [name for name in names if name]
 
 
 def kept_line(name: str, run_id: str) -> str:

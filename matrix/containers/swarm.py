@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import docker
 from docker.types import RestartPolicy, ServiceMode
 
-from matrix.engine import (
+from matrix.containers.engine import (
     CellResult,
     CellSpec,
     EngineError,

@@ -13,9 +13,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from matrix.cellreport import CellReport
-from matrix.plan import PlannedCell
-from matrix.results import CellKind, State
+from matrix.run.cellreport import CellReport
+from matrix.run.plan import PlannedCell
+from results.model import CellKind, State
 
 CUT_SHORT = (State.FAILED, State.TIMEOUT, State.ERROR, State.SKIPPED)
 Execute = Callable[[PlannedCell, int], CellReport]

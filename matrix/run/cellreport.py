@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matrix.results import Artifact, Category, ImageCheck, State
+from results.model import Artifact, Category, ImageCheck, State
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,11 @@ import docker
 import docker.errors
 
 from dib.mirror import MirrorNotFound, find_mirror
-from matrix.engine import LABEL_RUN, run_captured
-from matrix.facts import (
+from matrix.config.hosts import BootstrapBase, HostDefinition, ImageBase, RootfsBase
+from matrix.containers.engine import run_captured
+from matrix.containers.labels import LABEL_DIGEST, LABEL_HOST, LABEL_ROLE, LABEL_RUN
+from matrix.containers.leases import Registry, kept_line
+from matrix.hostgen.facts import (
     FACTS_LABEL,
     FactsError,
     HostFacts,
@@ -33,20 +36,15 @@ from matrix.facts import (
     parse_probe_output,
     probe_command,
 )
-from matrix.hostimage import (
-    LABEL_DIGEST,
-    LABEL_HOST,
-    LABEL_ROLE,
+from matrix.hostgen.hostimage import (
     HostImageNames,
     apt_sources,
     from_image,
     image_names,
     render_dockerfile,
 )
-from matrix.hosts import BootstrapBase, HostDefinition, ImageBase, RootfsBase
-from matrix.imagebuild import BuildFailed, build_image, import_tarball
-from matrix.leases import Registry, kept_line
-from matrix.rootfs import (
+from matrix.hostgen.imagebuild import BuildFailed, build_image, import_tarball
+from matrix.hostgen.rootfs import (
     BOOTSTRAP_TIMEOUT,
     RootfsError,
     make_rootfs_tarball,
@@ -87,7 +85,7 @@ class HostgenOutcome:
         return f"{self.host}: {self.status.value} {self.image} ({self.duration:.1f} s)"
 
 
-# Catalogue ids of the hostgen steps (matrix/categories/default.yaml): what failed when
+# Catalogue ids of the hostgen steps (matrix/verdict/categories/default.yaml): what failed when
 # the log names nothing more precise.
 BASE_IMAGE_UNAVAILABLE = "base-image-unavailable"
 MIRROR_NOT_CONFIGURED = "mirror-not-configured"
@@ -362,7 +360,7 @@ def _prune_stale(client: docker.DockerClient, host: str, keep: Collection[str], 
                  say: Callable[[str], None] | None = None) -> None:
     """Untag this host's images of older definitions (ones still in use stay).
 
-    In use: named by a live run's lease (``matrix.leases``; ``say`` tells which),
+    In use: named by a live run's lease (``matrix.containers.leases``; ``say`` tells which),
     or used by a container (the engine refuses).
     """
     say = say or LOG.info

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from matrix.diagnostics import ConfigError
-from matrix.engine import EngineError, connect
-from matrix.facts import load_facts
-from matrix.hostgen import build_host
-from matrix.hostimage import image_names
-from matrix.hosts import BUNDLED_HOSTS_DIR, UnknownHost, load_hosts, select_hosts
+from matrix.config.diagnostics import ConfigError
+from matrix.config.hosts import BUNDLED_HOSTS_DIR, UnknownHost, load_hosts, select_hosts
+from matrix.containers.engine import EngineError, connect
+from matrix.hostgen.build import build_host
+from matrix.hostgen.facts import load_facts
+from matrix.hostgen.hostimage import image_names
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import Evidence, classify
 

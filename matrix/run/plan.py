@@ -11,11 +11,11 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from matrix.config import MatrixConfig
-from matrix.facts import HostFacts
-from matrix.hosts import HostDefinition
-from matrix.results import CellKind
-from matrix.targets import BOOT_SUFFIX, Target
+from matrix.config.hosts import HostDefinition
+from matrix.config.matrixfile import MatrixConfig
+from matrix.config.targets import BOOT_SUFFIX, Target
+from matrix.hostgen.facts import HostFacts
+from results.model import CellKind
 
 HOSTGEN = "hostgen"
 CHECK_TOOLS = {"tox": ("runuser", "tox")}

@@ -23,18 +23,19 @@ import docker
 
 from dib import failure
 from dib.boottest import BootOptions, BootTestError, run_boot_test
-from matrix import engine
-from matrix.cellreport import CellReport
-from matrix.diblayer import DibLayerError, LayerBaker
-from matrix.facts import HostFacts
-from matrix.hostgen import build_host
-from matrix.plan import PlannedCell, preflight
-from matrix.results import Artifact, CellKind, State
-from matrix.reuse import KeyMaker, Reusable, link_or_copy
+from matrix.config.matrixfile import Network
+from matrix.containers import engine
+from matrix.hostgen.build import build_host
+from matrix.hostgen.diblayer import DibLayerError, LayerBaker
+from matrix.hostgen.facts import HostFacts
+from matrix.run.cellreport import CellReport
+from matrix.run.plan import PlannedCell, preflight
+from matrix.run.reuse import KeyMaker, Reusable, link_or_copy
 from matrix.verdict.verify import expectation_for, summary, verify_images
+from results.model import Artifact, CellKind, State
 
 LOG = logging.getLogger("dib-matrix")
-TOX_SCRIPT = f"{engine.DIB_MOUNT}/matrix/incontainer/tox-check.sh"
+TOX_SCRIPT = f"{engine.DIB_MOUNT}/matrix/run/incontainer/tox-check.sh"
 
 
 @dataclass
@@ -49,7 +50,7 @@ class RunContext:
     timeout: float
     hostgen_timeout: float
     boot_timeout: float = 600.0
-    network: engine.Network = engine.Network.HOST
+    network: Network = Network.HOST
     rebuild_hosts: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
     facts: dict[str, HostFacts] = field(default_factory=dict)

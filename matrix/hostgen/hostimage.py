@@ -14,8 +14,9 @@ from typing import Any
 
 import jinja2
 
-from matrix.facts import PROBE_SCRIPT, TEMPLATES_DIR
-from matrix.hosts import BaseKind, BootstrapBase, HostDefinition, RootfsBase
+from matrix.config.hosts import BaseKind, BootstrapBase, HostDefinition, RootfsBase
+from matrix.containers.labels import cache_volume_name
+from matrix.hostgen.facts import PROBE_SCRIPT, TEMPLATES_DIR
 
 HOST_TEMPLATE = "host.Dockerfile.j2"
 # Bump when hostgen changes what it builds in a way the inputs below do not show.
@@ -24,14 +25,6 @@ HOST_REPOSITORY = "dib-matrix/host-{name}"
 BASE_REPOSITORY = "dib-matrix/base-{name}"
 TAG_LENGTH = 16
 
-LABEL_HOST = "org.dib-matrix.host"
-LABEL_ROLE = "org.dib-matrix.role"  # "base" (imported rootfs) or "host"
-LABEL_DIGEST = "org.dib-matrix.digest"
-
-
-def cache_volume_name(host: str) -> str:
-    """The host's dib image-cache volume, kept across runs (warm builds)."""
-    return f"dib-matrix-cache-{host}"
 
 
 def exec_form(argv: Iterable[str]) -> str:
@@ -135,3 +128,16 @@ def from_image(host: HostDefinition, names: HostImageNames) -> str:
         return host.base.reference  # type: ignore[union-attr]
     assert names.base is not None
     return names.base
+
+
+def host_objects(hosts: Iterable[Any]) -> list[str]:
+    """What a run will use of each host definition: image tags and its cache volume.
+
+    Known before hostgen (content tags), so a run holds them from its start.
+    """
+
+    names: list[str] = []
+    for host in hosts:
+        images = image_names(host)
+        names += [images.image, images.base or "", cache_volume_name(host.name)]
+    return [name for name in names if name]

@@ -16,7 +16,7 @@ the run started, even if the reviewer edits it meanwhile; a cell's reproducer
 needs nothing but the image; and an engine that cannot see this machine's files
 (a remote ``DOCKER_HOST``) can still run the cells.
 
-Runs sharing an engine (see ``matrix.leases``): ``LayerBaker`` names the host
+Runs sharing an engine (see ``matrix.containers.leases``): ``LayerBaker`` names the host
 image (tag and id) and the layer in its run's lease *before* it looks the layer
 up or bakes it, and ``prune`` (after a bake) and ``remove_layers`` (``clean
 --caches``) skip every layer a live run's lease names, saying ``kept <tag>: in
@@ -45,9 +45,9 @@ import docker
 import docker.errors
 
 from dib import bundled
-from matrix.hostimage import LABEL_HOST, LABEL_ROLE
-from matrix.imagebuild import BuildFailed, build_image
-from matrix.leases import LeaseError, Registry, RunLease, kept_line
+from matrix.containers.labels import LABEL_HOST, LABEL_ROLE
+from matrix.containers.leases import LeaseError, Registry, RunLease, kept_line
+from matrix.hostgen.imagebuild import BuildFailed, build_image
 
 LOG = logging.getLogger("dib-matrix")
 ROLE = "dib-layer"
@@ -64,7 +64,7 @@ LAYER_PARTS: tuple[str, ...] = (
     "tests/__init__.py",
     "tests/unit/__init__.py",
     "tests/unit/dib",
-    "matrix/incontainer",
+    "matrix/run/incontainer",
     "dib",
     "elements",
 )

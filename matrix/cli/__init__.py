@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from matrix import classifycli, hostcli, runcli
+from matrix.cli import classifycli, hostcli, runcli
 from reports import cli as reportcli
 
 

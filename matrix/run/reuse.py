@@ -19,12 +19,12 @@ from pathlib import Path
 
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
-from matrix import upstreamdib
-from matrix.plan import PlannedCell
-from matrix.results import Cell, CellKind, RunResults, State, load
+from matrix.config import upstreamdib
+from matrix.run.plan import PlannedCell
+from results.model import Cell, CellKind, RunResults, State, load
 
 KEY_VERSION = "1"
-CHECK_INPUTS = ("dib", "elements", "tests/unit/dib", "tox.ini", "matrix/incontainer")
+CHECK_INPUTS = ("dib", "elements", "tests/unit/dib", "tox.ini", "matrix/run/incontainer")
 
 
 def _hash_files(digest: hashlib._Hash, root: Path, paths: Iterable[Path]) -> None:

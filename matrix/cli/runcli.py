@@ -16,24 +16,25 @@ from tabulate import tabulate
 
 import reports
 from dib import bundled
-from matrix import engine, leases, swarm
-from matrix.config import MatrixConfig, load_matrix, parse_duration, resolve_matrix_path
-from matrix.diagnostics import ConfigError
-from matrix.diblayer import bundled_tree
-from matrix.facts import load_facts
-from matrix.hostimage import image_names
-from matrix.plan import Plan, SelectionError, make_plan, preflight
-from matrix.results import RunResults, State
-from matrix.results import load as load_results
-from matrix.runner import (
+from matrix.config.diagnostics import ConfigError
+from matrix.config.matrixfile import MatrixConfig, load_matrix, parse_duration, resolve_matrix_path
+from matrix.config.targets import element_issues, upstream_notes
+from matrix.containers import engine, leases, swarm
+from matrix.hostgen.diblayer import bundled_tree
+from matrix.hostgen.facts import load_facts
+from matrix.hostgen.hostimage import image_names
+from matrix.run import cleanup
+from matrix.run.plan import Plan, SelectionError, make_plan, preflight
+from matrix.run.runner import (
     DEFAULT_PACKAGE_CACHE,
     MatrixRun,
     RunRequest,
     check_dib_tree,
     execute,
 )
-from matrix.targets import element_issues, upstream_notes
 from matrix.verdict.catalogue import Catalogue, load_catalogue
+from results.model import RunResults, State
+from results.model import load as load_results
 
 LOG = logging.getLogger("dib-matrix")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -268,7 +269,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     except engine.EngineError as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
-    engine.clean(client, run_id=args.run, caches=args.caches)
+    cleanup.clean(client, run_id=args.run, caches=args.caches)
     return EXIT_OK
 
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from dib.boottest import replay_log
-from matrix.diagnostics import ConfigError
-from matrix.targets import BOOT_SUFFIX
+from matrix.config.diagnostics import ConfigError
+from matrix.config.targets import BOOT_SUFFIX
 from matrix.verdict.catalogue import UNCATEGORIZED, load_catalogue
 from matrix.verdict.classify import Evidence, classify
 from matrix.verdict.logscan import lines_of_file

@@ -7,17 +7,26 @@ the docs); validation collects every problem with file, line and key.
 from __future__ import annotations
 
 import difflib
+import enum
 import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matrix.diagnostics import ConfigError, ConfigIssue, IssueCollector
-from matrix.engine import Network
-from matrix.hosts import HostDefinition, load_host, load_hosts
-from matrix.targets import BOOT_SUFFIX, Target, check_env, load_target, load_targets
-from matrix.yamlload import YamlDocument, load_yaml
+from matrix.config.diagnostics import ConfigError, ConfigIssue, IssueCollector
+from matrix.config.hosts import HostDefinition, load_host, load_hosts
+from matrix.config.targets import BOOT_SUFFIX, Target, check_env, load_target, load_targets
+from matrix.config.yamlload import YamlDocument, load_yaml
+
+
+class Network(str, enum.Enum):
+    """How cell containers reach the network (the matrix's ``network`` key)."""
+
+    HOST = "host"
+    NONE = "none"
+    BRIDGE = "bridge"
+
 
 BUNDLED_MATRICES_DIR = Path(__file__).resolve().parent / "matrices"
 DEFAULT_MATRIX = "default"

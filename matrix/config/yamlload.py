@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import yaml
 
-from matrix.diagnostics import ConfigError, ConfigIssue
+from matrix.config.diagnostics import ConfigError, ConfigIssue
 
 PathPart = Union[str, int]
 KeyPath = tuple[PathPart, ...]

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Union
 
 from dib import bundled
-from matrix.diagnostics import ConfigError, ConfigIssue, IssueCollector
-from matrix.yamlload import KeyPath, YamlDocument, load_yaml
+from matrix.config.diagnostics import ConfigError, ConfigIssue, IssueCollector
+from matrix.config.yamlload import KeyPath, YamlDocument, load_yaml
 
 # A checkout's hosts/, or the copy an installed wheel carries (see dib.bundled).
 BUNDLED_HOSTS_DIR = bundled.path("hosts")

@@ -18,9 +18,9 @@ from dib import bundled
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
 from dib.outputs import SUPPORTED_TYPES
-from matrix import upstreamdib
-from matrix.diagnostics import ConfigError, ConfigIssue, IssueCollector
-from matrix.yamlload import YamlDocument, load_yaml
+from matrix.config import upstreamdib
+from matrix.config.diagnostics import ConfigError, ConfigIssue, IssueCollector
+from matrix.config.yamlload import YamlDocument, load_yaml
 
 BOOT_SUFFIX = ":boot"  # a target with boot-test: true gets the row "<target>:boot"
 
@@ -122,7 +122,7 @@ def _requirements(value: Any, doc: YamlDocument, issues: IssueCollector) -> Requ
 
 
 def _upstream_version(value: Any, doc: YamlDocument, issues: IssueCollector) -> str | None:
-    """A diskimage-builder release with a pinned wheel (matrix.upstreamdib.PINS)."""
+    """A diskimage-builder release with a pinned wheel (matrix.config.upstreamdib.PINS)."""
     if value is None:
         return None
     known = ", ".join(sorted(upstreamdib.PINS))

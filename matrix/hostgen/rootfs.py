@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dib.bootstrap import debootstrap_log_tail
-from matrix.hosts import BootstrapBase, BootstrapTool
-from matrix.proc import ProcResult, run_logged
+from matrix.config.hosts import BootstrapBase, BootstrapTool
+from matrix.hostgen.proc import ProcResult, run_logged
 
 BOOTSTRAP_TIMEOUT = 1800.0
 TAR_TIMEOUT = 600.0

@@ -21,18 +21,20 @@ import docker
 import requests
 
 from dib.mirror import MirrorNotFound, find_mirror, find_security_mirror
-from matrix import engine, leases, swarm, upstreamdib
-from matrix.cellreport import CellReport
-from matrix.cells import CellRunner, RunContext
-from matrix.config import MatrixConfig
-from matrix.diblayer import LayerBaker, bundled_tree
-from matrix.pkgcache import PackageCache, PackageCacheError
-from matrix.plan import Plan, PlannedCell
-from matrix.results import Cell, CellKind, RunResults, State, load, save
-from matrix.reuse import KeyMaker, index_previous
-from matrix.scheduler import Scheduler
+from matrix.config import upstreamdib
+from matrix.config.matrixfile import MatrixConfig, Network
+from matrix.containers import engine, leases, swarm
+from matrix.hostgen.diblayer import LayerBaker, bundled_tree
+from matrix.hostgen.hostimage import host_objects
+from matrix.hostgen.pkgcache import PackageCache, PackageCacheError
+from matrix.run.cellreport import CellReport
+from matrix.run.cells import CellRunner, RunContext
+from matrix.run.plan import Plan, PlannedCell
+from matrix.run.reuse import KeyMaker, index_previous
+from matrix.run.scheduler import Scheduler
 from matrix.verdict.catalogue import Catalogue, load_catalogue
 from matrix.verdict.classify import Evidence, classify
+from results.model import Cell, CellKind, RunResults, State, load, save
 
 LOG = logging.getLogger("dib-matrix")
 DEFAULT_PACKAGE_CACHE = Path.home() / ".cache" / "dib-matrix" / "apt-cacher-ng"
@@ -255,7 +257,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
     run.run_dir.mkdir(parents=True, exist_ok=True)
     # Another run's prune or `clean` keeps what this run uses while it lives.
     lease = leases.RunLease(run.results.run_id)
-    lease.hold(*leases.host_objects(request.plan.hosts))
+    lease.hold(*host_objects(request.plan.hosts))
     try:
         mirror: str | None = find_mirror("debian")
     except MirrorNotFound:
@@ -264,7 +266,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
                      client=client, mirror=mirror, timeout=request.config.timeout,
                      hostgen_timeout=request.config.hostgen_timeout,
                      boot_timeout=min(request.config.timeout, 600.0),
-                     network=engine.Network(request.config.network),
+                     network=Network(request.config.network),
                      rebuild_hosts=request.rebuild_hosts, stop=run.stop,
                      keys=KeyMaker(request.dib_tree),
                      layers=(None if request.dib_mount

@@ -4,7 +4,7 @@ A cell container is a fresh container of a host image that runs one command
 (normally dib) with:
 
 - the dib tree at ``/opt/dib-matrix``: inside the image when the cell runs from a
-  dib layer baked on top of the host image (see ``matrix.diblayer``, the
+  dib layer baked on top of the host image (see ``matrix.hostgen.diblayer``, the
   default), or a read-only bind mount of the local tree (``--dib-mount``);
 - an output directory bind-mounted at ``/out``;
 - a per-host image-cache volume at ``/cache``;
@@ -17,7 +17,6 @@ It is removed after success, failure, timeout and KeyboardInterrupt.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import re
 import shlex
@@ -34,15 +33,17 @@ import docker.errors
 import requests.exceptions
 from docker.types import Mount
 
-from matrix import diblayer
-from matrix.hostimage import LABEL_HOST, cache_volume_name
-from matrix.leases import Registry, kept_line
+from matrix.config.matrixfile import Network
+from matrix.containers.labels import (
+    LABEL_CACHE,
+    LABEL_CELL,
+    LABEL_HOST,
+    LABEL_RUN,
+    cache_volume_name,
+)
 
-LABEL_RUN = "org.dib-matrix.run"
-LABEL_CELL = "org.dib-matrix.cell"
 # Swarm puts it on a service's task containers.
 SERVICE_LABEL = "com.docker.swarm.service.name"
-LABEL_CACHE = "org.dib-matrix.cache"
 DIB_MOUNT = "/opt/dib-matrix"
 OUT_MOUNT = "/out"
 CACHE_MOUNT = "/cache"
@@ -84,12 +85,6 @@ def connect(timeout: int = API_TIMEOUT) -> docker.DockerClient:
     except docker.errors.DockerException as exc:
         raise EngineError(f"no container engine answers: {exc}") from exc
     return client
-
-
-class Network(str, enum.Enum):
-    HOST = "host"
-    NONE = "none"
-    BRIDGE = "bridge"
 
 
 @dataclass(frozen=True)
@@ -320,52 +315,6 @@ def runs_with_objects(client: docker.DockerClient) -> set[str]:
         labels += [s.attrs["Spec"].get("Labels") or {}
                    for s in client.services.list(filters=selector)]
     return {found[LABEL_RUN] for found in labels if found.get(LABEL_RUN)}
-
-
-def clean(client: docker.DockerClient, *, run_id: str | None = None, caches: bool = False,
-          leases: Registry | None = None, say: Callable[[str], None] = print) -> None:
-    """``dib-matrix clean``: what finished or dead runs left; a live run's objects stay.
-
-    A run whose lease is live (``matrix.leases``) keeps its containers, services
-    and volumes (it removes them itself when it ends); with ``caches``, the
-    image-cache volumes and dib layers no live lease names are removed too.
-    """
-    registry = leases if leases is not None else Registry()
-    live = registry.live_runs()
-    runs = [run_id] if run_id else sorted(runs_with_objects(client))
-    for run in filter(None, runs):
-        if run in live:
-            say(f"run {run}: kept: the run is live ({live[run].describe()})")
-            continue
-        removed = remove_run_objects(client, run)
-        say(f"run {run}: removed {removed.containers} container(s), "
-            f"{removed.services} swarm service(s), {removed.volumes} volume(s)")
-    if caches:
-        remove_cache_volumes(client, leases=registry, say=say)
-        diblayer.remove_layers(client, leases=registry, say=say)
-
-
-def remove_cache_volumes(client: docker.DockerClient, *, leases: Registry | None = None,
-                         say: Callable[[str], None] = print) -> list[str]:
-    """Remove the per-host image-cache volumes that no live run holds or mounts."""
-    registry = leases if leases is not None else Registry()
-    removed = []
-    with registry.frozen() as in_use:
-        for volume in client.volumes.list(filters={"label": LABEL_CACHE}):
-            holder = in_use.holder(volume.name)
-            if holder is not None:
-                say(kept_line(volume.name, holder))
-                continue
-            try:
-                volume.remove(force=True)
-            except docker.errors.NotFound:
-                continue
-            except docker.errors.APIError as exc:  # mounted by a container
-                say(f"kept cache volume {volume.name}: {exc.explanation or exc}")
-                continue
-            say(f"removed cache volume {volume.name}")
-            removed.append(volume.name)
-    return removed
 
 
 # -- the dib invocation contract ------------------------------------------------

@@ -1,0 +1,1 @@
+"""What the YAML says: matrix, host and target files, loaded and checked."""

@@ -1,0 +1,2 @@
+"""Host images: base root filesystems, generated Dockerfiles, facts, dib layers and
+the package cache."""

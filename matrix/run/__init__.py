@@ -1,0 +1,1 @@
+"""One run: plan, schedule, execute cells, reuse earlier verdicts."""
