@@ -462,3 +462,90 @@ def test_cli_exit_codes_and_json(fake_qemu, tmp_path, monkeypatch, capsys):
     script.write_text("#!/bin/sh\necho 'qemu: no such machine' >&2\nexit 1\n")
     assert boottest.main([str(image), "--serial-log", str(tmp_path / "s.log")]) == 2
     assert "boot: qemu failed: qemu: no such machine" in capsys.readouterr().out
+
+
+# arm64: qemu-system-aarch64's virt machine with AAVMF in two flashes (issue 15).
+
+
+def fake_aavmf(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "AAVMF_CODE.fd").write_bytes(b"code")
+    (directory / "AAVMF_VARS.fd").write_bytes(b"vars")
+    return directory / "AAVMF_CODE.fd"
+
+
+def test_arm64_qemu_command_is_the_virt_machine_with_split_uefi_flashes(tmp_path):
+    opts = BootOptions(image=Path("/x/a.qcow2"), serial_log=Path("/tmp/s.log"), arch="arm64")
+    assert opts.qemu_binary == "qemu-system-aarch64" and opts.with_uefi
+    code, variables = Path("/fw/AAVMF_CODE.fd"), Path("/run/v,x/AAVMF_VARS.fd")
+    cmd = qemu_command(opts, opts.image, "qcow2", code, variables)
+    assert cmd[:7] == [
+        "qemu-system-aarch64", "-accel", "tcg", "-machine", "virt", "-cpu", "cortex-a57"
+    ]
+    assert "if=pflash,format=raw,unit=0,readonly=on,file=/fw/AAVMF_CODE.fd" in cmd
+    assert "if=pflash,format=raw,unit=1,file=/run/v,,x/AAVMF_VARS.fd" in cmd
+    assert "-bios" not in cmd and "-snapshot" in cmd
+    assert "file=/x/a.qcow2,format=qcow2,if=virtio,media=disk" in cmd
+    assert qemu_command(BootOptions(opts.image, opts.serial_log, arch="arm64", cpu="max"),
+                        opts.image, "qcow2", code, variables)[5:7] == ["-cpu", "max"]
+    amd64 = qemu_command(BootOptions(opts.image, opts.serial_log), opts.image, "raw", None)
+    assert amd64[3:5] == ["-machine", "q35"] and "-cpu" not in amd64
+
+
+def test_arm64_options_round_trip_through_the_command_line():
+    opts = BootOptions(image=Path("/i.qcow2"), serial_log=Path("/l.log"), arch="arm64",
+                       cpu="max", timeout=1800)
+    argv = opts.to_argv()
+    assert argv[argv.index("--arch") + 1] == "arm64" and argv[argv.index("--cpu") + 1] == "max"
+    assert boottest.options_from_args(boottest.build_parser().parse_args(argv)) == opts
+    aliased = boottest.build_parser().parse_args(["/i.qcow2", "--serial-log", "/l", "--arch",
+                                                  "aarch64"])
+    assert boottest.options_from_args(aliased).arch == "arm64"
+    assert "--arch" not in BootOptions(Path("/i"), Path("/l")).to_argv()
+
+
+def test_unknown_architecture_and_missing_firmware_are_setup_errors(tmp_path, monkeypatch):
+    image = tmp_path / "a.raw"
+    image.write_bytes(b"\0")
+    with pytest.raises(BootTestError, match="no boot test for architecture riscv64"):
+        run_boot_test(BootOptions(image=image, serial_log=tmp_path / "s", arch="riscv64"))
+    with pytest.raises(BootTestError, match="install qemu-system-arm"):
+        run_boot_test(BootOptions(image=image, serial_log=tmp_path / "s", arch="arm64",
+                                  qemu="no-such-qemu-system-aarch64"))
+    nowhere = boottest.Machine(**{**boottest.MACHINES["arm64"].__dict__,
+                                  "firmware": (str(tmp_path / "none.fd"),)})
+    monkeypatch.setitem(boottest.MACHINES, "arm64", nowhere)
+    with pytest.raises(BootTestError, match="install the qemu-efi-aarch64 package"):
+        boottest.find_firmware(None, "arm64")
+    lonely = tmp_path / "fw" / "AAVMF_CODE.fd"
+    lonely.parent.mkdir()
+    lonely.write_bytes(b"code")
+    with pytest.raises(BootTestError, match="no variable store beside it"):
+        boottest.variable_store(lonely)
+    assert boottest.variable_store(Path("/usr/share/ovmf/OVMF.fd")) is None
+
+
+def test_arm64_boot_with_a_fake_qemu_gets_a_private_variable_store(tmp_path):
+    code = fake_aavmf(tmp_path / "fw")
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\0" * 512)
+    script = tmp_path / "qemu-system-aarch64"
+    args = tmp_path / "args"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$@" > {args}\n'
+        'for a in "$@"; do case $a in *unit=1,file=*) cat "${a#*unit=1,file=}";; esac; done\n'
+        "echo\necho 'EFI stub: Booting Linux Kernel...'\n"
+        "echo 'DIB-BOOT-MARKER-OK arch=aarch64'\nsleep 30\n"
+    )
+    script.chmod(0o755)
+    opts = BootOptions(image=image, serial_log=tmp_path / "serial.log", timeout=20,
+                       arch="arm64", firmware=code, qemu=str(script))
+    result = run_boot_test(opts)
+    assert result.passed and result.facts == {"arch": "aarch64"}
+    assert Path(result.serial_log).read_text().startswith("vars")  # the store's copy
+    used = args.read_text().splitlines()
+    store = next(a for a in used if "unit=1," in a).split("file=", 1)[1]
+    assert Path(store).name == "AAVMF_VARS.fd" and Path(store).parent != code.parent
+    assert not Path(store).exists()  # removed with the boot
+    assert f"if=pflash,format=raw,unit=0,readonly=on,file={code}" in used
