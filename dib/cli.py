@@ -40,7 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="qcow2",
         help=f"comma separated output types: {', '.join(SUPPORTED_TYPES)} (default: qcow2)",
     )
-    parser.add_argument("-a", dest="arch", default="amd64", help="architecture (default: amd64)")
+    parser.add_argument(
+        "-a",
+        dest="arch",
+        default="amd64",
+        help="architecture (default: amd64; x86_64 and aarch64 are accepted); a foreign "
+        "one, such as arm64 on an amd64 machine, runs the image's programs through the "
+        "kernel's binfmt handler (qemu-user-static) and is refused at once without one",
+    )
     parser.add_argument(
         "-x", dest="trace", action="store_true", help="trace every hook script (bash -x)"
     )
