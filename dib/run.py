@@ -1,36 +1,20 @@
-"""The one place dib starts processes: logged, streamed, time-limited, cleanly killed."""
+"""Commands dib runs: logged line by line, time-limited, ended as a group (``dib.spawn``)."""
 
 from __future__ import annotations
 
 import collections
 import logging
-import os
-import signal
 import subprocess
 import threading
 import time
 from typing import Mapping, Optional, Sequence
 
+from dib import spawn
 from dib.errors import CommandFailed
 
 LOG = logging.getLogger("dib")
 TAIL_LINES = 40
 KILL_GRACE_SECONDS = 5.0
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-    proc.wait()
 
 
 def run(
@@ -49,20 +33,12 @@ def run(
     """
     LOG.debug("%s | exec: %s", tag, " ".join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    proc = subprocess.Popen(
-        list(cmd),
-        env=dict(env) if env is not None else None,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = spawn.spawn(cmd, env=env, cwd=cwd)
     timed_out = threading.Event()
 
     def on_timeout() -> None:
         timed_out.set()
-        _kill_group(proc)
+        spawn.stop(proc, KILL_GRACE_SECONDS)
 
     timer = threading.Timer(timeout, on_timeout) if timeout else None
     if timer:
@@ -76,13 +52,14 @@ def run(
             LOG.info("%s | %s", tag, line)
         returncode = proc.wait()
     except BaseException:
-        _kill_group(proc)
+        spawn.stop(proc, KILL_GRACE_SECONDS)
         raise
     finally:
         if timer:
             timer.cancel()
         if proc.stdout:
             proc.stdout.close()
+        spawn.forget(proc)
     if timed_out.is_set():
         raise CommandFailed(tag, returncode, tail, timed_out=True, command=cmd)
     if check and returncode != 0:
@@ -95,21 +72,20 @@ def capture(
 ) -> str:
     """Run a short command and return its stdout; raise CommandFailed with stderr's tail."""
     LOG.debug("capture: %s", " ".join(cmd))
+    proc = spawn.spawn(cmd, env=env, stderr=subprocess.PIPE)
     try:
-        done = subprocess.run(
-            list(cmd),
-            env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        spawn.stop(proc, KILL_GRACE_SECONDS)
         raise CommandFailed(cmd[0], -1, timed_out=True, command=cmd) from None
-    if done.returncode != 0:
-        err = done.stderr.decode("utf-8", errors="replace").splitlines()
-        raise CommandFailed(" ".join(cmd[:2]), done.returncode, err[-TAIL_LINES:], command=cmd)
-    return done.stdout.decode("utf-8", errors="replace")
+    except BaseException:
+        spawn.stop(proc, KILL_GRACE_SECONDS)
+        raise
+    spawn.forget(proc)
+    if proc.returncode != 0:
+        lines = err.decode("utf-8", errors="replace").splitlines()
+        raise CommandFailed(" ".join(cmd[:2]), proc.returncode, lines[-TAIL_LINES:], command=cmd)
+    return out.decode("utf-8", errors="replace")
 
 
 class Stopwatch:

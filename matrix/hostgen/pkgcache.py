@@ -19,17 +19,18 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from dib import spawn
 
 EXECUTABLE = "apt-cacher-ng"
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin")  # not on every user's PATH
@@ -297,28 +298,13 @@ def _spawn(program: str, layout: Layout) -> subprocess.Popen[bytes]:
     setpriv = shutil.which("setpriv", path=os.pathsep.join(["/usr/bin", "/bin"]))
     if setpriv:  # util-linux: the child gets SIGTERM when its parent thread ends
         argv = [setpriv, "--pdeathsig", "TERM", *argv]
+    # Its own process group (dib.spawn): a terminal's Ctrl-C reaches the orchestrator,
+    # which then stops the cache itself, after reading its stats if it likes.
     with layout.output.open("wb") as output:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
-            # Its own process group: a terminal's Ctrl-C reaches the orchestrator,
-            # which then stops the cache itself, after reading its stats if it likes.
-            start_new_session=True,
-        )
+        return spawn.spawn(argv, stdout=output,
+                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL after a grace; always reaped."""
-    if process.poll() is not None:
-        return
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    spawn.stop(process, STOP_GRACE)

@@ -2,7 +2,7 @@
 
 Logs the command line, runs it with a curated environment, streams its output
 into a log, keeps the last lines for classification, and enforces a timeout
-with terminate-then-kill.
+with terminate-then-kill of its process group (``dib.spawn``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from dib import spawn
 
 # Variables passed through to tools; everything else is dropped.
 PASSED_ENV = (
@@ -64,14 +66,8 @@ def run_logged(
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     start = time.monotonic()
     expired = threading.Event()
-    with subprocess.Popen(
-        list(argv),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=curated_env(env),
-        start_new_session=True,  # so a timeout can end its whole process group
-    ) as proc:
+    proc = spawn.spawn(argv, env=curated_env(env))
+    with proc:
         assert proc.stdout is not None
         try:
             # readline blocks, so a watchdog thread enforces the deadline.
@@ -87,8 +83,9 @@ def run_logged(
             finally:
                 watchdog.cancel()
         except BaseException:
-            _stop_group(proc)
+            spawn.stop(proc, KILL_GRACE)
             raise
+    spawn.forget(proc)
     timed_out = expired.is_set()
     returncode = None if timed_out else proc.returncode
     if timed_out:
@@ -99,18 +96,4 @@ def run_logged(
 
 def _expire(proc: subprocess.Popen[bytes], expired: threading.Event) -> None:
     expired.set()
-    _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL it if it is still there after a grace."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(KILL_GRACE)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-    except ProcessLookupError:
-        pass
+    spawn.stop(proc, KILL_GRACE)

@@ -8,7 +8,6 @@ import glob
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import docker
 import requests
 
+from dib import spawn
 from dib.mirror import MirrorNotFound, find_mirror, find_security_mirror
 from matrix.config import upstreamdib
 from matrix.config.matrixfile import MatrixConfig, Network
@@ -230,24 +230,6 @@ def _record_free_bytes(record: Mapping[str, Any] | None) -> dict[str, int | None
     return {str(k): v for k, v in free.items() if isinstance(v, int) or v is None}
 
 
-def _kill_children() -> None:
-    """Terminate child processes (debootstrap of a hostgen) when stopping early."""
-    me = str(os.getpid())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me:
-            try:
-                os.killpg(int(entry.name), signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGTERM)
-
-
 def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] | None = None
             ) -> MatrixRun:
     """Run every cell of the plan; KeyboardInterrupt propagates after cleaning up."""
@@ -280,7 +262,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
 
     def stop_everything() -> None:
         _remove_run_objects(client, run.results.run_id)
-        _kill_children()
+        spawn.stop_all()  # a hostgen's debootstrap, the package cache
 
     cells = CellRunner(ctx)
 

@@ -12,6 +12,8 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dib import spawn
+
 from .limits import KIB, TOOL_ERROR_LIMIT, TOOL_OUTPUT_LIMIT, Deadline, VerifyError
 
 TOOL_PACKAGES = {"qemu-img": "qemu-utils", "sfdisk": "fdisk", "debugfs": "e2fsprogs"}
@@ -30,18 +32,17 @@ def run_tool(argv: Sequence[str], deadline: Deadline, limit: int = TOOL_OUTPUT_L
         package = TOOL_PACKAGES.get(argv[0], argv[0])
         raise VerifyError(f"{argv[0]} not available on this machine (install {package})")
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
-    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+    proc = spawn.spawn(argv, env=env, stderr=subprocess.PIPE)
     try:
         out, err = _collect(proc, argv[0], deadline, limit)
         returncode = proc.wait(timeout=max(deadline.left(), 1.0))
     except (VerifyError, subprocess.TimeoutExpired) as problem:
-        proc.kill()
-        proc.wait()
+        spawn.stop(proc, grace=1.0)
         if isinstance(problem, VerifyError):
             raise
         raise VerifyError(f"{argv[0]} did not finish in time") from None
     finally:
+        spawn.forget(proc)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
