@@ -15,6 +15,7 @@ home), the names package-installs and pkg-map gave the image's package manager, 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -260,13 +261,14 @@ def standin_tree(tmp_path_factory) -> Path:
     for repo, members in REPO_GROUPS.items():
         repos[repo] = work / "repos" / repo
         _make_repo(repos[repo], [rpm for group in members for rpm in rpms[group]])
-    for kind in ("releases", "updates"):
-        tail = "os" if kind == "releases" else ""
-        _alias(srv, f"fedora/{kind}/43/Everything/x86_64/{tail}".rstrip("/"), repos["fedora"])
+    # One tree for all three, as a mirror of several distributions is laid out: the
+    # paths the elements derive from DIB_DISTRIBUTION_MIRROR and DIB_OPENSUSE_MIRROR.
+    _alias(srv, "mirror/releases/43/Everything/x86_64/os", repos["fedora"])
+    _alias(srv, "mirror/updates/43/Everything/x86_64", repos["fedora"])
     for section in ("BaseOS", "AppStream"):
-        _alias(srv, f"centos/9-stream/{section}/x86_64/os", repos["centos"])
-    _alias(srv, "opensuse/distribution/leap/15.6/repo/oss", repos["opensuse"])
-    _alias(srv, "opensuse/update/leap/15.6/oss", repos["opensuse"])
+        _alias(srv, f"mirror/9-stream/{section}/x86_64/os", repos["centos"])
+    _alias(srv, "mirror/distribution/leap/15.6/repo/oss", repos["opensuse"])
+    _alias(srv, "mirror/update/leap/15.6/oss", repos["opensuse"])
     print(f"\nstand-in repositories built in {time.monotonic() - started:.1f} s")
     return srv
 
@@ -291,14 +293,13 @@ def repo_url(standin_tree) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def mirror_env(case: Case, url: str) -> Dict[str, str]:
-    env = {"DIB_RELEASE": case.release}
-    if case.tool == "zypper":
-        env["DIB_OPENSUSE_MIRROR"] = f"{url}/opensuse"
-        env["DIB_ZYPPER_MINIMAL_GPGCHECK"] = "0"  # the stand-ins are not signed
-    else:
-        env["DIB_DISTRIBUTION_MIRROR"] = f"{url}/{case.repo}"
-    return env
+def mirror_env(url: str) -> Dict[str, str]:
+    """The repository variables for all three elements (one mirror tree, see standin_tree)."""
+    return {
+        "DIB_DISTRIBUTION_MIRROR": f"{url}/mirror",
+        "DIB_OPENSUSE_MIRROR": f"{url}/mirror",
+        "DIB_ZYPPER_MINIMAL_GPGCHECK": "0",  # the stand-ins are not signed
+    }
 
 
 # ---- where dib runs ------------------------------------------------------------------
@@ -340,7 +341,7 @@ def rpmtools_image(docker_client) -> str:
 def run_in_container(client, image: str, case: Case, url: str, out: Path,
                      cache: Path) -> Tuple[int, str]:
     run_id = f"test-rpm-{uuid.uuid4().hex[:10]}"
-    env = {**mirror_env(case, url), "PYTHONPATH": DIB_MOUNT}
+    env = {**mirror_env(url), "DIB_RELEASE": case.release, "PYTHONPATH": DIB_MOUNT}
     command = ["python3", "-m", "dib", "-o", f"/out/{case.element}", "-t", "tar",
                "--image-cache", "/cache", case.element]
     container = client.containers.create(
@@ -406,11 +407,11 @@ def check_image(case: Case, out: Path, url: str, tmp: Path) -> None:
         tar.extractall(root, members=[m for m in tar.getmembers() if not m.isdev()])
     # The repositories the build used are the image's.
     if case.tool == "dnf":
-        assert f"baseurl={url}/{case.repo}/" in repo_text, repo_text
+        assert f"baseurl={url}/mirror/" in repo_text, repo_text
         assert "$releasever" in repo_text  # left for the image's dnf
     else:
-        assert f"{url}/opensuse/distribution/leap/{case.release}/repo/oss/" in repo_text
-        assert f"./etc/zypp/repos.d/update.repo" in names
+        assert f"{url}/mirror/distribution/leap/{case.release}/repo/oss/" in repo_text
+        assert "./etc/zypp/repos.d/update.repo" in names
         assert "solver.onlyRequires = true" in zypp_conf  # pre-install.d, in the chroot
     # The release: its package came from the releasever's path of the mirror.
     assert f'ID="{case.os_id}"' in os_release
@@ -449,10 +450,35 @@ def test_rpm_element_on_this_machine(element, tmp_path, image_cache, repo_url):
         pytest.skip(f"{case.tool} is not installed on this machine (the rpmtools host "
                     "container has it; see test_rpm_element_in_rpmtools_host)")
     out = tmp_path / "out"
-    env = dib_env(tmp_path, mirror_env(case, repo_url))
+    env = dib_env(tmp_path, {**mirror_env(repo_url), "DIB_RELEASE": case.release})
     result = run_dib(["-o", str(out / case.element), "-t", "tar", "--image-cache",
                       str(image_cache), case.element], env, timeout=BUILD_TIMEOUT)
     assert result.returncode == 0, result.stdout[-4000:]
     assert not build_mounts()
     check_image(case, out, repo_url, tmp_path)
 
+
+
+def test_matrix_builds_the_rpm_targets_on_the_rpmtools_host(rpmtools_image, repo_url, tmp_path):
+    """The same three builds as the matrix runs them: targets/*.yaml, the host's facts
+    (dnf, zypper) passing the targets' preflight, cell containers, image checks."""
+    targets = {"fedora-43": "fedora", "centos-stream9": "centos", "opensuse-leap-15": "opensuse"}
+    env = "".join(f"  {k}: {v}\n" for k, v in mirror_env(repo_url).items())
+    matrix = tmp_path / "rpm.yaml"
+    matrix.write_text(
+        f"name: rpm-mechanics\nhosts: [{HOST}]\ntargets: [{', '.join(targets)}]\n"
+        f"checks: []\nmax-parallel: 3\ntimeout: 10m\nenv:\n{env}"
+    )
+    cli = Path(sys.executable).with_name("dib-matrix")
+    out = tmp_path / "out"
+    done = subprocess.run([str(cli), "run", str(matrix), "--out", str(out), "--dib-mount"],
+                          cwd=REPO, capture_output=True, text=True, check=False, timeout=1800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    results = json.loads((out / "latest" / "results.json").read_text())
+    states = {c["id"]: c["state"] for c in results["cells"]}
+    for target in targets:
+        assert states[f"{HOST}.{target}"] == "success", states
+        image = out / "latest" / "images" / HOST / f"{target}.tar"
+        with tarfile.open(image) as tar:
+            release = tar.extractfile("./etc/os-release").read().decode()
+        assert f'ID="{CASES[targets[target] + "-minimal"].os_id}"' in release
