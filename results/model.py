@@ -38,6 +38,7 @@ _STAMPS = itertools.count(1)
 # equality, repr, asdict and to_json ignore them).
 _STAMP = "_json_stamp"
 _SAVED = "_json_saved"
+_POSITIONS = "_cell_positions"  # RunResults: (host, row) -> index in cells
 
 
 class State(str, enum.Enum):
@@ -174,7 +175,23 @@ class RunResults:
     options: dict[str, Any] = field(default_factory=dict)
 
     def cell(self, host: str, row: str) -> Cell | None:
-        return next((c for c in self.cells if c.host == host and c.row == row), None)
+        """The cell at (host, row): a dictionary lookup, not a scan per finished cell.
+
+        The index is a private entry of ``__dict__`` (not a field: equality, repr and
+        the JSON ignore it), rebuilt when ``cells`` changed under it.
+        """
+        found = self._at(host, row)
+        if found is None:
+            self.__dict__[_POSITIONS] = {(c.host, c.row): i for i, c in enumerate(self.cells)}
+            found = self._at(host, row)
+        return found
+
+    def _at(self, host: str, row: str) -> Cell | None:
+        position = self.__dict__.get(_POSITIONS, {}).get((host, row))
+        if position is None or position >= len(self.cells):
+            return None
+        cell = self.cells[position]
+        return cell if (cell.host, cell.row) == (host, row) else None
 
     def classification_rate(self) -> float | None:
         failed = [c for c in self.cells if c.state.is_failure or c.state is State.ALLOWED_FAILURE]

@@ -87,3 +87,16 @@ def test_resume_keeps_the_runs_matrix_and_selection(tmp_path):
     assert config.path == matrix
     assert [c.id for c in plan.cells] == ["debian-trixie.hostgen", "debian-trixie.debian-sid"]
     assert [h.name for h in plan.hosts] == ["debian-trixie"]
+
+
+def test_cell_lookup_follows_appends_replacements_and_a_new_list():
+    run = sample()
+    assert run.cell("h1", "t").attempts == 2
+    assert run.cell("h1", "nope") is None
+    run.cells.append(Cell("h2", "t", CellKind.BUILD, State.PENDING))
+    assert run.cell("h2", "t").state is State.PENDING
+    run.cells[1] = Cell("h1", "t", CellKind.BUILD, State.SUCCESS)
+    assert run.cell("h1", "t").state is State.SUCCESS
+    run.cells = list(reversed(run.cells))
+    assert [run.cell(c.host, c.row) for c in run.cells] == run.cells
+    assert "_cell_positions" not in json.dumps(run.to_json()) and run == run
