@@ -1,6 +1,6 @@
 """The numbered legend under the table, and the mark each cell shows.
 
-The rule (the seed's): a cell whose cause is *named* points to a footnote
+The rule: a cell whose cause is *named* points to a footnote
 ``- N -``; the legend under the table gives the cause. Precisely:
 
 * ``failed`` and ``allowed-failure`` cells with a category other than
@@ -15,7 +15,7 @@ The rule (the seed's): a cell whose cause is *named* points to a footnote
 Flags follow in parentheses: ``(try N)`` passed only on attempt N, ``(allowed)``
 non-voting failure, ``(non-voting)``, ``(reused)`` result of an earlier run.
 
-Footnotes are numbered from 0, as in the seed, in reading order of the
+Footnotes are numbered from 0 in reading order of the
 untransposed table (rows top to bottom, hosts left to right), so the numbers do
 not change with ``--transpose``. Equal legend texts share a number; different
 texts (``No such script: .../noble`` and ``.../forky``) get different numbers.

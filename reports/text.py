@@ -1,4 +1,4 @@
-"""The seed's text table (tabulate, grid borders, no padding) and report.txt around it."""
+"""The text table (tabulate, grid borders, no padding) and report.txt around it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from results.model import RunResults
 
 _RULE = Line("+", "-", "+", "+")
 _ROW = DataRow("|", "|", "|")
-# The seed's borders: '+---+' everywhere (no '=' under the header), no padding.
+# Borders: '+---+' everywhere (no '=' under the header), no padding: cells stay narrow.
 SEED_GRID = TableFormat(
     lineabove=_RULE,
     linebelowheader=_RULE,

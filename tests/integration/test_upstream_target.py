@@ -1,4 +1,4 @@
-"""dib-matrix run of a target built with diskimage-builder's own elements (issue 13).
+"""dib-matrix run of a target built with diskimage-builder's own elements.
 
 The bundled ``debian-bookworm-dib-upstream`` target (``diskimage-builder-elements:
 "3.43.0"``, elements ``[debian-minimal]``, tar) on the debian-bookworm host: the run

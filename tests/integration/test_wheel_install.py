@@ -1,6 +1,6 @@
 """A non-editable install works: the wheel built from this checkout, installed in a
 fresh virtualenv and run from a directory outside the checkout, finds its hosts,
-targets, elements and the tox row's inputs (issue 16 item 1)."""
+targets, elements and the tox row's inputs."""
 
 import json
 import os
