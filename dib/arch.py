@@ -372,26 +372,36 @@ class HostFacts:
     binfmt_mounted: bool
     runnable: Tuple[str, ...]  # every architecture whose programs run here
     handlers: Tuple[Dict[str, object], ...] = field(default_factory=tuple)
+    probed: Tuple[str, ...] = ()  # of ``runnable``: known by running a test program
 
     def to_dict(self) -> Dict[str, object]:
         data = asdict(self)
         data["runnable"] = list(self.runnable)
         data["handlers"] = [dict(h) for h in self.handlers]
+        data["probed"] = list(self.probed)
         return data
 
 
 def host_facts(directory: Optional[Path] = None,
-               env: Optional[Mapping[str, str]] = None) -> HostFacts:
-    """What runs here, without mounting anything or running probes."""
+               env: Optional[Mapping[str, str]] = None, *, probe_programs: bool = False
+               ) -> HostFacts:
+    """What runs here, without mounting anything. When binfmt_misc cannot be read (a
+    container does not mount it) and ``probe_programs`` is set, the architectures dib
+    has a test program for are tried by running it."""
     host = host_arch()
     where = binfmt_dir(env, directory)
     handlers = registered_handlers(where)
     runnable = {host, *ALSO_NATIVE.get(host, ())}
     runnable.update(arch for arch, h in handlers_by_arch(handlers).items() if h.usable)
+    probed: List[str] = []
+    if probe_programs and not is_mounted(where):
+        probed = [a for a in sorted(_PROBE_CODE) if a not in runnable and probe(a) is None]
+    runnable.update(probed)
     return HostFacts(
         host_arch=host,
         binfmt_mounted=is_mounted(where),
         runnable=tuple(sorted(runnable)),
+        probed=tuple(probed),
         handlers=tuple(
             {"name": h.name, "arches": list(h.arches), "enabled": h.enabled,
              "fix_binary": h.fix_binary, "interpreter": h.interpreter}
@@ -408,6 +418,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--check", metavar="ARCH",
                         help="exit 0 when ARCH runs here, else print why and exit 1")
     parser.add_argument("--binfmt-dir", type=Path, help=f"instead of {BINFMT_DIR}")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="when binfmt_misc is not mounted, do not run test programs")
     args = parser.parse_args(argv)
     if args.check:
         found = support(args.check, args.binfmt_dir)
@@ -417,7 +429,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{found.arch}: runs here ({found.how}"
               f"{', handler ' + found.handler if found.handler else ''})")
         return 0
-    print(json.dumps(host_facts(args.binfmt_dir).to_dict(), indent=2, sort_keys=True))
+    facts = host_facts(args.binfmt_dir, probe_programs=not args.no_probe)
+    print(json.dumps(facts.to_dict(), indent=2, sort_keys=True))
     return 0
 
 

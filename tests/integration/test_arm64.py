@@ -95,7 +95,8 @@ def test_arm64_minbase_tar(tmp_path, image_cache):
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-4000:]
     image = out.with_name("minbase-arm64.tar")
-    print(f"\n[arm64] debian-minbase tar built in {seconds:.0f} s: {image.stat().st_size >> 20} MiB")
+    size = image.stat().st_size >> 20
+    print(f"\n[arm64] debian-minbase tar built in {seconds:.0f} s: {size} MiB")
     assert build_mounts() == []
     with tarfile.open(image) as tar:
         release = _member_text(tar, "./etc/os-release")

@@ -196,3 +196,15 @@ def test_command_line(tmp_path, capsys):
     if arch.host_arch() != "riscv64":
         assert arch.main(["--check", "riscv64", "--binfmt-dir", str(directory)]) == 1
         assert "ERROR: no binfmt handler for riscv64" in capsys.readouterr().err
+
+
+def test_host_facts_probe_when_binfmt_misc_cannot_be_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(arch.platform, "machine", lambda: "x86_64")
+    tried = []
+    monkeypatch.setattr(arch, "probe", lambda name: tried.append(name) or None)
+    facts = arch.host_facts(tmp_path / "unmounted", probe_programs=True)
+    assert tried == ["arm64"] and facts.probed == ("arm64",)
+    assert facts.runnable == ("amd64", "arm64", "i386") and not facts.binfmt_mounted
+    assert arch.host_facts(tmp_path / "unmounted").probed == ()
+    mounted = fake_binfmt(tmp_path)
+    assert arch.host_facts(mounted, probe_programs=True).probed == ()  # the list is the truth
