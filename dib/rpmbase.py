@@ -18,8 +18,10 @@ manager (``install-packages`` in the chroot phases) reads the same repositories.
 No repository is built in: without one of those variables the build stops at once.
 
 Debian's rpm keeps its database under ``~/.rpmdb``; every rpm, dnf and zypper call here
-runs with ``HOME`` set to a directory whose ``.rpmmacros`` puts it back at
-``/var/lib/rpm`` (inside the root), the build machine's own home untouched.
+runs with ``HOME`` set to a directory whose ``.rpmmacros`` puts it where the image's own
+rpm looks (inside the root: ``/usr/lib/sysimage/rpm``, with ``/var/lib/rpm`` a link to
+it, for Fedora 36 and later, CentOS Stream 10 and later and openSUSE; ``/var/lib/rpm``
+for older releases; ``DIB_RPM_DBPATH`` overrides), the build machine's home untouched.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dib.run import run
 
 LOG = logging.getLogger("dib")
 RPM_DBPATH = "/var/lib/rpm"
+SYSIMAGE_DBPATH = "/usr/lib/sysimage/rpm"  # where newer releases' own rpm looks
 RPM_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le"}
 # The first transaction lays out the tree (filesystem owns /bin -> usr/bin and the
 # like, so nothing else may create those first); the release packages carry the
@@ -79,6 +82,32 @@ def rpm_arch(arch: str) -> str:
 def releasever(release: str) -> str:
     """dnf's ``$releasever`` for a DIB_RELEASE: ``43`` -> ``43``, ``9-stream`` -> ``9``."""
     return release.split("-", 1)[0]
+
+
+def rpm_dbpath(distro: str, release: str, env: Mapping[str, str]) -> str:
+    """Where the image's own rpm keeps its database (see the module's note)."""
+    given = env.get("DIB_RPM_DBPATH", "").strip()
+    if given:
+        return given
+    major = releasever(release)
+    if distro == "opensuse":
+        return SYSIMAGE_DBPATH
+    if distro == "fedora":
+        return RPM_DBPATH if major.isdigit() and int(major) < 36 else SYSIMAGE_DBPATH
+    if distro == "centos":
+        return RPM_DBPATH if major.isdigit() and int(major) < 10 else SYSIMAGE_DBPATH
+    return RPM_DBPATH
+
+
+def init_rpmdb(root: Path, dbpath: str) -> None:
+    """The database directory in ``root``; with the sysimage path, /var/lib/rpm links to it
+    as on the distributions that moved it."""
+    (root / dbpath.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    if dbpath == SYSIMAGE_DBPATH:
+        legacy = root / RPM_DBPATH.lstrip("/")
+        legacy.parent.mkdir(parents=True, exist_ok=True)
+        if not legacy.is_symlink() and not legacy.exists():
+            legacy.symlink_to("../../usr/lib/sysimage/rpm")
 
 
 def _mirror(env: Mapping[str, str], name: str) -> str:
@@ -165,11 +194,11 @@ def words(env: Mapping[str, str], name: str) -> Tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def rpm_home() -> Iterator[str]:
-    """A HOME whose ``.rpmmacros`` keeps the rpm database at /var/lib/rpm in the root."""
+def rpm_home(dbpath: str = RPM_DBPATH) -> Iterator[str]:
+    """A HOME whose ``.rpmmacros`` keeps the rpm database at ``dbpath`` in the root."""
     home = tempfile.mkdtemp(prefix="dib-rpm-home.")
     try:
-        Path(home, ".rpmmacros").write_text(f"%_dbpath {RPM_DBPATH}\n")
+        Path(home, ".rpmmacros").write_text(f"%_dbpath {dbpath}\n")
         yield home
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -279,7 +308,8 @@ def build_dnf(env: Mapping[str, str]) -> None:
         raise RepoConfigError(f"yum-minimal: DISTRO_NAME '{distro}' is not fedora or centos")
     cache = Path(env["DIB_IMAGE_CACHE"]) / "dnf" / f"{distro}-{release}-{rpm_arch(arch)}"
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dib-dnf.") as tmp, rpm_home() as home:
+    dbpath = rpm_dbpath(distro, release, env)
+    with tempfile.TemporaryDirectory(prefix="dib-dnf.") as tmp, rpm_home(dbpath) as home:
         reposdir = Path(tmp, "repos")
         reposdir.mkdir()
         if given:
@@ -295,9 +325,8 @@ def build_dnf(env: Mapping[str, str]) -> None:
         conf = Path(tmp, "dnf.conf")
         conf.write_text(f"[main]\ngpgcheck={1 if gpgcheck else 0}\nbest=True\n")
         tools = tool_env(env, home)
-        root.mkdir(parents=True, exist_ok=True)
-        (root / RPM_DBPATH.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        _run(["rpm", "--root", str(root), "--dbpath", RPM_DBPATH, "--initdb"], tools,
+        init_rpmdb(root, dbpath)
+        _run(["rpm", "--root", str(root), "--dbpath", dbpath, "--initdb"], tools,
              "rpm --initdb")
         bootstrap = (*words(env, "DIB_YUM_MINIMAL_BOOTSTRAP_PACKAGES"), *DNF_BOOTSTRAP[distro])
         base = (*DNF_BASE, *words(env, "DIB_YUM_MINIMAL_EXTRA_PACKAGES"))
@@ -324,11 +353,11 @@ def build_zypper(env: Mapping[str, str]) -> None:
     cache = Path(env["DIB_IMAGE_CACHE"]) / "zypper" / f"opensuse-{release}"
     cache.mkdir(parents=True, exist_ok=True)
     patterns = words(env, "DIB_OPENSUSE_PATTERNS") or (DEFAULT_OPENSUSE_PATTERNS,)
-    with rpm_home() as home:
+    dbpath = rpm_dbpath("opensuse", release, env)
+    with rpm_home(dbpath) as home:
         tools = tool_env(env, home)
-        root.mkdir(parents=True, exist_ok=True)
-        (root / RPM_DBPATH.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        _run(["rpm", "--root", str(root), "--dbpath", RPM_DBPATH, "--initdb"], tools,
+        init_rpmdb(root, dbpath)
+        _run(["rpm", "--root", str(root), "--dbpath", dbpath, "--initdb"], tools,
              "rpm --initdb")
         base = zypper_base(root, cache, gpgcheck)
         for repo in repos:
@@ -346,11 +375,14 @@ def installed_rpms(root: Path) -> List[str]:
     manifest beside the image, as dpkg's status file gives for Debian images)."""
     if shutil.which("rpm") is None:
         return []
-    if not any((root / p).is_dir() for p in ("var/lib/rpm", "usr/lib/sysimage/rpm")):
+    dbpath = next((p for p in (SYSIMAGE_DBPATH, RPM_DBPATH)
+                   if (root / p.lstrip("/")).is_dir() and any((root / p.lstrip("/")).iterdir())),
+                  None)
+    if dbpath is None:
         return []
-    with rpm_home() as home:
+    with rpm_home(dbpath) as home:
         found = subprocess.run(
-            ["rpm", "--root", str(root), "--dbpath", RPM_DBPATH, "-qa", "--qf",
+            ["rpm", "--root", str(root), "--dbpath", dbpath, "-qa", "--qf",
              "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\\n"],
             capture_output=True, text=True, check=False,
             env={**os.environ, "HOME": home, "LC_ALL": "C.UTF-8"},

@@ -62,6 +62,7 @@ class Case:
     # The arguments the image's package manager got from install-packages (after
     # pkg-map), the first line of its call record.
     chroot_call: str
+    dbpath: str  # where the rpm database is in the image (the image's own rpm looks there)
 
 
 CASES = {
@@ -73,6 +74,7 @@ CASES = {
         # lsb_release: fedora's own name (pkg-map, distro level)
         "-y --setopt=install_weak_deps=False install audit dracut dracut-config-generic "
         "grubby kernel lsb_release",
+        "usr/lib/sysimage/rpm",
     ),
     "centos-minimal": Case(
         "centos-minimal", "9-stream", "centos", "dnf", "etc/yum.repos.d/dib-centos.repo",
@@ -82,6 +84,7 @@ CASES = {
         # lsb_release: dropped on 9-stream (pkg-map, release level)
         "-y --setopt=install_weak_deps=False install audit dracut dracut-config-generic "
         "grubby kernel",
+        "var/lib/rpm",
     ),
     "opensuse-minimal": Case(
         "opensuse-minimal", "15.6", "opensuse", "zypper", "etc/zypp/repos.d/oss.repo",
@@ -91,6 +94,7 @@ CASES = {
         # linux-image-generic: kernel-default (pkg-map, family level)
         "--non-interactive install --no-recommends kernel-default bash lsb-release openssl "
         "sed sudo",
+        "usr/lib/sysimage/rpm",
     ),
 }
 REPO_GROUPS = {
@@ -397,6 +401,7 @@ def check_image(case: Case, out: Path, url: str, tmp: Path) -> None:
     assert image.is_file(), f"no {image.name} in {sorted(p.name for p in out.iterdir())}"
     with tarfile.open(image) as tar:
         names = set(tar.getnames())
+        tar_links = {m.name: m.linkname for m in tar.getmembers() if m.issym()}
         repo_text = _read(tar, case.repo_file)
         os_release = _read(tar, "etc/os-release")
         calls = _read(tar, f"var/lib/dib-standin/{case.tool}.calls")
@@ -423,6 +428,10 @@ def check_image(case: Case, out: Path, url: str, tmp: Path) -> None:
     installed = _rpm_names(root)
     assert set(case.root_packages) <= set(installed), installed
     assert not any(n.startswith("./root/.rpmdb") for n in names), "rpm database under ~"
+    assert any(n.startswith(f"./{case.dbpath}/") for n in names), f"nothing in {case.dbpath}"
+    if case.dbpath != "var/lib/rpm":
+        link = tar_links.get("./var/lib/rpm")
+        assert link == "../../usr/lib/sysimage/rpm", link
     # package-installs (pkg-map applied) handed to the image's own package manager.
     assert calls.splitlines()[0] == case.chroot_call, calls
     assert locale.strip() == 'LANG="en_US.UTF-8"'

@@ -109,6 +109,8 @@ def test_zypper_commands_and_gpg_checks():
 def test_rpm_home_points_the_database_into_the_root():
     with rpmbase.rpm_home() as home:
         assert Path(home, ".rpmmacros").read_text() == "%_dbpath /var/lib/rpm\n"
+    with rpmbase.rpm_home("/usr/lib/sysimage/rpm") as home:
+        assert "%_dbpath /usr/lib/sysimage/rpm" in Path(home, ".rpmmacros").read_text()
     assert not Path(home).exists()
 
 
@@ -184,3 +186,21 @@ def test_rpm_elements_provide_the_operating_system():
                                   ("opensuse-minimal", "zypper-minimal")):
         names = resolve(["base", element], index).names
         assert tool_element in names and "package-installs" in names
+
+
+def test_database_where_the_image_rpm_looks():
+    assert rpmbase.rpm_dbpath("fedora", "43", {}) == "/usr/lib/sysimage/rpm"
+    assert rpmbase.rpm_dbpath("fedora", "35", {}) == "/var/lib/rpm"
+    assert rpmbase.rpm_dbpath("centos", "9-stream", {}) == "/var/lib/rpm"
+    assert rpmbase.rpm_dbpath("centos", "10-stream", {}) == "/usr/lib/sysimage/rpm"
+    assert rpmbase.rpm_dbpath("opensuse", "15.6", {}) == "/usr/lib/sysimage/rpm"
+    assert rpmbase.rpm_dbpath("fedora", "43", {"DIB_RPM_DBPATH": "/x/rpm"}) == "/x/rpm"
+
+
+def test_init_rpmdb_links_the_old_path(tmp_path):
+    rpmbase.init_rpmdb(tmp_path / "a", "/usr/lib/sysimage/rpm")
+    assert (tmp_path / "a/usr/lib/sysimage/rpm").is_dir()
+    assert str((tmp_path / "a/var/lib/rpm").readlink()) == "../../usr/lib/sysimage/rpm"
+    rpmbase.init_rpmdb(tmp_path / "b", "/var/lib/rpm")
+    assert (tmp_path / "b/var/lib/rpm").is_dir()
+    assert not (tmp_path / "b/var/lib/rpm").is_symlink()
