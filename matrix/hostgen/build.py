@@ -25,6 +25,7 @@ import docker.errors
 
 from dib.mirror import MirrorNotFound, find_mirror
 from matrix.config.hosts import BootstrapBase, HostDefinition, ImageBase, RootfsBase
+from matrix.config.registry import repo_digest
 from matrix.containers.engine import run_captured
 from matrix.containers.labels import LABEL_DIGEST, LABEL_HOST, LABEL_ROLE, LABEL_RUN
 from matrix.containers.leases import Registry, kept_line
@@ -44,6 +45,7 @@ from matrix.hostgen.hostimage import (
     render_dockerfile,
 )
 from matrix.hostgen.imagebuild import BuildFailed, build_image, import_tarball
+from matrix.hostgen.pull import PullFailed, pull
 from matrix.hostgen.rootfs import (
     BOOTSTRAP_TIMEOUT,
     RootfsError,
@@ -54,6 +56,7 @@ from matrix.hostgen.rootfs import (
 
 LOG = logging.getLogger("dib-matrix")
 PROBE_TIMEOUT = 300.0
+BASE_DIGEST_LABEL = "org.dib-matrix.base-digest"  # on image hosts' host images
 
 
 class HostgenStatus(str, enum.Enum):
@@ -74,6 +77,8 @@ class HostgenOutcome:
     facts: HostFacts | None = None
     hint: str | None = None  # catalogue id of the step that failed (the fallback cause)
     evidence: str = ""  # the one line that shows what failed
+    # image hosts: the registry image it was built from, {"reference", "digest"}
+    base_image: dict[str, str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,7 +117,8 @@ def cached_outcome(client: docker.DockerClient, host: HostDefinition) -> Hostgen
     if facts is None:
         return None
     return HostgenOutcome(
-        host.name, HostgenStatus.CACHED, names.image, time.monotonic() - start, None, facts
+        host.name, HostgenStatus.CACHED, names.image, time.monotonic() - start, None, facts,
+        base_image=_recorded_base(client, host, names.image),
     )
 
 
@@ -156,7 +162,8 @@ def build_host(
         else:
             duration = time.monotonic() - start
             return HostgenOutcome(
-                host.name, HostgenStatus.BUILT, names.image, duration, log_path, facts
+                host.name, HostgenStatus.BUILT, names.image, duration, log_path, facts,
+                base_image=_recorded_base(client, host, names.image),
             )
         log.write(f"\ndib-matrix: hostgen failed: {failed.evidence}\n".encode())
         # A failed build leaves its cached steps as untagged images; they
@@ -204,8 +211,9 @@ def _generate(job: _Job, mirror: str | None) -> HostFacts:
     if isinstance(host.base, BootstrapBase):
         mirror = _mirror_for(host.base, mirror)
         sources_list = apt_sources(host.base, mirror)
+    base_digest = None
     if isinstance(host.base, ImageBase):
-        _ensure_registry_image(job, host.base.reference)
+        base_digest = _ensure_registry_image(job, host.base.reference)
     else:
         _ensure_base(job, mirror)
     dockerfile = render_dockerfile(host, from_image(host, job.names), sources_list).encode()
@@ -221,7 +229,7 @@ def _generate(job: _Job, mirror: str | None) -> HostFacts:
         raise _diagnose_build(host, exc) from exc
     try:
         facts = _probe(job, stage.id)
-        _tag_with_facts(job, stage.id, facts)
+        _tag_with_facts(job, stage.id, facts, base_digest)
     except BaseException:
         with suppress(docker.errors.DockerException):
             job.client.images.remove(stage.id, force=True)
@@ -231,7 +239,8 @@ def _generate(job: _Job, mirror: str | None) -> HostFacts:
     return facts
 
 
-def _tag_with_facts(job: _Job, stage_id: str, facts: HostFacts) -> None:
+def _tag_with_facts(job: _Job, stage_id: str, facts: HostFacts,
+                    base_digest: str | None = None) -> None:
     """Labels need their values at build time: a one-line build on top of the stage."""
     labels = {
         LABEL_HOST: job.host.name,
@@ -239,6 +248,8 @@ def _tag_with_facts(job: _Job, stage_id: str, facts: HostFacts) -> None:
         LABEL_DIGEST: job.names.digest,
         FACTS_LABEL: facts.to_json(),
     }
+    if base_digest:  # the registry image it was built from, pinned (results.json shows it)
+        labels[BASE_DIGEST_LABEL] = base_digest
     final = {"Dockerfile": f"FROM {stage_id}\n".encode()}
     try:
         build_image(job.client, final, job.log, labels=labels, tag=job.names.image)
@@ -263,26 +274,38 @@ def _engine_message(exc: docker.errors.DockerException) -> str:
     return str(exc).strip()
 
 
-def _ensure_registry_image(job: _Job, reference: str) -> None:
-    """Have ``reference`` locally: pull it (always on rebuild, else only when missing)."""
-    present = True
-    try:
-        job.client.images.get(reference)
-    except docker.errors.ImageNotFound:
-        present = False
-    if present and not job.rebuild:
+def _ensure_registry_image(job: _Job, reference: str) -> str | None:
+    """Have ``reference`` locally: pull it (always on rebuild, else only when missing),
+    within the hostgen deadline. Returns its repository digest (None: the engine has none,
+    e.g. an image only ever built or tagged here)."""
+    present = None
+    with suppress(docker.errors.ImageNotFound):
+        present = job.client.images.get(reference)
+    if present is not None and not job.rebuild:
         job.note(f"base image {reference}: present")
-        return
+        return repo_digest(reference, present.attrs.get("RepoDigests") or [])
     job.note(f"pulling {reference}")
     try:
-        job.client.images.pull(reference)
-    except docker.errors.DockerException as exc:
-        message = f"cannot pull {reference}: {_engine_message(exc)}"
-        job.note(message)
-        if present:
+        pulled = pull(job.client, reference, job.log, job.deadline)
+    except PullFailed as exc:
+        job.note(str(exc))
+        if present is not None:
             job.note("using the image already present")
-            return
-        raise _Failed(BASE_IMAGE_UNAVAILABLE, message) from exc
+            return repo_digest(reference, present.attrs.get("RepoDigests") or [])
+        raise _Failed(BASE_IMAGE_UNAVAILABLE, str(exc)) from exc
+    job.note(f"pulled {reference}: {pulled.digest or 'no digest'} ({pulled.image_id[:19]})")
+    return pulled.digest
+
+
+def _recorded_base(client: docker.DockerClient, host: HostDefinition,
+                   image: str) -> dict[str, str] | None:
+    """An image host's base as its host image's label recorded it when it was built."""
+    if not isinstance(host.base, ImageBase):
+        return None
+    digest = ""
+    with suppress(docker.errors.DockerException):
+        digest = (client.images.get(image).labels or {}).get(BASE_DIGEST_LABEL, "")
+    return {"reference": host.base.reference, "digest": digest}
 
 
 def _ensure_base(job: _Job, mirror: str | None) -> None:

@@ -37,6 +37,26 @@ class FakeImages:
         self.pruned.append(filters)
 
 
+class FakePullApi:
+    """The Engine API's POST /images/create, failing as the engine would."""
+
+    _auth_configs = None
+    credstore_env = None
+
+    def __init__(self, images):
+        self.images = images
+
+    def _url(self, path):
+        return path
+
+    def _post(self, url, **kwargs):
+        raise self.images.pull_error
+
+
+def fake_client(images):
+    return SimpleNamespace(images=images, api=FakePullApi(images))
+
+
 def image_host() -> HostDefinition:
     return HostDefinition(
         name="img", base=ImageBase("unpullable:1"), package_manager=PackageManager.DNF
@@ -46,7 +66,7 @@ def image_host() -> HostDefinition:
 def test_cached_host_is_not_built(tmp_path):
     host = image_host()
     names = image_names(host)
-    client = SimpleNamespace(images=FakeImages({names.image: {FACTS_LABEL: FACTS.to_json()}}))
+    client = fake_client(FakeImages({names.image: {FACTS_LABEL: FACTS.to_json()}}))
     outcome = build_host(client, host, tmp_path / "log")
     assert outcome.status is HostgenStatus.CACHED
     assert outcome.facts == FACTS and outcome.image == names.image
@@ -57,7 +77,7 @@ def test_image_without_facts_is_not_a_cache_hit(tmp_path):
     host = image_host()
     names = image_names(host)
     error = docker.errors.APIError("pull failed", explanation="manifest unknown")
-    client = SimpleNamespace(images=FakeImages({names.image: {}}, pull_error=error))
+    client = fake_client(FakeImages({names.image: {}}, pull_error=error))
     outcome = build_host(client, host, tmp_path / "log")
     assert outcome.status is HostgenStatus.FAILED
 
@@ -65,7 +85,7 @@ def test_image_without_facts_is_not_a_cache_hit(tmp_path):
 def test_unpullable_image_is_base_image_unavailable(tmp_path):
     error = docker.errors.APIError("500", explanation="dial tcp: lookup registry: no such host")
     images = FakeImages(pull_error=error)
-    outcome = build_host(SimpleNamespace(images=images), image_host(), tmp_path / "img.log")
+    outcome = build_host(fake_client(images), image_host(), tmp_path / "img.log")
     assert outcome.status is HostgenStatus.FAILED and not outcome.ok
     assert outcome.hint == "base-image-unavailable"
     assert outcome.evidence == "cannot pull unpullable:1: dial tcp: lookup registry: no such host"
@@ -85,7 +105,7 @@ def test_no_mirror_is_a_clear_cause(tmp_path, monkeypatch):
     host = HostDefinition(
         name="deb", base=BootstrapBase("bookworm"), package_manager=PackageManager.APT
     )
-    client = SimpleNamespace(images=FakeImages())
+    client = fake_client(FakeImages())
     outcome = build_host(client, host, tmp_path / "deb.log")
     assert outcome.hint == "mirror-not-configured"
     assert "DIB_DISTRIBUTION_MIRROR" in outcome.evidence
@@ -96,7 +116,7 @@ def test_rebuild_skips_the_cache(tmp_path):
     names = image_names(host)
     error = docker.errors.APIError("500", explanation="offline")
     images = FakeImages({names.image: {FACTS_LABEL: FACTS.to_json()}}, pull_error=error)
-    outcome = build_host(SimpleNamespace(images=images), host, tmp_path / "l", rebuild=True)
+    outcome = build_host(fake_client(images), host, tmp_path / "l", rebuild=True)
     assert outcome.status is HostgenStatus.FAILED
     assert outcome.hint == "base-image-unavailable"
 
