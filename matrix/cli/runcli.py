@@ -16,14 +16,22 @@ from tabulate import tabulate
 
 import reports
 from dib import bundled
+from matrix.cli import shardcli
 from matrix.config.diagnostics import ConfigError
-from matrix.config.matrixfile import MatrixConfig, load_matrix, parse_duration, resolve_matrix_path
+from matrix.config.matrixfile import (
+    MATRIX_KEYS,
+    OVERRIDES,
+    MatrixConfig,
+    load_matrix,
+    resolve_matrix_path,
+)
+from matrix.config.schema import Option, describe, option_value
 from matrix.config.targets import element_issues, upstream_notes
 from matrix.containers import engine, leases, swarm
 from matrix.hostgen.diblayer import bundled_tree
 from matrix.hostgen.facts import load_facts
 from matrix.hostgen.hostimage import image_names
-from matrix.run import cleanup
+from matrix.run import cleanup, progress
 from matrix.run.plan import Plan, SelectionError, make_plan, preflight
 from matrix.run.runner import (
     DEFAULT_PACKAGE_CACHE,
@@ -49,8 +57,21 @@ def _selection(parser: argparse.ArgumentParser) -> None:
                         help="only these targets (repeatable, shell globs)")
 
 
+def _matrix_overrides(parser: argparse.ArgumentParser) -> None:
+    """One option per overridable matrix key, read by that key's own parser."""
+    for key in OVERRIDES:
+        if key.option is Option.FLAG:
+            parser.add_argument(f"--{key.name}", action="store_true", default=None,
+                                help=f"{key.help} (overrides the matrix's {key.name})")
+        else:
+            parser.add_argument(f"--{key.name}", type=option_value, metavar=key.example,
+                                help=f"{key.help} (overrides the matrix's {key.name})")
+
+
 def add_parsers(sub: Any) -> None:
-    run = sub.add_parser("run", help="run a host x target matrix")
+    run = sub.add_parser("run", help="run a host x target matrix",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="matrix file keys:\n" + describe(MATRIX_KEYS))
     _selection(run)
     run.add_argument("--out", type=Path, help="results directory (default: the matrix's "
                      "output, else out/)")
@@ -68,11 +89,7 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--rebuild-hosts", action="store_true", help="rebuild host images")
     run.add_argument("--categories", action="append", type=Path, default=[], metavar="FILE",
                      help="extra failure category file (repeatable)")
-    run.add_argument("--max-parallel", type=int, help="override the matrix's max-parallel")
-    run.add_argument("--timeout", help="override the per-cell timeout (e.g. 20m)")
-    run.add_argument("--retries", type=int, help="override the matrix's retries")
-    run.add_argument("--fail-fast", action="store_true", default=None,
-                     help="stop at the first voting failure")
+    _matrix_overrides(run)
     run.add_argument("--reuse", action="store_true",
                      help="take successful cells of earlier runs in --out whose key (host "
                      "image, element closure, target, dib) is unchanged")
@@ -84,7 +101,9 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--baseline", type=Path, metavar="RUN",
                      help="compare with this earlier run (dir or results.json); the exit code "
                      "then fails only on regressions of voting cells (release gating)")
+    shardcli.add_run_arguments(run)
     run.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
+    progress.add_arguments(run)
     run.set_defaults(func=cmd_run)
 
     plan = sub.add_parser("plan", help="print every cell with its planned state; run nothing")
@@ -93,6 +112,7 @@ def add_parsers(sub: Any) -> None:
                       help="extra failure category file to check with the matrix (repeatable)")
     plan.add_argument("--dib-tree", type=Path,
                       help="check the targets' elements against this checkout's elements/")
+    shardcli.add_plan_arguments(plan)
     plan.set_defaults(func=cmd_plan)
 
     clean = sub.add_parser("clean", help="remove containers and volumes dib-matrix left")
@@ -109,20 +129,15 @@ def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan, Catalogue]:
         # A resumed run keeps its matrix file and its selection of cells.
         resumed = load_results(args.resume)
         args.matrix = args.matrix or resumed.matrix
-    config = load_matrix(resolve_matrix_path(args.matrix))
-    overrides: dict[str, Any] = {}
-    for key in ("max_parallel", "retries", "fail_fast"):
-        if getattr(args, key, None) is not None:
-            overrides[key] = getattr(args, key)
-    if getattr(args, "timeout", None):
-        overrides["timeout"] = parse_duration(args.timeout)
-    if overrides:
-        config = replace(config, **overrides)
+    overrides = {key.name: getattr(args, key.field) for key in OVERRIDES
+                 if getattr(args, key.field, None) is not None}
+    config = load_matrix(resolve_matrix_path(args.matrix), overrides=overrides)
     plan = make_plan(config, args.hosts, args.targets)
     if resumed is not None:
         wanted = {c.id for c in resumed.cells}
         plan = replace(plan, hosts=tuple(h for h in plan.hosts if h.name in resumed.hosts),
                        cells=tuple(c for c in plan.cells if c.id in wanted))
+    plan = shardcli.narrow(args, plan, resumed)  # one shard, or the cells --cells chose
     # What run needs before its first cell, plan (the dry run) checks too: the
     # catalogue, and that every target's elements resolve in the dib tree.
     catalogue = load_catalogue(config.categories + tuple(getattr(args, "categories", ())))
@@ -136,8 +151,8 @@ def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan, Catalogue]:
     return config, plan, catalogue
 
 
-def _setup_logging(debug: bool) -> None:
-    console = logging.StreamHandler(sys.stdout)
+def _setup_logging(debug: bool, console: logging.Handler | None = None) -> None:
+    console = console or logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     LOG.handlers[:] = [console]
     LOG.setLevel(logging.DEBUG if debug else logging.INFO)
@@ -157,7 +172,8 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _setup_logging(args.debug)
+    console = progress.console_for(args)  # the status line on a terminal, -q, -v
+    _setup_logging(args.debug, console.handler())
     try:
         config, plan, catalogue = _load(args)
         dib_tree = check_dib_tree(args.dib_tree or _resumed_tree(args.resume) or bundled_tree())
@@ -181,10 +197,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                          None if args.no_package_cache else DEFAULT_PACKAGE_CACHE,
                          dib_mount=args.dib_mount, swarm=args.engine == "swarm",
                          catalogue=catalogue)
+    request, finished = shardcli.prepare(args, request)
+    if finished is not None:
+        return finished
     signal.signal(signal.SIGTERM, _raise_interrupt)
     holder: list[MatrixRun] = []
     try:
-        run = execute(request, client, on_start=lambda r: (holder.append(r), _log_to_run_dir(r)))
+        try:
+            run = execute(request, client, on_start=lambda r: (
+                holder.append(r), _log_to_run_dir(r),
+                console.begin(r.results, r.done_states(), request.out_dir)), observer=console)
+        finally:
+            console.close()  # the status line goes before the table is printed
     except KeyboardInterrupt:
         if holder:
             _write_reports(holder[0], baseline, request.out_dir)
@@ -226,9 +250,12 @@ def _write_reports(run: MatrixRun, baseline: RunResults | None, out_dir: Path) -
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
         config, plan, _ = _load(args)
-    except (ConfigError, SelectionError, ValueError) as err:
+        printed = shardcli.print_plan(args, plan)
+    except (ConfigError, SelectionError, ValueError, OSError) as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if printed is not None:
+        return printed
     facts = _cached_facts(plan)
     rows = []
     for cell in plan.cells:

@@ -27,9 +27,11 @@ from matrix.containers import engine, leases, swarm
 from matrix.hostgen.diblayer import LayerBaker, bundled_tree
 from matrix.hostgen.hostimage import host_objects
 from matrix.hostgen.pkgcache import PackageCache, PackageCacheError
+from matrix.run import provenance
 from matrix.run.cellreport import CellReport
 from matrix.run.cells import CellRunner, RunContext
 from matrix.run.plan import Plan, PlannedCell
+from matrix.run.progress import RunObserver, observed
 from matrix.run.reuse import KeyMaker, index_previous
 from matrix.run.scheduler import Scheduler
 from matrix.verdict.catalogue import Catalogue, load_catalogue
@@ -115,6 +117,7 @@ class RunRequest:
     swarm: bool = False  # cells as swarm replicated-job services instead of local containers
     upstream_cache: Path = upstreamdib.DEFAULT_CACHE  # diskimage-builder wheels and trees
     catalogue: Catalogue | None = None  # loaded (and checked) by the caller; else loaded here
+    shard: dict[str, Any] | None = None  # this run is a shard (matrix.run.shards.mark)
 
 
 class MatrixRun:
@@ -129,6 +132,7 @@ class MatrixRun:
         self.save_lock = threading.Lock()
         self.stop = threading.Event()
         self.engine_lost: str | None = None  # why, once the engine stopped answering
+        self.recorder: provenance.Recorder | None = None  # what each cell depended on
 
     def _initial_results(self) -> RunResults:
         req = self.request
@@ -146,6 +150,8 @@ class MatrixRun:
             options={"max_parallel": req.config.max_parallel, "timeout": req.config.timeout,
                      "retries": req.config.retries, "fail_fast": req.config.fail_fast},
         )
+        if req.shard:
+            results.shard = dict(req.shard)
         for planned in req.plan.cells:
             results.cells.append(Cell(planned.host.name, planned.row, planned.kind,
                                       voting=planned.voting))
@@ -196,6 +202,8 @@ class MatrixRun:
             cell = Cell(planned.host.name, planned.row, planned.kind, voting=planned.voting)
             self.results.cells.append(cell)
         self._fill(cell, planned, self.judge(planned, report))
+        if self.recorder is not None:
+            self.recorder.fill(self.results, planned, cell)
         with self.save_lock:
             save(self.results, self.run_dir)
         mark = cell.category.legend if cell.category else (cell.reason or "")
@@ -230,8 +238,8 @@ def _record_free_bytes(record: Mapping[str, Any] | None) -> dict[str, int | None
     return {str(k): v for k, v in free.items() if isinstance(v, int) or v is None}
 
 
-def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] | None = None
-            ) -> MatrixRun:
+def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] | None = None,
+            observer: RunObserver | None = None) -> MatrixRun:
     """Run every cell of the plan; KeyboardInterrupt propagates after cleaning up."""
     catalogue = request.catalogue or load_catalogue(request.config.categories
                                                     + request.extra_categories)
@@ -247,7 +255,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
     ctx = RunContext(run_id=run.results.run_id, run_dir=run.run_dir, dib_tree=request.dib_tree,
                      client=client, mirror=mirror, timeout=request.config.timeout,
                      hostgen_timeout=request.config.hostgen_timeout,
-                     boot_timeout=min(request.config.timeout, 600.0),
+                     boot_timeout=request.config.boot_timeout,
                      network=Network(request.config.network),
                      rebuild_hosts=request.rebuild_hosts, stop=run.stop,
                      keys=KeyMaker(request.dib_tree),
@@ -258,6 +266,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
         ctx.reusable = index_previous(request.out_dir, run.results.run_id,
                                       request.reuse_failures)
     run.results.engine = {**_engine_info(client), "cells": "swarm" if request.swarm else "local"}
+    run.recorder = provenance.start(ctx, request.plan, run.results)
     upstream_failures: dict[str, str] = {}  # version -> the line its cells fail with
 
     def stop_everything() -> None:
@@ -267,6 +276,8 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
     cells = CellRunner(ctx)
 
     def execute(cell: PlannedCell, attempt: int) -> CellReport:
+        if observer is not None:
+            observer.cell_started(cell.id, cell.kind, attempt)
         version = cell.target.upstream_elements if cell.target else None
         if cell.kind is CellKind.BUILD and version in upstream_failures:
             log = ctx.log_path(cell)
@@ -285,7 +296,8 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
     if request.resume is not None:
         _clear_what_a_dead_run_left(run, client)
 
-    scheduler = Scheduler(list(request.plan.cells), execute, run.finish,
+    finish = observed(run.finish, run.results, observer)
+    scheduler = Scheduler(list(request.plan.cells), execute, finish,
                           max_parallel=request.config.max_parallel,
                           retries=request.config.retries, fail_fast=request.config.fail_fast,
                           done=run.done_states(), stop=run.stop, on_stop=stop_everything)

@@ -104,3 +104,51 @@ def test_categories_is_a_file_or_a_list_of_files(tmp_path):
     found = "\n".join(issues_of(write(tmp_path, "hosts: [debian-bookworm]\n"
                                                 "targets: [debian-bookworm]\ncategories: 5\n")))
     assert "categories: must be a file name or a list of file names" in found
+
+
+def test_boot_timeout_defaults_to_the_cell_timeout_capped_at_ten_minutes(tmp_path):
+    base = "hosts: [debian-bookworm]\ntargets: [debian-bookworm]\n"
+    assert load_matrix(write(tmp_path, base)).boot_timeout == 600
+    assert load_matrix(write(tmp_path, base + "timeout: 2m\n")).boot_timeout == 120
+    assert load_matrix(write(tmp_path, base + "boot-timeout: 15m\n")).boot_timeout == 900
+    found = "\n".join(issues_of(write(tmp_path, base + "boot-timeout: never\n")))
+    assert "m.yaml:3: boot-timeout: cannot read duration 'never'" in found
+
+
+def test_command_line_overrides_go_through_the_keys_own_parser(tmp_path):
+    path = write(tmp_path, "hosts: [debian-bookworm]\ntargets: [debian-bookworm]\ntimeout: 1h\n")
+    config = load_matrix(path, overrides={"timeout": "20m", "fail-fast": True, "retries": 2})
+    assert (config.timeout, config.boot_timeout, config.fail_fast, config.retries) == (
+        1200, 600, True, 2)
+    with pytest.raises(ConfigError) as err:
+        load_matrix(path, overrides={"max-parallel": 0, "timeout": "soon"})
+    text = str(err.value)
+    assert "command line: --max-parallel: must be a whole number of at least 1" in text
+    assert "command line: --timeout: cannot read duration 'soon'" in text
+
+
+def test_run_help_and_options_come_from_the_key_table():
+    from matrix.cli import build_parser
+    from matrix.config.matrixfile import MATRIX_KEYS, OVERRIDES
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    text = run.format_help()
+    for key in MATRIX_KEYS:
+        assert f"\n  {key.name} " in text, key.name
+    options = {o for action in run._actions for o in action.option_strings}
+    assert {f"--{key.name}" for key in OVERRIDES} <= options
+    assert {"--max-parallel", "--timeout", "--retries", "--fail-fast",
+            "--boot-timeout"} <= options
+    args = build_parser().parse_args(["run", "--max-parallel", "3", "--timeout", "20m"])
+    assert (args.max_parallel, args.timeout, args.fail_fast) == (3, "20m", None)
+
+
+def test_the_readme_documents_every_matrix_key():
+    from pathlib import Path
+
+    from matrix.config.matrixfile import MATRIX_KEYS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### Matrix file", 1)[1].split("\n### ", 1)[0]
+    missing = [key.name for key in MATRIX_KEYS if f"`{key.name}`" not in section]
+    assert not missing, f"README's Matrix file section lacks {missing}"
