@@ -117,6 +117,9 @@ class Cell:
     key: str | None = None  # content key for reuse
     checks: list[ImageCheck] = field(default_factory=list)  # image verification, build rows
     free_bytes: dict[str, int | None] = field(default_factory=dict)  # when a cell failed
+    # What the result depended on (host image, element files, mirror date, packages):
+    # matrix.run.provenance writes it, reports.attribution compares it. {} in older runs.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -144,6 +147,8 @@ class Cell:
         data["id"] = self.id
         data["kind"] = self.kind.value
         data["state"] = self.state.value
+        if not data["provenance"]:  # cells that ran nothing, and older runs: as before
+            del data["provenance"]
         return data
 
     @classmethod
@@ -173,6 +178,12 @@ class RunResults:
     engine: dict[str, Any] = field(default_factory=dict)
     host_images: dict[str, str] = field(default_factory=dict)  # host -> image tag
     options: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # dib tree, mirror dates
+    # A shard of a sharded run or a merge of shards (matrix.run.shards, reports.merge);
+    # written only when set, like reruns.
+    shard: dict[str, Any] = field(default_factory=dict)
+    # Earlier verdicts of cells re-run in place (run --resume RUN_DIR --cells GLOB).
+    reruns: list[dict[str, Any]] = field(default_factory=list)
 
     def cell(self, host: str, row: str) -> Cell | None:
         """The cell at (host, row): a dictionary lookup, not a scan per finished cell.
@@ -209,6 +220,7 @@ class RunResults:
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cells"}
         data["schema_version"] = SCHEMA_VERSION
+        _drop_unset(data)
         data["cells"] = [c.to_json() for c in self.cells]
         data["counts"] = self.counts()
         data["classification_rate"] = self.classification_rate()
@@ -224,6 +236,16 @@ class RunResults:
         results = cls(**values)
         results.cells = [Cell.from_json(c) for c in data.get("cells", [])]
         return results
+
+
+OMIT_WHEN_EMPTY = ("shard", "reruns",  # only sharded, merged or re-run runs have them
+                   "provenance")  # runs made before provenance was recorded
+
+
+def _drop_unset(document: dict[str, Any]) -> None:
+    for name in OMIT_WHEN_EMPTY:
+        if not document.get(name):
+            document.pop(name, None)
 
 
 def current_umask() -> int:
@@ -340,6 +362,7 @@ def _document(results: RunResults) -> list[bytes]:
     document: dict[str, Any] = {f.name: getattr(results, f.name) for f in fields(results)
                                 if f.name != "cells"}
     document["schema_version"] = SCHEMA_VERSION
+    _drop_unset(document)
     document["counts"] = dict(sorted(counts.items()))
     document["classification_rate"] = named / failed if failed else None
     chunks: list[bytes] = []

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from matrix.cli import classifycli, hostcli, runcli
+from matrix.cli import classifycli, hostcli, mergecli, runcli, showcli
 from reports import cli as reportcli
 
 
@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     hostcli.add_parser(sub)
     reportcli.add_parsers(sub)
     classifycli.add_parser(sub)
+    mergecli.add_parser(sub)
+    showcli.add_parser(sub)
     return parser
 
 
