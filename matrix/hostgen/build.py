@@ -36,6 +36,7 @@ from matrix.hostgen.facts import (
     load_facts,
     parse_probe_output,
     probe_command,
+    with_machine_binfmt,
 )
 from matrix.hostgen.hostimage import (
     HostImageNames,
@@ -371,7 +372,7 @@ def _probe(job: _Job, image_id: str) -> HostFacts:
     if captured.exit_code != 0:
         raise _Failed(PROBE_FAILED, f"facts probe exited with {captured.exit_code}")
     try:
-        facts = parse_probe_output(captured.stdout)
+        facts = with_machine_binfmt(parse_probe_output(captured.stdout))
     except FactsError as exc:
         raise _Failed(PROBE_FAILED, f"facts probe: {exc}") from exc
     job.note(f"facts: {facts.summary()}")

@@ -2,15 +2,27 @@
 
 Stored as a JSON label on the host image, so a preflight can read them without
 starting a container (``load_facts``).
+
+One fact is not the image's: which foreign architectures the kernel runs through a
+registered binfmt_misc handler (``binfmt``). Handlers are kernel-wide, every container
+of the engine shares them, and a container does not see ``/proc/sys/fs/binfmt_misc``
+(it is not mounted in its /proc); they are read on the machine that runs the engine,
+each time facts are taken (built or loaded), never trusted from an old label: a handler
+registered after the host image was built counts at once. When the engine is not on
+this machine (``DOCKER_HOST`` names another one) they are unknown (``None``) and no
+preflight judges them; dib's own preflight in the cell still fails fast.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from dib import arch as arches
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 PROBE_SCRIPT = TEMPLATES_DIR / "facts-probe.sh"
@@ -44,9 +56,22 @@ class HostFacts:
     tox_version: str | None = None
     os_id: str | None = None
     os_version: str | None = None
+    # (arch, handler) for each foreign architecture a usable (enabled, fix-binary) binfmt
+    # handler of the engine's kernel runs, sorted; None: not known (see the module doc)
+    binfmt: tuple[tuple[str, str], ...] | None = None
 
     def has_tool(self, tool: str) -> bool:
         return tool in self.tools
+
+    def runs_arch(self, arch: str) -> bool | None:
+        """Whether the host's containers run programs of ``arch`` (natively or through a
+        binfmt handler); None when the handlers are not known."""
+        wanted = arches.normalise(arch)
+        if arches.native(wanted, arches.normalise(self.arch)):
+            return True
+        if self.binfmt is None:
+            return None
+        return any(found == wanted for found, _ in self.binfmt)
 
     def has_debootstrap_script(self, release: str) -> bool:
         return release in self.debootstrap_scripts
@@ -61,6 +86,9 @@ class HostFacts:
         parts.append(" ".join(tools) if tools else "no tools")
         if self.debootstrap_scripts:
             parts.append(f"{len(self.debootstrap_scripts)} debootstrap scripts")
+        if self.binfmt is not None:
+            handlers = " ".join(f"{arch} ({name})" for arch, name in self.binfmt)
+            parts.append(f"binfmt: {handlers or 'no handlers'}")
         return ", ".join(parts)
 
     def to_json(self) -> str:
@@ -76,6 +104,8 @@ class HostFacts:
                 raise FactsError("facts were stored by another dib-matrix version")
             data["tools"] = tuple(data["tools"])
             data["debootstrap_scripts"] = tuple(data["debootstrap_scripts"])
+            if data.get("binfmt") is not None:
+                data["binfmt"] = tuple((str(a), str(n)) for a, n in data["binfmt"])
             return cls(**data)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise FactsError(f"unreadable host facts: {exc}") from exc
@@ -129,6 +159,28 @@ def facts_from_labels(labels: Mapping[str, str] | None) -> HostFacts | None:
         return None
 
 
+def engine_is_local(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the engine runs on this machine (so shares this kernel's handlers)."""
+    host = (os.environ if env is None else env).get("DOCKER_HOST", "")
+    return not host or host.startswith("unix://")
+
+
+def machine_binfmt(directory: Path | None = None, env: Mapping[str, str] | None = None
+                   ) -> tuple[tuple[str, str], ...] | None:
+    """(arch, handler) of every usable binfmt handler of this machine's kernel; None when
+    the engine is elsewhere. ``directory``/``env``: another binfmt_misc (tests)."""
+    if not engine_is_local(env):
+        return None
+    found = arches.handlers_by_arch(arches.registered_handlers(directory, env))
+    return tuple(sorted((arch, h.name) for arch, h in found.items() if h.usable))
+
+
+def with_machine_binfmt(facts: HostFacts, binfmt: tuple[tuple[str, str], ...] | None = None,
+                        ) -> HostFacts:
+    """``facts`` with the engine's binfmt handlers as they are now (or ``binfmt``)."""
+    return replace(facts, binfmt=machine_binfmt() if binfmt is None else binfmt)
+
+
 def load_facts(client: Any, image_ref: str) -> HostFacts | None:
     """Facts of a built host image (``client``: a ``docker.DockerClient``); None if absent."""
     import docker.errors
@@ -137,4 +189,5 @@ def load_facts(client: Any, image_ref: str) -> HostFacts | None:
         image = client.images.get(image_ref)
     except docker.errors.ImageNotFound:
         return None
-    return facts_from_labels(image.labels)
+    facts = facts_from_labels(image.labels)
+    return None if facts is None else with_machine_binfmt(facts)

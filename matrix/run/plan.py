@@ -11,6 +11,7 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dib.arch import normalise as normalise_arch
 from matrix.config.hosts import HostDefinition
 from matrix.config.matrixfile import MatrixConfig
 from matrix.config.targets import BOOT_SUFFIX, Target
@@ -135,6 +136,10 @@ def preflight(cell: PlannedCell, facts: HostFacts | None) -> str | None:
         return None
     if cell.kind is not CellKind.BUILD or cell.target is None:
         return None
+    # A foreign architecture's programs (debootstrap's second stage, every hook) run
+    # through the kernel's binfmt handler: without one the build would die minutes in.
+    if facts.runs_arch(cell.target.arch) is False:
+        return f"no binfmt handler for {normalise_arch(cell.target.arch)}"
     for tool in cell.target.requires.tools:
         if not facts.has_tool(tool):
             return f"{tool} not available"

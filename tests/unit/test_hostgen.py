@@ -1,6 +1,7 @@
 """matrix.hostgen.build against a fake engine: cached, unpullable and unconfigured outcomes."""
 
 import io
+from dataclasses import replace
 from types import SimpleNamespace
 
 import docker.errors
@@ -69,7 +70,8 @@ def test_cached_host_is_not_built(tmp_path):
     client = fake_client(FakeImages({names.image: {FACTS_LABEL: FACTS.to_json()}}))
     outcome = build_host(client, host, tmp_path / "log")
     assert outcome.status is HostgenStatus.CACHED
-    assert outcome.facts == FACTS and outcome.image == names.image
+    # binfmt: the handlers of this machine's kernel, read when facts are loaded
+    assert replace(outcome.facts, binfmt=None) == FACTS and outcome.image == names.image
     assert not (tmp_path / "log").exists()
 
 

@@ -289,7 +289,7 @@ def target(elements, outputs=("tar",), env=(), arch="amd64") -> Target:
 
 def test_expectation_from_the_base_element_and_the_cell_environment():
     expect = expectation_for(target(["debian-minimal"]), {"DIB_RELEASE": "trixie"})
-    assert expect == Expectation("debian", "trixie", None)
+    assert expect == Expectation("debian", "trixie", None, None, "amd64")
     assert expectation_for(target(["ubuntu-minimal"]), {"DIB_RELEASE": "noble"}).distro_id == \
         "ubuntu"
     assert expectation_for(target(["opensuse-minimal"]), {}).distro_id == "opensuse-leap"

@@ -1,11 +1,13 @@
 """The checks, each from facts already read to one :class:`Found`: os-release against
-the expected distribution and release, the dpkg database against the manifest, the
+the expected distribution and release, the dpkg database against the manifest and
+dpkg's own architecture against the target's, the
 qemu-img findings, the partition table and the filesystem labels against the planned
 layout. A failed check's detail reads on its own (``image is bookworm, target wants
 forky``); the wording helpers live here too."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +142,40 @@ def compare_packages(
             f"manifest {manifest[first]})"
         )
     return problems
+
+
+# ---- architecture --------------------------------------------------------------------
+
+
+def check_architecture(
+    packages: Mapping[tuple[str, str], str] | None, rpm: bool, expect: Expectation
+) -> Found:
+    """The image's architecture is what ``dpkg --print-architecture`` prints in it: the
+    architecture dpkg itself was built for, i.e. its own package's ``Architecture``
+    (without a dpkg package: the architecture most of its packages have). Packages of
+    another architecture (neither that nor ``all``) are named in the detail (multiarch),
+    not counted against the image."""
+    name = "architecture"
+    wanted = expect.arch
+    if packages is None:
+        why = "an rpm image" if rpm else "no dpkg database"
+        return Found(name, True, f"not checked: {why} (wanted {wanted})")
+    counts = collections.Counter(arch for (_, arch) in packages if arch and arch != "all")
+    dpkg = sorted(arch for (package, arch) in packages if package == "dpkg")
+    if dpkg:
+        native, source = dpkg[0], "dpkg --print-architecture"
+    elif counts:
+        native, source = counts.most_common(1)[0][0], "most of its packages"
+    else:
+        return Found(name, True, f"not checked: no package of the image names an "
+                                 f"architecture (wanted {wanted})")
+    if native != wanted:
+        return Found(name, False, f"image is {native} ({source}), target wants {wanted}")
+    detail = f"{native} ({source}); {_count(counts[native])} {native}"
+    others = {arch: n for arch, n in counts.items() if arch != native}
+    if others:
+        detail += "; also " + ", ".join(f"{n} {a}" for a, n in sorted(others.items()))
+    return Found(name, True, detail)
 
 
 # ---- the disk ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """What a target's images must be: the distribution and release (from the base element
-and DIB_RELEASE) and, for disk images, the partition layout: the one the target's
-elements ask for and the one dib recorded beside the image (``<target>.layout.json``)."""
+and DIB_RELEASE), the architecture (the target's ``arch``, as dpkg names it) and, for
+disk images, the partition layout: the one the target's elements ask for and the one
+dib recorded beside the image (``<target>.layout.json``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dib.arch import normalise as normalise_arch
 from dib.blockdevice.layout import ROOT_LABEL, LayoutError, parse_layout_text
 from dib.blockdevice.plan import layout_source, make_plan
 from dib.elements import elements_path, index_elements, resolve
@@ -78,6 +80,7 @@ class Expectation:
     release: str | None  # DIB_RELEASE; None: not checked
     layout: PlannedLayout | None = None  # None: the target makes no disk image
     layout_problem: str | None = None  # why the layout could not be told
+    arch: str | None = None  # Debian architecture (dpkg's); None: not checked
 
 
 def expectation_for(
@@ -93,7 +96,7 @@ def expectation_for(
     distro = DISTRO_IDS.get(base.name) if base else None
     release = merged.get("DIB_RELEASE") or (_default_release(base.path) if base else None)
     layout, problem = _planned_for_target(target, merged, closure)
-    return Expectation(distro, release, layout, problem)
+    return Expectation(distro, release, layout, problem, normalise_arch(target.arch))
 
 
 @dataclass(frozen=True)

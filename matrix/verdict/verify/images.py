@@ -19,6 +19,7 @@ from results.model import ImageCheck
 
 from .checks import (
     Found,
+    check_architecture,
     check_labels,
     check_os_release,
     check_packages,
@@ -36,6 +37,7 @@ from .diskimage import (
 )
 from .expect import Expectation, planned_layout
 from .limits import Deadline, VerifyError
+from .parse import Packages
 from .tarimage import TarFacts, read_tar
 
 LOG = logging.getLogger(__name__)
@@ -148,11 +150,15 @@ def _once(read: Callable[[Deadline], T]) -> Callable[[Deadline], T]:
 def _tar_steps(image: Path, kind: str, expect: Expectation) -> list[Step]:
     facts: Callable[[Deadline], TarFacts] = _once(lambda d: read_tar(image, d))
     manifest = beside(image, kind, MANIFEST_SUFFIX)
-    return [
+    steps: list[Step] = [
         ("os-release", lambda d: check_os_release(facts(d).os_release,
                                                   facts(d).os_release_problem, expect)),
         ("packages", lambda d: check_packages(facts(d).packages, facts(d).rpm, manifest)),
     ]
+    if expect.arch is not None:
+        steps.append(("architecture", lambda d: check_architecture(facts(d).packages,
+                                                                   facts(d).rpm, expect)))
+    return steps
 
 
 def _disk_steps(image: Path, kind: str, expect: Expectation, work: Path) -> list[Step]:
@@ -164,10 +170,16 @@ def _disk_steps(image: Path, kind: str, expect: Expectation, work: Path) -> list
     table: Callable[[Deadline], Table] = _once(lambda d: read_table(disk(d), work, d))
     root: Callable[[Deadline], str] = _once(
         lambda d: root_filesystem(disk(d), table(d), planned, work, d))
-    return [
+    packages: Callable[[Deadline], Packages | None] = _once(
+        lambda d: debugfs_packages(root(d), d))
+    steps: list[Step] = [
         ("qemu-img check", lambda d: check_qemu_img(disk(d), d)),
         ("partition table", lambda d: check_table(table(d), plans)),
         ("filesystem label", lambda d: check_labels(disk(d), table(d), planned, work, d)),
         ("os-release", lambda d: check_os_release(*debugfs_os_release(root(d), d), expect)),
-        ("packages", lambda d: check_packages(debugfs_packages(root(d), d), False, manifest)),
+        ("packages", lambda d: check_packages(packages(d), False, manifest)),
     ]
+    if expect.arch is not None:
+        steps.append(("architecture", lambda d: check_architecture(packages(d), False,
+                                                                   expect)))
+    return steps
