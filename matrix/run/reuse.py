@@ -27,12 +27,33 @@ KEY_VERSION = "1"
 CHECK_INPUTS = ("dib", "elements", "tests/unit/dib", "tox.ini", "matrix/run/incontainer")
 
 
+def _hashed(paths: Iterable[Path]) -> list[Path]:
+    """The files of ``paths`` a key holds, in key order."""
+    return [p for p in sorted(paths) if p.is_file() and "__pycache__" not in p.parts]
+
+
+def file_digest(path: Path) -> tuple[bytes, bool]:
+    """What a key holds of one file: its content's sha256 and whether it is executable."""
+    return hashlib.sha256(path.read_bytes()).digest(), os.access(path, os.X_OK)
+
+
 def _hash_files(digest: hashlib._Hash, root: Path, paths: Iterable[Path]) -> None:
-    for path in sorted(paths):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(root)).encode() + b"\0")
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-            digest.update(b"x" if os.access(path, os.X_OK) else b"-")
+    for path in _hashed(paths):
+        content, executable = file_digest(path)
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(content)
+        digest.update(b"x" if executable else b"-")
+
+
+def file_digests(root: Path, paths: Iterable[Path], chars: int = 16) -> dict[str, str]:
+    """Per file a key holds: path relative to ``root`` -> its sha256 (``chars`` hex digits),
+    ``+x`` when executable. The readable form of what :func:`_hash_files` hashes, so a
+    comparison of two runs can name the files that changed."""
+    digests = {}
+    for path in _hashed(paths):
+        content, executable = file_digest(path)
+        digests[str(path.relative_to(root))] = content.hex()[:chars] + ("+x" if executable else "")
+    return digests
 
 
 def _tree_files(root: Path, top: str) -> list[Path]:
@@ -77,6 +98,14 @@ class KeyMaker:
             mine = self.dib_tree / "elements"
             self._closures[cache_key] = [d for d in dirs if d.parent == mine]
         return self._closures[cache_key]
+
+    def closure_files(self, cell: PlannedCell) -> list[Path]:
+        """The files of dib's own elements in a build or boot cell's closure (what its key
+        hashes of the element tree)."""
+        if cell.kind not in (CellKind.BUILD, CellKind.BOOT) or cell.target is None:
+            return []
+        dirs = self.element_dirs(cell.target.elements, cell.target.upstream_elements)
+        return [path for element_dir in dirs for path in element_dir.rglob("*")]
 
     def key(self, cell: PlannedCell, host_image_id: str) -> str | None:
         digest = hashlib.sha256(f"dib-matrix-cell/{KEY_VERSION}\0{host_image_id}\0".encode())
