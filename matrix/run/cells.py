@@ -13,81 +13,26 @@ import logging
 import shlex
 import shutil
 import sys
-import threading
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 
 from dib import failure
+from dib.arch import normalise as normalise_arch
 from dib.boottest import BootOptions, BootTestError, run_boot_test
-from matrix.config.matrixfile import Network
 from matrix.containers import engine
 from matrix.hostgen.build import build_host
-from matrix.hostgen.diblayer import DibLayerError, LayerBaker
-from matrix.hostgen.facts import HostFacts
+from matrix.hostgen.diblayer import DibLayerError
 from matrix.run.cellreport import CellReport
+from matrix.run.context import RunContext
 from matrix.run.plan import PlannedCell, preflight
-from matrix.run.reuse import KeyMaker, Reusable, link_or_copy
+from matrix.run.reuse import Reusable, link_or_copy
 from matrix.verdict.verify import expectation_for, summary, verify_images
 from results.model import Artifact, CellKind, State
 
 LOG = logging.getLogger("dib-matrix")
 TOX_SCRIPT = f"{engine.DIB_MOUNT}/matrix/run/incontainer/tox-check.sh"
-
-
-@dataclass
-class RunContext:
-    """Run-time state shared by the cells of one run (kept apart from the config)."""
-
-    run_id: str
-    run_dir: Path
-    dib_tree: Path
-    client: docker.DockerClient
-    mirror: str | None
-    timeout: float
-    hostgen_timeout: float
-    boot_timeout: float = 600.0
-    network: Network = Network.HOST
-    rebuild_hosts: bool = False
-    stop: threading.Event = field(default_factory=threading.Event)
-    facts: dict[str, HostFacts] = field(default_factory=dict)
-    host_images: dict[str, str] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    keys: KeyMaker | None = None
-    reusable: dict[str, Reusable] | None = None  # earlier cells by key, with --reuse
-    image_ids: dict[str, str] = field(default_factory=dict)
-    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the package cache proxy
-    layers: LayerBaker | None = None  # None: bind-mount dib_tree into cells (--dib-mount)
-    cell_images: dict[str, str] = field(default_factory=dict)  # host -> its dib layer
-    # diskimage-builder version -> its element tree on this machine (runner.prepare_upstream)
-    upstream_elements: dict[str, Path] = field(default_factory=dict)
-    security_mirror: str | None = None  # for upstream's debian-minimal (its own default
-    # is a public host); the machine's debian-security archive, like ``mirror``
-    # How a cell's container runs: engine.run_cell (local) or swarm.run_cell (a job).
-    run_cell: Callable[[docker.DockerClient, engine.CellSpec], engine.CellResult] = \
-        engine.run_cell
-
-    def image_id(self, host: str) -> str:
-        with self.lock:
-            if host not in self.image_ids:
-                self.image_ids[host] = self.client.images.get(self.host_images[host]).id
-            return self.image_ids[host]
-
-    def log_path(self, cell: PlannedCell) -> Path:
-        return self.run_dir / "logs" / cell.host.name / f"{cell.row.replace(':', '-')}.log"
-
-    def images_dir(self, host: str) -> Path:
-        return self.run_dir / "images" / host
-
-    def elements_dirs(self, cell: PlannedCell) -> list[Path]:
-        """Where the cell's dib finds elements, on this machine: upstream's tree first
-        for a target with ``diskimage-builder-elements``, then dib's."""
-        version = cell.target.upstream_elements if cell.target else None
-        first = [self.upstream_elements[version]] if version in self.upstream_elements else []
-        return [*first, self.dib_tree / "elements"]
 
 
 def _write(path: Path, text: str) -> None:
@@ -118,13 +63,12 @@ class CellRunner:
                               hint="engine-error")
 
     def _hostgen(self, cell: PlannedCell, log: Path) -> CellReport:
-        outcome = build_host(self.ctx.client, cell.host, log, rebuild=self.ctx.rebuild_hosts,
-                             mirror=self.ctx.mirror, run_id=self.ctx.run_id,
-                             proxy_env=self.ctx.extra_env, timeout=self.ctx.hostgen_timeout)
-        with self.ctx.lock:
-            self.ctx.host_images[cell.host.name] = outcome.image
-            if outcome.facts is not None:
-                self.ctx.facts[cell.host.name] = outcome.facts
+        settings = self.ctx.settings
+        outcome = build_host(self.ctx.client, cell.host, log, rebuild=settings.rebuild_hosts,
+                             mirror=settings.mirror, run_id=settings.run_id,
+                             proxy_env=dict(settings.extra_env),
+                             timeout=settings.config.hostgen_timeout)
+        self.ctx.hosts.built(cell.host.name, outcome.image, outcome.facts)
         if not log.exists():  # cached: the build log is from an earlier run
             _write(log, f"{outcome.one_line()}\n")
         if not outcome.ok:
@@ -138,12 +82,11 @@ class CellRunner:
             except DibLayerError as err:
                 return _engine_error(log, str(err))
             _write(log, layer.one_line())
-            with self.ctx.lock:
-                self.ctx.cell_images[cell.host.name] = layer.reference
+            self.ctx.hosts.baked(cell.host.name, layer.reference)
         return CellReport(State.SUCCESS, reason=outcome.status.value, log=log)
 
     def _in_container(self, cell: PlannedCell, log: Path) -> CellReport:
-        verdict = preflight(cell, self.ctx.facts.get(cell.host.name))
+        verdict = preflight(cell, self.ctx.hosts.facts(cell.host.name))
         if verdict is not None:
             _write(log, f"preflight: {verdict}")
             return CellReport(State.FAILED, (verdict,), log=log)
@@ -156,15 +99,14 @@ class CellRunner:
                     layer = self.ctx.layers.ensure(self.ctx.client, cell.host.name, stream)
             except DibLayerError as err:
                 return _engine_error(log, str(err))
-            with self.ctx.lock:
-                self.ctx.cell_images[cell.host.name] = layer
+            self.ctx.hosts.baked(cell.host.name, layer)
         spec = self.spec(cell)
         if cell.kind is CellKind.BUILD:
             forget_failure_record(self.ctx, cell)
         result = self.ctx.run_cell(self.ctx.client, spec)
         # The reproducer leaves out this run's loopback package cache: it is gone by then.
         by_hand = dataclasses.replace(spec, environment={
-            k: v for k, v in spec.environment.items() if k not in self.ctx.extra_env})
+            k: v for k, v in spec.environment.items() if k not in self.ctx.settings.extra_env})
         report = CellReport(State.SUCCESS, log=log, reproducer=reproducer(by_hand), key=key)
         if self.ctx.stop.is_set() and not result.ok:
             return report.replace(state=State.SKIPPED, reason="cancelled")
@@ -186,7 +128,8 @@ class CellRunner:
         old = earlier.cell
         for artifact in old.artifacts:
             for source in _artifact_files(earlier.run_dir / artifact.path):
-                link_or_copy(source, self.ctx.run_dir / source.relative_to(earlier.run_dir))
+                link_or_copy(source,
+                             self.ctx.settings.run_dir / source.relative_to(earlier.run_dir))
         _write(log, f"# dib-matrix: reused from run {earlier.run_dir.name} (key {key[:16]})")
         if old.log and (earlier.run_dir / old.log).is_file():
             with (earlier.run_dir / old.log).open("rb") as source, log.open("ab") as copy:
@@ -206,8 +149,8 @@ class CellRunner:
             # bundled elements last (dib appends them).
             env["ELEMENTS_PATH"] = ":".join(filter(None, (engine.UPSTREAM_ELEMENTS_MOUNT,
                                                           env.get("ELEMENTS_PATH"))))
-            if self.ctx.security_mirror:
-                env.setdefault("DIB_DEBIAN_SECURITY_MIRROR", self.ctx.security_mirror)
+            if self.ctx.settings.security_mirror:
+                env.setdefault("DIB_DEBIAN_SECURITY_MIRROR", self.ctx.settings.security_mirror)
         if cell.kind is CellKind.CHECK:
             command: tuple[str, ...] = ("bash", TOX_SCRIPT)
         else:
@@ -215,19 +158,20 @@ class CellRunner:
             command = engine.dib_command(cell.target.elements, cell.target.name,
                                          cell.target.outputs, ("--checksum", "-a",
                                                                cell.target.arch))
+        settings = self.ctx.settings
         return engine.CellSpec(
-            run_id=self.ctx.run_id,
+            run_id=settings.run_id,
             cell_id=cell.id,
             host=cell.host.name,
             image=self.cell_image(cell.host.name),
             command=command,
             log_path=self.ctx.log_path(cell),
-            timeout=self.ctx.timeout,
-            environment={**engine.dib_environment(env, self.ctx.mirror), **self.ctx.extra_env},
-            dib_tree=self.ctx.dib_tree if self.ctx.layers is None else None,
+            timeout=settings.config.timeout,
+            environment={**engine.dib_environment(env, settings.mirror), **settings.extra_env},
+            dib_tree=settings.dib_tree if self.ctx.layers is None else None,
             out_dir=self.ctx.images_dir(cell.host.name) if cell.kind is CellKind.BUILD else None,
             cache_volume=engine.cache_volume_name(cell.host.name),
-            network=self.ctx.network,
+            network=settings.config.network,
             upstream_elements=upstream,
         )
 
@@ -236,19 +180,20 @@ class CellRunner:
         version = cell.target.upstream_elements if cell.target else None
         if not version or cell.kind is not CellKind.BUILD:
             return None
-        if version not in self.ctx.upstream_elements:
+        trees = self.ctx.settings.upstream_elements
+        if version not in trees:
             raise engine.EngineError(f"diskimage-builder {version} elements were not prepared")
-        return self.ctx.upstream_elements[version]
+        return trees[version]
 
     def cell_image(self, host: str) -> str:
         """The host's dib layer, or its host image when the tree is bind-mounted."""
-        if self.ctx.layers is None:
-            return self.ctx.host_images[host]
-        with self.ctx.lock:
-            if host not in self.ctx.cell_images:
-                raise engine.EngineError(f"no dib layer for host {host} (its hostgen did not "
-                                         "finish)")
-            return self.ctx.cell_images[host]
+        record = self.ctx.hosts.get(host)
+        if self.ctx.layers is None and record is not None:
+            return record.image
+        if record is None or record.layer is None:
+            raise engine.EngineError(f"no dib layer for host {host} (its hostgen did not "
+                                     "finish)")
+        return record.layer
 
     def _boot(self, cell: PlannedCell, log: Path) -> CellReport:
         """Boot the build cell's image under qemu on this machine (same firmware for every
@@ -262,8 +207,12 @@ class CellRunner:
         key = self.ctx.keys.key(cell, self.ctx.image_id(cell.host.name)) if self.ctx.keys else None
         if key and self.ctx.reusable and key in self.ctx.reusable:
             return self._reuse(self.ctx.reusable[key], log, key)
-        opts = BootOptions(image=image, serial_log=log, timeout=self.ctx.boot_timeout,
-                           uefi="block-device-efi" in cell.target.elements)
+        # The image's own architecture picks qemu and its machine (arm64: aarch64 virt,
+        # always UEFI), so every host's image meets the same emulated machine.
+        opts = BootOptions(image=image, serial_log=log,
+                           timeout=self.ctx.settings.config.boot_timeout,
+                           uefi="block-device-efi" in cell.target.elements,
+                           arch=normalise_arch(cell.target.arch))
         command = shlex.join([sys.executable, "-m", "dib.boottest", *opts.to_argv()])
         report = CellReport(State.SUCCESS, log=log, reproducer=command, key=key)
         try:
@@ -321,9 +270,10 @@ def read_failure_record(ctx: RunContext, cell: PlannedCell) -> dict | None:
 def verify_build(ctx: RunContext, cell: PlannedCell, report: CellReport) -> CellReport:
     """A build is ``success`` only once its images pass their checks."""
     assert cell.target is not None
-    images = [ctx.run_dir / a.path for a in report.artifacts]
+    images = [ctx.settings.run_dir / a.path for a in report.artifacts]
     expect = expectation_for(cell.target, dict(cell.env), ctx.elements_dirs(cell))
-    checks = tuple(verify_images(images, expect, ctx.run_dir, timeout=ctx.timeout))
+    checks = tuple(verify_images(images, expect, ctx.settings.run_dir,
+                                 timeout=ctx.settings.config.timeout))
     log = ctx.log_path(cell)
     for check in checks:
         _write(log, f"image check {check.name}: {'ok' if check.ok else 'FAILED'}: "
@@ -354,7 +304,7 @@ def collect_artifacts(ctx: RunContext, cell: PlannedCell) -> list[Artifact]:
             continue
         sums = path.with_name(path.name + ".sha256")
         digest = sums.read_text().split()[0] if sums.exists() else ""
-        found.append(Artifact(str(path.relative_to(ctx.run_dir)), image_type,
+        found.append(Artifact(str(path.relative_to(ctx.settings.run_dir)), image_type,
                               path.stat().st_size, digest))
     return found
 

@@ -22,14 +22,15 @@ import requests
 from dib import spawn
 from dib.mirror import MirrorNotFound, find_mirror, find_security_mirror
 from matrix.config import upstreamdib
-from matrix.config.matrixfile import MatrixConfig, Network
+from matrix.config.matrixfile import MatrixConfig
 from matrix.containers import engine, leases, swarm
 from matrix.hostgen.diblayer import LayerBaker, bundled_tree
 from matrix.hostgen.hostimage import host_objects
 from matrix.hostgen.pkgcache import PackageCache, PackageCacheError
 from matrix.run import provenance
 from matrix.run.cellreport import CellReport
-from matrix.run.cells import CellRunner, RunContext
+from matrix.run.cells import CellRunner
+from matrix.run.context import HostRecords, RunContext, RunSettings
 from matrix.run.plan import Plan, PlannedCell
 from matrix.run.progress import RunObserver, observed
 from matrix.run.reuse import KeyMaker, index_previous
@@ -252,35 +253,46 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
         mirror: str | None = find_mirror("debian")
     except MirrorNotFound:
         mirror = None
-    ctx = RunContext(run_id=run.results.run_id, run_dir=run.run_dir, dib_tree=request.dib_tree,
-                     client=client, mirror=mirror, timeout=request.config.timeout,
-                     hostgen_timeout=request.config.hostgen_timeout,
-                     boot_timeout=request.config.boot_timeout,
-                     network=Network(request.config.network),
-                     rebuild_hosts=request.rebuild_hosts, stop=run.stop,
-                     keys=KeyMaker(request.dib_tree),
-                     layers=(None if request.dib_mount
-                             else LayerBaker(request.dib_tree, lease=lease)),
-                     run_cell=swarm.run_cell if request.swarm else engine.run_cell)
-    if request.reuse:
-        ctx.reusable = index_previous(request.out_dir, run.results.run_id,
-                                      request.reuse_failures)
+    hosts = HostRecords()
+    reusable = (index_previous(request.out_dir, run.results.run_id, request.reuse_failures)
+                if request.reuse else None)
     run.results.engine = {**_engine_info(client), "cells": "swarm" if request.swarm else "local"}
-    run.recorder = provenance.start(ctx, request.plan, run.results)
     upstream_failures: dict[str, str] = {}  # version -> the line its cells fail with
+
+    def prepared(stack: contextlib.ExitStack) -> tuple[RunContext, PackageCache | None]:
+        """The run's context, once what every cell shares is in place: the upstream
+        element trees (before any cell, so every cell of a release sees the same tree)
+        and the package cache."""
+        trees: dict[str, Path] = {}
+        security_mirror = None
+        versions = upstream_versions(request.plan)
+        if versions:
+            trees, failures = prepare_upstream(versions, request.upstream_cache)
+            upstream_failures.update(failures)
+            security_mirror = find_security_mirror()
+        package_cache = _start_package_cache(request.package_cache, stack)
+        settings = RunSettings(
+            config=request.config, run_id=run.results.run_id, run_dir=run.run_dir,
+            dib_tree=request.dib_tree, mirror=mirror, rebuild_hosts=request.rebuild_hosts,
+            extra_env=package_cache.environment() if package_cache is not None else {},
+            upstream_elements=trees, security_mirror=security_mirror)
+        ctx = RunContext(
+            settings, client, hosts, stop=run.stop,
+            keys=KeyMaker(request.dib_tree, upstream_elements=dict(trees)), reusable=reusable,
+            layers=None if request.dib_mount else LayerBaker(request.dib_tree, lease=lease),
+            run_cell=swarm.run_cell if request.swarm else engine.run_cell)
+        return ctx, package_cache
 
     def stop_everything() -> None:
         _remove_run_objects(client, run.results.run_id)
         spawn.stop_all()  # a hostgen's debootstrap, the package cache
-
-    cells = CellRunner(ctx)
 
     def execute(cell: PlannedCell, attempt: int) -> CellReport:
         if observer is not None:
             observer.cell_started(cell.id, cell.kind, attempt)
         version = cell.target.upstream_elements if cell.target else None
         if cell.kind is CellKind.BUILD and version in upstream_failures:
-            log = ctx.log_path(cell)
+            log = cells.ctx.log_path(cell)
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("a", encoding="utf-8") as stream:
                 stream.write(upstream_failures[version] + "\n")
@@ -307,17 +319,9 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
             _point_latest(request.out_dir, run.results.run_id)
             if on_start:
                 on_start(run)
-            versions = upstream_versions(request.plan)
-            if versions:  # before any cell: every cell of a release sees the same tree
-                trees, failures = prepare_upstream(versions, request.upstream_cache)
-                ctx.upstream_elements.update(trees)
-                if ctx.keys is not None:
-                    ctx.keys.upstream_elements.update(trees)
-                upstream_failures.update(failures)
-                ctx.security_mirror = find_security_mirror()
-            package_cache = _start_package_cache(request.package_cache, stack)
-            if package_cache is not None:
-                ctx.extra_env = package_cache.environment()
+            ctx, package_cache = prepared(stack)
+            cells = CellRunner(ctx)  # what execute() above calls; no cell starts before
+            run.recorder = provenance.start(ctx, request.plan, run.results)
             scheduler.run()
             if package_cache is not None:
                 stats = package_cache.stats()
@@ -328,7 +332,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
         run.results.interrupted = True
         raise
     finally:
-        run.results.host_images = dict(sorted(ctx.host_images.items()))
+        run.results.host_images = hosts.images()
         run.results.finished = now()
         if scheduler.failed_fast:
             for cell in run.results.cells:

@@ -14,7 +14,8 @@ from matrix.config.matrixfile import load_matrix, resolve_matrix_path
 from matrix.config.targets import element_issues, load_target, load_targets, upstream_notes
 from matrix.containers import engine
 from matrix.run import runner
-from matrix.run.cells import CellRunner, RunContext, reproducer
+from matrix.run.cells import CellRunner, reproducer
+from matrix.run.context import HostRecord, HostRecords, RunContext, RunSettings
 from matrix.run.plan import make_plan
 from matrix.run.reuse import KeyMaker
 from matrix.verdict.catalogue import load_catalogue
@@ -139,11 +140,13 @@ def plan_of(tmp_path, *targets):
 
 
 def context(tmp_path, **changes):
-    values = dict(run_id="r", run_dir=tmp_path / "run", dib_tree=REPO, client=None,
-                  mirror="http://mirror.invalid/debian", timeout=60.0, hostgen_timeout=60.0,
-                  host_images={"debian-bookworm": "dib-matrix/host-debian-bookworm:x"})
+    matrix = tmp_path / "settings.yaml"
+    matrix.write_text("hosts: [debian-bookworm]\ntargets: [debian-bookworm]\ntimeout: 1m\n")
+    values = dict(config=load_matrix(matrix), run_id="r", run_dir=tmp_path / "run",
+                  dib_tree=REPO, mirror="http://mirror.invalid/debian")
     values.update(changes)
-    return RunContext(**values)
+    hosts = HostRecords({"debian-bookworm": HostRecord("dib-matrix/host-debian-bookworm:x")})
+    return RunContext(RunSettings(**values), client=None, hosts=hosts)
 
 
 def test_the_cell_mounts_the_tree_read_only_and_puts_it_first(tmp_path):
