@@ -16,6 +16,8 @@ The repository configuration dib used is written into the image (``/etc/yum.repo
 dib-<distro>.repo``, ``/etc/zypp/repos.d/<name>.repo``), so the image's own package
 manager (``install-packages`` in the chroot phases) reads the same repositories.
 No repository is built in: without one of those variables the build stops at once.
+The tools' caches are under the image cache (``dnf/``, ``zypper/``); ``--offline``
+(DIB_OFFLINE) builds from them only (``dnf --cacheonly``, ``zypper --no-refresh``).
 
 Debian's rpm keeps its database under ``~/.rpmdb``; every rpm, dnf and zypper call here
 runs with ``HOME`` set to a directory whose ``.rpmmacros`` puts it where the image's own
@@ -218,10 +220,13 @@ def dnf_command(
     release: str,
     arch: str,
     packages: Sequence[str],
+    offline: bool = False,
 ) -> List[str]:
-    """The build machine's dnf installing ``packages`` into ``root``."""
+    """The build machine's dnf installing ``packages`` into ``root`` (``offline``: from its
+    cache only, as ``--offline`` asks)."""
     return [
-        "dnf", "-y", f"--config={conf}", f"--installroot={root}",
+        "dnf", "-y", *(["--cacheonly"] if offline else []), f"--config={conf}",
+        f"--installroot={root}",
         f"--releasever={releasever(release)}", f"--forcearch={rpm_arch(arch)}",
         "--noplugins", f"--setopt=reposdir={reposdir}", f"--setopt=cachedir={cachedir}",
         "--setopt=keepcache=True", "--setopt=install_weak_deps=False",
@@ -229,9 +234,11 @@ def dnf_command(
     ]
 
 
-def zypper_base(root: Path, cachedir: Path, gpgcheck: bool) -> List[str]:
+def zypper_base(root: Path, cachedir: Path, gpgcheck: bool, offline: bool = False) -> List[str]:
     cmd = ["zypper", "--non-interactive", "--gpg-auto-import-keys", "--root", str(root),
            "--cache-dir", str(cachedir)]
+    if offline:
+        cmd.append("--no-refresh")
     if not gpgcheck:
         cmd.append("--no-gpg-checks")
     return cmd
@@ -332,8 +339,9 @@ def build_dnf(env: Mapping[str, str]) -> None:
         base = (*DNF_BASE, *words(env, "DIB_YUM_MINIMAL_EXTRA_PACKAGES"))
         with chroot.chroot_environment(root):
             for packages in (bootstrap, base):
-                _run(dnf_command(root, conf, reposdir, cache, release, arch, packages), tools,
-                     "dnf --installroot")
+                _run(dnf_command(root, conf, reposdir, cache, release, arch, packages,
+                                 offline=bool(env.get("DIB_OFFLINE"))),
+                     tools, "dnf --installroot")
         repos_d = root / "etc/yum.repos.d"
         repos_d.mkdir(parents=True, exist_ok=True)
         for path in sorted(reposdir.iterdir()):
@@ -359,10 +367,12 @@ def build_zypper(env: Mapping[str, str]) -> None:
         init_rpmdb(root, dbpath)
         _run(["rpm", "--root", str(root), "--dbpath", dbpath, "--initdb"], tools,
              "rpm --initdb")
-        base = zypper_base(root, cache, gpgcheck)
+        offline = bool(env.get("DIB_OFFLINE"))
+        base = zypper_base(root, cache, gpgcheck, offline)
         for repo in repos:
             _run(zypper_addrepo(base, repo, gpgcheck), tools, "zypper addrepo")
-        _run([*base, "refresh"], tools, "zypper refresh")
+        if not offline:
+            _run([*base, "refresh"], tools, "zypper refresh")
         with chroot.chroot_environment(root):
             _run(zypper_install(base, ZYPPER_BOOTSTRAP), tools, "zypper install")
             _run(zypper_install(base, (*patterns, *ZYPPER_BASE)), tools, "zypper install")

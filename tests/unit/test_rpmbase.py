@@ -204,3 +204,12 @@ def test_init_rpmdb_links_the_old_path(tmp_path):
     rpmbase.init_rpmdb(tmp_path / "b", "/var/lib/rpm")
     assert (tmp_path / "b/var/lib/rpm").is_dir()
     assert not (tmp_path / "b/var/lib/rpm").is_symlink()
+
+
+def test_offline_uses_the_caches_only():
+    cmd = rpmbase.dnf_command(Path("/r"), Path("/c"), Path("/d"), Path("/k"), "43", "amd64",
+                              ["a"], offline=True)
+    assert "--cacheonly" in cmd
+    assert "--cacheonly" not in rpmbase.dnf_command(Path("/r"), Path("/c"), Path("/d"),
+                                                    Path("/k"), "43", "amd64", ["a"])
+    assert "--no-refresh" in rpmbase.zypper_base(Path("/r"), Path("/k"), True, offline=True)
