@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Mapping, Optional, Tuple
 
-from dib import debprefetch, failure
+from dib import chroot, debprefetch, failure, suiteview
 from dib.errors import CommandFailed, DibError
 from dib.mirror import MirrorNotFound, find_mirror
 from dib.run import run
@@ -196,26 +197,35 @@ def debootstrap_log_tail(root: Path) -> List[str]:
 UNSAFE_IO = Path("etc/dpkg/dpkg.cfg.d/95dib-debootstrap-unsafe-io")
 
 
-def debootstrap(spec: BaseSpec, root: Path, timeout: float) -> None:
+def debootstrap(spec: BaseSpec, root: Path, timeout: float, mirror: str = "",
+                options: Tuple[str, ...] = ()) -> None:
+    """debootstrap ``spec`` into ``root``, from ``mirror`` (default: the spec's)."""
     unsafe_io = root / UNSAFE_IO
     unsafe_io.parent.mkdir(parents=True, exist_ok=True)
     unsafe_io.write_text("force-unsafe-io\n")
     try:
-        _debootstrap(spec, root, timeout)
+        _debootstrap(spec, root, timeout, mirror or spec.mirror, options)
     finally:
         unsafe_io.unlink(missing_ok=True)
 
 
-def _debootstrap(spec: BaseSpec, root: Path, timeout: float) -> None:
+def debootstrap_command(spec: BaseSpec, root: Path, mirror: str,
+                        options: Tuple[str, ...] = ()) -> List[str]:
     cmd = [
         "debootstrap",
         f"--variant={spec.variant}",
         f"--arch={spec.arch}",
         f"--components={','.join(spec.components)}",
+        *options,
     ]
     if spec.include:
         cmd.append(f"--include={','.join(spec.include)}")
-    cmd += [spec.release, str(root), spec.mirror]
+    return cmd + [spec.release, str(root), mirror]
+
+
+def _debootstrap(spec: BaseSpec, root: Path, timeout: float, mirror: str,
+                 options: Tuple[str, ...]) -> None:
+    cmd = debootstrap_command(spec, root, mirror, options)
     try:
         run(cmd, tag="debootstrap", timeout=timeout)
     except CommandFailed as err:
@@ -238,6 +248,57 @@ def _debootstrap(spec: BaseSpec, root: Path, timeout: float) -> None:
         ) from None
     for deb in (root / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
+
+
+def empty_dir(root: Path) -> None:
+    """Remove everything in ``root`` (after unmounting what a failed debootstrap left)."""
+    if not root.is_dir():
+        return
+    base = Path(os.path.realpath(root))
+    for point in chroot.mounts_under(root):
+        if point != base:  # root itself may be a mount (a tmpfs): only what is below it
+            chroot.unmount(point)
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def debootstrap_from_local_suite(env: Mapping[str, str], spec: BaseSpec, root: Path,
+                                 timeout: float) -> bool:
+    """debootstrap from a local cut-down copy of the suite (:mod:`dib.suiteview`).
+
+    False when there is no such copy or debootstrap failed with it: ``root`` is then
+    empty again and the caller runs plain debootstrap, whose outcome (and error
+    message) is the one that counts.
+    """
+    if not suiteview.enabled(env, spec.mirror):
+        return False
+    keyring = suiteview.script_keyring(debootstrap_scripts_dir(env) / spec.release)
+    workdir = Path(tempfile.mkdtemp(prefix="dib-suite-", dir=env.get("TMPDIR") or None))
+    try:
+        try:
+            view = suiteview.prepare(spec.mirror, spec.release, spec.arch, spec.components,
+                                     spec.variant, spec.include, root, workdir, keyring)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 (plain debootstrap instead)
+            LOG.info("no local suite for debootstrap (%s): plain debootstrap",
+                     suiteview.describe_failure(err))
+            empty_dir(root)
+            return False
+        try:
+            debootstrap(spec, root, timeout, view.url, ("--no-check-gpg",))
+        except DibError as err:
+            LOG.info("debootstrap from the local suite failed (%s): again from %s",
+                     err, spec.mirror)
+            empty_dir(root)
+            return False
+        suiteview.restore_lists(view, spec.mirror, spec.release, spec.arch, root)
+        return True
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def write_sources(spec: BaseSpec, root: Path) -> None:
@@ -266,10 +327,13 @@ def prepare_root(env: Mapping[str, str]) -> Path:
         else:
             probe_mirror(spec)
             timeout = float(env.get("DIB_DEBOOTSTRAP_TIMEOUT", DEFAULT_DEBOOTSTRAP_TIMEOUT))
-            # The .debs in parallel while debootstrap reads its index (best effort).
-            with debprefetch.alongside(env, spec.mirror, spec.release, spec.arch,
-                                       spec.components, spec.variant, spec.include, root):
-                debootstrap(spec, root, timeout)
+            if not debootstrap_from_local_suite(env, spec, root, timeout):
+                # The .debs in parallel while debootstrap reads its index (best effort).
+                with debprefetch.alongside(env, spec.mirror, spec.release, spec.arch,
+                                           spec.components, spec.variant, spec.include,
+                                           root):
+                    debootstrap(spec, root, timeout)
+            write_sources(spec, root)
             store(root, cache_file)
             LOG.info("cached base as %s", cache_file)
     write_sources(spec, root)

@@ -308,6 +308,15 @@ class PackageIndex:
     def __contains__(self, name: object) -> bool:
         return self.get(name) is not None  # type: ignore[arg-type]
 
+    def names(self) -> List[str]:
+        """Every package name, in the order of the indices."""
+        return list(self._raw)
+
+    def stanza(self, name: str) -> Optional[bytes]:
+        """The index's own text of ``name``'s (first) stanza, without the blank line."""
+        raw = self._raw.get(name)
+        return raw.rstrip(b"\n") if raw is not None else None
+
     def __len__(self) -> int:
         return len(self._raw)
 

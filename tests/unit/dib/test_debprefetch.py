@@ -413,7 +413,8 @@ def test_bootstrap_prefetches_while_debootstrap_runs(tmp_path, monkeypatch, opt_
     monkeypatch.setattr(bootstrap, "store", lambda root, cache: order.append("store"))
     env = {"DIB_RELEASE": RELEASE, "DIB_DISTRIBUTION_MIRROR": "http://m.invalid/debian",
            "DIB_IMAGE_CACHE": str(tmp_path / "cache"), "TARGET_ROOT": str(tmp_path / "root"),
-           "DIB_DEBOOTSTRAP_PREFETCH": opt_out, "DIB_DEBOOTSTRAP_INCLUDE": "sudo"}
+           "DIB_DEBOOTSTRAP_PREFETCH": opt_out, "DIB_DEBOOTSTRAP_INCLUDE": "sudo",
+           "DIB_DEBOOTSTRAP_LOCAL_SUITE": "0"}
     bootstrap.prepare_root(env)
     prefetched = [o for o in order if isinstance(o, tuple)]
     assert len(prefetched) == calls
