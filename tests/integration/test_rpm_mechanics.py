@@ -278,8 +278,14 @@ def standin_tree(tmp_path_factory) -> Path:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
+    requests: List[str] = []  # every path asked for, this session (for the offline test)
+
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass
+
+    def do_GET(self):
+        _QuietHandler.requests.append(self.path)
+        super().do_GET()
 
 
 @pytest.fixture(scope="session")
@@ -343,11 +349,11 @@ def rpmtools_image(docker_client) -> str:
 
 
 def run_in_container(client, image: str, case: Case, url: str, out: Path,
-                     cache: Path) -> Tuple[int, str]:
+                     cache: Path, extra_args: Tuple[str, ...] = ()) -> Tuple[int, str]:
     run_id = f"test-rpm-{uuid.uuid4().hex[:10]}"
     env = {**mirror_env(url), "DIB_RELEASE": case.release, "PYTHONPATH": DIB_MOUNT}
     command = ["python3", "-m", "dib", "-o", f"/out/{case.element}", "-t", "tar",
-               "--image-cache", "/cache", case.element]
+               "--image-cache", "/cache", *extra_args, case.element]
     container = client.containers.create(
         image, command, environment=env, network_mode="host",
         cap_drop=["ALL"], cap_add=CAPABILITIES,
@@ -366,10 +372,16 @@ def run_in_container(client, image: str, case: Case, url: str, out: Path,
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, docker_client, rpmtools_image, repo_url):
+def rpm_cache(tmp_path_factory) -> Path:
+    """The image cache the container builds share (dnf's and zypper's caches in it)."""
+    return tmp_path_factory.mktemp("rpm-cache")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, docker_client, rpmtools_image, repo_url, rpm_cache):
     """Each element built once in a rpmtools host container: {element: (out dir, log, s)}."""
     results = {}
-    cache = tmp_path_factory.mktemp("rpm-cache")
+    cache = rpm_cache
     for name, case in CASES.items():
         out = tmp_path_factory.mktemp(f"rpm-out-{case.repo}")
         started = time.monotonic()
@@ -449,6 +461,20 @@ def test_rpm_element_in_rpmtools_host(element, built, repo_url, tmp_path):
     out, code, log, _ = built[element]
     assert code == 0, log[-4000:]
     check_image(CASES[element], out, repo_url, tmp_path)
+
+
+@pytest.mark.parametrize("element", ["fedora-minimal", "opensuse-minimal"])
+def test_offline_rebuild_uses_the_cache_only(element, built, docker_client, rpmtools_image,
+                                             repo_url, rpm_cache, tmp_path):
+    """--offline after a build: the same image from the tools' caches, no request served."""
+    assert built[element][1] == 0
+    before = len(_QuietHandler.requests)
+    code, log = run_in_container(docker_client, rpmtools_image, CASES[element], repo_url,
+                                 tmp_path, rpm_cache, ("--offline",))
+    assert code == 0, log[-4000:]
+    assert _QuietHandler.requests[before:] == []
+    with tarfile.open(tmp_path / f"{element}.tar") as tar:
+        assert f"./{STANDIN_DIR}/filesystem" in tar.getnames()
 
 
 @pytest.mark.parametrize("element", sorted(CASES))
