@@ -1,28 +1,38 @@
 """Host definitions (``hosts/*.yaml``): schema, validation and loading.
 
-Every top-level key is declared once in ``HOST_KEYS`` (parser, default, help);
-validation collects all problems of all files and raises one ``ConfigError``.
+Every top-level key is declared once in ``HOST_KEYS`` (parser, default, help;
+see ``matrix.config.schema``); validation collects all problems of all files and
+raises one ``ConfigError``.
 """
 
 from __future__ import annotations
 
-import difflib
 import enum
-import fnmatch
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 from dib import bundled
-from matrix.config.diagnostics import ConfigError, ConfigIssue, IssueCollector
+from matrix.config.diagnostics import IssueCollector
+from matrix.config.schema import (
+    NAME_RE,
+    Derived,
+    Invalid,
+    Key,
+    Reader,
+    load_dir,
+    read_keys,
+    select,
+    shown,
+    unknown_key,
+)
 from matrix.config.yamlload import KeyPath, YamlDocument, load_yaml
 
 # A checkout's hosts/, or the copy an installed wheel carries (see dib.bundled).
 BUNDLED_HOSTS_DIR = bundled.path("hosts")
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Package specs are passed to the package manager as separate arguments, never
 # through a shell; this only rejects what no package manager would accept.
 PACKAGE_RE = re.compile(r"^[A-Za-z0-9<>=~][A-Za-z0-9+._:/@=<>~*-]*$")
@@ -88,11 +98,16 @@ class BootstrapBase:
 
 @dataclass(frozen=True)
 class ImageBase:
-    reference: str
+    reference: str  # what the engine pulls
+    # The reference as the host file wrote it, when a registry mirror changed it
+    # (matrix.config.registry); not part of the image's identity.
+    written: str | None = None
 
     kind = BaseKind.IMAGE
 
     def describe(self) -> str:
+        if self.written:
+            return f"image {self.reference} (mirror of {self.written})"
         return f"image {self.reference}"
 
     def canonical(self) -> dict[str, Any]:
@@ -151,44 +166,10 @@ class HostDefinition:
         }
 
 
-class _Invalid(Exception):
-    """Wrong values; each problem's path is relative to the key being parsed."""
-
-    def __init__(self, message: str, path: KeyPath = ()) -> None:
-        super().__init__(message)
-        self.problems: list[tuple[KeyPath, str]] = [(path, message)]
-
-    @classmethod
-    def many(cls, problems: list[tuple[KeyPath, str]]) -> _Invalid:
-        error = cls(problems[0][1], problems[0][0])
-        error.problems = list(problems)
-        return error
-
-    def under(self, prefix: KeyPath) -> _Invalid:
-        return _Invalid.many([(prefix + path, message) for path, message in self.problems])
-
-
-@dataclass(frozen=True)
-class HostKey:
-    """One top-level key of a host file."""
-
-    name: str
-    parse: Callable[[Any, YamlDocument, KeyPath], Any]
-    help: str
-    required: bool = False
-    default: Any = None
-
-
 def _text(value: Any, what: str = "a string") -> str:
     if not isinstance(value, str) or not value.strip():
-        raise _Invalid(f"must be {what}, got {_shown(value)}")
+        raise Invalid(f"must be {what}, got {shown(value)}")
     return value
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        return "a mapping" if isinstance(value, dict) else "a list"
-    return repr(value)
 
 
 def _enum(kind: type[enum.Enum], value: Any) -> Any:
@@ -196,47 +177,47 @@ def _enum(kind: type[enum.Enum], value: Any) -> Any:
     try:
         return kind(value)
     except ValueError:
-        raise _Invalid(f"must be one of {choices}, got {_shown(value)}") from None
+        raise Invalid(f"must be one of {choices}, got {shown(value)}") from None
 
 
 def _string_list(value: Any, pattern: re.Pattern[str] | None, what: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise _Invalid(f"must be a list of {what}, got {_shown(value)}")
+        raise Invalid(f"must be a list of {what}, got {shown(value)}")
     problems: list[tuple[KeyPath, str]] = []
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
-            problems.append(((index,), f"must be {what[:-1]}, got {_shown(item)}"))
+            problems.append(((index,), f"must be {what[:-1]}, got {shown(item)}"))
         elif pattern is not None and not pattern.match(item):
             problems.append(((index,), f"{item!r} is not a valid {what[:-1]}"))
     if problems:
-        raise _Invalid.many(problems)
+        raise Invalid.many(problems)
     return tuple(value)
 
 
-def _parse_name(value: Any, doc: YamlDocument, path: KeyPath) -> str:
+def _parse_name(value: Any, reader: Reader, path: KeyPath) -> str:
     name = _text(value)
     if not NAME_RE.match(name):
-        raise _Invalid(f"{name!r}: use lower-case letters, digits, '.', '_' and '-'")
-    if name != doc.path.stem:
-        raise _Invalid(f"{name!r} must match the file name ({doc.path.stem!r})")
+        raise Invalid(f"{name!r}: use lower-case letters, digits, '.', '_' and '-'")
+    if name != reader.doc.path.stem:
+        raise Invalid(f"{name!r} must match the file name ({reader.doc.path.stem!r})")
     return name
 
 
-def _parse_packages(value: Any, doc: YamlDocument, path: KeyPath) -> tuple[str, ...]:
+def _parse_packages(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...]:
     return _string_list(value, PACKAGE_RE, "package names")
 
 
-def _parse_commands(value: Any, doc: YamlDocument, path: KeyPath) -> tuple[str, ...]:
+def _parse_commands(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...]:
     return _string_list(value, None, "shell commands")
 
 
-def _parse_environment(value: Any, doc: YamlDocument, path: KeyPath) -> tuple[tuple[str, str], ...]:
+def _parse_environment(value: Any, reader: Reader, path: KeyPath) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
     if not isinstance(value, dict):
-        raise _Invalid(f"must be a mapping of NAME: value, got {_shown(value)}")
+        raise Invalid(f"must be a mapping of NAME: value, got {shown(value)}")
     pairs = []
     problems: list[tuple[KeyPath, str]] = []
     for name, raw in value.items():
@@ -244,33 +225,36 @@ def _parse_environment(value: Any, doc: YamlDocument, path: KeyPath) -> tuple[tu
         if not isinstance(name, str) or not ENV_NAME_RE.match(name):
             problems.append(((name,), f"{name!r} is not a valid variable name"))
         elif isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-            problems.append(((name,), f"must be a string or number, got {_shown(raw)}"))
+            problems.append(((name,), f"must be a string or number, got {shown(raw)}"))
         elif any(ord(ch) < 32 for ch in text):
             problems.append(((name,), "must not contain control characters or newlines"))
         else:
             pairs.append((name, text))
     if problems:
-        raise _Invalid.many(problems)
+        raise Invalid.many(problems)
     return tuple(sorted(pairs))
 
 
-def _parse_package_manager(value: Any, doc: YamlDocument, path: KeyPath) -> PackageManager:
+def _parse_package_manager(value: Any, reader: Reader, path: KeyPath) -> PackageManager:
     return _enum(PackageManager, value)
 
 
-def _parse_bootstrap(value: Any, doc: YamlDocument) -> BootstrapBase:
+BOOTSTRAP_KEYS = ("suite", "variant", "mirror", "tool", "components")
+
+
+def _parse_bootstrap(value: Any) -> BootstrapBase:
     if isinstance(value, str):
         value = {"suite": value}
     if not isinstance(value, dict):
-        raise _Invalid(f"must be a suite name or a mapping, got {_shown(value)}")
-    known = {"suite", "variant", "mirror", "tool", "components"}
-    problems = [((key,), _unknown_key(key, known)) for key in value if key not in known]
+        raise Invalid(f"must be a suite name or a mapping, got {shown(value)}")
+    problems = [((key,), unknown_key(key, BOOTSTRAP_KEYS)) for key in value
+                if key not in BOOTSTRAP_KEYS]
     fields: dict[str, Any] = {}
 
     def field(key: str, parse: Callable[[Any], Any], default: Any = None) -> None:
         try:
             fields[key] = parse(value[key]) if key in value else default
-        except _Invalid as exc:
+        except Invalid as exc:
             problems.extend(exc.under((key,)).problems)
 
     if "suite" not in value:
@@ -281,121 +265,94 @@ def _parse_bootstrap(value: Any, doc: YamlDocument) -> BootstrapBase:
     field("tool", lambda v: _enum(BootstrapTool, v), BootstrapTool.DEBOOTSTRAP)
     field("components", lambda v: _string_list(v, SUITE_RE, "components"), ("main",))
     if problems:
-        raise _Invalid.many(problems)
+        raise Invalid.many(problems)
     return BootstrapBase(**fields)
 
 
 def _suite(value: Any) -> str:
     suite = _text(value)
     if not SUITE_RE.match(suite):
-        raise _Invalid(f"{suite!r} is not a suite name")
+        raise Invalid(f"{suite!r} is not a suite name")
     return suite
 
 
 def _mirror_url(value: Any) -> str:
     mirror = _text(value, "a URL")
     if not re.match(r"^(https?|file)://\S+$", mirror):
-        raise _Invalid(f"{mirror!r} is not an http(s):// or file:// URL")
+        raise Invalid(f"{mirror!r} is not an http(s):// or file:// URL")
     return mirror.rstrip("/")
 
 
-def _parse_base(value: Any, doc: YamlDocument, path: KeyPath) -> Base:
+def _parse_base(value: Any, reader: Reader, path: KeyPath) -> Base:
     kinds = [kind.value for kind in BaseKind]
     if not isinstance(value, dict) or len(value) != 1:
-        raise _Invalid(f"must be a mapping with exactly one of: {', '.join(kinds)}")
+        raise Invalid(f"must be a mapping with exactly one of: {', '.join(kinds)}")
     ((kind_name, spec),) = value.items()
     if kind_name not in kinds:
-        raise _Invalid(_unknown_key(kind_name, kinds), (kind_name,))
+        raise Invalid(unknown_key(kind_name, kinds), (kind_name,))
     try:
         if kind_name == BaseKind.BOOTSTRAP.value:
-            return _parse_bootstrap(spec, doc)
+            return _parse_bootstrap(spec)
         if kind_name == BaseKind.IMAGE.value:
             ref = _text(spec, "a registry image reference")
             if not IMAGE_REF_RE.match(ref):
-                raise _Invalid(f"{ref!r} is not an image reference (name[:tag][@digest])")
+                raise Invalid(f"{ref!r} is not an image reference (name[:tag][@digest])")
             return ImageBase(ref)
         tarball = Path(_text(spec, "a path to a root filesystem tarball"))
         if not tarball.is_absolute():
-            tarball = doc.path.resolve().parent / tarball
+            tarball = reader.doc.path.resolve().parent / tarball
         if not tarball.is_file():
-            raise _Invalid(f"{str(tarball)!r} does not exist")
+            raise Invalid(f"{str(tarball)!r} does not exist")
         return RootfsBase(tarball)
-    except _Invalid as exc:
+    except Invalid as exc:
         raise exc.under((kind_name,)) from None
 
 
-HOST_KEYS: tuple[HostKey, ...] = (
-    HostKey("name", _parse_name, "host name; must equal the file name without .yaml", True),
-    HostKey("description", lambda v, d, p: _text(v), "free text shown by 'hosts list'", default=""),
-    HostKey(
-        "base",
-        _parse_base,
-        "root filesystem source: bootstrap (suite or {suite, variant, mirror, tool, "
-        "components}), image (registry reference) or rootfs (tarball path)",
-        True,
-    ),
-    HostKey(
-        "package-manager",
-        _parse_package_manager,
-        "apt, dnf, yum, zypper or emerge; defaults to apt for bootstrap hosts",
-    ),
-    HostKey("packages", _parse_packages, "packages to install, in the distro's names", default=()),
-    HostKey(
-        "prepare", _parse_commands, "shell commands run before installing packages", default=()
-    ),
-    HostKey("setup", _parse_commands, "shell commands run after installing packages", default=()),
-    HostKey("environment", _parse_environment, "variables set in the image", default=()),
+def _default_package_manager(values: dict[str, Any], reader: Reader) -> PackageManager | None:
+    base = values.get("base")
+    if base is None:
+        return None
+    if base.kind is BaseKind.BOOTSTRAP:
+        return PackageManager.APT
+    reader.report(("base",), "'package-manager' is required for image and rootfs hosts")
+    return None
+
+
+HOST_KEYS: tuple[Key, ...] = (
+    Key("name", _parse_name, "host name; must equal the file name without .yaml",
+        required=True),
+    Key("description", lambda v, r, p: _text(v), "free text shown by 'hosts list'"),
+    Key("base", _parse_base, "root filesystem source: bootstrap (suite or {suite, variant, "
+        "mirror, tool, components}), image (registry reference) or rootfs (tarball path)",
+        required=True),
+    Key("package-manager", _parse_package_manager,
+        ", ".join(m.value for m in PackageManager),
+        Derived(_default_package_manager, "apt for bootstrap hosts; required for image "
+                "and rootfs hosts")),
+    Key("packages", _parse_packages, "packages to install, in the distro's names", []),
+    Key("prepare", _parse_commands, "shell commands run before installing packages", []),
+    Key("setup", _parse_commands, "shell commands run after installing packages", []),
+    Key("environment", _parse_environment, "variables set in the image", {}),
 )
-_KEYS_BY_NAME = {key.name: key for key in HOST_KEYS}
-
-
-def _unknown_key(key: Any, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(key), list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown key{hint}; known: {', '.join(sorted(known))}"
 
 
 def parse_host(doc: YamlDocument) -> HostDefinition:
     """Validate one parsed host file; raises ``ConfigError`` with every problem in it."""
-    issues = IssueCollector()
-    issues.extend(doc.issues)
+    issues = IssueCollector(list(doc.issues))
     if not isinstance(doc.data, dict):
-        issues.add(doc.issue((), f"a host file must be a mapping, got {_shown(doc.data)}"))
+        issues.add(doc.issue((), f"a host file must be a mapping, got {shown(doc.data)}"))
         issues.check()
-    values: dict[str, Any] = {}
-    for key in doc.data:
-        if key not in _KEYS_BY_NAME:
-            issues.add(doc.issue((key,), _unknown_key(key, _KEYS_BY_NAME)))
-    for key in HOST_KEYS:
-        if key.name not in doc.data:
-            if key.required:
-                issues.add(doc.issue((), f"missing required key '{key.name}'"))
-            values[key.name] = key.default
-            continue
-        try:
-            values[key.name] = key.parse(doc.data[key.name], doc, (key.name,))
-        except _Invalid as exc:
-            for path, message in exc.under((key.name,)).problems:
-                issues.add(doc.issue(path, message))
-    base = values.get("base")
-    manager = values.get("package-manager")
-    if manager is None and base is not None:
-        if base.kind is BaseKind.BOOTSTRAP:
-            manager = PackageManager.APT
-        else:
-            issues.add(
-                doc.issue(("base",), "'package-manager' is required for image and rootfs hosts")
-            )
+    values = read_keys(HOST_KEYS, doc.data, Reader(doc, issues))
     issues.check()
     return HostDefinition(
         name=values["name"],
-        base=base,
-        package_manager=manager,
+        base=values["base"],
+        package_manager=values["package-manager"],
         packages=values["packages"],
         prepare=values["prepare"],
         setup=values["setup"],
         environment=values["environment"],
-        description=values["description"],
+        description=values["description"] or "",
         source=doc.path,
     )
 
@@ -409,21 +366,7 @@ def load_hosts(dirs: Sequence[Path] = (BUNDLED_HOSTS_DIR,)) -> dict[str, HostDef
 
     Raises one ``ConfigError`` listing the problems of all files.
     """
-    issues = IssueCollector()
-    hosts: dict[str, HostDefinition] = {}
-    for directory in dirs:
-        if not directory.is_dir():
-            issues.add(ConfigIssue(directory, None, "", "host directory does not exist"))
-            continue
-        for path in sorted(directory.glob("*.yaml")):
-            try:
-                host = load_host(path)
-            except ConfigError as exc:
-                issues.extend(exc.issues)
-                continue
-            hosts[host.name] = host
-    issues.check()
-    return dict(sorted(hosts.items()))
+    return load_dir(dirs, load_host, lambda host: host.name, "host")
 
 
 class UnknownHost(LookupError):
@@ -435,12 +378,7 @@ def select_hosts(hosts: dict[str, HostDefinition], patterns: Sequence[str]) -> l
 
     No patterns selects all; a pattern that matches nothing raises ``UnknownHost``.
     """
-    if not patterns:
-        return list(hosts.values())
-    chosen: dict[str, HostDefinition] = {}
-    for pattern in patterns:
-        matched = [name for name in hosts if fnmatch.fnmatchcase(name, pattern)]
-        if not matched:
-            raise UnknownHost(f"no host matches {pattern!r}; known: {', '.join(hosts)}")
-        chosen.update((name, hosts[name]) for name in matched)
-    return [chosen[name] for name in sorted(chosen)]
+    chosen, unmatched = select(sorted(hosts), patterns)
+    if unmatched:
+        raise UnknownHost(f"no host matches {unmatched[0]!r}; known: {', '.join(hosts)}")
+    return [hosts[name] for name in chosen]

@@ -189,7 +189,7 @@ def mirrored_hosts(hosts: Sequence[Any], mirror: str | None) -> tuple[list[Any],
             pulled = rewrite(base.reference, mirror)
             if pulled != base.reference:
                 changed.append(Rewritten(host.name, base.reference, pulled))
-                host = replace(host, base=ImageBase(pulled))
+                host = replace(host, base=ImageBase(pulled, written=base.reference))
         out.append(host)
     return out, changed
 

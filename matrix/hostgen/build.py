@@ -306,7 +306,10 @@ def _recorded_base(client: docker.DockerClient, host: HostDefinition,
     digest = ""
     with suppress(docker.errors.DockerException):
         digest = (client.images.get(image).labels or {}).get(BASE_DIGEST_LABEL, "")
-    return {"reference": host.base.reference, "digest": digest}
+    record = {"reference": host.base.reference, "digest": digest}
+    if host.base.written:  # a registry mirror's rewrite of what the host file says
+        record["written"] = host.base.written
+    return record
 
 
 def _ensure_base(job: _Job, mirror: str | None) -> None:

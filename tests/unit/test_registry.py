@@ -145,7 +145,10 @@ def test_a_matrix_config_pulls_its_hub_hosts_through_the_mirror():
                      include=(Include(hub, target), Include(extra, target)))
     mirrored, changed = with_registry_mirror(config, MIRROR)
     by_name = {h.name: h for h in mirrored.hosts}
-    assert by_name["ubuntu-noble"].base == ImageBase(f"{MIRROR}/library/ubuntu:noble")
+    assert by_name["ubuntu-noble"].base == ImageBase(f"{MIRROR}/library/ubuntu:noble",
+                                                     written="ubuntu:noble")
+    assert by_name["ubuntu-noble"].base.describe() == \
+        f"image {MIRROR}/library/ubuntu:noble (mirror of ubuntu:noble)"
     assert by_name["other"] is quay and by_name["debian-bookworm"] is deb
     assert [i.host.base.reference for i in mirrored.include] == [
         f"{MIRROR}/library/ubuntu:noble", f"{MIRROR}/library/fedora:43"]
@@ -153,6 +156,9 @@ def test_a_matrix_config_pulls_its_hub_hosts_through_the_mirror():
         "ubuntu-noble": {"written": "ubuntu:noble", "pulled": f"{MIRROR}/library/ubuntu:noble"},
         "fedora-43": {"written": "fedora:43", "pulled": f"{MIRROR}/library/fedora:43"},
     }
-    # A mirrored host is another image: its FROM line differs.
+    # A mirrored host is another image: its FROM line differs; what the file wrote does
+    # not count, only what is pulled.
     assert image_names(by_name["ubuntu-noble"]).image != image_names(hub).image
+    assert image_names(by_name["ubuntu-noble"]).image == image_names(
+        replace(hub, base=ImageBase(f"{MIRROR}/library/ubuntu:noble"))).image
     assert with_registry_mirror(config, None) == (config, [])
