@@ -13,10 +13,11 @@ from reports.gate import EXIT_OK, EXIT_USAGE, gate_exit_code
 from reports.html import render_html
 from reports.jsonreport import render_json
 from reports.junit import render_junit
+from reports.markdown import render_markdown
 from reports.text import render_report
 from results.model import RunResults, load, write_atomically
 
-FORMATS = ("text", "html", "json", "junit")
+FORMATS = ("text", "html", "json", "junit", "markdown")
 
 
 class InputError(Exception):
@@ -77,6 +78,8 @@ def render(fmt: str, results: RunResults, args: argparse.Namespace,
         return render_html(results, run_dir_of(args.run), baseline, transpose=args.transpose)
     if fmt == "json":
         return render_json(results)
+    if fmt == "markdown":  # comment-sized: regressions with their attribution, fixes, counts
+        return render_markdown(results, baseline)
     return render_junit(results)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from tabulate import tabulate
 
+from reports.attribution import Attribution, attribute
 from reports.legend import grid_order
 from reports.sanitize import one_line
 from reports.styles import style
@@ -46,6 +47,8 @@ class Comparison:
     new_run: str
     diffs: list[CellDiff] = field(default_factory=list)
     unchanged: int = 0
+    # Regressions and fixes: what differs between the two runs for the cell (provenance).
+    attributions: dict[str, Attribution] = field(default_factory=dict)
 
     def of(self, change: Change) -> list[CellDiff]:
         return [d for d in self.diffs if d.change is change]
@@ -93,6 +96,8 @@ def compare(old: RunResults, new: RunResults) -> Comparison:
             result.unchanged += 1
         else:
             result.diffs.append(CellDiff(change, cell.id, before, cell))
+        if before is not None and change in (Change.REGRESSION, Change.FIX):
+            result.attributions[cell.id] = attribute(old, new, before, cell)
     for cell in grid_order(old):
         if cell.id not in new_ids:
             result.diffs.append(CellDiff(Change.REMOVED, cell.id, cell, None))
@@ -133,4 +138,21 @@ def render_comparison(comparison: Comparison) -> str:
         ]
         headers = ["change", "cell", "before", "now", "voting"]
         lines += ["", tabulate(rows, headers, tablefmt="grid", disable_numparse=True)]
+    lines += attribution_text(comparison)
     return "\n".join(lines) + "\n"
+
+
+def attribution_text(comparison: Comparison) -> list[str]:
+    """Why each regression and fix changed: what differs between the runs for the cell."""
+    lines = []
+    for diff in comparison.regressions + comparison.fixes:
+        found = comparison.attributions.get(diff.id)
+        if found is None:
+            continue
+        if not lines:
+            lines += ["", "why (what differs between the two runs for the cell):"]
+        lines.append(f"{diff.change.value} {diff.id}: {describe(diff.new)}")
+        for entry, details in found.entries():
+            lines.append(f"  - {one_line(entry, 300)}")
+            lines += [f"      {one_line(detail, 300)}" for detail in details]
+    return lines

@@ -6,7 +6,7 @@ Strings in these views are raw text; jinja2's autoescape turns them into HTML.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -128,6 +128,7 @@ class ChangeRow:
     before: str
     now: str
     voting: bool
+    why: list[str] = field(default_factory=list)  # what differs for a regression or fix
 
 
 @dataclass(frozen=True)
@@ -366,10 +367,20 @@ def comparison_view(comparison: Comparison, known: set[str]) -> ComparisonView:
             before=describe(d.old),
             now=describe(d.new),
             voting=d.voting,
+            why=why_lines(comparison, d.id),
         )
         for d in comparison.diffs
     ]
     return ComparisonView(summary_line(comparison), comparison.old_run, rows)
+
+
+def why_lines(comparison: Comparison, cell_id: str) -> list[str]:
+    """The attribution of a regression or fix, one line per entry (details joined)."""
+    found = comparison.attributions.get(cell_id)
+    if found is None:
+        return []
+    return [one_line(entry + (": " + "; ".join(details) if details else ""), 600)
+            for entry, details in found.entries()]
 
 
 def build_view(inputs: ViewInputs, transpose: bool = False) -> ReportView:

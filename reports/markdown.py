@@ -1,0 +1,133 @@
+"""A comment-sized markdown summary of a run, for a review comment or a CI step summary.
+
+``dib-matrix report RUN --format markdown [--baseline OLD]``: with a baseline,
+regressions first (each with its cause and what differs between the two runs for the
+cell), then fixes, then counts; without one, the voting failures with their causes,
+then counts. Bounded: at most MAX_ITEMS cells per section and MAX_CHARS in all.
+
+Everything that comes from a build (legends with captured groups, evidence lines,
+package names, file paths) is untrusted: it is flattened to one line and escaped, so
+it cannot open markup, inject HTML, or mention users and issues.
+"""
+
+from __future__ import annotations
+
+import re
+
+from reports.compare import CellDiff, Comparison, compare, describe
+from reports.legend import grid_order
+from reports.sanitize import one_line
+from reports.styles import STYLES
+from reports.summary import rate_text
+from results.model import Cell, RunResults, State
+
+MAX_ITEMS = 20  # cells listed per section
+MAX_DETAILS = 6  # attribution entries per cell
+MAX_CHARS = 60000  # GitHub's comment limit is 65536 characters
+TEXT_LIMIT = 240  # characters of one untrusted text
+
+_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
+
+
+def escape(text: str, limit: int = TEXT_LIMIT) -> str:
+    """Untrusted text as inert markdown: one line, bounded, HTML and markup escaped,
+    ``@`` and ``#`` unable to mention or link."""
+    flat = one_line(text, limit)
+    flat = flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    flat = _SPECIAL.sub(r"\\\1", flat)
+    return flat.replace("@", "@&#8203;")
+
+
+def code(text: str, limit: int = TEXT_LIMIT) -> str:
+    """A code span of untrusted text (no backticks can close it early)."""
+    flat = one_line(text, limit).replace("`", "'")
+    return f"`{flat}`" if flat else "` `"
+
+
+def _voting(diff: CellDiff) -> str:
+    return "" if diff.voting else " (non-voting)"
+
+
+def _diff_item(diff: CellDiff, comparison: Comparison) -> list[str]:
+    lines = [f"- {code(diff.id)}{_voting(diff)}: {escape(describe(diff.old))} \u2192 "
+             f"{escape(describe(diff.new))}"]
+    cell = diff.new if diff.new is not None and diff.new.state is not State.SUCCESS else diff.old
+    if cell is not None and cell.evidence and cell.state is not State.SUCCESS:
+        lines.append(f"  - evidence: {code(cell.evidence)}")
+    found = comparison.attributions.get(diff.id)
+    if found is not None:
+        entries = found.entries()
+        for number, (entry, details) in enumerate(entries[:MAX_DETAILS]):
+            label = "why" if number == 0 and found.factors else "also"
+            if not found.factors:
+                label = "note"
+            shown = "; ".join(details[:4]) + ("; \u2026" if len(details) > 4 else "")
+            lines.append(f"  - {label}: {escape(entry)}" + (f" ({escape(shown, 400)})"
+                                                          if details else ""))
+        if len(entries) > MAX_DETAILS:
+            lines.append(f"  - and {len(entries) - MAX_DETAILS} more differences")
+    return lines
+
+
+def _section(title: str, items: list[list[str]]) -> list[str]:
+    if not items:
+        return []
+    lines = ["", f"#### {title} ({len(items)})", ""]
+    for item in items[:MAX_ITEMS]:
+        lines += item
+    if len(items) > MAX_ITEMS:
+        lines.append(f"- \u2026 and {len(items) - MAX_ITEMS} more (see the HTML report)")
+    return lines
+
+
+def _failure_item(cell: Cell) -> list[str]:
+    cause = cell.category.legend if cell.category else (cell.reason or "")
+    lines = [f"- {code(cell.id)}: {escape(STYLES[cell.state].label)}"
+             + (f": {escape(cause)}" if cause else "")]
+    if cell.evidence:
+        lines.append(f"  - evidence: {code(cell.evidence)}")
+    return lines
+
+
+def counts_table(results: RunResults) -> list[str]:
+    counts = results.counts()
+    rows = [f"| {s.label} | {counts[s.state.value]} |" for s in STYLES.values()
+            if counts.get(s.state.value)]
+    return ["", "#### Counts", "", "| state | cells |", "|---|---:|", *rows, "",
+            escape(rate_text(results), 200)]
+
+
+def render_markdown(results: RunResults, baseline: RunResults | None = None) -> str:
+    """The summary: regressions, fixes and counts (with a baseline), or failures and counts."""
+    title = f"### dib-matrix run {code(results.run_id, 80)}"
+    lines: list[str] = []
+    if baseline is not None:
+        comparison = compare(baseline, results)
+        regressions = [_diff_item(d, comparison) for d in comparison.regressions]
+        fixes = [_diff_item(d, comparison) for d in comparison.fixes]
+        voting = len(comparison.voting_regressions)
+        lines += [f"{title}: {len(regressions)} regressions ({voting} voting), "
+                  f"{len(fixes)} fixes against {code(baseline.run_id, 80)}"]
+        if not regressions and not fixes:
+            lines += ["", "No regressions and no fixes."]
+        lines += _section("Regressions", regressions)
+        lines += _section("Fixes", fixes)
+        changed = len(comparison.diffs) - len(regressions) - len(fixes)
+        if changed:
+            lines += ["", f"{changed} other differences (changed causes, new and removed "
+                      "cells): `dib-matrix compare`."]
+    else:
+        failures = [c for c in grid_order(results) if c.voting and c.state.is_failure]
+        lines += [f"{title}: {len(failures)} voting failures"]
+        lines += _section("Failures", [_failure_item(c) for c in failures])
+    if results.interrupted:
+        lines += ["", "**Interrupted**: results are partial."]
+    lines += counts_table(results)
+    return _bounded("\n".join(lines) + "\n")
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_CHARS:
+        return text
+    cut = text[:MAX_CHARS].rsplit("\n", 1)[0]
+    return cut + "\n\n\u2026 (cut to fit a comment; see the HTML report)\n"
