@@ -1,6 +1,7 @@
 """Target image definitions (``targets/*.yaml``): what dib builds in every host.
 
-A target names its elements, environment, output types, architecture, what it
+Every key is declared once in ``TARGET_KEYS`` (see ``matrix.config.schema``). A
+target names its elements, environment, output types, architecture, what it
 ``requires`` from a host (tools on PATH, a debootstrap script), whether its
 image must pass a boot test, and optionally a diskimage-builder release whose whole
 element tree goes first on ELEMENTS_PATH (``diskimage-builder-elements``).
@@ -20,27 +21,25 @@ from dib.errors import DibError
 from dib.outputs import SUPPORTED_TYPES
 from matrix.config import upstreamdib
 from matrix.config.diagnostics import ConfigError, ConfigIssue, IssueCollector
-from matrix.config.yamlload import YamlDocument, load_yaml
+from matrix.config.schema import (
+    NAME_RE,
+    Invalid,
+    Key,
+    Reader,
+    load_dir,
+    parse_bool,
+    parse_dib_env,
+    parse_name,
+    parse_text,
+    read_keys,
+)
+from matrix.config.yamlload import KeyPath, YamlDocument, load_yaml
 
 BOOT_SUFFIX = ":boot"  # a target with boot-test: true gets the row "<target>:boot"
 
 BUNDLED_TARGETS_DIR = bundled.path("targets")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 ELEMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-ENV_NAME_RE = re.compile(r"^DIB_[A-Z0-9_]+$|^ELEMENTS_PATH$")
 TOOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-TARGET_KEYS = {
-    "name": "plain name, the row label (required)",
-    "description": "one line for humans",
-    "elements": "list of dib elements (required)",
-    "env": "DIB_* variables for the build",
-    "outputs": f"image types: {', '.join(SUPPORTED_TYPES)} (default [tar])",
-    "arch": "architecture (default amd64)",
-    "requires": "host facts it needs: {tools: [...], debootstrap-script: RELEASE}",
-    "boot-test": "boot the image under qemu after building (default false)",
-    "diskimage-builder-elements": "a diskimage-builder release (quoted, e.g. \"3.43.0\") "
-                                  "whose whole element tree goes first on ELEMENTS_PATH",
-}
 UPSTREAM_KEY = "diskimage-builder-elements"
 
 
@@ -68,114 +67,100 @@ class Target:
         return dict(self.env)
 
 
-def check_env(value: Any, doc: YamlDocument, key: tuple, issues: IssueCollector) -> dict[str, str]:
-    """A mapping of DIB_* names to scalar values; values are never given to a shell."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        issues.add(doc.issue(key, "must be a mapping of DIB_* names to values"))
-        return {}
-    env = {}
-    for name, item in value.items():
-        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
-            issues.add(doc.issue(key + (name,), "only DIB_* variable names are accepted"))
-        elif isinstance(item, (dict, list)) or item is None:
-            issues.add(doc.issue(key + (name,), "value must be a string or number"))
-        else:
-            env[name] = str(item).lower() if isinstance(item, bool) else str(item)
-    return env
-
-
-def _string_list(value: Any, pattern: re.Pattern[str], doc: YamlDocument, key: tuple,
-                 issues: IssueCollector) -> tuple[str, ...]:
+def _string_list(value: Any, pattern: re.Pattern[str]) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        issues.add(doc.issue(key, "must be a non-empty list"))
-        return ()
-    good = []
-    for index, item in enumerate(value):
-        if not isinstance(item, str) or not pattern.match(item):
-            issues.add(doc.issue(key + (index,), f"invalid entry {item!r}"))
-        else:
-            good.append(item)
-    return tuple(good)
+        raise Invalid("must be a non-empty list")
+    problems = [((index,), f"invalid entry {item!r}") for index, item in enumerate(value)
+                if not isinstance(item, str) or not pattern.match(item)]
+    if problems:
+        raise Invalid.many(problems)
+    return tuple(value)
 
 
-def _requirements(value: Any, doc: YamlDocument, issues: IssueCollector) -> Requirements:
-    if value is None:
-        return Requirements()
-    if not isinstance(value, dict):
-        issues.add(doc.issue(("requires",), "must be a mapping: {tools: [...], "
-                                            "debootstrap-script: RELEASE}"))
-        return Requirements()
-    for key in value:
-        if key not in ("tools", "debootstrap-script"):
-            known = "unknown key; known: tools, debootstrap-script"
-            issues.add(doc.issue(("requires", key), known))
-    tools = ()
-    if "tools" in value:
-        tools = _string_list(value["tools"], TOOL_RE, doc, ("requires", "tools"), issues)
-    script = value.get("debootstrap-script")
-    if script is not None and (not isinstance(script, str) or not NAME_RE.match(script)):
-        issues.add(doc.issue(("requires", "debootstrap-script"), "must be a release name"))
-        script = None
-    return Requirements(tools=tools, debootstrap_script=script)
+def _elements(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...]:
+    return _string_list(value, ELEMENT_RE)
 
 
-def _upstream_version(value: Any, doc: YamlDocument, issues: IssueCollector) -> str | None:
-    """A diskimage-builder release with a pinned wheel (matrix.config.upstreamdib.PINS)."""
-    if value is None:
-        return None
-    known = ", ".join(sorted(upstreamdib.PINS))
-    if not isinstance(value, str):
-        issues.add(doc.issue((UPSTREAM_KEY,), f"must be a quoted version string; known: "
-                                              f"{known}"))
-        return None
-    if value not in upstreamdib.PINS:
-        issues.add(doc.issue((UPSTREAM_KEY,), f"diskimage-builder {value} has no pinned "
-                                              f"wheel sha256; known: {known}"))
-        return None
+def _outputs(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or any(o not in SUPPORTED_TYPES for o in value):
+        raise Invalid("must list types among " + ", ".join(SUPPORTED_TYPES))
+    return tuple(value)
+
+
+def _arch(value: Any, reader: Reader, path: KeyPath) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise Invalid("must be an architecture name such as amd64")
     return value
 
 
+def _tools(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...]:
+    return _string_list(value, TOOL_RE)
+
+
+def _release(value: Any, reader: Reader, path: KeyPath) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise Invalid("must be a release name")
+    return value
+
+
+REQUIREMENT_KEYS: tuple[Key, ...] = (
+    Key("tools", _tools, "commands the host must have on PATH"),
+    Key("debootstrap-script", _release, "a release the host's debootstrap must have a "
+        "script for"),
+)
+
+
+def _requirements(value: Any, reader: Reader, path: KeyPath) -> Requirements:
+    if not isinstance(value, dict):
+        raise Invalid("must be a mapping: {tools: [...], debootstrap-script: RELEASE}")
+    values = read_keys(REQUIREMENT_KEYS, value, reader, prefix=path)
+    return Requirements(tools=values["tools"] or (),
+                        debootstrap_script=values["debootstrap-script"])
+
+
+def _upstream_version(value: Any, reader: Reader, path: KeyPath) -> str:
+    """A diskimage-builder release with a pinned wheel (matrix.config.upstreamdib.PINS)."""
+    known = ", ".join(sorted(upstreamdib.PINS))
+    if not isinstance(value, str):
+        raise Invalid(f"must be a quoted version string; known: {known}")
+    if value not in upstreamdib.PINS:
+        raise Invalid(f"diskimage-builder {value} has no pinned wheel sha256; known: {known}")
+    return value
+
+
+TARGET_KEYS: tuple[Key, ...] = (
+    Key("name", parse_name, "plain name, the row label; must equal the file name",
+        required=True),
+    Key("description", lambda v, r, p: parse_text(v), "one line for humans", ""),
+    Key("elements", _elements, "list of dib elements", required=True),
+    Key("env", parse_dib_env, "DIB_* variables for the build", {}),
+    Key("outputs", _outputs, "image types: " + ", ".join(SUPPORTED_TYPES), ["tar"]),
+    Key("arch", _arch, "architecture", "amd64"),
+    Key("requires", _requirements, "host facts it needs: {tools: [...], "
+        "debootstrap-script: RELEASE}", {}),
+    Key("boot-test", parse_bool, "boot the image under qemu after building", False),
+    Key(UPSTREAM_KEY, _upstream_version, "a diskimage-builder release (quoted, e.g. "
+        "\"3.43.0\") whose whole element tree goes first on ELEMENTS_PATH"),
+)
+
+
 def parse_target(doc: YamlDocument) -> Target:
-    issues = IssueCollector(list(doc.issues))
-    data = doc.data
-    if not isinstance(data, dict):
+    if not isinstance(doc.data, dict):
         raise ConfigError([doc.issue((), "a target file must be a mapping")])
-    for key in data:
-        if key not in TARGET_KEYS:
-            issues.add(doc.issue((key,), "unknown key; known: " + ", ".join(TARGET_KEYS)))
-    name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        issues.add(doc.issue(("name",), "required: a plain name (lower case, no path separators)"))
-        name = ""
-    elements = _string_list(data.get("elements"), ELEMENT_RE, doc, ("elements",), issues)
-    outputs = data.get("outputs", ["tar"])
-    outputs_ok = isinstance(outputs, list) and outputs
-    if not outputs_ok or any(o not in SUPPORTED_TYPES for o in outputs):
-        issues.add(doc.issue(("outputs",), "must list types among " + ", ".join(SUPPORTED_TYPES)))
-        outputs = ["tar"]
-    boot = data.get("boot-test", False)
-    if not isinstance(boot, bool):
-        issues.add(doc.issue(("boot-test",), "must be true or false"))
-    arch = data.get("arch", "amd64")
-    if not isinstance(arch, str) or not NAME_RE.match(arch):
-        issues.add(doc.issue(("arch",), "must be an architecture name such as amd64"))
-    env = check_env(data.get("env"), doc, ("env",), issues)
-    requires = _requirements(data.get("requires"), doc, issues)
-    upstream = _upstream_version(data.get(UPSTREAM_KEY), doc, issues)
+    issues = IssueCollector(list(doc.issues))
+    values = read_keys(TARGET_KEYS, doc.data, Reader(doc, issues))
     issues.check()
     return Target(
-        name=name,
-        elements=elements,
-        env=tuple(sorted(env.items())),
-        outputs=tuple(outputs),
-        arch=str(arch),
-        requires=requires,
-        boot_test=bool(boot),
-        description=str(data.get("description", "")),
+        name=values["name"],
+        elements=values["elements"],
+        env=values["env"],
+        outputs=values["outputs"],
+        arch=values["arch"],
+        requires=values["requires"],
+        boot_test=values["boot-test"],
+        description=values["description"],
         path=doc.path,
-        upstream_elements=upstream,
+        upstream_elements=values[UPSTREAM_KEY],
     )
 
 
@@ -185,24 +170,7 @@ def load_target(path: Path) -> Target:
 
 def load_targets(dirs: tuple[Path, ...] = (BUNDLED_TARGETS_DIR,)) -> dict[str, Target]:
     """Every target under ``dirs`` by name; all files' problems are raised together."""
-    issues = IssueCollector()
-    targets: dict[str, Target] = {}
-    for directory in dirs:
-        if not directory.is_dir():
-            issues.add(ConfigIssue(directory, None, "", "target directory does not exist"))
-            continue
-        for path in sorted(directory.glob("*.yaml")):
-            try:
-                target = load_target(path)
-            except ConfigError as err:
-                issues.extend(err.issues)
-                continue
-            if path.stem != target.name:
-                issues.add(ConfigIssue(path, None, "name", f"'{target.name}' differs from the "
-                                       f"file name '{path.stem}'"))
-            targets[target.name] = target
-    issues.check()
-    return dict(sorted(targets.items()))
+    return load_dir(dirs, load_target, lambda target: target.name, "target")
 
 
 def element_issues(targets: Iterable[Target], elements_dir: Path,

@@ -7,13 +7,13 @@ functions: no engine, no files.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dib.arch import normalise as normalise_arch
 from matrix.config.hosts import HostDefinition
 from matrix.config.matrixfile import MatrixConfig
+from matrix.config.schema import select
 from matrix.config.targets import BOOT_SUFFIX, Target
 from matrix.hostgen.facts import HostFacts
 from results.model import CellKind
@@ -53,15 +53,10 @@ class SelectionError(ValueError):
 
 
 def _select(names: list[str], patterns: Sequence[str], what: str) -> list[str]:
-    if not patterns:
-        return names
-    chosen = []
-    for pattern in patterns:
-        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-        if not matched:
-            raise SelectionError(f"--{what} {pattern!r} matches none of: {', '.join(names)}")
-        chosen.extend(m for m in matched if m not in chosen)
-    return [n for n in names if n in chosen]
+    chosen, unmatched = select(names, patterns)
+    if unmatched:
+        raise SelectionError(f"--{what} {unmatched[0]!r} matches none of: {', '.join(names)}")
+    return chosen
 
 
 def make_plan(config: MatrixConfig, host_globs: Sequence[str] = (),

@@ -10,11 +10,12 @@ adds entries or replaces one with the same id, so any row can be re-categorised.
 Patterns are compiled with RE2, whose matching time is linear in the line: a
 pattern from a user's file cannot hang a run. What RE2 does not take
 (backreferences, lookaround) is refused at load time with file, line and key.
+An entry's keys are declared once, in ``CATEGORY_KEYS`` (see ``matrix.config.schema``).
 """
 
 from __future__ import annotations
 
-import fnmatch
+import enum
 import re
 import string
 from collections.abc import Sequence
@@ -26,16 +27,38 @@ from typing import Any
 import re2
 
 from matrix.config.diagnostics import ConfigError, IssueCollector
-from matrix.config.yamlload import YamlDocument, load_yaml
+from matrix.config.schema import (
+    Derived,
+    Invalid,
+    Key,
+    Reader,
+    enum_parser,
+    match_globs,
+    parse_bool,
+    read_keys,
+)
+from matrix.config.yamlload import KeyPath, load_yaml
 
 UNCATEGORIZED = "uncategorized"
 ANY = "*"  # a host or row that every entry's scope takes (dib-matrix classify without --row)
 DEFAULT_PRIORITY = 50
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-RECORD_KINDS = ("hook", "environment", "packages", "debootstrap", "output", "elements",
-                "config", "interrupted", "internal")
-RULE_KEYS = {"id", "legend", "priority", "patterns", "record", "warnings", "link", "hosts",
-             "targets"}
+
+
+class RecordKind(str, enum.Enum):
+    """Kinds of dib's own failure record (``dib.failure``) an entry can name."""
+
+    HOOK = "hook"
+    ENVIRONMENT = "environment"
+    PACKAGES = "packages"
+    DEBOOTSTRAP = "debootstrap"
+    OUTPUT = "output"
+    ELEMENTS = "elements"
+    CONFIG = "config"
+    INTERRUPTED = "interrupted"
+    INTERNAL = "internal"
+
+
 MAX_PATTERN_LENGTH = 2000
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # a refused pattern is reported once, by us, with its place
@@ -51,7 +74,7 @@ class CategoryRule:
     legend: str
     patterns: tuple[Any, ...] = ()  # compiled RE2 patterns
     priority: int = DEFAULT_PRIORITY
-    record: tuple[str, ...] = ()  # kinds of dib failure record this entry names
+    record: tuple[RecordKind, ...] = ()  # kinds of dib failure record this entry names
     warnings: bool = False  # may match apt/debootstrap "W:" lines (else never)
     link: str | None = None
     hosts: tuple[str, ...] = ("*",)
@@ -59,8 +82,8 @@ class CategoryRule:
 
     def in_scope(self, host: str, row: str) -> bool:
         """Whether the entry applies to this cell; ``*`` stands for any host or row."""
-        return (host == ANY or any(fnmatch.fnmatchcase(host, g) for g in self.hosts)) and (
-            row == ANY or any(fnmatch.fnmatchcase(row, g) for g in self.targets))
+        return (host == ANY or any(match_globs([host], g) for g in self.hosts)) and (
+            row == ANY or any(match_globs([row], g) for g in self.targets))
 
 
 @dataclass(frozen=True)
@@ -124,8 +147,9 @@ def load_catalogue(paths: Sequence[Path] = ()) -> Catalogue:
         if not isinstance(doc.data, list):
             issues.add(doc.issue((), "a category file must be a list of categories"))
             continue
+        reader = Reader(doc, issues)
         for index, entry in enumerate(doc.data):
-            rule = _rule(doc, index, entry, issues)
+            rule = _rule(reader, index, entry)
             if rule is not None:
                 rules.pop(rule.id, None)  # a replacement takes the place of the last file
                 rules[rule.id] = rule
@@ -133,87 +157,95 @@ def load_catalogue(paths: Sequence[Path] = ()) -> Catalogue:
     return Catalogue(tuple(rules.values()))
 
 
-def _rule(doc: YamlDocument, index: int, entry: object,
-          issues: IssueCollector) -> CategoryRule | None:
-    where = (index,)
-    if not isinstance(entry, dict):
-        issues.add(doc.issue(where, "each category must be a mapping"))
-        return None
-    for key in sorted(set(map(str, entry)) - RULE_KEYS):
-        issues.add(doc.issue(where + (key,), "unknown key; known: " + ", ".join(sorted(RULE_KEYS))))
-    rule_id = entry.get("id")
-    if not isinstance(rule_id, str) or not ID_RE.match(rule_id) or rule_id == UNCATEGORIZED:
-        issues.add(doc.issue(where + ("id",), "required: lower-case words and dashes "
-                             f"(not '{UNCATEGORIZED}')"))
-        return None
-    legend = entry.get("legend", rule_id)
-    problem = legend_problem(legend)
+def _rule_id(value: object, reader: Reader, path: KeyPath) -> str:
+    if not isinstance(value, str) or not ID_RE.match(value) or value == UNCATEGORIZED:
+        raise Invalid(f"required: lower-case words and dashes (not '{UNCATEGORIZED}')")
+    return value
+
+
+def _legend(value: object, reader: Reader, path: KeyPath) -> str:
+    problem = legend_problem(value)
     if problem:
-        issues.add(doc.issue(where + ("legend",), problem))
-        legend = rule_id
-    priority = entry.get("priority", DEFAULT_PRIORITY)
-    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 1000:
-        issues.add(doc.issue(where + ("priority",), "must be a whole number from 0 to 1000"))
-        priority = DEFAULT_PRIORITY
-    warnings = entry.get("warnings", False)
-    if not isinstance(warnings, bool):
-        issues.add(doc.issue(where + ("warnings",), "must be true or false"))
-        warnings = False
-    link = entry.get("link")
-    if link is not None and not isinstance(link, str):
-        issues.add(doc.issue(where + ("link",), "must be a string (a URL)"))
-        link = None
-    return CategoryRule(
-        id=rule_id,
-        legend=legend,
-        patterns=_patterns(doc, where, entry.get("patterns"), issues),
-        priority=priority,
-        record=_record_kinds(doc, where, entry.get("record"), issues),
-        warnings=warnings,
-        link=link,
-        hosts=_globs(doc, where + ("hosts",), entry.get("hosts"), issues),
-        targets=_globs(doc, where + ("targets",), entry.get("targets"), issues),
-    )
+        raise Invalid(problem)
+    assert isinstance(value, str)
+    return value
 
 
-def _patterns(doc: YamlDocument, where: tuple, raw: object,
-              issues: IssueCollector) -> tuple[Any, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        issues.add(doc.issue(where + ("patterns",), "must be a list of regexes"))
-        return ()
+def _priority(value: object, reader: Reader, path: KeyPath) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000:
+        raise Invalid("must be a whole number from 0 to 1000")
+    return value
+
+
+def _link(value: object, reader: Reader, path: KeyPath) -> str:
+    if not isinstance(value, str):
+        raise Invalid("must be a string (a URL)")
+    return value
+
+
+def _patterns(value: object, reader: Reader, path: KeyPath) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise Invalid("must be a list of regexes")
     compiled = []
-    for number, text in enumerate(raw):
+    problems: list[tuple[KeyPath, str]] = []
+    for number, text in enumerate(value):
         if not isinstance(text, str) or not text:
-            issues.add(doc.issue(where + ("patterns", number), "must be a non-empty string"))
+            problems.append(((number,), "must be a non-empty string"))
             continue
         try:
             compiled.append(compile_pattern(text))
         except ValueError as err:
-            issues.add(doc.issue(where + ("patterns", number), f"bad regex: {err}"))
+            problems.append(((number,), f"bad regex: {err}"))
+    if problems:
+        raise Invalid.many(problems)
     return tuple(compiled)
 
 
-def _record_kinds(doc: YamlDocument, where: tuple, raw: object,
-                  issues: IssueCollector) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    kinds = [raw] if isinstance(raw, str) else raw
-    if not isinstance(kinds, list) or any(k not in RECORD_KINDS for k in kinds):
-        issues.add(doc.issue(where + ("record",), "must be a list of dib failure kinds: "
-                             + ", ".join(RECORD_KINDS)))
-        return ()
-    return tuple(kinds)
+_record_kind = enum_parser(RecordKind)
 
 
-def _globs(doc: YamlDocument, where: tuple, raw: object,
-           issues: IssueCollector) -> tuple[str, ...]:
-    if raw is None:
-        return ("*",)
-    if isinstance(raw, str):
-        return (raw,)
-    if isinstance(raw, list) and raw and all(isinstance(g, str) for g in raw):
-        return tuple(raw)
-    issues.add(doc.issue(where, "must be a glob or a list of globs"))
-    return ("*",)
+def _record_kinds(value: object, reader: Reader, path: KeyPath) -> tuple[RecordKind, ...]:
+    kinds = [value] if isinstance(value, str) else value
+    try:
+        if not isinstance(kinds, list):
+            raise Invalid("not a list")
+        return tuple(_record_kind(kind) for kind in kinds)
+    except Invalid:
+        raise Invalid("must be a list of dib failure kinds: "
+                      + ", ".join(k.value for k in RecordKind)) from None
+
+
+def _globs(value: object, reader: Reader, path: KeyPath) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(g, str) for g in value):
+        return tuple(value)
+    raise Invalid("must be a glob or a list of globs")
+
+
+CATEGORY_KEYS: tuple[Key, ...] = (
+    Key("id", _rule_id, "lower-case words and dashes; one cause, one id", required=True),
+    Key("legend", _legend, "the footnote text; {name} takes a named group of the matching "
+        "pattern or a field of dib's failure record",
+        Derived(lambda values, reader: values["id"], "the id")),
+    Key("priority", _priority, "0-1000: the highest matching entry names the cause",
+        DEFAULT_PRIORITY),
+    Key("patterns", _patterns, "RE2 regexes searched in each log line", []),
+    Key("record", _record_kinds, "kinds of dib's failure record the entry names: "
+        + ", ".join(k.value for k in RecordKind), []),
+    Key("warnings", parse_bool, "may match apt's and debootstrap's W: lines", False),
+    Key("link", _link, "a URL shown with the legend"),
+    Key("hosts", _globs, "globs over host names the entry applies to", ANY),
+    Key("targets", _globs, "globs over rows (tox, hostgen, a target, <target>:boot) the "
+        "entry applies to", ANY),
+)
+
+
+def _rule(reader: Reader, index: int, entry: object) -> CategoryRule | None:
+    if not isinstance(entry, dict):
+        reader.report((index,), "each category must be a mapping")
+        return None
+    values = read_keys(CATEGORY_KEYS, entry, reader, prefix=(index,))
+    if values["id"] is None:
+        return None
+    return CategoryRule(**{key.field: values[key.name] for key in CATEGORY_KEYS})

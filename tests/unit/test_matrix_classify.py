@@ -394,3 +394,27 @@ WORDINGS = [
 @pytest.mark.parametrize("text,expected", WORDINGS, ids=[w[0][:50] for w in WORDINGS])
 def test_the_same_cause_in_other_words(text, expected):
     assert classify_lines(text.splitlines(), "h", "t", CATALOGUE).category.id == expected
+
+
+def test_the_readme_documents_every_category_key():
+    from pathlib import Path
+
+    from matrix.verdict.catalogue import CATEGORY_KEYS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### Failure categories", 1)[1].split("\n### ", 1)[0]
+    missing = [key.name for key in CATEGORY_KEYS if f"`{key.name}`" not in section]
+    assert not missing, f"README's Failure categories section lacks {missing}"
+
+
+def test_record_kinds_are_a_closed_set(tmp_path):
+    from matrix.verdict.catalogue import RecordKind
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("- id: one-kind\n  record: hook\n- id: pri\n  legend: x\n  priorty: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_catalogue([mine])
+    assert "mine.yaml:5: [1].priorty: unknown key (did you mean 'priority'?)" in str(err.value)
+    mine.write_text("- id: one-kind\n  record: hook\n")
+    rule = load_catalogue([mine]).get("one-kind")
+    assert rule.record == (RecordKind.HOOK,) and rule.legend == "one-kind"
