@@ -29,7 +29,7 @@ from reports.htmlview import anchor as _anchor
 from reports.legend import build_legend
 from reports.styles import STYLES
 from results.model import load
-from tests.unit.test_report_fixtures import ALL_STATES
+from tests.resultfactory import ALL_STATES
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from reports.compare import compare, render_comparison
 from reports.html import render_html
 from reports.markdown import code, escape, render_markdown
 from results.model import Category, Cell, RunResults, State, save
-from tests.unit.test_report_fixtures import make_cell, make_run
+from tests.resultfactory import make_cell, make_run
 
 MANIFEST = Path(__file__).resolve().parent / "golden" / "manifests" / "debian-bookworm-vm.packages"
 HOOK = Category("dib-hook-failed", "element growroot: post-install.d/80-growroot exited 1")
@@ -81,7 +81,7 @@ def test_host_mirror_and_dib_files_are_named():
         f"host image sha256:{'a' * 12} -> sha256:{'b' * 12} (host h rebuilt)",
         "mirror's bookworm Release: Sat, 11 Jul 2026 10:16:37 UTC -> Sat, 18 Jul 2026"]
     assert found.factors[0].details == ("dib/build.py changed", "dib/new.py added")
-    assert found.notes[0].startswith("dib tree tree d1d1d1d1d1d1 -> tree d2d2d2d2d2d2")
+    assert found.notes[0].startswith("dib tree digest d1d1d1d1d1d1 -> digest d2d2d2d2d2d2")
 
 
 def test_nothing_differs_unknowns_and_older_runs():

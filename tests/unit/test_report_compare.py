@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from matrix.cli import main
 from reports.compare import Change, compare, render_comparison
 from reports.gate import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, gate_exit_code, gating_cells
 from results.model import Category, State, save
-from tests.unit.test_report_fixtures import all_states, category, make_cell, make_run
+from tests.resultfactory import category, make_cell, make_run
 
 NOBLE = Category("no-such-script", "No such script: /usr/share/debootstrap/scripts/noble")
 FORKY = Category("no-such-script", "No such script: /usr/share/debootstrap/scripts/forky")
@@ -130,8 +132,8 @@ def test_compare_command_exit_codes(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "old"), str(tmp_path / "bad")]) == EXIT_USAGE
 
 
-def test_compare_command_on_the_fixture_with_a_regression(tmp_path, capsys):
-    old, new = all_states(), all_states()
+def test_compare_command_on_the_fixture_with_a_regression(tmp_path, capsys, all_states):
+    old, new = all_states, copy.deepcopy(all_states)
     old.run_id = "baseline"
     save(old, tmp_path / "a")
     new.cell("debian-trixie", "debian-forky").state = State.FAILED

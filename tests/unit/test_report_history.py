@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 from reports import write_all
 from reports.history import load_runs, trends
 from reports.html import write_index
 from results.model import State, save
-from tests.unit.test_report_fixtures import all_states, make_cell, make_run
+from tests.resultfactory import make_cell, make_run
 
 
 def nightly(out, states, start_day=1):
@@ -51,9 +52,9 @@ def test_index_lists_runs_newest_first(tmp_path):
     assert "<td>1</td><td>1</td>" in row  # passed, failed
 
 
-def test_write_all_writes_reports_trends_and_index(tmp_path):
+def test_write_all_writes_reports_trends_and_index(tmp_path, all_states):
     nightly(tmp_path, [State.SUCCESS, State.FAILED])
-    results = all_states()
+    results = all_states
     results.started = "2025-06-10T02:00:00+00:00"
     run_dir = tmp_path / results.run_id
     write_all(run_dir, results, baseline=None, history_dir=tmp_path)
@@ -64,8 +65,8 @@ def test_write_all_writes_reports_trends_and_index(tmp_path):
     assert 'class="trend"' in (run_dir / "report.html").read_text()
 
 
-def test_write_all_with_baseline(tmp_path):
-    old, new = all_states(), all_states()
+def test_write_all_with_baseline(tmp_path, all_states):
+    old, new = all_states, copy.deepcopy(all_states)
     old.run_id = "yesterday"
     new.cell("debian-trixie", "debian-forky").state = State.FAILED
     write_all(tmp_path, new, baseline=old)

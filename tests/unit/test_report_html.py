@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from html.parser import HTMLParser
 
 from reports.history import TrendPoint
@@ -9,14 +10,7 @@ from reports.html import render_html
 from reports.htmlview import anchor, human_duration, human_size, run_duration, safe_href
 from reports.styles import STYLES
 from results.model import Artifact, Category, State
-from tests.unit.test_report_fixtures import (
-    ALL_STATES,
-    all_states,
-    category,
-    copy_all_states,
-    make_cell,
-    make_run,
-)
+from tests.resultfactory import ALL_STATES, category, make_cell, make_run
 
 
 class Elements(HTMLParser):
@@ -77,9 +71,9 @@ def test_script_in_evidence_shows_as_text():
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
-def test_script_in_a_log_file_shows_as_text(tmp_path):
-    run_dir = copy_all_states(tmp_path)
-    html = render_html(all_states(), run_dir=run_dir)
+def test_script_in_a_log_file_shows_as_text(tmp_path, all_states, all_states_dir):
+    run_dir = all_states_dir
+    html = render_html(all_states, run_dir=run_dir)
     assert len(parse(html).scripts) == 1
     assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in html
     assert '<script>alert("pwned")' not in html
@@ -91,8 +85,8 @@ def test_javascript_links_are_dropped():
     assert not [h for h in hrefs if h.lower().startswith("javascript")]
 
 
-def test_self_contained_no_fetches():
-    html = render_html(all_states(), run_dir=ALL_STATES)
+def test_self_contained_no_fetches(all_states):
+    html = render_html(all_states, run_dir=ALL_STATES)
     elements = parse(html)
     assert not elements.named("link")
     assert not elements.named("img")
@@ -103,8 +97,8 @@ def test_self_contained_no_fetches():
     assert all(tag == "a" for tag, attrs in elements.tags if "href" in attrs)
 
 
-def test_one_colour_per_state_from_the_styles_table():
-    html = render_html(all_states())
+def test_one_colour_per_state_from_the_styles_table(all_states):
+    html = render_html(all_states)
     backgrounds = [s.background for s in STYLES.values()]
     assert len(set(backgrounds)) == len(backgrounds)
     for s in STYLES.values():
@@ -113,8 +107,8 @@ def test_one_colour_per_state_from_the_styles_table():
     assert set(STYLES) == set(State)
 
 
-def test_grid_cells_legend_and_details():
-    results = all_states()
+def test_grid_cells_legend_and_details(all_states):
+    results = all_states
     html = render_html(results, run_dir=ALL_STATES)
     elements = parse(html)
     cells = [a for a in elements.named("td") if "cell" in (a.get("class") or "").split()]
@@ -129,8 +123,8 @@ def test_grid_cells_legend_and_details():
     assert "success (try 2)" in html
 
 
-def test_details_have_evidence_duration_reproducer_log_and_images():
-    html = render_html(all_states(), run_dir=ALL_STATES)
+def test_details_have_evidence_duration_reproducer_log_and_images(all_states):
+    html = render_html(all_states, run_dir=ALL_STATES)
     forky = html.split('id="cell-debian-bookworm.debian-forky"')[1].split("</details>")[0]
     assert '<mark class="evidence"><span class="ln">3</span>E: No such script:' in forky
     assert "3m 04s" in forky
@@ -144,8 +138,8 @@ def test_details_have_evidence_duration_reproducer_log_and_images():
     assert 'href="logs/debian-trixie/ubuntu-noble%3Aboot.log"' in boot
 
 
-def test_uncategorized_section_rate_and_metadata():
-    html = render_html(all_states(), run_dir=ALL_STATES)
+def test_uncategorized_section_rate_and_metadata(all_states):
+    html = render_html(all_states, run_dir=ALL_STATES)
     section = html.split('id="uncategorized"')[1].split("</section>")[0]
     assert "Uncategorized failures (2)" in section
     assert "debian-trixie.tox" in section and "ubuntu-noble.opensuse-leap-15" in section
@@ -170,9 +164,9 @@ def test_log_outside_the_run_is_not_read(tmp_path):
     assert 'href="../secret.log"' not in html
 
 
-def test_baseline_comparison_marks_regressions():
-    new = all_states()
-    old = all_states()
+def test_baseline_comparison_marks_regressions(all_states):
+    new = all_states
+    old = copy.deepcopy(all_states)
     old.run_id = "older"
     tox = old.cell("debian-trixie", "tox")
     tox.state, tox.category, tox.evidence = State.SUCCESS, None, None
@@ -185,8 +179,8 @@ def test_baseline_comparison_marks_regressions():
     assert 'id="comparison"' not in render_html(new)
 
 
-def test_trends_are_shown():
-    results = all_states()
+def test_trends_are_shown(all_states):
+    results = all_states
     trends = {"debian-bookworm.tox": [TrendPoint("r1", State.FAILED), TrendPoint("r2", None),
                                       TrendPoint(results.run_id, State.SUCCESS)]}
     html = render_html(results, trends=trends)

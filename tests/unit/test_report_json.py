@@ -10,7 +10,7 @@ import pytest
 
 from reports.jsonreport import load_schema, render_json
 from results.model import SCHEMA_VERSION, Artifact, Category, Cell, RunResults, State, save
-from tests.unit.test_report_fixtures import ALL_STATES, all_states, make_cell, make_run
+from tests.resultfactory import ALL_STATES, make_cell, make_run
 
 
 def validator() -> jsonschema.Draft202012Validator:
@@ -34,8 +34,8 @@ def test_every_state_and_a_pending_run_are_valid():
     assert errors(run.to_json()) == []
 
 
-def test_render_json_is_what_save_writes(tmp_path):
-    results = all_states()
+def test_render_json_is_what_save_writes(tmp_path, all_states):
+    results = all_states
     save(results, tmp_path)
     assert render_json(results) == (tmp_path / "results.json").read_text()
 
@@ -63,8 +63,8 @@ def test_schema_documents_every_field(definition, cls, extra):
         assert len(prop.get("description", "x" * 20)) >= 10, name
 
 
-def test_schema_rejects_bad_documents():
-    good = all_states().to_json()
+def test_schema_rejects_bad_documents(all_states):
+    good = all_states.to_json()
     for mutate in (
         lambda d: d.update(schema_version=2),
         lambda d: d["cells"][0].update(state="exploded"),

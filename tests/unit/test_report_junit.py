@@ -6,7 +6,7 @@ from junitparser import Error, Failure, JUnitXml, Skipped
 
 from reports.junit import render_junit
 from results.model import Category, State
-from tests.unit.test_report_fixtures import all_states, category, make_cell, make_run
+from tests.resultfactory import category, make_cell, make_run
 
 
 def read_back(results, tmp_path) -> JUnitXml:
@@ -19,8 +19,8 @@ def cases(xml: JUnitXml) -> dict[str, object]:
     return {f"{case.classname}.{case.name}": case for suite in xml for case in suite}
 
 
-def test_one_suite_per_host_one_case_per_cell(tmp_path):
-    results = all_states()
+def test_one_suite_per_host_one_case_per_cell(tmp_path, all_states):
+    results = all_states
     xml = read_back(results, tmp_path)
     assert [suite.name for suite in xml] == results.hosts
     assert sorted(cases(xml)) == sorted(c.id for c in results.cells)
@@ -29,8 +29,8 @@ def test_one_suite_per_host_one_case_per_cell(tmp_path):
     assert xml.tests == len(results.cells)
 
 
-def test_outcomes_by_state(tmp_path):
-    by_id = cases(read_back(all_states(), tmp_path))
+def test_outcomes_by_state(tmp_path, all_states):
+    by_id = cases(read_back(all_states, tmp_path))
 
     def result(cell_id):
         return by_id[cell_id].result
@@ -59,8 +59,8 @@ def test_outcomes_by_state(tmp_path):
     assert allowed.message.startswith("allowed failure (non-voting): ")
 
 
-def test_totals(tmp_path):
-    xml = read_back(all_states(), tmp_path)
+def test_totals(tmp_path, all_states):
+    xml = read_back(all_states, tmp_path)
     # failures: 8 failed + 1 timeout; skipped: 9 skipped + 2 allowed failures + 2 excluded
     assert (xml.failures, xml.errors, xml.skipped) == (9, 1, 13)
     bookworm = next(s for s in xml if s.name == "debian-bookworm")

@@ -5,6 +5,7 @@ Set DIB_MATRIX_UPDATE_GOLDEN=1 to rewrite the golden files after an intended cha
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 
@@ -13,7 +14,7 @@ import pytest
 from reports.legend import build_legend, cell_mark
 from reports.text import render_report, render_table
 from results.model import Category, State
-from tests.unit.test_report_fixtures import GOLDEN, all_states, category, make_cell, make_run
+from tests.resultfactory import GOLDEN, category, make_cell, make_run
 
 SEED = GOLDEN / "seed_slide22.txt"
 FOOTNOTE = re.compile(r"^- (\d+) -$")
@@ -93,16 +94,16 @@ def test_seed_legend_lines():
 
 # --- golden files for the all-states fixture ------------------------------------------
 
-def test_golden_table():
-    check_golden("all_states.table.txt", render_table(all_states()))
+def test_golden_table(all_states):
+    check_golden("all_states.table.txt", render_table(all_states))
 
 
-def test_golden_table_transposed():
-    check_golden("all_states.table.transposed.txt", render_table(all_states(), transpose=True))
+def test_golden_table_transposed(all_states):
+    check_golden("all_states.table.transposed.txt", render_table(all_states, transpose=True))
 
 
-def test_golden_report():
-    check_golden("all_states.report.txt", render_report(all_states()))
+def test_golden_report(all_states):
+    check_golden("all_states.report.txt", render_report(all_states))
 
 
 # --- the footnote rule -----------------------------------------------------------------
@@ -195,8 +196,8 @@ def test_no_wrapping_every_line_has_the_same_width():
     assert len(first) <= len("- 0 - ") + 200
 
 
-def test_transpose_swaps_axes_and_keeps_numbers():
-    results = all_states()
+def test_transpose_swaps_axes_and_keeps_numbers(all_states):
+    results = all_states
     plain = render_table(results)
     turned = render_table(results, transpose=True)
     assert turned.splitlines()[1].startswith("|host \\ target")
@@ -212,12 +213,12 @@ def test_missing_cell_is_blank():
     assert lines[5] == "|b            |       |success|"
 
 
-def test_report_mentions_rate_uncategorized_and_retries():
-    text = render_report(all_states())
+def test_report_mentions_rate_uncategorized_and_retries(all_states):
+    text = render_report(all_states)
     assert "classification rate: 83% (10 of 12 failures have a named cause)" in text
     assert "uncategorized failures: debian-trixie.tox, ubuntu-noble.opensuse-leap-15" in text
     assert "passed only on retry: debian-bookworm.debian-trixie (2)" in text
-    interrupted = all_states()
+    interrupted = copy.deepcopy(all_states)
     interrupted.interrupted = True
     assert "INTERRUPTED" in render_report(interrupted)
 

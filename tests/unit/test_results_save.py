@@ -19,7 +19,7 @@ import pytest
 from reports.jsonreport import load_schema
 from results import model as results
 from results.model import Artifact, Category, Cell, CellKind, RunResults, State
-from tests.unit.test_report_fixtures import ALL_STATES, all_states
+from tests.resultfactory import ALL_STATES
 
 
 def reference(run: RunResults) -> str:
@@ -112,8 +112,8 @@ def test_many_changes_in_a_row_never_go_stale(tmp_path):
         assert saved_text(run, tmp_path) == reference(run), name
 
 
-def test_the_fixture_run_is_written_as_before(tmp_path):
-    run = all_states()
+def test_the_fixture_run_is_written_as_before(tmp_path, all_states):
+    run = all_states
     text = saved_text(run, tmp_path)
     assert text == reference(run)
     assert text == (ALL_STATES / "results.json").read_text(encoding="utf-8")

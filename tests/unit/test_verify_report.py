@@ -23,7 +23,7 @@ from matrix.verdict.verify.expect import load_layout_record
 from reports.html import render_html
 from reports.jsonreport import load_schema
 from results.model import Artifact, Category, ImageCheck, State, load, save
-from tests.unit.test_report_fixtures import make_cell, make_run
+from tests.resultfactory import make_cell, make_run
 
 LAYOUTS = Path(__file__).resolve().parents[2] / "elements" / "vm" / "layouts"
 HOSTILE = '<script>alert("x")</script>'

@@ -1,0 +1,25 @@
+"""Fixtures shared by the unit and integration tests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from results.model import RunResults, load
+from tests.resultfactory import ALL_STATES
+
+
+@pytest.fixture
+def all_states() -> RunResults:
+    """The golden all-states run, loaded afresh (a test may change it)."""
+    return load(ALL_STATES)
+
+
+@pytest.fixture
+def all_states_dir(tmp_path: Path) -> Path:
+    """A writable copy of the all-states run directory."""
+    run_dir = tmp_path / load(ALL_STATES).run_id
+    shutil.copytree(ALL_STATES, run_dir)
+    return run_dir
