@@ -157,6 +157,7 @@ def merge(paths: list[Path], out: Path, baseline: RunResults | None = None) -> M
         dib_tree=dict(parts[0].results.dib_tree),
         engine={"shards": {str(p.index): p.results.engine for p in parts}},
         host_images={k: v for p in parts for k, v in sorted(p.results.host_images.items())},
+        base_images={k: v for p in parts for k, v in sorted(p.results.base_images.items())},
         options=dict(parts[0].results.options),
         reruns=[r for p in parts for r in p.results.reruns],
     )

@@ -184,6 +184,8 @@ class RunResults:
     shard: dict[str, Any] = field(default_factory=dict)
     # Earlier verdicts of cells re-run in place (run --resume RUN_DIR --cells GLOB).
     reruns: list[dict[str, Any]] = field(default_factory=list)
+    # Image hosts' registry images, pinned: host -> {reference, digest[, written]}.
+    base_images: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def cell(self, host: str, row: str) -> Cell | None:
         """The cell at (host, row): a dictionary lookup, not a scan per finished cell.
@@ -239,7 +241,8 @@ class RunResults:
 
 
 OMIT_WHEN_EMPTY = ("shard", "reruns",  # only sharded, merged or re-run runs have them
-                   "provenance")  # runs made before provenance was recorded
+                   "provenance",  # runs made before provenance was recorded
+                   "base_images")  # runs without a registry (image:) host
 
 
 def _drop_unset(document: dict[str, Any]) -> None:

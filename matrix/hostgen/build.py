@@ -119,7 +119,7 @@ def cached_outcome(client: docker.DockerClient, host: HostDefinition) -> Hostgen
         return None
     return HostgenOutcome(
         host.name, HostgenStatus.CACHED, names.image, time.monotonic() - start, None, facts,
-        base_image=_recorded_base(client, host, names.image),
+        base_image=recorded_base(client, host, names.image),
     )
 
 
@@ -164,7 +164,7 @@ def build_host(
             duration = time.monotonic() - start
             return HostgenOutcome(
                 host.name, HostgenStatus.BUILT, names.image, duration, log_path, facts,
-                base_image=_recorded_base(client, host, names.image),
+                base_image=recorded_base(client, host, names.image),
             )
         log.write(f"\ndib-matrix: hostgen failed: {failed.evidence}\n".encode())
         # A failed build leaves its cached steps as untagged images; they
@@ -298,7 +298,7 @@ def _ensure_registry_image(job: _Job, reference: str) -> str | None:
     return pulled.digest
 
 
-def _recorded_base(client: docker.DockerClient, host: HostDefinition,
+def recorded_base(client: docker.DockerClient, host: HostDefinition,
                    image: str) -> dict[str, str] | None:
     """An image host's base as its host image's label recorded it when it was built."""
     if not isinstance(host.base, ImageBase):

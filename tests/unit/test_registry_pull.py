@@ -153,3 +153,26 @@ def test_no_time_left_means_no_pull():
     with pytest.raises(PullFailed) as caught:
         pull(client_for(api), "fedora:40", io.BytesIO(), time.monotonic() - 1)
     assert caught.value.timed_out and not api.posted
+
+
+def test_the_host_image_label_pins_the_base_for_results(tmp_path):
+    from matrix.config.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager
+    from matrix.hostgen.build import BASE_DIGEST_LABEL, recorded_base
+    from results.model import RunResults, load, save
+
+    pinned = f"127.0.0.1:5000/library/debian@{DIGEST}"
+    client = SimpleNamespace(images=SimpleNamespace(
+        get=lambda ref: SimpleNamespace(labels={BASE_DIGEST_LABEL: pinned})))
+    host = HostDefinition("h", ImageBase("127.0.0.1:5000/library/debian:bookworm",
+                                         written="debian:bookworm"), PackageManager.APT)
+    record = recorded_base(client, host, "dib-matrix/host-h:1")
+    assert record == {"reference": "127.0.0.1:5000/library/debian:bookworm",
+                      "digest": pinned, "written": "debian:bookworm"}
+    bootstrapped = HostDefinition("d", BootstrapBase("bookworm"), PackageManager.APT)
+    assert recorded_base(client, bootstrapped, "dib-matrix/host-d:1") is None
+    results = RunResults("r", "m.yaml", ["h"], ["hostgen"])
+    save(results, tmp_path)
+    assert "base_images" not in json.loads((tmp_path / "results.json").read_text())
+    results.base_images["h"] = record
+    save(results, tmp_path)
+    assert load(tmp_path).base_images == {"h": record}
