@@ -86,9 +86,9 @@ class HostFacts:
         parts.append(" ".join(tools) if tools else "no tools")
         if self.debootstrap_scripts:
             parts.append(f"{len(self.debootstrap_scripts)} debootstrap scripts")
-        if self.binfmt is not None:
-            handlers = " ".join(f"{arch} ({name})" for arch, name in self.binfmt)
-            parts.append(f"binfmt: {handlers or 'no handlers'}")
+        if self.binfmt is not None:  # the handlers' names are in the JSON
+            arches = " ".join(arch for arch, _ in self.binfmt)
+            parts.append(f"binfmt: {arches or 'no handlers'}")
         return ", ".join(parts)
 
     def to_json(self) -> str:

@@ -102,7 +102,7 @@ def test_facts_carry_the_handlers_through_their_label():
     facts = with_machine_binfmt(FACTS, (("arm64", "qemu-aarch64"),))
     again = facts_from_labels({"org.dib-matrix.facts": facts.to_json()})
     assert again == facts and again.binfmt == (("arm64", "qemu-aarch64"),)
-    assert "binfmt: arm64 (qemu-aarch64)" in facts.summary()
+    assert facts.summary().endswith("binfmt: arm64")
     assert "binfmt: no handlers" in replace(FACTS, binfmt=()).summary()
     older = FACTS.to_json().replace(',"binfmt":null', "")  # a label from before
     assert facts_from_labels({"org.dib-matrix.facts": older}).binfmt is None
