@@ -35,7 +35,9 @@ import yaml
 
 from tests.integration.dibhelpers import REPO, build_mounts, dib_env, run_dib
 
-pytestmark = pytest.mark.integration
+# Slow: cold, the rpmtools host image is built first (about 4 minutes here, with its
+# debootstrap); with the image cached the module takes under a minute.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DATA = Path(__file__).resolve().parent / "data" / "rpm"
 HOST = "debian-bookworm-rpmtools"
