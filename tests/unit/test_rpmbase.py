@@ -213,3 +213,13 @@ def test_offline_uses_the_caches_only():
     assert "--cacheonly" not in rpmbase.dnf_command(Path("/r"), Path("/c"), Path("/d"),
                                                     Path("/k"), "43", "amd64", ["a"])
     assert "--no-refresh" in rpmbase.zypper_base(Path("/r"), Path("/k"), True, offline=True)
+
+
+def test_release_repo_files_are_set_aside_for_the_mirror(tmp_path):
+    repos = tmp_path / "etc/yum.repos.d"
+    repos.mkdir(parents=True)
+    for name in ("fedora.repo", "fedora-updates.repo", "dib-fedora.repo"):
+        (repos / name).write_text("[x]\n")
+    rpmbase._set_aside_release_repos(tmp_path, "dib-fedora.repo")
+    assert sorted(p.name for p in repos.iterdir()) == [
+        "dib-fedora.repo", "fedora-updates.repo.dib-disabled", "fedora.repo.dib-disabled"]
