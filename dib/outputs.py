@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from dib import failure
+from dib import failure, rpmbase
 from dib.blockdevice import disk
 from dib.errors import CommandFailed, ConfigError, DibError
 from dib.fssize import MIB, estimate_fs_size, tree_usage
@@ -318,7 +318,8 @@ def make_outputs(
     output.parent.mkdir(parents=True, exist_ok=True)
     made: List[Path] = []
     manifest = output.with_name(f"{output.name}.packages")
-    manifest.write_text("".join(line + "\n" for line in installed_packages(root)))
+    packages = installed_packages(root) or rpmbase.installed_rpms(root)
+    manifest.write_text("".join(line + "\n" for line in packages))
     for image_type in (t for t in types if t in TAR_TYPES):
         with unfinished(image_path(output, image_type)) as dest:
             make_tar(root, dest, TAR_TYPES[image_type])

@@ -9,6 +9,7 @@ the verdict stage (``matrix.verdict.classify``) names causes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import shlex
 import shutil
@@ -21,6 +22,8 @@ import docker
 from dib import failure
 from dib.arch import normalise as normalise_arch
 from dib.boottest import BootOptions, BootTestError, run_boot_test
+from dib.elements import index_elements, resolve
+from dib.errors import DibError
 from matrix.containers import engine
 from matrix.hostgen.build import build_host
 from matrix.hostgen.diblayer import DibLayerError
@@ -167,13 +170,23 @@ class CellRunner:
             command=command,
             log_path=self.ctx.log_path(cell),
             timeout=settings.config.timeout,
-            environment={**engine.dib_environment(env, settings.mirror), **settings.extra_env},
+            environment={**engine.dib_environment(env, self.debian_mirror(cell, upstream)),
+                         **settings.extra_env},
             dib_tree=settings.dib_tree if self.ctx.layers is None else None,
             out_dir=self.ctx.images_dir(cell.host.name) if cell.kind is CellKind.BUILD else None,
             cache_volume=engine.cache_volume_name(cell.host.name),
             network=settings.config.network,
             upstream_elements=upstream,
         )
+
+    def debian_mirror(self, cell: PlannedCell, upstream: Path | None) -> str | None:
+        """The machine's Debian mirror for a cell whose target debootstraps (and for the
+        tox row); an RPM target's repositories come from its own variables."""
+        if cell.target is None:
+            return self.ctx.settings.mirror
+        trees = (upstream,) if upstream is not None else ()
+        trees += (self.ctx.settings.dib_tree / "elements",)
+        return self.ctx.settings.mirror if debootstraps(cell.target.elements, trees) else None
 
     def upstream_elements(self, cell: PlannedCell) -> Path | None:
         """The diskimage-builder element tree to mount for ``cell``, or None."""
@@ -307,6 +320,16 @@ def collect_artifacts(ctx: RunContext, cell: PlannedCell) -> list[Artifact]:
         found.append(Artifact(str(path.relative_to(ctx.settings.run_dir)), image_type,
                               path.stat().st_size, digest))
     return found
+
+
+@functools.lru_cache(maxsize=256)
+def debootstraps(elements: tuple[str, ...], element_dirs: tuple[Path, ...]) -> bool:
+    """Whether the build of ``elements`` uses debootstrap (resolved as the cell's dib will)."""
+    try:
+        resolution = resolve(["base", *elements], index_elements(list(element_dirs)))
+    except DibError:  # the build reports that itself; its environment stays as it was
+        return True
+    return "debootstrap" in resolution.names
 
 
 def reproducer(spec: engine.CellSpec) -> str:

@@ -452,9 +452,6 @@ def check_image(case: Case, out: Path, url: str, tmp: Path) -> None:
     # The manifest beside the image.
     manifest = (out / f"{case.element}.packages").read_text().split("\n")
     listed = {line.split()[0] for line in manifest if line.strip()}
-    if not listed and "rpmbase" not in (REPO / "dib" / "outputs.py").read_text():
-        pytest.xfail("dib/outputs.py does not list rpm databases in .packages yet "
-                     "(dib.rpmbase.installed_rpms is there for it)")
     assert set(case.root_packages) <= listed, manifest
 
 

@@ -21,6 +21,7 @@ from matrix.config.hosts import (
 BUNDLED = {
     "debian-bullseye",
     "debian-bookworm",
+    "debian-bookworm-rpmtools",
     "debian-trixie",
     "debian-sid",
     "ubuntu-jammy",
@@ -224,7 +225,7 @@ def test_later_directory_overrides(tmp_path):
 def test_select_hosts_by_name_and_glob():
     hosts = load_hosts()
     names = [h.name for h in select_hosts(hosts, ["debian-b*", "gentoo"])]
-    assert names == ["debian-bookworm", "debian-bullseye", "gentoo"]
+    assert names == ["debian-bookworm", "debian-bookworm-rpmtools", "debian-bullseye", "gentoo"]
     assert len(select_hosts(hosts, [])) == len(BUNDLED)
     with pytest.raises(UnknownHost, match="no host matches 'debian-potato'"):
         select_hosts(hosts, ["debian-potato"])

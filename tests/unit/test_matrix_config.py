@@ -70,7 +70,8 @@ def test_durations(text, seconds):
 def test_globs_expand_against_known_names(tmp_path):
     config = load_matrix(write(tmp_path, "hosts: ['debian-*']\ntargets: ['*-noble']\n"))
     assert {h.name for h in config.hosts} == {"debian-bullseye", "debian-bookworm",
-                                              "debian-trixie", "debian-sid"}
+                                              "debian-bookworm-rpmtools", "debian-trixie",
+                                              "debian-sid"}
     assert [t.name for t in config.targets] == ["ubuntu-noble"]
 
 
