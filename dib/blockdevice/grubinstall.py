@@ -7,8 +7,10 @@ after finalise.d, dib reads them and does what each asks with its own GRUB piece
 (``grub.install_images``): a BIOS core image for the MBR gap or the BIOS boot
 partition, an EFI binary on the ESP. ``dib.blockdevice.disk`` writes them into the disk file.
 
-An EFI install always goes to the removable-media path (``EFI/BOOT/BOOTX64.EFI``):
-there is no firmware whose boot entries could be set, and it is what a new VM boots.
+An EFI install always goes to the removable-media path (``EFI/BOOT/BOOTX64.EFI``;
+``BOOTAA64.EFI`` on arm64, where a grub-install without ``--target``, as
+diskimage-builder's bootloader runs it there, means ``arm64-efi``): there is no
+firmware whose boot entries could be set, and it is what a new VM boots.
 """
 
 from __future__ import annotations
