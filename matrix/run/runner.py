@@ -22,10 +22,11 @@ import requests
 from dib import spawn
 from dib.mirror import MirrorNotFound, find_mirror, find_security_mirror
 from matrix.config import upstreamdib
-from matrix.config.matrixfile import MatrixConfig
+from matrix.config.matrixfile import OVERRIDES, MatrixConfig
 from matrix.containers import engine, leases, swarm
+from matrix.hostgen.build import recorded_base
 from matrix.hostgen.diblayer import LayerBaker, bundled_tree
-from matrix.hostgen.hostimage import host_objects
+from matrix.hostgen.hostimage import host_objects, image_names
 from matrix.hostgen.pkgcache import PackageCache, PackageCacheError
 from matrix.run import provenance
 from matrix.run.cellreport import CellReport
@@ -148,8 +149,8 @@ class MatrixRun:
             rows=list(req.plan.rows),
             started=now(),
             dib_tree=tree_info(req.dib_tree),
-            options={"max_parallel": req.config.max_parallel, "timeout": req.config.timeout,
-                     "retries": req.config.retries, "fail_fast": req.config.fail_fast},
+            # The run-time keys of the matrix file (those run can override), as in effect.
+            options={key.field: getattr(req.config, key.field) for key in OVERRIDES},
         )
         if req.shard:
             results.shard = dict(req.shard)
@@ -203,12 +204,24 @@ class MatrixRun:
             cell = Cell(planned.host.name, planned.row, planned.kind, voting=planned.voting)
             self.results.cells.append(cell)
         self._fill(cell, planned, self.judge(planned, report))
+        if planned.kind is CellKind.HOSTGEN and cell.state is State.SUCCESS:
+            self._pin_base_image(planned)
         if self.recorder is not None:
             self.recorder.fill(self.results, planned, cell)
         with self.save_lock:
             save(self.results, self.run_dir)
         mark = cell.category.legend if cell.category else (cell.reason or "")
         LOG.info("%-40s %-15s %s", cell.id, cell.state.value, mark)
+
+    def _pin_base_image(self, planned: PlannedCell) -> None:
+        """An image host's registry image, by the digest its host image was built from."""
+        try:
+            pinned = recorded_base(self.client, planned.host, image_names(planned.host).image)
+        except (docker.errors.DockerException, requests.RequestException) as err:
+            LOG.warning("%s: base image not recorded (%s)", planned.id, err)
+            return
+        if pinned is not None:
+            self.results.base_images[planned.host.name] = pinned
 
     def _fill(self, cell: Cell, planned: PlannedCell, report: CellReport) -> None:
         cell.state = report.state
