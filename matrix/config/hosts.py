@@ -22,6 +22,7 @@ from matrix.config.schema import (
     Invalid,
     Key,
     Reader,
+    enum_parser,
     load_dir,
     read_keys,
     select,
@@ -172,14 +173,6 @@ def _text(value: Any, what: str = "a string") -> str:
     return value
 
 
-def _enum(kind: type[enum.Enum], value: Any) -> Any:
-    choices = ", ".join(str(m.value) for m in kind)
-    try:
-        return kind(value)
-    except ValueError:
-        raise Invalid(f"must be one of {choices}, got {shown(value)}") from None
-
-
 def _string_list(value: Any, pattern: re.Pattern[str] | None, what: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -235,8 +228,7 @@ def _parse_environment(value: Any, reader: Reader, path: KeyPath) -> tuple[tuple
     return tuple(sorted(pairs))
 
 
-def _parse_package_manager(value: Any, reader: Reader, path: KeyPath) -> PackageManager:
-    return _enum(PackageManager, value)
+_parse_package_manager = enum_parser(PackageManager)
 
 
 BOOTSTRAP_KEYS = ("suite", "variant", "mirror", "tool", "components")
@@ -262,7 +254,7 @@ def _parse_bootstrap(value: Any) -> BootstrapBase:
     field("suite", _suite)
     field("variant", _text, "minbase")
     field("mirror", _mirror_url)
-    field("tool", lambda v: _enum(BootstrapTool, v), BootstrapTool.DEBOOTSTRAP)
+    field("tool", enum_parser(BootstrapTool), BootstrapTool.DEBOOTSTRAP)
     field("components", lambda v: _string_list(v, SUITE_RE, "components"), ("main",))
     if problems:
         raise Invalid.many(problems)

@@ -268,7 +268,8 @@ def enum_parser(kind: type[E]) -> Parser:
         try:
             return kind(value)
         except (ValueError, TypeError):
-            raise Invalid(f"must be one of: {', '.join(str(m.value) for m in kind)}") from None
+            choices = ", ".join(str(m.value) for m in kind)
+            raise Invalid(f"must be one of: {choices}, got {shown(value)}") from None
 
     return parse
 

@@ -65,7 +65,8 @@ def test_every_problem_names_line_and_key_and_the_closest_key(tmp_path):
     assert any(p.endswith("f.yaml:1: size: must be a whole number") for p in problems)
     assert any("f.yaml:2: color: unknown key (did you mean 'colour'?); known: name, size"
                in p for p in problems)
-    assert any(p.endswith("f.yaml:3: colour: must be one of: red, blue") for p in problems)
+    assert any(p.endswith("f.yaml:3: colour: must be one of: red, blue, got 'green'")
+               for p in problems)
     assert any(p.endswith("f.yaml:1: missing required key 'name'") for p in problems)
 
 
