@@ -12,6 +12,7 @@ Timings are printed (run with -s to see them).
 
 from __future__ import annotations
 
+import posixpath
 import shutil
 import subprocess
 import tarfile
@@ -64,9 +65,9 @@ def test_missing_handler_fails_fast_with_the_fix(tmp_path):
 
 def _member_text(tar: tarfile.TarFile, name: str) -> str:
     member = tar.getmember(name)
-    while member.issym():
-        target = (Path(name).parent / member.linkname).as_posix().lstrip("./")
-        name = f"./{target}" if not member.linkname.startswith("/") else f".{member.linkname}"
+    while member.issym():  # etc/os-release -> ../usr/lib/os-release
+        base = "/" if member.linkname.startswith("/") else posixpath.dirname(name[1:])
+        name = "." + posixpath.normpath(posixpath.join(base, member.linkname))
         member = tar.getmember(name)
     handle = tar.extractfile(member)
     assert handle is not None
