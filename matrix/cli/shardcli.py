@@ -158,7 +158,7 @@ def print_plan(args: argparse.Namespace, plan: Plan) -> int | None:
     estimates = shards.estimate(plan, history)
     split = shards.split(plan, args.shards, estimates)
     if args.format == "json":
-        print(json.dumps(split.to_json(), indent=2))
+        print(json.dumps(split.to_json()))  # one line: a CI step's output as it stands
         return 0
     print(shards.render_text(split, estimates))
     if args.history and estimates.source == "history":

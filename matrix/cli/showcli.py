@@ -86,7 +86,8 @@ def describe(cell: Cell, run_dir: Path, results: RunResults) -> list[tuple[str, 
             what += f": {earlier['category']}"
         if earlier.get("log"):
             what += f" (log {earlier['log']})"
-        fields.append(("earlier", text(f"{earlier.get('at')}: {what}")))
+        when = earlier.get("finished") or "not finished"
+        fields.append(("earlier", text(f"{when}: {what}; re-run at {earlier.get('at')}")))
     return fields
 
 

@@ -139,7 +139,7 @@ def reset(run_dir: Path, results: RunResults, cells: Sequence[str], at: str) -> 
         kept = _keep_log(run_dir, cell)
         if cell.state is not State.PENDING or kept:
             results.reruns.append({
-                "cell": cell.id, "at": at, "state": cell.state.value,
+                "cell": cell.id, "at": at, "finished": cell.finished, "state": cell.state.value,
                 "category": cell.category.legend if cell.category else None,
                 "evidence": cell.evidence, "reason": cell.reason, "attempts": cell.attempts,
                 "duration": cell.duration, "log": kept, "reused": cell.reused,
