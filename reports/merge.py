@@ -9,9 +9,10 @@ cell of the matrix (a missing shard's cells stay ``pending`` with the reason),
 report.txt/html and junit.xml, each part's logs and images, and each part's own
 results.json and run.log under ``parts/shard-I-of-N/``.
 
-Images and logs are hard-linked from the parts when they are on the same
-filesystem, else copied (``RunResults.shard['files']`` says which); symlinks in
-a part are never followed.
+Images are hard-linked from the parts when they are on the same filesystem, else
+copied (``RunResults.shard['files']`` says which); logs are copied (a resumed or
+re-run cell of the merged run may append to its log); symlinks in a part are never
+followed.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from pathlib import Path
 
 from reports import write_all
 from results.model import Cell, CellKind, RunResults, load, save
-
-COPIED_DIRS = ("images", "logs")
 
 
 class MergeError(ValueError):
@@ -140,8 +139,10 @@ def merge(paths: list[Path], out: Path, baseline: RunResults | None = None) -> M
     modes: set[str] = set()
     for part in parts:
         for host in part.mark["hosts"]:
-            for top in COPIED_DIRS:
-                modes |= _link_tree(part.path / top / host, out / top / host)
+            # Images are linked (large, never written in place: a run that builds one
+            # again removes it first); logs are copied, since a resumed cell appends.
+            modes |= _link_tree(part.path / "images" / host, out / "images" / host)
+            _link_tree(part.path / "logs" / host, out / "logs" / host, link=False)
         keep = out / "parts" / f"shard-{part.index}-of-{count}"
         for name in ("results.json", "run.log"):
             modes |= _link_tree(part.path / name, keep / name, link=False)

@@ -9,6 +9,7 @@ from tabulate import DataRow, Line, TableFormat, tabulate
 from reports.grid import build_grid
 from reports.legend import build_legend, cell_mark
 from reports.sanitize import one_line
+from reports.shardinfo import shard_lines
 from reports.summary import counts_text, rate_text, retried, uncategorized
 from results.model import RunResults
 
@@ -77,7 +78,7 @@ def render_report(
     when = f"started {results.started or '?'}, finished {results.finished or '?'}"
     if results.interrupted:
         when += " (INTERRUPTED: results are partial)"
-    lines = [heading, when, "", render_table(results, transpose)]
+    lines = [heading, when, *shard_lines(results), "", render_table(results, transpose)]
     key = marks_key(results)
     if key:
         lines += ["marks:", *key, ""]

@@ -121,6 +121,11 @@ def test_merge_gives_the_whole_runs_verdicts_files_and_gate(tmp_path, plan, dib_
     assert (out / image).stat().st_ino == (source / image).stat().st_ino  # hard-linked
     assert merged.shard["files"] == "hardlink"
     assert (out / "logs/ubuntu-noble/tox.log").read_text() == "log of ubuntu-noble.tox\n"
+    log = "logs/ubuntu-noble/tox.log"
+    source = next(p for p in parts if (p / log).exists())
+    assert (out / log).stat().st_ino != (source / log).stat().st_ino  # copied: appendable
+    report = (out / "report.txt").read_text()
+    assert "merged from 2 of 2 shards of matrix" in report
     assert (out / "parts/shard-1-of-2/results.json").is_file()
     assert (out / "parts/shard-2-of-2/run.log").is_file()
     assert "No such script" in (out / "report.txt").read_text()
@@ -140,6 +145,8 @@ def test_missing_shard_leaves_its_cells_pending_and_says_so(tmp_path, plan, dib_
         else:
             assert cell.state is not State.PENDING
     assert len(merged.cells) == len(plan.cells)
+    report = (tmp_path / "merged" / "report.txt").read_text()
+    assert "MISSING shards: 2/2 - their cells are pending" in report
 
 
 def test_duplicate_shard_is_refused(tmp_path, plan, dib_tree):
@@ -233,3 +240,15 @@ def test_merge_cli_exit_codes(tmp_path, plan, dib_tree, capsys):
     assert (tmp_path / "m3" / "report.html").is_file()  # written all the same
     assert main([*args, "-o", str(tmp_path / "m1")]) == 2  # exists
     assert main(["compare", str(whole), str(tmp_path / "m1")]) == 0
+
+
+def test_report_heads_say_shard_merge_and_reruns(tmp_path, plan, dib_tree):
+    from reports.text import render_report
+
+    parts = shard_runs(tmp_path, plan, dib_tree)
+    part = load(parts[0])
+    assert f"shard 1/2 of matrix {part.shard['matrix_hash'][:12]}" in render_report(part)
+    part.reruns.append({"cell": part.cells[0].id, "at": "t", "state": "failed"})
+    assert f"re-run in place: {part.cells[0].id}" in render_report(part)
+    whole = RunResults("w", "m.yaml", [], [])
+    assert render_report(whole).splitlines()[2] == ""  # an ordinary run: nothing added

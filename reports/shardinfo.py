@@ -1,0 +1,40 @@
+"""What a report says of a shard's run, a merge of shards and cells re-run in place."""
+
+from __future__ import annotations
+
+from reports.sanitize import one_line
+from results.model import RunResults
+
+LISTED = 10  # cells or parts named on one line before "+N more"
+
+
+def _listing(items: list[str]) -> str:
+    more = len(items) - LISTED
+    return ", ".join(items[:LISTED]) + (f" +{more} more" if more > 0 else "")
+
+
+def shard_lines(results: RunResults) -> list[str]:
+    """Lines for the head of report.txt; none for an ordinary run."""
+    lines = []
+    mark = results.shard
+    count = mark.get("count")
+    digest = str(mark.get("matrix_hash", ""))[:12]
+    if mark.get("kind") == "part":
+        hosts = [one_line(str(h), 80) for h in mark.get("hosts", [])]
+        lines.append(f"shard {mark.get('index')}/{count} of matrix {digest}: "
+                     + (_listing(hosts) if hosts else "no cells")
+                     + " (dib-matrix merge makes one run of the shards' runs)")
+    elif mark.get("kind") == "merged":
+        parts = [f"{p.get('index')}/{count} {one_line(str(p.get('run_id')), 60)}"
+                 for p in mark.get("parts", [])]
+        lines.append(f"merged from {len(parts)} of {count} shards of matrix {digest}: "
+                     + _listing(parts))
+        missing = mark.get("missing") or []
+        if missing:
+            lines.append("MISSING shards: " + _listing([f"{i}/{count}" for i in missing])
+                         + " - their cells are pending: merge again with every shard's run")
+    if results.reruns:
+        cells = list(dict.fromkeys(one_line(str(r.get("cell")), 80) for r in results.reruns))
+        lines.append("re-run in place: " + _listing(cells)
+                     + " (earlier verdicts and logs: dib-matrix show RUN_DIR CELL)")
+    return lines
