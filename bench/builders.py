@@ -12,6 +12,7 @@ its best warm case: its debootstrap tarball kept and used (``DIB_DEBOOTSTRAP_CAC
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -36,6 +37,11 @@ class Built:
     timed: Timed
     size: int | None  # bytes of the qcow2
     packages: frozenset[str]
+    load: float = 0.0  # the machine's 1-minute load average as the build started
+
+    @property
+    def load_note(self) -> str:
+        return f"load average {self.load:.1f} at start" if self.timed.ok else ""
 
     @property
     def seconds(self) -> float | None:
@@ -76,6 +82,7 @@ class Builder:
         env = {**self.env, "TMPDIR": str(tmp)}
         argv = [*self.command, "-o", str(self.root / "image"), "-t", "qcow2", *extra, ELEMENT]
         bench.say(f"{SECTION}: {label}")
+        load = os.getloadavg()[0]  # other work on the machine slows both builders alike
         try:
             result = timed(argv, bench.log(label.replace(" ", "-")), env=env, timeout=3600)
         finally:
@@ -83,7 +90,7 @@ class Builder:
             shutil.rmtree(tmp, ignore_errors=True)
         size = self.image.stat().st_size if result.ok and self.image.exists() else None
         names = self.packages(self.root / "image") if result.ok else set()
-        return Built(result, size, frozenset(names))
+        return Built(result, size, frozenset(names), load)
 
 
 def our_packages(output: Path) -> set[str]:
@@ -197,7 +204,9 @@ def _figures(builds: dict[str, Built], reference: Builder | None,
         return builds[label].seconds if label in builds else None
 
     def note(label: str, otherwise: str = "") -> str:
-        return builds[label].failure if label in builds else (why_not or otherwise)
+        if label in builds:
+            return builds[label].failure or builds[label].load_note
+        return why_not or otherwise
 
     dib_name = reference.name if reference else "DIB"
     same = "dib cold, DIB's packages"
@@ -217,10 +226,21 @@ def _figures(builds: dict[str, Built], reference: Builder | None,
         extra = len(builds["DIB cold"].packages - builds["dib cold"].packages)
         figures += [
             Figure(SECTION, "dib cold, DIB's package set", seconds(same), "s",
-                   note=note(same) or f"-p with the {extra} packages only DIB's image had"),
+                   note=builds[same].failure
+                   or f"-p with the {extra} packages only DIB's image had"),
             Figure(SECTION, "  / DIB cold", ratio(seconds(same), seconds("DIB cold")), "x",
                    COLD_RATIO_TARGET, note="stricter reading: the same content"),
         ]
+    cpu = {label: built.timed.cpu for label, built in builds.items() if built.timed.ok}
+    for label in ("DIB cold", "dib cold", "DIB warm", "dib warm", same):
+        if label in cpu:
+            figures.append(Figure(SECTION, f"CPU time, {label}", cpu[label], "s",
+                                  note="user + system of the whole build"))
+    for a, b in (("dib cold", "DIB cold"), ("dib warm", "dib cold")):
+        if a in cpu and b in cpu:
+            figures.append(Figure(SECTION, f"CPU {a} / {b}", ratio(cpu[a], cpu[b]), "x",
+                                  note="the same ratio in CPU time, which other work on "
+                                  "the machine does not stretch"))
     for label in ("DIB cold", "dib cold", same):
         if label in builds and builds[label].timed.ok:
             figures.append(Figure(SECTION, f"peak RSS, {label}",

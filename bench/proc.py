@@ -25,6 +25,7 @@ class Timed:
     returncode: int  # negative: killed by that signal
     peak_rss: int  # bytes: the largest single process of the tree (wait4's ru_maxrss)
     log: Path
+    cpu: float = 0.0  # user + system seconds of the whole tree (wait4): load-independent
 
     @property
     def ok(self) -> bool:
@@ -68,7 +69,8 @@ def timed(argv: Sequence[str], log: Path, *, env: Mapping[str, str],
     seconds = time.monotonic() - start
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, not Popen
     # ru_maxrss is in KiB on Linux.
-    return Timed(tuple(argv), seconds, process.returncode, usage.ru_maxrss * 1024, log)
+    return Timed(tuple(argv), seconds, process.returncode, usage.ru_maxrss * 1024, log,
+                 usage.ru_utime + usage.ru_stime)
 
 
 def _wait4(pid: int) -> tuple[int, resource.struct_rusage]:
