@@ -10,10 +10,10 @@ A regression (or a fix) is attributed to the inputs the two runs recorded for th
 - the mirror: the Release ``Date:`` of the cell's suite;
 - the image: its package versions (``libc6 2.36-9 -> 2.36-10``).
 
-A changed file of the element whose hook failed (the cell's cause names it:
-``element growroot: post-install.d/80-growroot exited 1``), or a package the cause's
-evidence names, comes first and is marked as the likely cause. Pure functions over two
-``RunResults``: no files are read.
+The changed file of the hook that failed (dib's failure record, ``failed_hook``, or
+the cause's text: ``element growroot: post-install.d/80-growroot exited 1``), or a
+package the cause's evidence names, comes first and is marked as the likely cause.
+Pure functions over two ``RunResults``: no files are read.
 """
 
 from __future__ import annotations
@@ -101,8 +101,19 @@ def changed_files(before: Mapping[str, str], after: Mapping[str, str]) -> list[s
     return lines
 
 
-def _names_hook(path: str, cause: str) -> bool:
-    """Whether the failure's cause names this element file (its element and its hook)."""
+def _hook_file(cell: Cell | None) -> str | None:
+    """The element file whose hook failed, from dib's failure record (``failed_hook``)."""
+    hook = cell.provenance.get("failed_hook") if cell is not None else None
+    if not isinstance(hook, dict) or not all(hook.get(k) for k in ("element", "phase", "hook")):
+        return None
+    return f"elements/{hook['element']}/{hook['phase']}/{hook['hook']}"
+
+
+def _names_hook(path: str, cause: str, hook_file: str | None = None) -> bool:
+    """Whether the failure names this element file: dib's record of the failed hook, or
+    the cause's text (its element and its hook)."""
+    if hook_file is not None and path == hook_file:
+        return True
     found = ELEMENT_FILE.match(path)
     if not found or not cause:
         return False
@@ -125,17 +136,18 @@ def _tree_name(dib: Mapping[str, Any]) -> str:
     if commit:
         return str(commit)[:12] + (" (with local changes)" if dib.get("dirty") else "")
     digest = dib.get("digest")
-    return f"tree {str(digest)[:12]}" if digest else "unknown tree"
+    return f"digest {str(digest)[:12]}" if digest else "unknown tree"
 
 
-def element_factors(old: Cell, new: Cell, cause: str) -> list[Factor]:
+def element_factors(old: Cell, new: Cell, cause: str, hook_file: str | None = None
+                    ) -> list[Factor]:
     """The cell's element files that differ: the failing hook's own file first."""
     before = old.provenance.get("elements")
     after = new.provenance.get("elements")
     if not isinstance(before, dict) or not isinstance(after, dict):
         return []
     lines = changed_files(before, after)
-    likely = [line for line in lines if _names_hook(line.split(" ", 1)[0], cause)]
+    likely = [line for line in lines if _names_hook(line.split(" ", 1)[0], cause, hook_file)]
     others = [line for line in lines if line not in likely]
     factors = [Factor("element", f"{line} (in the cell's element closure)", likely=True)
                for line in likely]
@@ -256,9 +268,10 @@ def attribute(old_run: RunResults, new_run: RunResults, old: Cell, new: Cell) ->
         return Attribution(new.id, notes=(f"no provenance recorded in {which} (a run made "
                                           "before dib-matrix recorded it, or a cell that ran "
                                           "nothing)",))
-    cause = _cause_text(_failing(old, new))
+    failing = _failing(old, new)
+    cause = _cause_text(failing)
     notes: list[str] = []
-    factors = element_factors(old, new, cause)
+    factors = element_factors(old, new, cause, _hook_file(failing))
     factors += dib_factors(old_run, new_run)
     packages, note = package_factors(old_run, new_run, old, new, cause)
     factors += packages

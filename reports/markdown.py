@@ -58,9 +58,8 @@ def _diff_item(diff: CellDiff, comparison: Comparison) -> list[str]:
     if found is not None:
         entries = found.entries()
         for number, (entry, details) in enumerate(entries[:MAX_DETAILS]):
-            label = "why" if number == 0 and found.factors else "also"
-            if not found.factors:
-                label = "note"
+            label = "note" if number >= len(found.factors) else ("why" if number == 0
+                                                                   else "also")
             shown = "; ".join(details[:4]) + ("; \u2026" if len(details) > 4 else "")
             lines.append(f"  - {label}: {escape(entry)}" + (f" ({escape(shown, 400)})"
                                                           if details else ""))

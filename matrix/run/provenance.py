@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dib import failure
 from dib.mirror import MirrorNotFound, find_mirror
 from matrix.run.plan import Plan, PlannedCell
 from matrix.run.reuse import _tree_files, file_digests
 from matrix.verdict.verify.expect import expectation_for
 from matrix.verdict.verify.limits import MANIFEST_LIMIT, VerifyError, read_text
-from results.model import Cell, CellKind
+from results.model import Cell, CellKind, State
 
 LOG = logging.getLogger("dib-matrix")
 
@@ -44,6 +45,7 @@ RELEASE_READ_LIMIT = 64 << 10  # the Date: field is in the first lines
 APT_DISTROS = ("debian", "ubuntu")  # archives with dists/<suite>/Release
 FIELD_LIMIT = 128  # characters kept of a date, a package name or a version
 PACKAGES_LIMIT = 20000  # package entries kept per image
+RECORD_LIMIT = 64 << 10  # bytes read of dib's failure record
 
 
 def tree_record(dib_tree: Path, info: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,6 +149,22 @@ def manifest_path(run_dir: Path, cell: PlannedCell) -> Path | None:
     if cell.target is None or cell.kind not in (CellKind.BUILD, CellKind.BOOT):
         return None
     return run_dir / "images" / cell.host.name / f"{cell.target.name}.packages"
+
+
+def failed_hook(run_dir: Path, cell: PlannedCell) -> dict[str, str] | None:
+    """Which element's hook a failed build stopped in (``element``, ``phase``, ``hook``),
+    from dib's failure record beside the image; None without one."""
+    if cell.target is None or cell.kind is not CellKind.BUILD:
+        return None
+    path = failure.path_for(run_dir / "images" / cell.host.name / cell.target.name)
+    try:
+        with path.open("rb") as stream:
+            text = stream.read(RECORD_LIMIT).decode("utf-8", "replace")
+        record = failure.FailureRecord.from_json(text).bounded().to_dict()
+    except (OSError, ValueError, TypeError):
+        return None
+    found = {k: _bounded(str(record[k])) for k in ("element", "phase", "hook") if record.get(k)}
+    return found or None
 
 
 def read_packages(path: Path) -> dict[str, str] | None:
@@ -275,6 +293,10 @@ class Recorder:
         if packages is not None and manifest is not None:
             record["packages_manifest"] = str(manifest.relative_to(self.run_dir))
         record["packages"] = packages
+        if cell.state.is_failure or cell.state is State.ALLOWED_FAILURE:
+            hook = failed_hook(self.run_dir, planned)
+            if hook is not None:
+                record["failed_hook"] = hook
         return record
 
 

@@ -59,6 +59,19 @@ def test_changed_element_file_of_the_failing_hook_is_the_likely_cause():
     assert found.notes[0] == "dib tree aaaa1111 -> bbbb2222 (with local changes)"
 
 
+def test_the_hook_dibs_record_names_is_the_likely_cause():
+    elements = {**ELEMENTS, "elements/base/install.d/10-base": "4444444444444444+x",
+                "elements/growroot/element-deps": "5555555555555555"}
+    bootstrap = Category("bootstrap-failed", "bootstrap of the base system failed")
+    old, new = runs(prov(), prov(elements=elements, failed_hook={
+        "element": "base", "phase": "install.d", "hook": "10-base"}), category=bootstrap,
+        evidence="patched")
+    found = only_attribution(old, new)
+    assert found.headline == ("elements/base/install.d/10-base changed (in the cell's element "
+                              "closure) (likely cause)")
+    assert found.factors[1].summary.startswith("elements/growroot/element-deps changed")
+
+
 def test_package_version_change_named_by_the_evidence():
     after = {"libc6": "2.36-10", "bash": "5.2.15-2", "zstd": "1.5"}
     old, new = runs(prov(), prov(packages=after), category=PANIC,

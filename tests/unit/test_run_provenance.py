@@ -178,6 +178,22 @@ def test_cell_record_of_a_build_and_its_boot(tmp_path):
         "http://m/debian": {"bookworm": {"date": "Sat, 11 Jul 2026"}}}
 
 
+def test_failed_build_records_the_hook_dib_names(tmp_path):
+    rec, run_dir = recorder(tmp_path)
+    (run_dir / "images/h").mkdir(parents=True)
+    (run_dir / "images/h/t.failure.json").write_text(
+        '{"version": 1, "kind": "hook", "element": "extra", "phase": "install.d", '
+        '"hook": "10-hook", "status": 3, "message": "m"}')
+    failed = Cell("h", "t", CellKind.BUILD, state=State.FAILED, attempts=1)
+    record = rec.cell_record(planned(), failed)
+    assert record["failed_hook"] == {"element": "extra", "phase": "install.d", "hook": "10-hook"}
+    ok = rec.cell_record(planned(), Cell("h", "t", CellKind.BUILD, state=State.SUCCESS,
+                                         attempts=1))
+    assert "failed_hook" not in ok
+    (run_dir / "images/h/t.failure.json").write_text("{not json" + "x" * 100000)
+    assert "failed_hook" not in rec.cell_record(planned(), failed)
+
+
 def test_no_manifest_no_host_and_cells_that_ran_nothing(tmp_path):
     rec, _ = recorder(tmp_path)
 
