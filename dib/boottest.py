@@ -58,6 +58,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from dib.arch import normalise as normalise_arch
 from dib.errors import DibError
 
 DEFAULT_MARKER = "DIB-BOOT-MARKER-OK"
@@ -89,17 +90,18 @@ MACHINES = {
     "arm64": Machine("arm64", "qemu-system-aarch64", "virt", "cortex-a57", "qemu-system-arm",
                      True, AAVMF_CANDIDATES, "qemu-efi-aarch64"),
 }
-ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 def machine_for(arch: str) -> Machine:
     """The emulated machine for ``arch`` (Debian or kernel name); BootTestError if none."""
-    found = MACHINES.get(ARCH_ALIASES.get(arch, arch))
+    found = MACHINES.get(normalise_arch(arch))
     if found is None:
         raise BootTestError(
             f"no boot test for architecture {arch} (known: {', '.join(sorted(MACHINES))})"
         )
     return found
+
+
 KILL_GRACE_SECONDS = 5.0
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78cDEHMZ])")
 FACT = re.compile(r"\b([a-z][a-z0-9-]*)=(\S+)")
@@ -734,7 +736,7 @@ def options_from_args(args: argparse.Namespace) -> BootOptions:
         accel=args.accel,
         disk_size=args.disk_size,
         watch=watch,
-        arch=ARCH_ALIASES.get(args.arch, args.arch),
+        arch=normalise_arch(args.arch),
         cpu=args.cpu,
     )
 
