@@ -63,7 +63,7 @@ class View:
 
     url: str
     inrelease: bytes
-    indices: Dict[str, bytes]  # component -> the full (uncompressed) Packages index
+    indices: Dict[str, Path]  # component -> the full (uncompressed) Packages index
     wanted: int  # .debs placed for debootstrap
     seconds: float
 
@@ -228,15 +228,21 @@ def prepare(mirror: str, release: str, arch: str, components: Sequence[str], var
         sums = debprefetch.parse_release_sha256(text)
         if not sums:
             raise ViewError("InRelease lists no SHA256 checksums")
-        full: Dict[str, bytes] = {}
+        full: Dict[str, Path] = {}
         per_component: Dict[str, PackageIndex] = {}
         merged = PackageIndex()
         for component in components:
             data = debprefetch.fetch_index(mirror, release, component, arch, sums, fetcher,
                                            per_request)
-            full[component] = data
-            per_component[component] = debprefetch.parse_packages(data)
-            merged.add(data)
+            # Kept on disk for restore_lists, not in memory (50 MB for bookworm main).
+            full[component] = workdir / f"{component}.Packages"
+            full[component].write_bytes(data)
+            if len(components) == 1:
+                merged = per_component[component] = debprefetch.parse_packages(data)
+            else:
+                per_component[component] = debprefetch.parse_packages(data)
+                merged.add(data)
+            del data
         names, excluded = debprefetch.initial_names(merged, release, variant, include,
                                                     mirror.startswith("https://"))
         wanted = debprefetch.resolve(merged, names, excluded)
@@ -287,9 +293,9 @@ def restore_lists(view: View, mirror: str, release: str, arch: str, root: Path) 
     (lists / list_name(mirror, f"dists/{release}/InRelease")).write_bytes(view.inrelease)
     (lists / list_name(mirror, f"dists/{release}/Release")).write_bytes(release_text)
     (lists / list_name(mirror, f"dists/{release}/Release.gpg")).write_bytes(signature)
-    for component, data in view.indices.items():
+    for component, path in view.indices.items():
         name = list_name(mirror, f"dists/{release}/{component}/binary-{arch}/Packages")
-        (lists / name).write_bytes(data)
+        shutil.copyfile(path, lists / name)
 
 
 def describe_failure(err: Exception) -> str:

@@ -103,7 +103,9 @@ def test_prepare_writes_a_consistent_local_suite(mirror, tmp_path, monkeypatch):
     assert sorted(p.name for p in lists.iterdir()) == sorted(
         prefix + n for n in ("InRelease", "Release", "Release.gpg",
                              "main_binary-amd64_Packages"))
-    assert (lists / (prefix + "main_binary-amd64_Packages")).read_bytes() == view.indices["main"]
+    full = lists / (prefix + "main_binary-amd64_Packages")
+    assert full.read_bytes() == view.indices["main"].read_bytes()
+    assert b"Package: vim" in full.read_bytes()  # the whole index, as debootstrap leaves it
 
 
 def test_prepare_gives_up_when_a_deb_is_missing(mirror, tmp_path, monkeypatch):  # noqa: F811
