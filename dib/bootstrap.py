@@ -8,6 +8,7 @@ DIB_RELEASE, ARCH, TARGET_ROOT, DIB_IMAGE_CACHE, DIB_OFFLINE, DIB_DISTRIBUTION_M
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -288,8 +289,12 @@ def debootstrap_from_local_suite(env: Mapping[str, str], spec: BaseSpec, root: P
                      suiteview.describe_failure(err))
             empty_dir(root)
             return False
+        # debootstrap adds ca-certificates for an https mirror; it sees file:// here.
+        extra = tuple(p for p in suiteview.mirror_includes(spec.mirror, spec.release)
+                      if p not in spec.include)
+        local = dataclasses.replace(spec, include=spec.include + extra) if extra else spec
         try:
-            debootstrap(spec, root, timeout, view.url, ("--no-check-gpg",))
+            debootstrap(local, root, timeout, view.url, ("--no-check-gpg",))
         except DibError as err:
             LOG.info("debootstrap from the local suite failed (%s): again from %s",
                      err, spec.mirror)

@@ -298,6 +298,16 @@ def restore_lists(view: View, mirror: str, release: str, arch: str, root: Path) 
         shutil.copyfile(path, lists / name)
 
 
+def mirror_includes(mirror: str, release: str) -> Tuple[str, ...]:
+    """What debootstrap adds to the base for an https mirror, which it does not see
+    behind the local copy's file:// URL: passed as --include instead (same set)."""
+    if not mirror.startswith("https://"):
+        return ()
+    if release in debprefetch._APT_TRANSPORT_HTTPS or release.startswith("jessie"):
+        return ("apt-transport-https", "ca-certificates")
+    return ("ca-certificates",)
+
+
 def describe_failure(err: Exception) -> str:
     if isinstance(err, (ViewError, PrefetchError)):
         return str(err)

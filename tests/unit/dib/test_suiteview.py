@@ -185,3 +185,18 @@ def test_plain_debootstraps_failure_is_the_message(base_env, monkeypatch):
     monkeypatch.setattr(bootstrap, "debootstrap", debootstrap)
     with pytest.raises(DibError, match="from http://m.invalid/debian failed"):
         bootstrap.prepare_root(base_env)
+
+
+def test_an_https_mirror_keeps_debootstraps_ca_certificates(base_env, monkeypatch):
+    seen = []
+    monkeypatch.setattr(suiteview, "prepare", lambda *a: suiteview.View("file:///w", b"", {},
+                                                                       3, 0.1))
+    monkeypatch.setattr(suiteview, "restore_lists", lambda *a: None)
+    monkeypatch.setattr(bootstrap, "debootstrap",
+                        lambda spec, root, timeout, mirror="", options=(): seen.append(spec))
+    bootstrap.prepare_root({**base_env, "DIB_DISTRIBUTION_MIRROR": "https://m.invalid/debian",
+                            "DIB_DEBOOTSTRAP_INCLUDE": "sudo"})
+    assert seen[0].include == ("sudo", "ca-certificates")
+    assert suiteview.mirror_includes("https://m/debian", "stretch") == (
+        "apt-transport-https", "ca-certificates")
+    assert suiteview.mirror_includes("http://m/debian", "bookworm") == ()
