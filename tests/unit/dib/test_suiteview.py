@@ -193,7 +193,7 @@ def test_an_https_mirror_keeps_debootstraps_ca_certificates(base_env, monkeypatc
                                                                        3, 0.1))
     monkeypatch.setattr(suiteview, "restore_lists", lambda *a: None)
     monkeypatch.setattr(bootstrap, "debootstrap",
-                        lambda spec, root, timeout, mirror="", options=(): seen.append(spec))
+                        lambda spec, root, timeout, url="", options=(): seen.append(spec))
     bootstrap.prepare_root({**base_env, "DIB_DISTRIBUTION_MIRROR": "https://m.invalid/debian",
                             "DIB_DEBOOTSTRAP_INCLUDE": "sudo"})
     assert seen[0].include == ("sudo", "ca-certificates")
