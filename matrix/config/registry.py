@@ -40,7 +40,7 @@ DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[A-Fa-f0-9]{32,}$")
 NAME_LIMIT = 255  # Docker's limit on a whole repository name
 
 
-class ReferenceError(ValueError):
+class BadReference(ValueError):
     """Not an image reference, or not a usable registry mirror."""
 
 
@@ -85,26 +85,26 @@ def _split_domain(name: str) -> tuple[str, str]:
 
 
 def parse_reference(text: str) -> ImageReference:
-    """``text`` as Docker reads it; ReferenceError when Docker would refuse it."""
+    """``text`` as Docker reads it; BadReference when Docker would refuse it."""
     if not isinstance(text, str) or not text or text != text.strip():
-        raise ReferenceError(f"{text!r} is not an image reference")
+        raise BadReference(f"{text!r} is not an image reference")
     name, at, digest = text.partition("@")
     if at and not DIGEST.match(digest):
-        raise ReferenceError(f"{text!r}: {digest!r} is not a digest (sha256:...)")
+        raise BadReference(f"{text!r}: {digest!r} is not a digest (sha256:...)")
     tag = None
     last_colon, last_slash = name.rfind(":"), name.rfind("/")
     if last_colon > last_slash:
         name, tag = name[:last_colon], name[last_colon + 1:]
         if not TAG.match(tag):
-            raise ReferenceError(f"{text!r}: {tag!r} is not a tag")
+            raise BadReference(f"{text!r}: {tag!r} is not a tag")
     domain, path = _split_domain(name)
     if not DOMAIN.match(domain):
-        raise ReferenceError(f"{text!r}: {domain!r} is not a registry host")
+        raise BadReference(f"{text!r}: {domain!r} is not a registry host")
     if not path or not all(PATH_COMPONENT.match(part) for part in path.split("/")):
-        raise ReferenceError(f"{text!r}: the repository name must be lower-case words "
+        raise BadReference(f"{text!r}: the repository name must be lower-case words "
                              "separated by '/', '.', '_' or '-'")
     if len(name) > NAME_LIMIT:
-        raise ReferenceError(f"{text!r}: the repository name is longer than {NAME_LIMIT}")
+        raise BadReference(f"{text!r}: the repository name is longer than {NAME_LIMIT}")
     return ImageReference(domain, path, tag, digest or None)
 
 
@@ -114,24 +114,24 @@ def parse_mirror(text: Any) -> str:
     Its first part must read as a registry host to Docker (a ``.`` or a ``:`` in it, or
     ``localhost``): ``mirror/hub/library/fedora`` would be a Docker Hub name again."""
     if not isinstance(text, str) or not text.strip():
-        raise ReferenceError("must be a registry host with an optional path, e.g. "
+        raise BadReference("must be a registry host with an optional path, e.g. "
                              "myregistry.example/hub or 127.0.0.1:5000")
     mirror = text.strip().rstrip("/")
     if "://" in mirror:
-        raise ReferenceError(f"{text!r}: no scheme: write the registry as an image "
+        raise BadReference(f"{text!r}: no scheme: write the registry as an image "
                              "reference starts, e.g. myregistry.example/hub")
     if "@" in mirror or ":" in mirror.partition("/")[2]:
-        raise ReferenceError(f"{text!r}: a mirror is a registry and a path, without a tag "
+        raise BadReference(f"{text!r}: a mirror is a registry and a path, without a tag "
                              "or digest")
     domain, _, path = mirror.partition("/")
     if not DOMAIN.match(domain) or not (any(c in domain for c in ".:")
                                         or domain == "localhost"):
-        raise ReferenceError(f"{text!r}: {domain!r} does not read as a registry host to "
+        raise BadReference(f"{text!r}: {domain!r} does not read as a registry host to "
                              "Docker (it needs a '.', a ':port' or to be localhost)")
     if domain in (DOCKER_HUB, *LEGACY_DOCKER_HUB):
-        raise ReferenceError(f"{text!r} is Docker Hub itself")
+        raise BadReference(f"{text!r} is Docker Hub itself")
     if path and not all(PATH_COMPONENT.match(part) for part in path.split("/")):
-        raise ReferenceError(f"{text!r}: the path must be lower-case words separated by "
+        raise BadReference(f"{text!r}: the path must be lower-case words separated by "
                              "'/', '.', '_' or '-'")
     return mirror
 
@@ -152,7 +152,7 @@ def same_repository(a: str, b: str) -> bool:
     ``docker.io/library/fedora:40`` do)."""
     try:
         return parse_reference(a).repository == parse_reference(b).repository
-    except ReferenceError:
+    except BadReference:
         return False
 
 

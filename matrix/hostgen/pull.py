@@ -24,7 +24,7 @@ import docker
 import docker.errors
 import requests
 
-from matrix.config.registry import ReferenceError, parse_reference, repo_digest
+from matrix.config.registry import BadReference, parse_reference, repo_digest
 
 
 class PullFailed(Exception):
@@ -48,7 +48,7 @@ def _api_name(reference: str) -> tuple[str, str]:
     """(fromImage, tag) for the Engine API: the tag may be a digest."""
     try:
         parsed = parse_reference(reference)
-    except ReferenceError as err:
+    except BadReference as err:
         raise PullFailed(str(err)) from err
     name = reference.partition("@")[0]
     if parsed.tag:

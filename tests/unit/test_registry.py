@@ -7,7 +7,7 @@ import pytest
 from matrix.config.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager
 from matrix.config.matrixfile import Include, load_matrix, resolve_matrix_path
 from matrix.config.registry import (
-    ReferenceError,
+    BadReference,
     describe,
     parse_mirror,
     parse_reference,
@@ -57,7 +57,7 @@ def test_tag_and_digest_are_kept_apart():
 @pytest.mark.parametrize("bad", ["", " fedora", "Fedora:40", "fedora:", "fedora:-x",
                                  "quay.io/", "fedora@sha256:12", "a//b", "x_/y"])
 def test_references_docker_refuses_are_refused(bad):
-    with pytest.raises(ReferenceError):
+    with pytest.raises(BadReference):
         parse_reference(bad)
 
 
@@ -115,7 +115,7 @@ def test_mirrors_are_normalised(text, normal):
     (5000, "registry host"),
 ])
 def test_bad_mirrors_say_why(bad, words):
-    with pytest.raises(ReferenceError, match=words):
+    with pytest.raises(BadReference, match=words):
         parse_mirror(bad)
 
 
