@@ -25,6 +25,7 @@ from reports.legend import (
 )
 from reports.logs import Excerpt, excerpt
 from reports.sanitize import clean_text, one_line
+from reports.shardinfo import shard_rows
 from reports.styles import STYLES, Flag, StateStyle, flags, style
 from reports.summary import rate_text, uncategorized
 from results.model import Artifact, Cell, ImageCheck, RunResults, State
@@ -353,6 +354,7 @@ def metadata(results: RunResults) -> list[tuple[str, str]]:
     ]
     for key, value in sorted(results.options.items()):
         rows.append((f"option {key}", str(value)))
+    rows += shard_rows(results)
     if results.interrupted:
         rows.append(("interrupted", "yes: results are partial"))
     return [(k, one_line(v)) for k, v in rows]

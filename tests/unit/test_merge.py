@@ -252,3 +252,11 @@ def test_report_heads_say_shard_merge_and_reruns(tmp_path, plan, dib_tree):
     assert f"re-run in place: {part.cells[0].id}" in render_report(part)
     whole = RunResults("w", "m.yaml", [], [])
     assert render_report(whole).splitlines()[2] == ""  # an ordinary run: nothing added
+
+
+def test_html_metadata_says_merge_and_missing_shards(tmp_path, plan, dib_tree):
+    parts = shard_runs(tmp_path, plan, dib_tree, skip=(2,))
+    merge(parts, tmp_path / "merged")
+    html = (tmp_path / "merged" / "report.html").read_text()
+    assert "merged from 1 of 2 shards" in html
+    assert "MISSING shards: 2/2" in html
