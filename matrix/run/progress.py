@@ -13,8 +13,9 @@ goes to the terminal only, never through logging, so ``run.log`` never holds it.
 
 The estimate of the time left comes from earlier runs' durations in the same output
 directory (the median of each cell's finished, not reused attempts), falling back to
-the median of the cell's kind (hostgen, check, build, boot) from earlier runs and
-this one; with no duration known at all it is left out.
+the median of the successful cells of its kind (hostgen, check, build, boot) from
+earlier runs and this one; with no duration known at all it is left out. A cell that
+overruns its estimate counts as about to end.
 
 :class:`ProgressState` is pure (a clock is passed in), so the frames are tested
 without a terminal; :class:`Console` is the part that writes.
@@ -94,7 +95,8 @@ class Estimates:
                 seconds = measured(cell)
                 if seconds is not None:
                     cells.setdefault(cell.id, []).append(seconds)
-                    kinds.setdefault(cell.kind.value, []).append(seconds)
+                    if cell.state is State.SUCCESS:  # a preflight failure takes no time
+                        kinds.setdefault(cell.kind.value, []).append(seconds)
         return cls({k: statistics.median(v) for k, v in cells.items()},
                    {k: statistics.median(v) for k, v in kinds.items()})
 
@@ -182,7 +184,7 @@ class ProgressState:
             elif state is State.SKIPPED:
                 self.skipped += 1
         self.finished[cell_id] = state
-        if duration is not None and not reused and state in (State.SUCCESS, *FAILED_STATES):
+        if duration is not None and not reused and state is State.SUCCESS:
             self.this_run.setdefault(kind, []).append(duration)
 
     def _expected(self, cell_id: str, kind: str) -> float | None:
