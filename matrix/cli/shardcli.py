@@ -112,7 +112,8 @@ def prepare(args: argparse.Namespace, request: RunRequest) -> tuple[RunRequest, 
                                         f"{live[results.run_id].describe()}: wait for it to end")
             for note in choice.notes:
                 LOG.info("--cells: %s", note)
-            for line in rerun.reset(request.resume, results, choice.cells, now()):
+            for line in rerun.reset(request.resume, results, choice.cells, now(),
+                                    request.dib_tree):
                 LOG.info("re-running %s", line)
         except (leases.LeaseError, OSError, ValueError) as err:
             print(f"dib-matrix: {err}", file=sys.stderr)

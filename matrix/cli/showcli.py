@@ -87,7 +87,10 @@ def describe(cell: Cell, run_dir: Path, results: RunResults) -> list[tuple[str, 
         if earlier.get("log"):
             what += f" (log {earlier['log']})"
         when = earlier.get("finished") or "not finished"
-        fields.append(("earlier", text(f"{when}: {what}; re-run at {earlier.get('at')}")))
+        again = f"; re-run at {earlier.get('at')}"
+        if earlier.get("rerun_dib_tree"):
+            again += f" with the dib tree {earlier['rerun_dib_tree']}"
+        fields.append(("earlier", text(f"{when}: {what}{again}")))
     return fields
 
 

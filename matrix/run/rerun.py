@@ -125,8 +125,10 @@ def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
-def reset(run_dir: Path, results: RunResults, cells: Sequence[str], at: str) -> list[str]:
+def reset(run_dir: Path, results: RunResults, cells: Sequence[str], at: str,
+          dib_tree: Path | None = None) -> list[str]:
     """Put ``cells`` back to pending, keeping their earlier verdict and log; save.
+    ``dib_tree`` is the tree the cells run with now (recorded: it may be a fixed one).
 
     Returns one line per cell saying where its earlier log went."""
     lines = []
@@ -143,6 +145,7 @@ def reset(run_dir: Path, results: RunResults, cells: Sequence[str], at: str) -> 
                 "category": cell.category.legend if cell.category else None,
                 "evidence": cell.evidence, "reason": cell.reason, "attempts": cell.attempts,
                 "duration": cell.duration, "log": kept, "reused": cell.reused,
+                "rerun_dib_tree": str(dib_tree) if dib_tree is not None else None,
             })
         _clear(cell)
         lines.append(f"{cell.id}: was {was}" + (f"; earlier log kept as {kept}" if kept else ""))

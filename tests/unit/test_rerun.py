@@ -95,7 +95,8 @@ def test_reset_keeps_the_earlier_log_and_verdict(tmp_path, plan):
     results.cells[8].artifacts = [Artifact("images/x.tar", "tar", 1, "")]
     save(results, run_dir)
     ids = ("debian-trixie.hostgen", "debian-trixie.debian-forky")
-    lines = rerun.reset(run_dir, load(run_dir), ids, "2026-11-29T12:00:00+00:00")
+    lines = rerun.reset(run_dir, load(run_dir), ids, "2026-11-29T12:00:00+00:00",
+                        tmp_path / "fixed")
     assert any("was failed (No such script: .../forky)" in line for line in lines)
     back = load(run_dir)
     forky = back.cell("debian-trixie", "debian-forky")
@@ -107,6 +108,7 @@ def test_reset_keeps_the_earlier_log_and_verdict(tmp_path, plan):
     assert entry["state"] == "failed"
     assert entry["log"] == "logs/debian-trixie/debian-forky.run-1.log"
     assert entry["category"] == "No such script: .../forky"
+    assert entry["rerun_dib_tree"] == str(tmp_path / "fixed")
     assert back.cell("debian-bookworm", "debian-forky").state is State.SUCCESS  # untouched
 
     # A second re-run keeps both earlier logs.
