@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -96,6 +97,7 @@ class MirrorDates:
     timeout: float = RELEASE_TIMEOUT
     _results: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _threads: dict[tuple[str, str], threading.Thread] = field(default_factory=dict)
+    _deadlines: dict[tuple[str, str], float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self, mirror: str, suite: str) -> None:
@@ -106,6 +108,7 @@ class MirrorDates:
             thread = threading.Thread(target=self._get, args=key, daemon=True,
                                       name=f"release-{suite}")
             self._threads[key] = thread
+            self._deadlines[key] = time.monotonic() + self.timeout
         thread.start()
 
     def _get(self, mirror: str, suite: str) -> None:
@@ -120,10 +123,11 @@ class MirrorDates:
             self._results[(mirror, suite)] = entry
 
     def date(self, mirror: str, suite: str) -> dict[str, Any]:
-        """``{"date": ...}`` for the suite (waiting for its fetch at most ``timeout``)."""
+        """``{"date": ...}`` for the suite. Its fetch gets ``timeout`` seconds from its
+        start in all: callers (the scheduler's thread) wait only for what is left."""
         self.start(mirror, suite)
         thread = self._threads[(mirror, suite)]
-        thread.join(self.timeout)
+        thread.join(max(self._deadlines[(mirror, suite)] - time.monotonic(), 0.0))
         with self._lock:
             return dict(self._results.get((mirror, suite),
                                           {"date": None, "error": "timed out"}))

@@ -245,3 +245,23 @@ def test_cells_without_record_round_trip(tmp_path):
     back = load(tmp_path)
     assert back.cells[0].provenance == prov() and back.provenance == run.provenance
     assert isinstance(back.cells[0], Cell) and isinstance(back, RunResults)
+
+
+def test_a_run_with_provenance_validates_against_the_schema(tmp_path):
+    import json
+
+    import jsonschema
+
+    from reports.jsonreport import load_schema
+
+    run = make_run([make_cell("h", "vm", provenance=prov(failed_hook={
+        "element": "growroot", "phase": "post-install.d", "hook": "80-growroot"})),
+        make_cell("h", "skipped", State.SKIPPED)], run_id="r")
+    run.provenance = {"dib": {"commit": None, "dirty": None, "digest": "d" * 64,
+                              "files": {"dib/build.py": "1" * 16}},
+                      "mirrors": {"http://m/debian": {"bookworm": {"date": None,
+                                                                   "error": "timed out"}}}}
+    save(run, tmp_path)
+    document = json.loads((tmp_path / "results.json").read_text())
+    jsonschema.Draft202012Validator(load_schema()).validate(document)
+    assert "provenance" not in document["cells"][1]
