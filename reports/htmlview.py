@@ -279,7 +279,9 @@ class ViewInputs:
         diff = self.comparison.by_id().get(cell.id)
         if diff is None:
             return None
-        return f"{diff.change.value} (baseline: {describe(diff.old)})"
+        found = self.comparison.attributions.get(cell.id)
+        why = f"; why: {one_line(found.headline, 300)}" if found is not None else ""
+        return f"{diff.change.value} (baseline: {describe(diff.old)}){why}"
 
     def regressed(self, cell: Cell) -> bool:
         if self.comparison is None:

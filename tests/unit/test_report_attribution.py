@@ -151,6 +151,9 @@ def test_compare_text_and_html_show_why():
     assert "why (what differs)" in html
     assert "elements/growroot/post-install.d/80-growroot changed" in html
     assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+    # The cell's own panel says it too.
+    assert ("regression (baseline: success); why: elements/growroot/post-install.d/80-growroot "
+            "changed") in html
 
 
 def test_markdown_escapes_untrusted_text():
