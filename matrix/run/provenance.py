@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from dib import failure
-from dib.mirror import MirrorNotFound, find_mirror
 from matrix.run.plan import Plan, PlannedCell
 from matrix.run.reuse import _tree_files, file_digests
 from matrix.verdict.verify.expect import expectation_for
@@ -202,7 +201,6 @@ class Recorder:
                  mirror: str | None, image_id: Callable[[str], str],
                  closure_files: Callable[[PlannedCell], list[Path]] | None,
                  dates: MirrorDates | None = None,
-                 find: Callable[[str], str] = find_mirror,
                  elements_dirs: Callable[[PlannedCell], list[Path]] | None = None):
         self.run_dir = run_dir
         self.dib_tree = dib_tree
@@ -210,7 +208,6 @@ class Recorder:
         self.image_id = image_id
         self.closure_files = closure_files
         self.dates = dates or MirrorDates()
-        self.find = find
         self.elements_dirs = elements_dirs
         self.tree = tree_record(dib_tree, tree_info)
         self._suites: dict[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], Suite] = {}
@@ -230,14 +227,9 @@ class Recorder:
                 distro, release = expected.distro_id, expected.release
             except Exception:  # noqa: BLE001 - provenance is best effort
                 distro, release = None, env.get("DIB_RELEASE")
-            mirror = env.get("DIB_DISTRIBUTION_MIRROR")
-            if mirror is None and distro == "debian":
-                mirror = self.mirror
-            elif mirror is None and distro in APT_DISTROS:
-                try:
-                    mirror = self.find(distro)
-                except MirrorNotFound:
-                    mirror = None
+            # The archive the cell's dib is given: the target's own, else the run's
+            # (engine.dib_environment); only apt archives have a Release file.
+            mirror = env.get("DIB_DISTRIBUTION_MIRROR") or self.mirror
             if distro not in APT_DISTROS:
                 mirror = None
             self._suites[key] = Suite(distro, release, mirror)

@@ -152,8 +152,8 @@ def recorder(tmp_path, dates=None):
     return Recorder(run_dir, tree, {"commit": None}, "http://m/debian",
                     image_id=lambda host: "sha256:" + "1" * 64,
                     closure_files=keys.closure_files,
-                    dates=dates or MirrorDates(fetch=lambda url: "Sat, 11 Jul 2026", timeout=5),
-                    find=lambda distro: "http://m/" + distro), run_dir
+                    dates=dates or MirrorDates(fetch=lambda url: "Sat, 11 Jul 2026", timeout=5)
+                    ), run_dir
 
 
 def test_cell_record_of_a_build_and_its_boot(tmp_path):
@@ -271,3 +271,16 @@ def test_start_records_the_tree_for_either_shape_of_context(tmp_path):
     recorder = provenance.start(Context(), Plan(), results)
     assert recorder is not None and results.provenance["dib"]["commit"] == "abc"
     assert results.provenance["mirrors"] == {}  # no mirror: nothing fetched
+
+
+def test_the_suite_comes_from_the_archive_the_cell_is_given(tmp_path):
+    rec, _ = recorder(tmp_path)
+    assert rec.suite(planned()).mirror == "http://m/debian"  # the run's mirror
+    own = Target(name="own", elements=("debian-minbase",), env=(
+        ("DIB_RELEASE", "trixie"), ("DIB_DISTRIBUTION_MIRROR", "http://own/debian")))
+    cell = PlannedCell(Host(), "own", CellKind.BUILD, target=own)
+    suite = rec.suite(cell)
+    assert (suite.distro, suite.release, suite.mirror) == ("debian", "trixie",
+                                                           "http://own/debian")
+    unknown = Target(name="x", elements=("extra",), env=(("DIB_RELEASE", "15.6"),))
+    assert rec.suite(PlannedCell(Host(), "x", CellKind.BUILD, target=unknown)).mirror is None
