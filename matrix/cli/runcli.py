@@ -106,8 +106,11 @@ def add_parsers(sub: Any) -> None:
     progress.add_arguments(run)
     run.set_defaults(func=cmd_run)
 
-    plan = sub.add_parser("plan", help="print every cell with its planned state; run nothing")
+    plan = sub.add_parser("plan", help="print every cell with its planned state; run nothing",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="matrix file keys:\n" + describe(MATRIX_KEYS))
     _selection(plan)
+    _matrix_overrides(plan)  # plan is run's dry run: the same matrix as run would load
     plan.add_argument("--categories", action="append", type=Path, default=[], metavar="FILE",
                       help="extra failure category file to check with the matrix (repeatable)")
     plan.add_argument("--dib-tree", type=Path,

@@ -153,3 +153,10 @@ def test_the_readme_documents_every_matrix_key():
     section = readme.split("### Matrix file", 1)[1].split("\n### ", 1)[0]
     missing = [key.name for key in MATRIX_KEYS if f"`{key.name}`" not in section]
     assert not missing, f"README's Matrix file section lacks {missing}"
+
+
+def test_plan_takes_the_same_overrides_as_run(capsys):
+    from matrix.cli import main
+
+    assert main(["plan", "--boot-timeout", "soon"]) == 2
+    assert "command line: --boot-timeout: cannot read duration 'soon'" in capsys.readouterr().err
