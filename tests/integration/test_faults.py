@@ -22,22 +22,21 @@ from pathlib import Path
 
 import docker
 import pytest
-import yaml
 
 from results.model import load as load_results
 from tests.integration.dibhelpers import REPO
-from tests.integration.test_matrix_run import patched_tree
+from tests.integration.matrixhelpers import (
+    LABEL_RUN,
+    Gate,
+    assert_nothing_left,
+    patched_tree,
+    start_run,
+    stop,
+    target,
+)
 
 pytestmark = pytest.mark.integration
-LABEL_RUN = "org.dib-matrix.run"
 BOOKWORM_LAYER = re.compile(r"dib layer (dib-matrix/dib-debian-bookworm:[0-9a-f]+)")
-
-
-def start_run(matrix: Path, out: Path, *extra: str, env: dict | None = None
-              ) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "matrix.cli", "run", str(matrix), "--out",
-                             str(out), *extra], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
 
 
 def dib_matrix(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -64,45 +63,6 @@ def interrupt(proc: subprocess.Popen) -> str:
     return output
 
 
-def _orphaned_package_caches() -> list[str]:
-    """apt-cacher-ng processes whose orchestrator is gone (a run's own is its child)."""
-    found = subprocess.run(["pgrep", "-x", "apt-cacher-ng"], capture_output=True, text=True)
-    orphans = []
-    for pid in found.stdout.split():
-        try:
-            ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-            parent = Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if b"matrix" not in parent:
-            orphans.append(f"apt-cacher-ng pid {pid} (parent {ppid}: {parent[:80]!r})")
-    return orphans
-
-
-def assert_nothing_left(run_dir: Path, processes: tuple[str, ...] = (),
-                        roots: tuple[Path, ...] = ()) -> None:
-    """No process matching ``processes``, no orphaned apt-cacher-ng, no container, volume
-    or network of the run, no rootfs mount, and no mount or loop device under ``roots``
-    (the test's directories) or the run directory."""
-    for pattern in processes:
-        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-        assert found.returncode == 1, f"{pattern} still running: {found.stdout}"
-    assert _orphaned_package_caches() == []
-    places = [str(root.resolve()) for root in (*roots, run_dir)]
-    mounts = Path("/proc/mounts").read_text()
-    assert "dib-matrix-rootfs-" not in mounts
-    assert [line for line in mounts.splitlines() if any(p in line for p in places)] == []
-    loops = json.loads(subprocess.run(["losetup", "--list", "--json"], capture_output=True,
-                                      text=True).stdout or '{"loopdevices": []}')
-    assert [d for d in loops["loopdevices"]
-            if any(p in (d.get("back-file") or "") for p in places)] == []
-    client = docker.from_env()
-    selector = {"label": f"{LABEL_RUN}={run_dir.name}"}
-    assert client.containers.list(all=True, filters=selector) == []
-    assert client.volumes.list(filters=selector) == []
-    assert client.networks.list(filters=selector) == []
-
-
 def cells(run_dir: Path) -> dict:
     data = json.loads((run_dir / "results.json").read_text())
     assert data["interrupted"] is True
@@ -114,80 +74,11 @@ def states(run_dir: Path) -> dict:
     return {cell.id: cell.state.value for cell in load_results(run_dir).cells}
 
 
-class Gate:
-    """A loopback gate a cell's element hook waits at (cells use host networking): the test
-    knows for sure when the cell got there, and says when it goes on. A gate closed without
-    'go' fails the hook, so a failing test leaves no cell waiting."""
-
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.5)
-        self.port = self.server.getsockname()[1]
-        self.conn: socket.socket | None = None
-
-    def element(self, tree: Path, name: str = "gate") -> None:
-        hook = tree / "elements" / name / "root.d" / "05-gate"
-        hook.parent.mkdir(parents=True)
-        hook.write_text(f"#!/bin/bash\nexec 3<>/dev/tcp/127.0.0.1/{self.port} || exit 9\n"
-                        "echo 'gate: waiting'\nread -r word <&3\necho \"gate: $word\"\n"
-                        '[ "$word" = go ]\n')
-        hook.chmod(0o755)
-
-    def wait(self, proc: subprocess.Popen, seconds: float = 300) -> None:
-        """Until a cell's hook is at the gate (the run must not end first)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                self.conn, _ = self.server.accept()
-                return
-            except socket.timeout:
-                if proc.poll() is not None:
-                    pytest.fail(f"the run ended before a cell reached the gate: "
-                                f"{proc.stdout.read()[-3000:]}")
-        proc.kill()
-        pytest.fail("no cell reached the gate")
-
-    def open(self) -> None:
-        assert self.conn is not None
-        self.conn.sendall(b"go\n")
-        self.conn.close()
-        self.conn = None
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-        self.server.close()
-
-
-def stop(proc: subprocess.Popen, seconds: float = 300) -> None:
-    """A run a failed test leaves: let it end, else Ctrl-C it (it cleans up), else kill."""
-    for how in (None, signal.SIGINT, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        if how is not None:
-            proc.send_signal(how)
-        try:
-            proc.communicate(timeout=seconds if how is None else 60)
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def image_id(client: docker.DockerClient, reference: str) -> str | None:
     try:
         return client.images.get(reference).id
     except docker.errors.ImageNotFound:
         return None
-
-
-def target(tmp_path: Path, name: str, *elements: str) -> Path:
-    """A tar of the bundled debian-bookworm target (its elements, whatever they are named
-    today) plus ``elements``."""
-    bundled = yaml.safe_load((REPO / "targets" / "debian-bookworm.yaml").read_text())
-    path = tmp_path / "targets" / f"{name}.yaml"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(f"name: {name}\nelements: [{', '.join([*bundled['elements'], *elements])}]"
-                    "\nenv:\n  DIB_RELEASE: bookworm\noutputs: [tar]\n")
-    return path
 
 
 def test_ctrl_c_during_a_hostgen_debootstrap(tmp_path):
@@ -228,8 +119,6 @@ def test_ctrl_c_during_a_boot_test(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     data = json.loads((run_dir / "results.json").read_text())
     assert {c["state"] for c in data["cells"]} == {"success"}
-
-
 
 
 class BuildTap:

@@ -30,15 +30,15 @@ import pytest
 
 from results.model import load as load_results
 from tests.integration.dibhelpers import REPO
-from tests.integration.test_faults import (
+from tests.integration.matrixhelpers import (
     LABEL_RUN,
     Gate,
     assert_nothing_left,
+    patched_tree,
     start_run,
     stop,
     target,
 )
-from tests.integration.test_matrix_run import patched_tree
 
 pytestmark = pytest.mark.integration  # in the quick set: about 30 s, the engine is always restarted
 PIDFILE = Path("/var/run/docker.pid")

@@ -1,6 +1,5 @@
 """dib-matrix run end to end: real engine, real host image, real dib builds."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -10,44 +9,15 @@ import docker
 import pytest
 
 from tests.integration.dibhelpers import REPO
+from tests.integration.matrixhelpers import (
+    cells_of,
+    dib_matrix,
+    patched_tree,
+    run_containers,
+    write_matrix,
+)
 
 pytestmark = pytest.mark.integration
-
-UNPULLABLE_HOST = """\
-name: registry-only
-description: a registry host whose image cannot be pulled here
-base:
-  image: registry.invalid/dib-matrix/nothing:1
-package-manager: apt
-packages: [python3]
-"""
-
-
-def write_matrix(tmp_path, body):
-    (tmp_path / "hosts").mkdir(exist_ok=True)
-    (tmp_path / "hosts" / "registry-only.yaml").write_text(UNPULLABLE_HOST)
-    path = tmp_path / "matrix.yaml"
-    path.write_text(body)
-    return path
-
-
-def dib_matrix(*args, timeout=1500):
-    return subprocess.run([sys.executable, "-m", "matrix.cli", *args], cwd=REPO, text=True,
-                          capture_output=True, timeout=timeout, check=False)
-
-
-def run_containers(run_dir):
-    """Containers and volumes the run left (other runs may be going on beside this test)."""
-    run_id = run_dir.name
-    client = docker.from_env()
-    selector = {"label": f"org.dib-matrix.run={run_id}"}
-    return client.containers.list(all=True, filters=selector) + client.volumes.list(
-        filters=selector)
-
-
-def cells_of(run_dir):
-    data = json.loads((run_dir / "results.json").read_text())
-    return {c["id"]: c for c in data["cells"]}, data
 
 
 @pytest.fixture(scope="module")
@@ -180,25 +150,6 @@ def test_config_errors_exit_2_without_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     assert "bad.yaml:1: hosts[0]: unknown host 'debian-bookwrm'" in done.stderr
     assert "bad.yaml:3: retries:" in done.stderr
-
-
-def patched_tree(tmp_path):
-    """A copy of the dib tree with a patch under review: a sleeping and a broken element."""
-    import shutil
-
-    tree = tmp_path / "patched"
-    shutil.copytree(REPO / "dib", tree / "dib", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "elements", tree / "elements")
-    sleeper = tree / "elements" / "sleeper" / "root.d"
-    sleeper.mkdir(parents=True)
-    (sleeper / "01-sleep").write_text("#!/bin/bash\necho sleeping\nsleep 600\n")
-    (sleeper / "01-sleep").chmod(0o755)
-    broken = tree / "elements" / "broken" / "root.d"
-    broken.mkdir(parents=True)
-    (broken / "01-broken").write_text("#!/bin/bash\necho 'patched element is broken' >&2\n"
-                                      "exit 7\n")
-    (broken / "01-broken").chmod(0o755)
-    return tree
 
 
 def test_patch_review_tree_with_timeout_and_real_failure(tmp_path):

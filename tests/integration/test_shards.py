@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.integration.test_matrix_run import cells_of, dib_matrix, run_containers
+from tests.integration.matrixhelpers import cells_of, dib_matrix, run_containers
 
 pytestmark = pytest.mark.integration  # about 30 s with the hosts' images built
 

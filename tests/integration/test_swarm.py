@@ -15,7 +15,7 @@ import pytest
 from matrix.containers import engine, swarm
 from matrix.containers.engine import LABEL_RUN, CellSpec
 from tests.integration.hostfixtures import HostgenSession, open_hostgen_session
-from tests.integration.test_matrix_run import dib_matrix, write_matrix
+from tests.integration.matrixhelpers import dib_matrix, write_matrix
 
 pytestmark = pytest.mark.integration
 HOST = "debian-bookworm"

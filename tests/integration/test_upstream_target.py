@@ -15,7 +15,7 @@ import pytest
 
 from matrix.config import upstreamdib
 from tests.integration.dibhelpers import REPO
-from tests.integration.test_matrix_run import cells_of, run_containers
+from tests.integration.matrixhelpers import cells_of, run_containers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TARGET = "debian-bookworm-dib-upstream"

@@ -62,7 +62,7 @@ def baker_setup(tmp_path, monkeypatch):
 
     from matrix.containers.leases import Registry, RunLease
     from matrix.hostgen import diblayer
-    from tests.unit.test_leases import FakeImage, FakeImages
+    from tests.unit.fakeengine import FakeImage, FakeImages
 
     host = FakeImage("sha256:" + "h" * 64, ["dib-matrix/host-h:abc"])
     client = SimpleNamespace(images=FakeImages(host))

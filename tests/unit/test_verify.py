@@ -18,29 +18,14 @@ from matrix.verdict.verify.limits import OS_RELEASE_LIMIT, Deadline, VerifyError
 from matrix.verdict.verify.parse import parse_os_release
 from matrix.verdict.verify.tools import run_tool
 from results.model import ImageCheck
+from tests.unit.verifydata import BOOKWORM, PACKAGES, manifest_text, one, status_text
 
-BOOKWORM = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_ID="12"\n' \
-           "VERSION_CODENAME=bookworm\nID=debian\n"
 # What base-files 14.2 (testing and unstable alike) ships, checked against the real deb.
 SID = 'PRETTY_NAME="Debian GNU/Linux forky/sid"\nNAME="Debian GNU/Linux"\n' \
       "VERSION_CODENAME=forky\nID=debian\n"
 NOBLE = 'PRETTY_NAME="Ubuntu 24.04 LTS"\nVERSION_ID="24.04"\nVERSION_CODENAME=noble\n' \
         "ID=ubuntu\nID_LIKE=debian\nUBUNTU_CODENAME=noble\n"
-PACKAGES = {"apt": "2.6.1", "base-files": "12.4+deb12u5", "bash": "5.2.15-2+b2"}
 DEBIAN = Expectation("debian", "bookworm")
-
-
-def status_text(packages: dict[str, str], extra: str = "") -> str:
-    stanzas = [
-        f"Package: {name}\nStatus: install ok installed\nPriority: required\n"
-        f"Architecture: amd64\nVersion: {version}\nDescription: {name}\n more text\n"
-        for name, version in packages.items()
-    ]
-    return "\n".join(stanzas) + ("\n" + extra if extra else "")
-
-
-def manifest_text(packages: dict[str, str]) -> str:
-    return "".join(f"{name} {version} amd64\n" for name, version in sorted(packages.items()))
 
 
 def add(tar: tarfile.TarFile, name: str, data: bytes | None = None, link: str | None = None
@@ -83,12 +68,6 @@ def make_tar(
         stem = path.name.split(".")[0]
         (path.parent / f"{stem}.packages").write_text(manifest_text(manifest))
     return path
-
-
-def one(checks: list[ImageCheck], name: str) -> ImageCheck:
-    found = [c for c in checks if c.name == name]
-    assert len(found) == 1, checks
-    return found[0]
 
 
 def test_a_matching_tar_passes_every_check(tmp_path):

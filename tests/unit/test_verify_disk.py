@@ -26,7 +26,7 @@ from matrix.verdict.verify import (
 )
 from matrix.verdict.verify.expect import BARE_EXT4
 from results.model import ImageCheck
-from tests.unit.test_verify import BOOKWORM, PACKAGES, manifest_text, one, status_text
+from tests.unit.verifydata import BOOKWORM, PACKAGES, manifest_text, one, status_text
 
 TOOLS = ("mkfs.ext4", "sfdisk", "qemu-img", "debugfs")
 pytestmark = pytest.mark.skipif(
