@@ -24,6 +24,7 @@ from dib.arch import normalise as normalise_arch
 from dib.boottest import BootOptions, BootTestError, run_boot_test
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
+from matrix.config.hosts import BUNDLED_HOSTS_DIR
 from matrix.containers import engine
 from matrix.hostgen.build import build_host
 from matrix.hostgen.diblayer import DibLayerError
@@ -76,7 +77,7 @@ class CellRunner:
             _write(log, f"{outcome.one_line()}\n")
         if not outcome.ok:
             return CellReport(State.FAILED, (outcome.evidence,) if outcome.evidence else (),
-                              log=log, hint=outcome.hint)
+                              log=log, hint=outcome.hint, reproducer=hostgen_reproducer(cell))
         if self.ctx.layers is not None:
             try:
                 with log.open("ab") as stream:
@@ -86,7 +87,8 @@ class CellRunner:
                 return _engine_error(log, str(err))
             _write(log, layer.one_line())
             self.ctx.hosts.baked(cell.host.name, layer.reference)
-        return CellReport(State.SUCCESS, reason=outcome.status.value, log=log)
+        return CellReport(State.SUCCESS, reason=outcome.status.value, log=log,
+                          reproducer=hostgen_reproducer(cell))
 
     def _in_container(self, cell: PlannedCell, log: Path) -> CellReport:
         verdict = preflight(cell, self.ctx.hosts.facts(cell.host.name))
@@ -320,6 +322,16 @@ def collect_artifacts(ctx: RunContext, cell: PlannedCell) -> list[Artifact]:
         found.append(Artifact(str(path.relative_to(ctx.settings.run_dir)), image_type,
                               path.stat().st_size, digest))
     return found
+
+
+def hostgen_reproducer(cell: PlannedCell) -> str:
+    """The command that builds this host's image again by hand (its own file's directory
+    when the host is not a bundled one)."""
+    parts = ["dib-matrix", "hosts"]
+    source = cell.host.source
+    if source is not None and source.parent.resolve() != BUNDLED_HOSTS_DIR.resolve():
+        parts += ["--hosts-dir", str(source.parent)]
+    return shlex.join([*parts, "build", "--rebuild", cell.host.name])
 
 
 @functools.lru_cache(maxsize=256)

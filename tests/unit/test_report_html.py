@@ -128,7 +128,7 @@ def test_details_have_evidence_duration_reproducer_log_and_images(all_states):
     forky = html.split('id="cell-debian-bookworm.debian-forky"')[1].split("</details>")[0]
     assert '<mark class="evidence"><span class="ln">3</span>E: No such script:' in forky
     assert "3m 04s" in forky
-    assert "default.yaml --only debian-bookworm.debian-forky --out out" in forky
+    assert "python3 -m dib -o /out/debian-forky -t tar debian-forky</code>" in forky
     assert 'href="logs/debian-bookworm/debian-forky.log"' in forky
     built = html.split('id="cell-debian-bookworm.debian-bookworm"')[1].split("</details>")[0]
     assert 'href="images/debian-bookworm/debian-bookworm.qcow2"' in built
