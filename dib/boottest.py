@@ -58,6 +58,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from dib import spawn
 from dib.arch import normalise as normalise_arch
 from dib.errors import DibError
 
@@ -564,36 +565,7 @@ def _boot_disk(opts: BootOptions, fmt: str) -> Iterator[Tuple[Path, str]]:
 
 def stop(proc: subprocess.Popen) -> None:
     """Terminate qemu's process group, kill what is left after a grace period, reap it."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    proc.wait()
-    # A child forked while the group was being signalled outlives its leader in the
-    # same group: sweep the group once more, and give the kill a moment to land.
-    deadline = time.monotonic() + KILL_GRACE_SECONDS
-    while _group_running(proc.pid) and time.monotonic() < deadline:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        time.sleep(0.05)
-
-
-def _group_running(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (zombies wait for a reaper)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    spawn.stop(proc, KILL_GRACE_SECONDS)
 
 
 def _watch(
@@ -641,13 +613,7 @@ def run_boot_test(opts: BootOptions) -> BootResult:
         err = stack.enter_context(tempfile.TemporaryFile())
         cmd = qemu_command(opts, disk, fmt, firmware, variables)
         with open(opts.serial_log, "wb") as log:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                start_new_session=True,
-            )
+            proc = spawn.spawn(cmd, stderr=err)
             try:
                 elapsed, timed_out, exited = _watch(proc, watcher, log, opts.timeout)
             finally:
