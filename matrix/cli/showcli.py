@@ -8,11 +8,11 @@ characters (``reports.sanitize``), and the log is streamed in bounded pieces.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from matrix.config.schema import match_globs
 from reports.cli import InputError, read_run, run_dir_of
 from reports.logs import log_path, read_tail
 from reports.sanitize import clean_line, one_line
@@ -40,7 +40,10 @@ def add_parser(sub: Any) -> None:
 
 def find_cells(results: RunResults, pattern: str) -> list[Cell]:
     exact = [c for c in results.cells if c.id == pattern]
-    return exact or [c for c in results.cells if fnmatch.fnmatchcase(c.id, pattern)]
+    if exact:
+        return exact
+    ids = match_globs([c.id for c in results.cells], pattern)
+    return [c for c in results.cells if c.id in ids]
 
 
 def describe(cell: Cell, run_dir: Path, results: RunResults) -> list[tuple[str, str]]:

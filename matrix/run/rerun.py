@@ -15,13 +15,12 @@ the new one (N counts the cell's earlier runs from 1), and the cell goes back to
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from matrix.config.schema import closest, match_globs
 from matrix.run.plan import Plan
 from results.model import Cell, CellKind, RunResults, State, save
 
@@ -44,13 +43,12 @@ def choose(plan: Plan, results: RunResults, globs: Sequence[str]) -> Choice:
     in_run = {c.id for c in results.cells}
     chosen: list[str] = []
     for pattern in globs:
-        matched = [i for i in ids if fnmatch.fnmatchcase(i, pattern)]
+        matched = match_globs(ids, pattern)
         if not matched:
-            close = difflib.get_close_matches(pattern, ids, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
             example = ids[0] if ids else "-"
             raise SelectionError(f"--cells {pattern!r} matches no cell of run "
-                                 f"{results.run_id} (ids are HOST.ROW, e.g. {example}){hint}")
+                                 f"{results.run_id} (ids are HOST.ROW, e.g. {example})"
+                                 f"{closest(pattern, ids)}")
         chosen.extend(m for m in matched if m not in chosen)
     missing = [i for i in chosen if i not in in_run]
     if missing:

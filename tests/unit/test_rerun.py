@@ -75,7 +75,7 @@ def test_choose_hostgen_explicitly_reruns_its_column(plan):
 
 def test_choose_refuses_what_matches_nothing(plan):
     results = make_results(plan)
-    with pytest.raises(rerun.SelectionError, match="did you mean debian-trixie.debian-forky"):
+    with pytest.raises(rerun.SelectionError, match="did you mean 'debian-trixie.debian-forky'"):
         rerun.choose(plan, results, ["debian-trixie.debian-forkyy"])
     partial = make_results(plan)
     partial.cells = [c for c in partial.cells if c.id != "debian-trixie.tox"]
