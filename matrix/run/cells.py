@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 import docker
+import requests.exceptions
 
 from dib import failure
 from dib.arch import normalise as normalise_arch
@@ -61,6 +62,8 @@ class CellRunner:
             return self._in_container(cell, log)
         except (engine.EngineError, docker.errors.DockerException) as err:
             return _engine_error(log, str(err))
+        except requests.exceptions.ConnectionError as err:  # the engine's socket went away
+            return _engine_error(log, f"the container engine stopped answering: {err}")
         except Exception as err:  # noqa: BLE001 - the per-cell boundary
             _write(log, "engine error: internal: " + "".join(traceback.format_exception(err)))
             return CellReport(State.ERROR, (f"engine error: internal: {err!r}",), log=log,
