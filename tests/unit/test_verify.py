@@ -347,3 +347,11 @@ def test_a_missing_tool_names_its_package(monkeypatch):
     with pytest.raises(VerifyError, match=r"qemu-img not available on this machine "
                                           r"\(install qemu-utils\)"):
         run_tool(["qemu-img", "info"], Deadline.after(10))
+
+
+def test_a_manifest_with_blank_and_short_lines_is_read(tmp_path):
+    from matrix.verdict.verify.parse import read_manifest
+
+    manifest = tmp_path / "image.packages"
+    manifest.write_text("apt 2.6.1 amd64\n\n   \nlonely\n")
+    assert read_manifest(manifest) == {("apt", "amd64"): "2.6.1", ("lonely", ""): ""}

@@ -58,7 +58,7 @@ def read_manifest(path: Path) -> Packages:
     """(name, arch) -> version from a ``<target>.packages`` manifest (name version arch)."""
     rows = {}
     for line in read_text(path, MANIFEST_LIMIT, strict=True).splitlines():
-        name, version, arch = ([*line.split(), "", ""][:3])
+        name, version, arch = ([*line.split(), "", "", ""][:3])
         if name:
             rows[(name, arch)] = version
     return rows
