@@ -1,5 +1,5 @@
 """dib.suiteview: debootstrap's local cut-down suite, against the fake mirror of
-test_debprefetch, and its use by dib.bootstrap (debootstrap itself replaced)."""
+tests/unit/dib/fakemirror.py, and its use by dib.bootstrap (debootstrap itself replaced)."""
 
 import hashlib
 from pathlib import Path
@@ -8,7 +8,25 @@ import pytest
 
 from dib import bootstrap, suiteview
 from dib.errors import DibError
-from tests.unit.dib.test_debprefetch import MINBASE, RELEASE, archive, index_of, mirror, stanza  # noqa: F401 (the fixture)
+from tests.unit.dib.fakemirror import (
+    MINBASE,
+    PROXY_VARIABLES,
+    RELEASE,
+    Mirror,
+    archive,
+    index_of,
+    stanza,
+)
+
+
+@pytest.fixture
+def mirror(monkeypatch):
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    served = Mirror("HTTP/1.1")
+    yield served
+    served.close()
+
 
 INRELEASE = (
     b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\n"
@@ -73,7 +91,7 @@ def test_enabled():
     assert suiteview.enabled({"DIB_DEBOOTSTRAP_PREFETCH": "0"}, "http://m/debian")
 
 
-def test_prepare_writes_a_consistent_local_suite(mirror, tmp_path, monkeypatch):  # noqa: F811
+def test_prepare_writes_a_consistent_local_suite(mirror, tmp_path, monkeypatch):
     mirror.publish(archive())
     monkeypatch.setattr(suiteview, "verify_inrelease", lambda data, keyring, work: None)
     root, work = tmp_path / "root", tmp_path / "work"
@@ -108,7 +126,7 @@ def test_prepare_writes_a_consistent_local_suite(mirror, tmp_path, monkeypatch):
     assert b"Package: vim" in full.read_bytes()  # the whole index, as debootstrap leaves it
 
 
-def test_prepare_gives_up_when_a_deb_is_missing(mirror, tmp_path, monkeypatch):  # noqa: F811
+def test_prepare_gives_up_when_a_deb_is_missing(mirror, tmp_path, monkeypatch):
     mirror.publish(archive(), lie_about={"pool/main/t/tar/tar_1.0_amd64.deb"})
     monkeypatch.setattr(suiteview, "verify_inrelease", lambda data, keyring, work: None)
     with pytest.raises(suiteview.ViewError, match="1 .debs not downloaded"):
@@ -128,7 +146,7 @@ def base_env(tmp_path, monkeypatch):
 
 
 def fake_debootstrap(calls, fail_with_view=False):
-    def debootstrap(spec, root, timeout, mirror="", options=()):  # noqa: F811
+    def debootstrap(spec, root, timeout, mirror="", options=()):
         calls.append((mirror, options))
         (root / "etc").mkdir(exist_ok=True)
         (root / "etc/from").write_text(mirror or spec.mirror)
@@ -179,7 +197,7 @@ def test_plain_debootstraps_failure_is_the_message(base_env, monkeypatch):
     monkeypatch.setattr(suiteview, "prepare", lambda *a: suiteview.View("file:///w", b"", {},
                                                                        3, 0.1))
 
-    def debootstrap(spec, root, timeout, mirror="", options=()):  # noqa: F811
+    def debootstrap(spec, root, timeout, mirror="", options=()):
         raise DibError(f"debootstrap of {spec.release} from {mirror or spec.mirror} failed")
 
     monkeypatch.setattr(bootstrap, "debootstrap", debootstrap)
