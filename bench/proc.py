@@ -14,6 +14,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from dib import spawn
+
 INTERRUPT_GRACE = 60.0  # a builder interrupted mid-build unmounts before it exits
 PASSED_ENV = ("PATH", "HOME", "LANG", "http_proxy", "https_proxy", "no_proxy", "DOCKER_HOST")
 
@@ -54,18 +56,18 @@ def timed(argv: Sequence[str], log: Path, *, env: Mapping[str, str],
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
         start = time.monotonic()
-        process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, env=dict(env), cwd=cwd,
-                                   start_new_session=True)
-    watchdog = threading.Timer(timeout, _signal_group, (process.pid, signal.SIGKILL))
+        process = spawn.spawn(argv, stdout=out, env=env, cwd=cwd)
+    # A bare kill: this thread reaps the child itself (wait4, for its rusage).
+    watchdog = threading.Timer(timeout, _kill_group, (process.pid,))
     watchdog.start()
     try:
         status, usage = _wait4(process.pid)
     except BaseException:
-        _interrupt(process.pid)
+        spawn.stop(process, INTERRUPT_GRACE, first=signal.SIGINT)  # builders clean up on ^C
         raise
     finally:
         watchdog.cancel()
+    spawn.forget(process)
     seconds = time.monotonic() - start
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, not Popen
     # ru_maxrss is in KiB on Linux.
@@ -82,24 +84,9 @@ def _wait4(pid: int) -> tuple[int, resource.struct_rusage]:
             continue
 
 
-def _signal_group(pid: int, signum: int) -> None:
+def _kill_group(pid: int) -> None:
     with suppress(ProcessLookupError):
-        os.killpg(pid, signum)
-
-
-def _interrupt(pid: int) -> None:
-    """SIGINT to the child's group (it cleans up), SIGKILL after a grace; reap it."""
-    _signal_group(pid, signal.SIGINT)
-    deadline = time.monotonic() + INTERRUPT_GRACE
-    while time.monotonic() < deadline:
-        with suppress(ChildProcessError):
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return
-        time.sleep(0.2)
-    _signal_group(pid, signal.SIGKILL)
-    with suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+        os.killpg(pid, signal.SIGKILL)
 
 
 def release_mounts(under: Path) -> list[str]:

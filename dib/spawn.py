@@ -54,11 +54,12 @@ def spawn(
     return proc
 
 
-def stop(proc: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
-    """SIGTERM the child's group, SIGKILL it after ``grace``, reap the child, and
-    sweep the group once more: a process forked while the group was being
-    signalled outlives its leader."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+def stop(proc: subprocess.Popen, grace: float = GRACE_SECONDS,
+         first: signal.Signals = signal.SIGTERM) -> None:
+    """Send ``first`` (SIGTERM; SIGINT for a child that cleans up on Ctrl-C) to the
+    child's group, SIGKILL it after ``grace``, reap the child, and sweep the group
+    once more: a process forked while the group was being signalled outlives its leader."""
+    for sig, wait in ((first, grace), (signal.SIGKILL, None)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
