@@ -14,7 +14,7 @@ from dib.blockdevice.layout import (
     parse_size,
 )
 
-ELEMENTS = Path(__file__).resolve().parents[2] / "elements"
+ELEMENTS = Path(__file__).resolve().parents[3] / "elements"
 
 MBR = """\
 - local_loop:

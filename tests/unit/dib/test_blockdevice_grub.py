@@ -20,7 +20,7 @@ from dib.blockdevice.layout import parse_layout_text
 from dib.blockdevice.plan import make_plan
 from dib.errors import ConfigError, DibError
 
-LAYOUTS = Path(__file__).resolve().parents[2] / "elements" / "vm" / "layouts"
+LAYOUTS = Path(__file__).resolve().parents[3] / "elements" / "vm" / "layouts"
 
 
 def plan_for(kind):

@@ -17,7 +17,7 @@ from dib.blockdevice.plan import (
 )
 from dib.errors import ConfigError
 
-LAYOUTS = Path(__file__).resolve().parents[2] / "elements" / "vm" / "layouts"
+LAYOUTS = Path(__file__).resolve().parents[3] / "elements" / "vm" / "layouts"
 EXT_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 

@@ -9,7 +9,7 @@ from dib.blockdevice.geometry import place
 from dib.blockdevice.layout import GPT_TYPES, MIB, parse_layout_text
 from dib.errors import DibError
 
-LAYOUTS = Path(__file__).resolve().parents[2] / "elements" / "vm" / "layouts"
+LAYOUTS = Path(__file__).resolve().parents[3] / "elements" / "vm" / "layouts"
 
 
 def layout(kind):
