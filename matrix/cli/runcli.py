@@ -134,6 +134,9 @@ def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan, Catalogue]:
         args.matrix = args.matrix or resumed.matrix
     overrides = {key.name: getattr(args, key.field) for key in OVERRIDES
                  if getattr(args, key.field, None) is not None}
+    if resumed is not None and resumed.options.get("registry_mirror"):
+        # The hosts the run built pulled through its mirror: so do the cells still to run.
+        overrides.setdefault("registry-mirror", resumed.options["registry_mirror"])
     config = load_matrix(resolve_matrix_path(args.matrix), overrides=overrides)
     plan = make_plan(config, args.hosts, args.targets)
     if resumed is not None:
@@ -272,6 +275,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         rows.append([cell.id, cell.kind.value, ", ".join(cell.needs) or "-", planned])
     print(f"matrix {config.name} ({config.path}): {len(plan.cells)} cells")
     print(tabulate(rows, headers=["cell", "kind", "needs", "planned"]))
+    for host in plan.hosts:
+        written = getattr(host.base, "written", None)
+        if written:
+            print(f"registry mirror {config.registry_mirror}: {host.name}: {written} -> "
+                  f"{host.base.reference}")  # type: ignore[union-attr]
     if not facts:
         print("(no host image is built yet: preflight verdicts appear once hosts are built)")
     for note in upstream_notes({c.target.name: c.target for c in plan.cells

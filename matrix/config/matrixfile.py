@@ -16,6 +16,7 @@ from typing import Any
 
 from matrix.config.diagnostics import ConfigError, ConfigIssue, IssueCollector
 from matrix.config.hosts import HostDefinition, load_host, load_hosts
+from matrix.config.registry import BadReference, parse_mirror, with_registry_mirror
 from matrix.config.schema import (
     Derived,
     Invalid,
@@ -98,6 +99,7 @@ class MatrixConfig:
     output: Path
     network: Network
     categories: tuple[Path, ...]
+    registry_mirror: str | None
 
     def host(self, name: str) -> HostDefinition:
         return next(h for h in self.hosts if h.name == name)
@@ -157,6 +159,13 @@ def _paths(value: Any, reader: Reader, path: KeyPath) -> tuple[Path, ...]:
 
 def _output(value: Any, reader: Reader, path: KeyPath) -> Path:
     return Path(parse_text(value))
+
+
+def _registry_mirror(value: Any, reader: Any = None, path: KeyPath = ()) -> str:
+    try:
+        return parse_mirror(value)
+    except BadReference as err:
+        raise Invalid(str(err)) from None
 
 
 def _names(what: str, known: Callable[[_MatrixReader], Mapping[str, Any]],
@@ -284,6 +293,10 @@ MATRIX_KEYS: tuple[Key, ...] = (
         + ", ".join(n.value for n in Network), "host"),
     Key("categories", _paths, "extra failure category files (YAML), relative to the "
         "matrix file", []),
+    Key("registry-mirror", _registry_mirror, "pull Docker Hub images (fedora:40, "
+        "library/x, docker.io/...) from this registry instead, e.g. myregistry.example/hub "
+        "(it stands in for docker.io); other registries' references are left alone",
+        option=Option.VALUE, example="REGISTRY[/PATH]"),
 )
 
 
@@ -325,6 +338,7 @@ def load_matrix(path: Path, host_dirs: tuple[Path, ...] | None = None,
     if any(values[key.name] is None for key in MATRIX_KEYS if key.required):
         reader.issues.check()  # no hosts or no targets: nothing further to check against
     config = MatrixConfig(path=path, **{key.field: values[key.name] for key in MATRIX_KEYS})
+    config, _ = with_registry_mirror(config, config.registry_mirror)  # image hosts' pulls
     for key, rules in (("exclude", config.exclude), ("allowed-failures", config.allowed_failures)):
         _check_rules_match(reader, key, rules, config)
     reader.issues.check()
