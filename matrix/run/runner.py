@@ -358,8 +358,12 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
     return run
 
 
-ENGINE_CHECKS = 3  # pings, a second apart: a daemon that is shutting down still
-ENGINE_CHECK_PAUSE = 1.0  # answers for a moment after its containers' streams broke
+# Pings, a second apart, after a cell ended in an engine error. A daemon that is
+# shutting down first stops its containers (breaking their streams) and answers until
+# they are gone: up to dockerd's shutdown-timeout, 15 s by default, so the engine only
+# counts as answering when it still does after that.
+ENGINE_CHECKS = 16
+ENGINE_CHECK_PAUSE = 1.0
 
 
 def _engine_answers(client, checks: int = ENGINE_CHECKS, pause: float = ENGINE_CHECK_PAUSE

@@ -64,6 +64,24 @@ def test_an_engine_that_is_gone_neither_answers_nor_crashes_the_clean_up(monkeyp
     runner._remove_run_objects(FakeEngine(), "r1")  # logs, does not raise
 
 
+def test_a_daemon_stopping_its_containers_still_counts_as_going_away():
+    class SlowShutdown:  # answers for ~10 s while it stops its containers, then is gone
+        calls = 0
+
+        def ping(self):
+            self.calls += 1
+            if self.calls > 10:
+                raise runner.requests.ConnectionError("gone")
+            return True
+
+    class Alive:
+        def ping(self):
+            return True
+
+    assert runner._engine_answers(SlowShutdown(), pause=0) is False
+    assert runner._engine_answers(Alive(), pause=0) is True
+
+
 def test_resume_removes_the_dead_runs_containers_and_unfinished_images(tmp_path, monkeypatch):
     run = resumed_run(tmp_path)
     images = tmp_path / "r1" / "images" / "h"
