@@ -13,7 +13,10 @@ A mirror stands in for the ``docker.io`` domain, as a ``location`` does for a
 ``prefix`` in containers-registries.conf(5): with ``registry-mirror:
 myregistry.example/hub``, ``fedora:40`` is pulled as
 ``myregistry.example/hub/library/fedora:40`` and ``someone/tool:1`` as
-``myregistry.example/hub/someone/tool:1``; every other reference is left alone.
+``myregistry.example/hub/someone/tool:1``; every other reference is left alone. A
+mirror that ends in Docker Hub's official namespace (``myregistry.example/library``)
+stands for the registry above it: ``fedora:40`` becomes
+``myregistry.example/library/fedora:40``, not ``.../library/library/fedora:40``.
 
 Pure functions: no engine, no network.
 """
@@ -144,7 +147,13 @@ def rewrite(reference: str, mirror: str | None) -> str:
     parsed = parse_reference(reference)
     if not parsed.on_docker_hub:
         return reference
-    return f"{parse_mirror(mirror)}/{parsed.path}{parsed.suffix()}"
+    base = parse_mirror(mirror)
+    # A mirror written as Docker Hub's official namespace (``myregistry.example/library``,
+    # as many private mirrors are documented) stands for the domain above it: official
+    # images land in it, ``someone/tool`` beside it, never in ``library/library``.
+    base = base[: -len("/" + OFFICIAL_NAMESPACE)] if base.endswith("/" + OFFICIAL_NAMESPACE) \
+        else base
+    return f"{base}/{parsed.path}{parsed.suffix()}"
 
 
 def same_repository(a: str, b: str) -> bool:

@@ -89,6 +89,16 @@ def test_no_mirror_changes_nothing():
     assert rewrite("fedora:40", "") == "fedora:40"
 
 
+def test_a_mirror_named_after_the_official_namespace_stands_for_the_registry_above():
+    mirror = "myregistry.example/library"
+    assert rewrite("fedora:40", mirror) == "myregistry.example/library/fedora:40"
+    assert rewrite("docker.io/library/fedora:40", mirror) == "myregistry.example/library/fedora:40"
+    assert rewrite("someone/tool:1", mirror) == "myregistry.example/someone/tool:1"
+    assert rewrite("quay.io/x/y:2", mirror) == "quay.io/x/y:2"
+    assert rewrite("fedora:40", "myregistry.example/hub/library") == \
+        "myregistry.example/hub/library/fedora:40"
+
+
 def test_a_mirror_without_a_path_is_the_registry_itself():
     assert rewrite("fedora:40", "127.0.0.1:5000") == "127.0.0.1:5000/library/fedora:40"
     assert rewrite("fedora:40", "localhost") == "localhost/library/fedora:40"
