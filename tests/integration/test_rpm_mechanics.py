@@ -35,9 +35,9 @@ import yaml
 
 from tests.integration.dibhelpers import REPO, build_mounts, dib_env, run_dib
 
-# Slow: cold, the rpmtools host image is built first (about 4 minutes here, with its
-# debootstrap); with the image cached the module takes under a minute.
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# In the quick set (CI runs it): cold, the rpmtools host image is built first (about
+# 4 minutes here, with its debootstrap); with the image cached it takes under a minute.
+pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).resolve().parent / "data" / "rpm"
 HOST = "debian-bookworm-rpmtools"
