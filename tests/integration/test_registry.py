@@ -83,8 +83,11 @@ class LocalRegistry:
 
 
 def _answers(port: int) -> bool:
+    # A private opener without proxies: urlopen's global one keeps whatever proxy the
+    # environment had when an earlier test first used it (a package cache's, say).
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as reply:
+        with direct.open(f"http://127.0.0.1:{port}/v2/", timeout=2) as reply:
             return reply.status == 200
     except (OSError, urllib.error.URLError):
         return False
