@@ -28,6 +28,7 @@ from bench import (  # noqa: E402
     builders,
     classifybench,
     cleanup,
+    foreign,
     matrixbench,
     overhead,
     pkgcachebench,
@@ -47,6 +48,7 @@ SECTIONS: dict[str, Section] = {
     "overhead": overhead.run,
     "scale": scale.run,
     "classify": classifybench.run,
+    "arm64": foreign.run,
 }
 
 

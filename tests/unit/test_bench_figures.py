@@ -344,3 +344,12 @@ def test_clean_removes_only_the_bench_copies(tmp_path):
                        "dib-matrix/base-bench-debian-trixie:z",  # untagged, image kept
                        "dib-matrix-cache-bench-debian-trixie"]
     assert not work.exists() and gone[-1] == f"directory {work}"
+
+
+def test_the_arm64_section_is_left_out_of_a_quick_run(tmp_path):
+    from bench import foreign
+    from bench.workspace import Bench, BenchError
+
+    bench = Bench(tmp_path, tmp_path / "logs", quick=True, mirror="http://mirror.invalid/debian")
+    with pytest.raises(BenchError, match="--quick"):
+        foreign.run(bench)
