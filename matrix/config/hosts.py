@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Union
 
 from dib import bundled
-from matrix.config.diagnostics import IssueCollector
 from matrix.config.schema import (
     NAME_RE,
     Derived,
@@ -24,7 +23,7 @@ from matrix.config.schema import (
     Reader,
     enum_parser,
     load_dir,
-    read_keys,
+    read_document,
     select,
     shown,
     unknown_key,
@@ -330,12 +329,7 @@ HOST_KEYS: tuple[Key, ...] = (
 
 def parse_host(doc: YamlDocument) -> HostDefinition:
     """Validate one parsed host file; raises ``ConfigError`` with every problem in it."""
-    issues = IssueCollector(list(doc.issues))
-    if not isinstance(doc.data, dict):
-        issues.add(doc.issue((), f"a host file must be a mapping, got {shown(doc.data)}"))
-        issues.check()
-    values = read_keys(HOST_KEYS, doc.data, Reader(doc, issues))
-    issues.check()
+    values = read_document(doc, HOST_KEYS, "host")
     return HostDefinition(
         name=values["name"],
         base=values["base"],

@@ -170,6 +170,18 @@ class Key:
         return str(self.default)
 
 
+def read_document(doc: YamlDocument, keys: Sequence[Key], kind: str) -> dict[str, Any]:
+    """A host or target file's keys, parsed by ``keys``; raises ``ConfigError`` with
+    every problem in the file (its YAML's too)."""
+    issues = IssueCollector(list(doc.issues))
+    if not isinstance(doc.data, dict):
+        issues.add(doc.issue((), f"a {kind} file must be a mapping, got {shown(doc.data)}"))
+        issues.check()
+    values = read_keys(keys, doc.data, Reader(doc, issues))
+    issues.check()
+    return values
+
+
 def read_keys(keys: Sequence[Key], data: Mapping[Any, Any], reader: Any,
               prefix: KeyPath = (), overrides: Mapping[str, Any] | None = None,
               override_issue: Callable[[str, str], ConfigIssue] | None = None

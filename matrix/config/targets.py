@@ -20,7 +20,7 @@ from dib.elements import index_elements, resolve
 from dib.errors import DibError
 from dib.outputs import SUPPORTED_TYPES
 from matrix.config import upstreamdib
-from matrix.config.diagnostics import ConfigError, ConfigIssue, IssueCollector
+from matrix.config.diagnostics import ConfigIssue
 from matrix.config.schema import (
     NAME_RE,
     Invalid,
@@ -31,6 +31,7 @@ from matrix.config.schema import (
     parse_dib_env,
     parse_name,
     parse_text,
+    read_document,
     read_keys,
 )
 from matrix.config.yamlload import KeyPath, YamlDocument, load_yaml
@@ -145,11 +146,7 @@ TARGET_KEYS: tuple[Key, ...] = (
 
 
 def parse_target(doc: YamlDocument) -> Target:
-    if not isinstance(doc.data, dict):
-        raise ConfigError([doc.issue((), "a target file must be a mapping")])
-    issues = IssueCollector(list(doc.issues))
-    values = read_keys(TARGET_KEYS, doc.data, Reader(doc, issues))
-    issues.check()
+    values = read_document(doc, TARGET_KEYS, "target")
     return Target(
         name=values["name"],
         elements=values["elements"],
