@@ -65,3 +65,75 @@ def test_pigz_shim_compresses_like_mkinitramfs_asks_and_hands_the_rest_to_gzip(t
     assert gzip.decompress(packed) == source.read_bytes()
     subprocess.run([str(SHIMS / "pigz"), "-k", str(source)], check=True, env=env)
     assert gzip.decompress((tmp_path / "main.cpio.gz").read_bytes()) == source.read_bytes()
+
+
+def _path_tree(root):
+    """Directories, files and every kind of symlink copy_file's paths can meet."""
+    (root / "usr/lib/modules/k/kernel").mkdir(parents=True)
+    (root / "usr/lib/modules/k/kernel/a.ko").write_text("a")
+    (root / "usr/bin").mkdir()
+    (root / "bin").symlink_to("usr/bin")
+    (root / "lib").symlink_to("usr/lib")
+    (root / "usr/lib/modules/k/kernel/link.ko").symlink_to("a.ko")
+    (root / "usr/lib/modules/k/kernel/dangling.ko").symlink_to("missing.ko")
+    (root / "usr/lib/modules/k/plain").write_text("not a directory")
+    return root
+
+
+def _path_shapes(root):
+    r = str(root)
+    tails = ["usr/lib/modules/k/kernel/a.ko", "usr/lib/modules/k/kernel", "usr/lib/modules/k/",
+             "lib/modules/k/kernel/a.ko", "bin", "usr/lib/modules/k/kernel/link.ko",
+             "usr/lib/modules/k/kernel/dangling.ko", "usr/lib/modules/k/kernel/new.ko",
+             "usr/lib/missing/new.ko", "usr/lib/modules/k/plain/x", "usr/./lib/modules",
+             "usr/lib/../lib/modules", "usr/lib/modules/..", "usr/lib/modules/.",
+             "usr//lib///modules//k", "usr/lib/modules/k/kernel/a.ko/", "usr/lib/mo*ules/k",
+             "usr/lib/modules/k/kernel/a b.ko"]
+    shapes = [f"{r}/{tail}" for tail in tails] + [f"/{r}/{tails[0]}", f"//{r}//{tails[3]}"]
+    return shapes + ["/", "//", "///", "", "relative/path", ".", "/bin", "/usr/bin/"]
+
+
+def _answers(script, calls, paths_file=None):
+    lines = [f'. "{paths_file}"'] if paths_file else []
+    for argv in calls:
+        quoted = " ".join("'" + arg.replace("'", "'\\''") + "'" for arg in argv)
+        lines.append(f"out=$({quoted} 2>&1); echo \"{argv[0]} $? [$out]\"")
+    run = subprocess.run(["sh", "-c", "\n".join(lines)], capture_output=True, text=True,
+                         check=True)
+    return run.stdout.splitlines()
+
+
+def test_mkinitramfs_path_functions_answer_as_the_tools_do(tmp_path):
+    """Every call the shell answers gets the tool's own answer: output and status."""
+    root = _path_tree(tmp_path)
+    calls = [[tool, flag, path] for path in _path_shapes(root)
+             for tool, flag in (("realpath", "-ms"), ("realpath", "-s"), ("readlink", "-f"))]
+    calls += [["realpath", "--relative-to", str(root), str(root / "usr/lib")],
+              ["readlink", str(root / "bin")]]
+    with_functions = _answers("", calls, SHIMS / "mkinitramfs-paths.sh")
+    tools_only = _answers("", calls)
+    assert with_functions == tools_only
+    assert len(with_functions) == len(calls)
+
+
+def test_mkinitramfs_path_functions_keep_mkdir_p(tmp_path):
+    root = _path_tree(tmp_path)
+    paths = SHIMS / "mkinitramfs-paths.sh"
+    for target, made in ((root / "usr/lib/modules", True), (root / "new/deeper", True),
+                         (root / "usr/lib/modules/k/plain", False), (root / "lib", True)):
+        run = subprocess.run(["sh", "-c", '. "$1"; mkdir -p "$2"', "sh", str(paths),
+                              str(target)], capture_output=True, text=True)
+        assert (run.returncode == 0) == made, run.stderr
+        assert target.is_dir() == made
+
+
+def test_mkinitramfs_path_functions_skip_the_tools(tmp_path):
+    """The point of them: the common copy_file questions run no program."""
+    root = _path_tree(tmp_path)
+    module = f"{root}/usr/lib/modules/k/kernel/a.ko"
+    script = (f'. "{SHIMS / "mkinitramfs-paths.sh"}"; PATH=/nonexistent; '
+              f'realpath -ms "/{module}" && realpath -s "{module}" && readlink -f "{module}" '
+              f'&& readlink -f /bin && mkdir -p "{root}/usr/lib"')
+    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [module, module, module, os.path.realpath("/bin")]

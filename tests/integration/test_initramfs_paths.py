@@ -1,0 +1,52 @@
+"""dib's mkinitramfs stand-in gives the initramfs the real mkinitramfs gives, byte for byte.
+
+A Debian kernel tree built by dib (tar), then in a chroot of it: initramfs-tools' own
+mkinitramfs, and dib's stand-in (its path questions answered in the shell, no cache, no
+pigz), both with the same SOURCE_DATE_EPOCH.
+"""
+
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+
+from tests.integration.dibhelpers import REPO, dib_env, run_dib
+
+pytestmark = pytest.mark.integration
+SHIMS = REPO / "elements" / "dpkg" / "shims"
+
+
+@pytest.fixture(scope="module")
+def kernel_tree(tmp_path_factory, image_cache):
+    tmp = tmp_path_factory.mktemp("initramfs-paths")
+    out = tmp / "out" / "kernel"
+    args = ["-o", str(out), "-t", "tar", "--image-cache", str(image_cache),
+            "-p", "linux-image-amd64,initramfs-tools", "debian-minbase"]
+    built = run_dib(args, dib_env(tmp, {"DIB_RELEASE": "bookworm"}))
+    assert built.returncode == 0, built.stdout[-3000:]
+    root = tmp / "root"
+    root.mkdir()
+    with tarfile.open(out.with_name("kernel.tar")) as tar:
+        tar.extraction_filter = getattr(tarfile, "fully_trusted_filter", None)
+        tar.extractall(root)
+    shutil.copytree(SHIMS, root / "dib-shims")
+    return root
+
+
+def in_chroot(root, *argv):
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SOURCE_DATE_EPOCH": "1700000000",
+           "DIB_INITRAMFS_PIGZ": "0"}
+    return subprocess.run(["chroot", str(root), *argv], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_the_stand_in_builds_the_same_initramfs_as_mkinitramfs(kernel_tree):
+    version = next((kernel_tree / "lib/modules").iterdir()).name
+    plain = in_chroot(kernel_tree, "mkinitramfs", "-o", "/plain.img", version)
+    assert plain.returncode == 0, plain.stderr
+    shim = in_chroot(kernel_tree, "/dib-shims/mkinitramfs", "-o", "/shim.img", version)
+    assert shim.returncode == 0, shim.stderr
+    built = (kernel_tree / "shim.img").read_bytes()
+    assert len(built) > 1 << 20
+    assert built == (kernel_tree / "plain.img").read_bytes()
