@@ -48,7 +48,7 @@ ARCHIVES = Path("var/cache/apt/archives")
 # Releases before usr-is-merged existed (debian-common's list); later ones exclude usrmerge.
 _PRE_USR_IS_MERGED = ("etch", "lenny", "squeeze", "wheezy", "jessie", "stretch", "buster",
                       "bullseye")
-_APT_TRANSPORT_HTTPS = ("lenny", "squeeze", "wheezy", "jessie", "stretch")
+APT_TRANSPORT_HTTPS = ("lenny", "squeeze", "wheezy", "jessie", "stretch")
 
 
 class PrefetchError(Exception):
@@ -90,7 +90,9 @@ class Summary:
         )
 
 
-class _Clock:
+class Clock:
+    """A deadline (``seconds`` from now) that a stop event can also end early."""
+
     def __init__(self, seconds: float, stop: Optional[threading.Event] = None):
         self.end = time.monotonic() + seconds
         self.stop = stop or threading.Event()
@@ -125,13 +127,13 @@ class _HttpStatus(Exception):
     """The mirror answered with something other than the file."""
 
 
-class _Fetcher:
+class Fetcher:
     """GETs within the deadline over one kept-alive connection per thread and mirror:
     one DNS lookup and TCP connect per worker instead of one per file (a lookup that
     stalls costs the resolver's timeout, seconds, each time). When a proxy from the
     environment applies, or the mirror redirects, it is urllib's opener, as is."""
 
-    def __init__(self, clock: _Clock):
+    def __init__(self, clock: Clock):
         self.clock = clock
         self._local = threading.local()
         self._all: List[http.client.HTTPConnection] = []
@@ -199,7 +201,7 @@ def _proxied(scheme: str, host: Optional[str]) -> bool:
     return bool(proxies.get(scheme)) and not urllib.request.proxy_bypass(host or "")
 
 
-def _read_url(url: str, fetcher: _Fetcher, per_request: float, limit: int) -> bytes:
+def read_url(url: str, fetcher: Fetcher, per_request: float, limit: int) -> bytes:
     """The body of ``url``, at most ``limit`` bytes, within the deadline."""
     with fetcher.get(url, per_request) as response:
         parts: List[bytes] = []
@@ -232,7 +234,7 @@ def parse_release_sha256(text: str) -> Dict[str, Tuple[str, int]]:
 
 
 def fetch_index(mirror: str, release: str, component: str, arch: str,
-                sums: Mapping[str, Tuple[str, int]], fetcher: _Fetcher,
+                sums: Mapping[str, Tuple[str, int]], fetcher: Fetcher,
                 per_request: float = REQUEST_TIMEOUT_SECONDS) -> bytes:
     """One component's Packages index (xz preferred), checked against the Release."""
     base = f"{component}/binary-{arch}/Packages"
@@ -244,7 +246,7 @@ def fetch_index(mirror: str, release: str, component: str, arch: str,
     sha, size = sums[base + suffix]
     if size > (INDEX_MAX_BYTES if suffix else INDEX_MAX_UNPACKED_BYTES):
         raise PrefetchError(f"{base}{suffix} is too large ({size} bytes)")
-    data = _read_url(f"{mirror}/dists/{release}/{base}{suffix}", fetcher, per_request, size)
+    data = read_url(f"{mirror}/dists/{release}/{base}{suffix}", fetcher, per_request, size)
     if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
         raise PrefetchError(f"{base}{suffix} does not match the Release file's SHA256")
     if suffix == ".xz":
@@ -370,7 +372,7 @@ def initial_names(index: PackageIndex, release: str, variant: str, include: Iter
             names.add("binutils")
     if https:
         names.add("ca-certificates")
-        if release in _APT_TRANSPORT_HTTPS:
+        if release in APT_TRANSPORT_HTTPS:
             names.add("apt-transport-https")
     excluded: Set[str] = set()
     if release not in _PRE_USR_IS_MERGED and not release.startswith(("etch", "jessie")):
@@ -413,7 +415,7 @@ def resolve(index: PackageIndex, names: Iterable[str],
 # ---------------------------------------------------------------- downloading
 
 
-def _download(mirror: str, deb: Deb, archives: Path, fetcher: _Fetcher,
+def _download(mirror: str, deb: Deb, archives: Path, fetcher: Fetcher,
               per_request: float) -> int:
     """Place one .deb under ``archives``; the bytes downloaded (0 if already there)."""
     dest = archives / deb.dest_name
@@ -445,7 +447,7 @@ def _download(mirror: str, deb: Deb, archives: Path, fetcher: _Fetcher,
         part.unlink(missing_ok=True)
 
 
-def download_all(mirror: str, debs: Sequence[Deb], root: Path, fetcher: _Fetcher,
+def download_all(mirror: str, debs: Sequence[Deb], root: Path, fetcher: Fetcher,
                  workers: int = WORKERS,
                  per_request: float = REQUEST_TIMEOUT_SECONDS) -> Tuple[int, int, List[str]]:
     """Download ``debs`` in parallel: (how many placed, bytes, one line per failure)."""
@@ -490,7 +492,7 @@ def prefetch(mirror: str, release: str, arch: str, components: Sequence[str], va
     Returns the summary (also logged), or None when it gave up before downloading.
     """
     started = time.monotonic()
-    fetcher = _Fetcher(_Clock(deadline, stop))
+    fetcher = Fetcher(Clock(deadline, stop))
     if placed is not None:
         fetcher.placed = placed
     mirror = mirror.rstrip("/")
@@ -552,12 +554,12 @@ def alongside(env: Mapping[str, str], mirror: str, release: str, arch: str,
             path.unlink(missing_ok=True)
 
 
-def _release_sums(mirror: str, release: str, fetcher: _Fetcher,
+def _release_sums(mirror: str, release: str, fetcher: Fetcher,
                   per_request: float) -> Dict[str, Tuple[str, int]]:
     last: Optional[Exception] = None
     for name in ("InRelease", "Release"):
         try:
-            text = _read_url(f"{mirror}/dists/{release}/{name}", fetcher, per_request,
+            text = read_url(f"{mirror}/dists/{release}/{name}", fetcher, per_request,
                              RELEASE_MAX_BYTES).decode("utf-8", errors="replace")
         except PrefetchError:
             raise

@@ -219,9 +219,9 @@ def prepare(mirror: str, release: str, arch: str, components: Sequence[str], var
     """
     started = time.monotonic()
     mirror = mirror.rstrip("/")
-    fetcher = debprefetch._Fetcher(debprefetch._Clock(deadline))
+    fetcher = debprefetch.Fetcher(debprefetch.Clock(deadline))
     try:
-        inrelease = debprefetch._read_url(f"{mirror}/dists/{release}/InRelease", fetcher,
+        inrelease = debprefetch.read_url(f"{mirror}/dists/{release}/InRelease", fetcher,
                                           per_request, debprefetch.RELEASE_MAX_BYTES)
         verify_inrelease(inrelease, keyring, workdir)
         text = signed_text(inrelease)
@@ -303,7 +303,7 @@ def mirror_includes(mirror: str, release: str) -> Tuple[str, ...]:
     behind the local copy's file:// URL: passed as --include instead (same set)."""
     if not mirror.startswith("https://"):
         return ()
-    if release in debprefetch._APT_TRANSPORT_HTTPS or release.startswith("jessie"):
+    if release in debprefetch.APT_TRANSPORT_HTTPS or release.startswith("jessie"):
         return ("apt-transport-https", "ca-certificates")
     return ("ca-certificates",)
 
