@@ -50,3 +50,19 @@ def test_the_stand_in_builds_the_same_initramfs_as_mkinitramfs(kernel_tree):
     built = (kernel_tree / "shim.img").read_bytes()
     assert len(built) > 1 << 20
     assert built == (kernel_tree / "plain.img").read_bytes()
+
+
+def test_a_failing_shell_leaves_it_to_the_real_mkinitramfs(kernel_tree):
+    version = next((kernel_tree / "lib/modules").iterdir()).name
+    paths = kernel_tree / "dib-shims" / "mkinitramfs-paths.sh"
+    kept = paths.read_text()
+    paths.write_text("echo 'broken on purpose' >&2; exit 3\n")
+    try:
+        shim = in_chroot(kernel_tree, "/dib-shims/mkinitramfs", "-o", "/again.img", version)
+    finally:
+        paths.write_text(kept)
+    assert shim.returncode == 0, shim.stderr
+    assert "running it as it is" in shim.stderr
+    plain = in_chroot(kernel_tree, "mkinitramfs", "-o", "/plain2.img", version)
+    assert plain.returncode == 0, plain.stderr
+    assert (kernel_tree / "again.img").read_bytes() == (kernel_tree / "plain2.img").read_bytes()
