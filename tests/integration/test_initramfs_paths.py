@@ -17,13 +17,12 @@ pytestmark = pytest.mark.integration
 SHIMS = REPO / "elements" / "dpkg" / "shims"
 
 
-@pytest.fixture(scope="module")
-def kernel_tree(tmp_path_factory, image_cache):
-    tmp = tmp_path_factory.mktemp("initramfs-paths")
+def build_kernel_tree(tmp_path_factory, image_cache, release):
+    tmp = tmp_path_factory.mktemp(f"initramfs-paths-{release}")
     out = tmp / "out" / "kernel"
     args = ["-o", str(out), "-t", "tar", "--image-cache", str(image_cache),
             "-p", "linux-image-amd64,initramfs-tools", "debian-minbase"]
-    built = run_dib(args, dib_env(tmp, {"DIB_RELEASE": "bookworm"}))
+    built = run_dib(args, dib_env(tmp, {"DIB_RELEASE": release}))
     assert built.returncode == 0, built.stdout[-3000:]
     root = tmp / "root"
     root.mkdir()
@@ -34,6 +33,11 @@ def kernel_tree(tmp_path_factory, image_cache):
     return root
 
 
+@pytest.fixture(scope="module")
+def kernel_tree(tmp_path_factory, image_cache):
+    return build_kernel_tree(tmp_path_factory, image_cache, "bookworm")
+
+
 def in_chroot(root, *argv):
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SOURCE_DATE_EPOCH": "1700000000",
            "DIB_INITRAMFS_PIGZ": "0"}
@@ -41,7 +45,7 @@ def in_chroot(root, *argv):
                           text=True, timeout=600)
 
 
-def test_the_stand_in_builds_the_same_initramfs_as_mkinitramfs(kernel_tree):
+def assert_same_initramfs(kernel_tree):
     version = next((kernel_tree / "lib/modules").iterdir()).name
     plain = in_chroot(kernel_tree, "mkinitramfs", "-o", "/plain.img", version)
     assert plain.returncode == 0, plain.stderr
@@ -50,6 +54,16 @@ def test_the_stand_in_builds_the_same_initramfs_as_mkinitramfs(kernel_tree):
     built = (kernel_tree / "shim.img").read_bytes()
     assert len(built) > 1 << 20
     assert built == (kernel_tree / "plain.img").read_bytes()
+
+
+def test_the_stand_in_builds_the_same_initramfs_as_mkinitramfs(kernel_tree):
+    assert_same_initramfs(kernel_tree)
+
+
+@pytest.mark.slow
+def test_the_same_initramfs_on_trixie(tmp_path_factory, image_cache):
+    """trixie's initramfs-tools and coreutils: another copy_file, the same answers."""
+    assert_same_initramfs(build_kernel_tree(tmp_path_factory, image_cache, "trixie"))
 
 
 def test_a_failing_shell_leaves_it_to_the_real_mkinitramfs(kernel_tree):
