@@ -11,8 +11,9 @@
 #   - `readlink -f /bin` is asked before every module: its answer is read once, before
 #     mkinitramfs starts (nothing changes /bin while it runs);
 #   - `mkdir -p DIR` does nothing when DIR is a directory.
-# The image gets the initramfs the tools' own answers would give (tests/unit/dib compares
-# these functions with the tools; the boot tests boot what they build).
+# The image gets the initramfs the tools' own answers would give: tests/unit/dib compares
+# each answer with the tool's, tests/integration/test_initramfs_paths.py the initramfs
+# with the real mkinitramfs's, byte for byte.
 
 _dib_bin_canonical=$(command readlink -f /bin 2>/dev/null) || _dib_bin_canonical=
 
