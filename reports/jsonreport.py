@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from results.model import RunResults
-
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "results.schema.json"
+from results.schemafile import SCHEMA_PATH
 
 
 def load_schema() -> dict[str, Any]:
