@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.figures import Figure, megabytes, ratio
-from bench.proc import Timed, base_env, release_mounts, timed
+from bench.proc import last_lines, release_mounts, timed
 from bench.steps import STAMP, dib_slowest, slowest_steps
 from bench.workspace import REPO, Bench, BenchError, package_version, venv_tool
+from dib import spawn
 
 SECTION = "dib vs DIB"
 RELEASE = "bookworm"
@@ -34,7 +35,7 @@ WARM_RATIO_TARGET = 0.25
 
 @dataclass(frozen=True)
 class Built:
-    timed: Timed
+    timed: spawn.Result
     size: int | None  # bytes of the qcow2
     packages: frozenset[str]
     load: float = 0.0  # the machine's 1-minute load average as the build started
@@ -51,7 +52,7 @@ class Built:
     def failure(self) -> str:
         if self.timed.ok:
             return ""
-        last = STAMP.sub(r"\2", self.timed.tail(1))  # without the log's time stamp
+        last = STAMP.sub(r"\2", last_lines(self.timed, 1))  # without the log's time stamp
         return f"failed (exit {self.timed.returncode}): {last[:140]}"
 
 
@@ -117,9 +118,9 @@ def sources_conf(bench: Bench) -> str:
 
 def ours(bench: Bench) -> Builder:
     root = bench.path("builders", "dib")
-    env = base_env({"PYTHONPATH": str(REPO), "DIB_RELEASE": RELEASE,
-                    "DIB_DISTRIBUTION_MIRROR": bench.mirror,
-                    "DIB_APT_SOURCES_CONF": sources_conf(bench)})
+    env = spawn.child_env({"PYTHONPATH": str(REPO), "DIB_RELEASE": RELEASE,
+                           "DIB_DISTRIBUTION_MIRROR": bench.mirror,
+                           "DIB_APT_SOURCES_CONF": sources_conf(bench)})
     return Builder("dib", root, [sys.executable, "-m", "dib", "--image-cache",
                                  str(root / "cache")], env, our_packages)
 
@@ -127,12 +128,12 @@ def ours(bench: Bench) -> Builder:
 def diskimage_builder(bench: Bench) -> Builder:
     for tool, package in (("sudo", "sudo"), ("qemu-img", "qemu-utils"),
                           ("debootstrap", "debootstrap"), ("losetup", "mount")):
-        if shutil.which(tool, path=base_env()["PATH"] + ":/usr/sbin:/sbin") is None:
+        if shutil.which(tool, path=spawn.child_env()["PATH"] + ":/usr/sbin:/sbin") is None:
             raise BenchError(f"diskimage-builder needs {tool}: apt-get install {package}")
     program = venv_tool(bench, "diskimage-builder", [DIB_PACKAGE], "disk-image-create")
     root = bench.path("builders", "diskimage-builder")
-    env = base_env({
-        "PATH": f"{program.parent}:{base_env()['PATH']}",
+    env = spawn.child_env({
+        "PATH": f"{program.parent}:{spawn.child_env()['PATH']}",
         "DIB_RELEASE": RELEASE,
         "DIB_DISTRIBUTION_MIRROR": bench.mirror,
         "DIB_APT_SOURCES_CONF": sources_conf(bench),

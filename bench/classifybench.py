@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from bench.figures import MB, Figure
-from bench.proc import base_env, timed
+from bench.proc import last_lines, timed
 from bench.workspace import REPO, Bench
+from dib import spawn
 
 HUGE_LINE_BYTES = 200 * MB
 REPEATED = ("a", " ", ":", "/", "'")
@@ -32,9 +33,9 @@ def _write_repeated(path: Path) -> None:
 
 def _classify(bench: Bench, log: Path, name: str) -> tuple[float, int]:
     done = timed([sys.executable, "-m", "matrix.cli", "classify", str(log)], bench.log(name),
-                 env=base_env(), cwd=REPO, timeout=600)
+                 env=spawn.child_env(), cwd=REPO, timeout=600)
     if done.returncode not in (0, 1):
-        raise RuntimeError(f"classify {log.name} exited {done.returncode}: {done.tail()}")
+        raise RuntimeError(f"classify {log.name} exited {done.returncode}: {last_lines(done)}")
     return done.seconds, done.peak_rss
 
 

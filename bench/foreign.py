@@ -12,10 +12,10 @@ import shutil
 import sys
 
 from bench.figures import Figure, ratio
-from bench.proc import base_env, release_mounts, timed
+from bench.proc import release_mounts, timed
 from bench.steps import slowest_steps
 from bench.workspace import REPO, Bench, BenchError
-from dib import arch
+from dib import arch, spawn
 
 SECTION = "arm64"
 RELEASE = "bookworm"
@@ -35,8 +35,9 @@ def run(bench: Bench) -> tuple[list[Figure], dict[str, list[str]]]:
         root = bench.path("foreign", target)
         shutil.rmtree(root, ignore_errors=True)  # cold: an empty image cache
         (root / "tmp").mkdir(parents=True)
-        env = base_env({"PYTHONPATH": str(REPO), "DIB_RELEASE": RELEASE,
-                        "DIB_DISTRIBUTION_MIRROR": bench.mirror, "TMPDIR": str(root / "tmp")})
+        env = spawn.child_env({"PYTHONPATH": str(REPO), "DIB_RELEASE": RELEASE,
+                               "DIB_DISTRIBUTION_MIRROR": bench.mirror,
+                               "TMPDIR": str(root / "tmp")})
         argv = [sys.executable, "-m", "dib", "--image-cache", str(root / "cache"), "-a", target,
                 "-o", str(root / "image"), "-t", "tar", ELEMENT]
         bench.say(f"{SECTION}: {ELEMENT} tar, cold, for {target}")

@@ -30,14 +30,17 @@ import docker.errors
 import yaml
 
 from bench.figures import Figure, megabytes, ratio
-from bench.proc import Timed, base_env, timed
+from bench.proc import last_lines, timed
 from bench.profiling import record_argv, summarise
 from bench.workspace import REPO, Bench, BenchError, copy_tree, write_element
+from dib import spawn
+from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import load_matrix, resolve_matrix_path
 from matrix.containers import engine
 from matrix.run.plan import Plan, PlannedCell, make_plan
 from matrix.run.reuse import KeyMaker
-from results.model import Cell, CellKind, RunResults, State, load
+from results.archive import OutDir, RunDir
+from results.model import Cell, CellKind, RunResults, State
 
 SECTION = "matrix"
 PREFIX = "bench-"
@@ -135,8 +138,8 @@ def describe_plan(label: str, plan: Plan) -> str:
 
 def closures(plan: Plan, tree: Path) -> dict[str, set[str]]:
     """Target name -> names of the elements its build resolves to in ``tree``."""
-    keys = KeyMaker(tree)
-    return {cell.target.name: {path.name for path in keys.element_dirs(cell.target.elements)}
+    keys = KeyMaker(DibTree.read(tree))
+    return {cell.target.name: {Path(part).name for part in keys.closure_parts(cell.target.elements)}
             for cell in plan.cells if cell.kind is CellKind.BUILD and cell.target is not None}
 
 
@@ -216,7 +219,7 @@ def by_row(cell_ids: Iterable[str]) -> str:
 @dataclass(frozen=True)
 class MatrixRun:
     label: str
-    timed: Timed
+    timed: spawn.Result
     run_dir: Path | None  # None: the run wrote no results
     results: RunResults | None
     volumes_left: int  # the hosts' image-cache volumes still there after the run
@@ -239,7 +242,7 @@ class MatrixRun:
         counts = self.results.counts() if self.results else {}
         states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if n)
         if self.timed.returncode not in (0, 1):  # 1: some voting cell failed
-            states += f" (exit {self.timed.returncode}: {self.timed.tail(1)[:80]})"
+            states += f" (exit {self.timed.returncode}: {last_lines(self.timed, 1)[:80]})"
         if self.results is not None:
             states += f"; ran: {by_kind(self.cells, self.ran())}"
         cache = self.results.engine.get("package_cache") if self.results else None
@@ -253,10 +256,11 @@ class MatrixRun:
         successful builds that ran): a build that fails early never gets to its base."""
         if self.run_dir is None:
             return 0, 0
-        logs = [self.run_dir / c.log for c in self.cells if c.kind is CellKind.BUILD
+        run = RunDir(self.run_dir)
+        logs = [run.recorded(c.log) for c in self.cells if c.kind is CellKind.BUILD
                 and ran(c) and c.state is State.SUCCESS and c.log]
-        used = sum(log.exists() and "using cached base" in log.read_text(errors="replace")
-                   for log in logs)
+        used = sum(log is not None and log.exists()
+                   and "using cached base" in log.read_text(errors="replace") for log in logs)
         return used, len(logs)
 
     def hosts_that_built(self) -> int:
@@ -285,15 +289,15 @@ def matrix_run(bench: Bench, setup: Setup, label: str, extra: Sequence[str] = ()
             str(setup.out), "--dib-tree", str(setup.tree), *extra]
     if profile is not None:
         argv = record_argv(bench.py_spy(), profile, argv)
-    latest = setup.out / "latest"
-    before = latest.resolve() if latest.exists() else None
+    out = OutDir(setup.out)
+    before = out.latest()
     result = timed(argv, bench.log(f"matrix-{label.replace(' ', '-')}"),
-                   env=base_env({"HOME": str(setup.home)}), timeout=4 * 3600)
-    after = latest.resolve() if latest.exists() else None
+                   env=spawn.child_env({"HOME": str(setup.home)}), timeout=4 * 3600)
+    after = out.latest()
     left = len(cache_volumes(setup.hosts))
     if after is None or after == before:
         return MatrixRun(label, result, None, None, left)
-    return MatrixRun(label, result, after, load(after), left)
+    return MatrixRun(label, result, after.path, after.load(), left)
 
 
 def cache_volumes(hosts: Sequence[str]) -> list[str]:

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from bench.figures import Figure, ratio
 from bench.matrixbench import PREFIX, bench_host, remove_cache_volumes, write_yaml
-from bench.proc import base_env, timed
+from bench.proc import last_lines, timed
 from bench.profiling import record_argv, summarise
 from bench.workspace import REPO, Bench, copy_tree, write_element
+from dib import spawn
 from matrix.containers import engine
-from results.model import CellKind, load
+from results.archive import OutDir
+from results.model import CellKind, RunResults
 
 SECTION = "overhead"
 HOST = "debian-bookworm"
@@ -61,28 +63,36 @@ def run_matrix(bench: Bench, matrix: Path, label: str,
     home = root / "home"  # its own shared package cache (see matrixbench.Setup.home)
     home.mkdir(parents=True, exist_ok=True)
     result = timed(argv, bench.log(f"overhead-{label.replace(' ', '-')}"),
-                   env=base_env({"HOME": str(home)}))
-    results = load((out / "latest").resolve())
+                   env=spawn.child_env({"HOME": str(home)}))
+    results = latest_results(out)
     failed = [c.id for c in results.cells if c.state.value != "success"]
     if not result.ok or failed:
         raise RuntimeError(f"no-op matrix {label} failed (exit {result.returncode}): "
-                           f"{', '.join(failed) or result.tail(1)}")
+                           f"{', '.join(failed) or last_lines(result, 1)}")
     durations = [c.duration or 0.0 for c in results.cells if c.kind is CellKind.BUILD]
     return result.seconds, durations
+
+
+def latest_results(out: Path) -> RunResults:
+    """The results of the newest run in ``out``."""
+    latest = OutDir(out).latest()
+    if latest is None:
+        raise RuntimeError(f"no run in {out} (no latest link)")
+    return latest.load()
 
 
 def direct_noop_build(bench: Bench) -> float:
     """Median seconds of the no-op dib build run on this machine, no container."""
     root = bench.path("overhead")
     tree = root / "tree"
-    env = base_env({"PYTHONPATH": str(tree), "ELEMENTS_PATH": str(tree / "elements")})
+    env = spawn.child_env({"PYTHONPATH": str(tree), "ELEMENTS_PATH": str(tree / "elements")})
     seconds = []
     for i in range(REPEATS):
         result = timed([sys.executable, "-m", "dib", "-o", str(root / "direct" / "noop"), "-t",
                         "tar", "--image-cache", str(root / "direct" / "cache"), NOOP],
                        bench.log("overhead-direct-noop"), env=env)
         if not result.ok:
-            raise RuntimeError(f"no-op dib build failed: {result.tail(2)}")
+            raise RuntimeError(f"no-op dib build failed: {last_lines(result, 2)}")
         if i:  # the first one warms the page cache
             seconds.append(result.seconds)
     return statistics.median(seconds)
@@ -114,7 +124,7 @@ def run(bench: Bench) -> tuple[list[Figure], dict[str, list[str]]]:
     matrices = prepare(bench, (1, small, large))
     try:
         run_matrix(bench, matrices[1], "warm-up")  # hostgen of the bench host, if needed
-        latest = load(bench.path("overhead", "out", "latest").resolve())
+        latest = latest_results(bench.path("overhead", "out"))
         wall_small, _ = run_matrix(bench, matrices[small], f"{small} cells")
         wall_large, durations = run_matrix(bench, matrices[large], f"{large} cells")
         direct = direct_noop_build(bench)

@@ -11,8 +11,9 @@ import sys
 import time
 
 from bench.figures import Figure, megabytes, ratio
-from bench.proc import base_env, timed
+from bench.proc import last_lines, timed
 from bench.workspace import REPO, Bench, BenchError
+from dib import spawn
 from matrix.hostgen.pkgcache import CacheStats, PackageCache, PackageCacheError
 
 SECTION = "package cache"
@@ -41,15 +42,16 @@ def run(bench: Bench) -> tuple[list[Figure], dict[str, list[str]]]:
     results = {}
     with cache:
         for label in ("first", "second"):
-            env = base_env({"PYTHONPATH": str(REPO), "DIB_RELEASE": "bookworm",
-                            "DIB_DISTRIBUTION_MIRROR": bench.mirror, **cache.environment()})
+            env = spawn.child_env({"PYTHONPATH": str(REPO), "DIB_RELEASE": "bookworm",
+                                   "DIB_DISTRIBUTION_MIRROR": bench.mirror,
+                                   **cache.environment()})
             before = settled(cache)
             bench.say(f"{SECTION}: {label} cold build through {cache.proxy_url}")
             result = timed([sys.executable, "-m", "dib", "-o", str(root / label / "image"),
                             "-t", "tar", "--image-cache", str(root / label / "cache"),
                             "debian-minbase"], bench.log(f"pkgcache-{label}"), env=env)
             if not result.ok:
-                raise BenchError(f"{label} build failed: {result.tail(1)}")
+                raise BenchError(f"{label} build failed: {last_lines(result, 1)}")
             results[label] = (result.seconds, settled(cache) - before)
     shutil.rmtree(root, ignore_errors=True)
     (first_s, first), (second_s, second) = results["first"], results["second"]

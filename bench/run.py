@@ -6,7 +6,8 @@ Sections: builders (dib against diskimage-builder), pkgcache (two cold
 builds through the shared package cache), matrix (cold, warm, --reuse, one
 element touched), overhead (no-op cells through dib-matrix run), scale (a
 synthetic 50 x 50 matrix in-process), classify (hostile logs through
-``dib-matrix classify``). Where a target is missed the
+``dib-matrix classify``), archive (out/ after 30 simulated nightlies, with and
+without retention). Where a target is missed the
 section profiles it and the profile is printed under the table.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (  # noqa: E402
+    archivebench,
     builders,
     classifybench,
     cleanup,
@@ -49,6 +51,7 @@ SECTIONS: dict[str, Section] = {
     "scale": scale.run,
     "classify": classifybench.run,
     "arm64": foreign.run,
+    "archive": archivebench.run,
 }
 
 

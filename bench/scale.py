@@ -7,8 +7,9 @@ import shutil
 import sys
 
 from bench.figures import Figure, megabytes, ratio
-from bench.proc import base_env, timed
+from bench.proc import last_lines, timed
 from bench.workspace import REPO, Bench
+from dib import spawn
 
 RSS_TARGET_MB = 200.0
 
@@ -23,12 +24,12 @@ def run(bench: Bench) -> tuple[list[Figure], dict[str, list[str]]]:
     try:
         result = timed([sys.executable, str(REPO / "bench" / "synthetic.py"), "--hosts",
                         str(hosts), "--targets", str(targets), "--work", str(work)], log,
-                       env=base_env(), timeout=3 * 3600)
+                       env=spawn.child_env(), timeout=3 * 3600)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lines = log.read_text(errors="replace").strip().splitlines()
     if not result.ok or not lines or not lines[-1].startswith("{"):
-        return [Figure(section, "run", None, note=f"failed: {result.tail(2)}")], {}
+        return [Figure(section, "run", None, note=f"failed: {last_lines(result, 2)}")], {}
     data = json.loads(lines[-1])
     cells = int(data["cells"])
     schedule = data["schedule_s"]

@@ -20,14 +20,14 @@ from pathlib import Path
 import yaml
 
 import reports
+from matrix.config.dibtree import bundled_tree
 from matrix.config.matrixfile import load_matrix
-from matrix.run import runner
 from matrix.run.cellreport import CellReport
 from matrix.run.plan import PlannedCell, make_plan
 from matrix.run.runner import MatrixRun, RunRequest
 from matrix.run.scheduler import Scheduler
 from matrix.verdict.catalogue import load_catalogue
-from results import model as results
+from results import store
 from results.model import RunResults, State
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,11 +59,11 @@ def _dump(path: Path, data: dict) -> Path:
 
 
 def _time_saves() -> dict[str, float]:
-    """Wrap the runner's results.json writer to add up the time it takes: ``saves``
+    """Wrap the results.json writer (``results.store``) to add up the time it takes: ``saves``
     in all, ``writes`` of it in the file write (temp file, fsync, rename), and the
     last document's ``bytes``."""
     spent = {"saves": 0.0, "writes": 0.0, "bytes": 0.0}
-    save, write = runner.save, results.write_chunks_atomically
+    save, write = store.save, store.write_chunks_atomically
 
     def timed_save(run: RunResults, run_dir: Path) -> Path:
         start = time.monotonic()
@@ -80,8 +80,8 @@ def _time_saves() -> dict[str, float]:
             spent["writes"] += time.monotonic() - start
             spent["bytes"] = float(sum(len(chunk) for chunk in chunks))
 
-    runner.save = timed_save  # type: ignore[assignment]
-    results.write_chunks_atomically = timed_write  # type: ignore[assignment]
+    store.save = timed_save  # type: ignore[assignment]
+    store.write_chunks_atomically = timed_write  # type: ignore[assignment]
     return spent
 
 
@@ -95,19 +95,20 @@ def measure(work: Path, hosts: int, targets: int) -> dict[str, float]:
     matrix = write_matrix(work, hosts, targets)
     config = load_matrix(matrix)
     plan = make_plan(config)
+    tree = bundled_tree()
     phases["load_and_plan_s"] = time.monotonic() - clock
     clock = time.monotonic()
     saving = _time_saves()
-    request = RunRequest(config, plan, work / "out")
+    request = RunRequest(config, plan, work / "out", tree)
     run = MatrixRun(request, None, load_catalogue(config.categories))
-    run.run_dir.mkdir(parents=True)
+    run.run_dir.create()
     Scheduler(list(plan.cells), no_op, run.finish, max_parallel=config.max_parallel).run()
     phases["schedule_s"] = time.monotonic() - clock
     phases["results_saves_s"] = saving["saves"]
     phases["results_writes_s"] = saving["writes"]
     phases["results_bytes"] = saving["bytes"]
     clock = time.monotonic()
-    reports.write_all(run.run_dir, run.results, history_dir=request.out_dir)
+    reports.write_all(run.run_dir.path, run.results, history_dir=request.out_dir)
     phases["reports_s"] = time.monotonic() - clock
     states = {c.state for c in run.results.cells}
     if states != {State.SUCCESS}:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.proc import base_env, timed
+from bench.proc import last_lines, timed
+from dib import spawn
 
 REPO = Path(__file__).resolve().parent.parent
 # What a cell needs of a dib tree: dib, elements, and the tox row's inputs.
@@ -55,17 +55,17 @@ def venv_tool(bench: Bench, name: str, packages: Sequence[str], program: str) ->
     steps = [[sys.executable, "-m", "venv", "--clear", str(venv)],
              [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *packages]]
     for argv in steps:
-        result = timed(argv, log, env=base_env(), timeout=900)
+        result = timed(argv, log, env=spawn.child_env(), timeout=900)
         if not result.ok:
-            raise BenchError(f"{' '.join(argv[:4])} failed: {result.tail(2)} (see {log})")
+            raise BenchError(f"{' '.join(argv[:4])} failed: {last_lines(result, 2)} (see {log})")
     if not found.exists():
         raise BenchError(f"{program} missing after installing {', '.join(packages)}")
     return found
 
 
 def package_version(python: Path, package: str) -> str:
-    shown = subprocess.run([str(python), "-m", "pip", "show", package], capture_output=True,
-                           text=True, check=False).stdout
+    shown = spawn.run([str(python), "-m", "pip", "show", package], timeout=120,
+                      errors_apart=True).text
     return next((line.split(":", 1)[1].strip() for line in shown.splitlines()
                  if line.startswith("Version:")), "?")
 

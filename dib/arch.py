@@ -27,13 +27,13 @@ import json
 import os
 import platform
 import struct
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from dib import spawn
 from dib.errors import DibError
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
@@ -227,12 +227,12 @@ def try_mount(directory: Path = BINFMT_DIR) -> Optional[str]:
     """Mount binfmt_misc at ``directory``; None when it worked, else why not."""
     if os.geteuid() != 0:
         return "not root"
-    done = subprocess.run(
-        ["mount", "-t", "binfmt_misc", "binfmt_misc", str(directory)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )
+    done = spawn.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(directory)],
+                     timeout=30, errors_apart=True)
+    if done.timed_out:
+        return "mount did not end within 30 s"
     if done.returncode != 0:
-        return done.stderr.strip() or f"mount exited with status {done.returncode}"
+        return done.errors.strip() or f"mount exited with status {done.returncode}"
     return None
 
 
@@ -276,13 +276,13 @@ def probe(arch: str) -> Optional[str]:
         path.write_bytes(program)
         path.chmod(0o755)
         try:
-            done = subprocess.run([str(path)], capture_output=True, timeout=60, check=False)
+            done = spawn.run([str(path)], timeout=60)
         except OSError as err:
             if err.errno == errno.ENOEXEC:
                 return "the kernel does not know how to run it (Exec format error)"
             return str(err)
-        except subprocess.TimeoutExpired:
-            return "it did not end within 60 s"
+    if done.timed_out:
+        return "it did not end within 60 s"
     return None if done.returncode == 0 else f"it exited with status {done.returncode}"
 
 

@@ -106,7 +106,9 @@ def machine_for(arch: str) -> Machine:
 KILL_GRACE_SECONDS = 5.0
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78cDEHMZ])")
 FACT = re.compile(r"\b([a-z][a-z0-9-]*)=(\S+)")
-LOGIN_PROMPT = re.compile(r"\S+ login: *$")
+# The look-behind starts a name only where a word starts: without it a long line
+# without " login:" costs its length squared (every position tries every length).
+LOGIN_PROMPT = re.compile(r"(?<!\S)\S+ login: *$")
 
 
 class Stage(enum.IntEnum):
@@ -447,15 +449,10 @@ def variable_store(code: Path) -> Optional[Path]:
 def image_format(image: Path) -> str:
     """What qemu-img says the image is; the file suffix when qemu-img is missing."""
     if shutil.which("qemu-img"):
-        done = subprocess.run(
-            ["qemu-img", "info", "--output=json", str(image)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if done.returncode == 0:
-            return str(json.loads(done.stdout)["format"])
+        done = spawn.run(["qemu-img", "info", "--output=json", str(image)], timeout=60,
+                         whole_output=True, errors_apart=True)
+        if done.ok:
+            return str(json.loads(done.text)["format"])
     return "qcow2" if image.suffix == ".qcow2" else "raw"
 
 
@@ -539,27 +536,15 @@ def _boot_disk(opts: BootOptions, fmt: str) -> Iterator[Tuple[Path, str]]:
         return
     with tempfile.TemporaryDirectory(prefix="dib-boottest.") as tmp:
         overlay = Path(tmp) / "overlay.qcow2"
-        done = subprocess.run(
-            [
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                fmt,
-                "-b",
-                str(opts.image.resolve()),
-                str(overlay),
-                opts.disk_size,
-            ],
-            capture_output=True,
-            text=True,
+        done = spawn.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt,
+             "-b", str(opts.image.resolve()), str(overlay), opts.disk_size],
             timeout=60,
-            check=False,
+            errors_apart=True,
         )
-        if done.returncode != 0:
-            raise BootTestError(f"qemu-img create overlay failed: {done.stderr.strip()}")
+        if not done.ok:
+            problem = "timed out" if done.timed_out else done.errors.strip()
+            raise BootTestError(f"qemu-img create overlay failed: {problem}")
         yield overlay, "qcow2"
 
 

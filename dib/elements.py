@@ -9,12 +9,16 @@ from __future__ import annotations
 import graphlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
 
-from dib import bundled
-from dib.errors import ElementError
+from dib import bundled, safefile
+from dib.errors import DibError, ElementError
 
 OPERATING_SYSTEM = "operating-system"
+# An element's own files that dib parses (element-deps, package-installs.yaml, pkg-map,
+# ...) are a few KiB in diskimage-builder's library; more is not an element's.
+ELEMENT_FILE_LIMIT = 256 * safefile.KiB
+NAME_MAX = 255  # an element is a directory: its name is one path component
 
 
 def bundled_elements_dir() -> Path:
@@ -34,14 +38,40 @@ def elements_path(env: Mapping[str, str]) -> List[Path]:
     return paths
 
 
-def _read_list(path: Path) -> Tuple[str, ...]:
-    if not path.is_file():
+def read_element_file(
+    element: str, path: Path, error: Type[DibError] = ElementError
+) -> Optional[str]:
+    """The text of one of ``element``'s own files, None when it has none. Anything but
+    a regular UTF-8 file of at most ELEMENT_FILE_LIMIT bytes raises ``error`` naming
+    the element and the file (never a hang on a FIFO, never an endless read)."""
+    try:
+        return safefile.read_text(path, ELEMENT_FILE_LIMIT)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        reason = err if isinstance(err, safefile.UnsafeFile) else _reason(err)
+        raise error(f"element '{element}': {path}: {reason}") from None
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {err.start})"
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+
+
+def _read_list(element: str, path: Path) -> Tuple[str, ...]:
+    text = read_element_file(element, path)
+    if text is None:
         return ()
     names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         name = line.split("#", 1)[0].strip()
-        if name:
-            names.append(name)
+        if not name:
+            continue
+        if len(name) > NAME_MAX or "/" in name or not name.isprintable():
+            raise ElementError(f"element '{element}': {path}: {name[:80]!r} is not an "
+                               "element name (a directory's name)")
+        names.append(name)
     return tuple(names)
 
 
@@ -57,8 +87,8 @@ class Element:
         return cls(
             name=path.name,
             path=path,
-            deps=_read_list(path / "element-deps"),
-            provides=_read_list(path / "element-provides"),
+            deps=_read_list(path.name, path / "element-deps"),
+            provides=_read_list(path.name, path / "element-provides"),
         )
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
-from dib import failure
+from dib import failure, spawn
 from dib.errors import DibError
 from dib.phases import ENVIRONMENT_DIR, HookOrigin
 
@@ -25,12 +24,7 @@ PASSTHROUGH = (
     "TMPDIR",
     "USER",
     "LOGNAME",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
+    *spawn.PROXY_ENV,
     "ELEMENTS_PATH",
     "DEBOOTSTRAP_DIR",
 )
@@ -202,23 +196,14 @@ def sourced_environment(
     with tempfile.TemporaryDirectory(prefix="dib-env.") as tmp:
         state = Path(tmp) / "sourcing"
         cmd = ["bash", "-c", SOURCE_SCRIPT, "dib-env", str(state), *map(str, env_files)]
-        try:
-            done = subprocess.run(
-                cmd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=SOURCE_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as err:
-            output = (err.output or b"").decode(errors="replace").splitlines()
+        done = spawn.run(cmd, timeout=SOURCE_TIMEOUT, env=env)  # the hooks' environment
+        if done.timed_out:
             what = f" (still running after {SOURCE_TIMEOUT} s)"
-            raise environment_failure(_sourcing(state), origin_of, None, output, what) from None
+            raise environment_failure(_sourcing(state), origin_of, None,
+                                      done.text.splitlines(), what)
         if done.returncode != 0:
-            output = done.stdout.decode(errors="replace").splitlines()
-            raise environment_failure(_sourcing(state), origin_of, done.returncode, output)
+            raise environment_failure(_sourcing(state), origin_of, done.returncode,
+                                      done.text.splitlines())
         return _parse_env0(state.with_suffix(".env").read_bytes())
 
 

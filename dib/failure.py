@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -49,17 +50,48 @@ _ATTRIBUTE = "dib_failure"
 # dib's temporary build directory (a new name every run) as error and command show it,
 # so that the same failure reads the same on every run.
 BUILD_DIR_NAME = "$TMP_BUILD_DIR"
-_TEXT_FIELDS = ("phase", "hook", "element", "error", "command", "message")
+_TEXT_FIELDS = ("phase", "hook", "element", "error", "command", "message", "reason")
 
 # The most error-shaped line, in rank order (see pick_error_line).
 _APT_LINE = re.compile(r"(?:^|\| )(E: .*\S)")
 _SPECIFIC = re.compile(
     r"No space left on device|Permission denied|Operation not permitted|command not found"
-    r"|: not found\s*$|No such file or directory"
+    r"|: not found\s*$|No such file or directory|Read-only file system"
     r"|Wrote only \d+ of \d+ bytes|Could not allocate block"  # tar, mkfs.ext4 -d: disk full
     r"|: unbound variable\s*$|: parameter null or not set\s*$"  # bash set -u, ${X:?}
+    r"|bad interpreter|cannot execute: required file not found"  # a #! line that cannot run
+    r"|Too many open files|Resource temporarily unavailable|File size limit exceeded"
+    r"|CPU time limit exceeded|Argument list too long"  # resource limits (see _RESOURCE_LIMIT)
 )
+# dpkg's line naming the package and the maintainer script that failed (apt's "E: Sub-process
+# /usr/bin/dpkg returned an error code" that follows it only says dpkg failed).
+_DPKG_SCRIPT = re.compile(
+    r"(?:script )?subprocess .*(?:returned error exit status|was killed by signal)")
 _GENERIC = re.compile(r"\bERROR\b|\bFATAL\b|\bfatal\b|\berror:|\bError\b")
+
+# Why a command ended (FailureRecord.reason, see reason_for).
+SHELL_SIGNAL_BASE = 128  # a shell reports a child killed by signal N as exit status 128 + N
+INTERPRETER_LINE_BYTES = 256  # of a script, to read its #! line
+# The kernel could not start a script: bash 5.2 says "cannot execute: required file not
+# found", older bash "bad interpreter", env names the program ('python3\r' for a CRLF file).
+_EXEC_FAILED = re.compile(
+    r"bad interpreter|cannot execute: required file not found|\benv: .*No such file or directory"
+)
+# What the failing exec names: the script (bash 5.2), its interpreter (older bash, shown
+# with ^M for a carriage return) or the program env was asked to start.
+_EXEC_NAMES = re.compile(
+    r"(\S+): cannot execute: required file not found"
+    r"|(\S+?)(?:\^M)?: bad interpreter"
+    r"|\benv: ['\u2018\"]?(\S+?)(?:\\r)?['\u2019\"]?: No such file or directory"
+)
+_RESOURCE_LIMIT = re.compile(
+    r"Too many open files|Resource temporarily unavailable|File size limit exceeded"
+    r"|CPU time limit exceeded|Argument list too long"
+)
+# Signals the kernel sends for a limit (ulimit -t, ulimit -f), not for a crash or a kill.
+LIMIT_SIGNALS = {"SIGXCPU": "CPU time limit exceeded", "SIGXFSZ": "File size limit exceeded"}
+# The exception line ending a traceback: "ValueError: x", "json.decoder.JSONDecodeError: x".
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b")
 _TRACEBACK = "Traceback (most recent call last):"
 E = TypeVar("E", bound=BaseException)
 
@@ -80,6 +112,7 @@ class FailureRecord:
     error: Optional[str] = None
     command: Optional[str] = None
     message: Optional[str] = None
+    reason: Optional[str] = None  # why the command ended, in dib's words (see reason_for)
     free_bytes: Dict[str, Optional[int]] = field(default_factory=_no_free_space)
     seconds: Optional[float] = None
     version: int = VERSION
@@ -175,9 +208,11 @@ def _traceback_line(lines: Sequence[str]) -> Optional[str]:
 
 
 def _ranked(lines: Sequence[str], last_resort: bool) -> Iterator[Optional[str]]:
-    """Candidates, best kind first: apt/debootstrap ``E:`` (the first, later ones are
-    consequences), a traceback's exception, specific OS errors, generic error words
-    (for these the last, closest to the failure), then (``last_resort``) the last line."""
+    """Candidates, best kind first: dpkg's failed maintainer script, apt/debootstrap ``E:``
+    (the first, later ones are consequences), a traceback's exception, specific OS errors,
+    generic error words (for these the last, closest to the failure), then
+    (``last_resort``) the last line."""
+    yield next((line for line in lines if _DPKG_SCRIPT.search(line)), None)
     yield next((m.group(1) for m in map(_APT_LINE.search, lines) if m), None)
     yield _traceback_line(lines)
     yield next((line for line in reversed(lines) if _SPECIFIC.search(line)), None)
@@ -192,6 +227,72 @@ def pick_error_line(lines: Iterable[str], last_resort: bool = True) -> Optional[
     tail = [line.rstrip() for line in lines]
     best = next((line for line in _ranked(tail, last_resort) if line), None)
     return bound(best.strip()) if best else None
+
+
+def signal_name(status: Optional[int]) -> Optional[str]:
+    """The signal that ended a process with exit ``status``: Python's ``-N`` or a shell's
+    ``128 + N`` (137 is SIGKILL, 139 SIGSEGV, 143 SIGTERM); None for an ordinary exit."""
+    if not isinstance(status, int):
+        return None
+    number = -status if status < 0 else status - SHELL_SIGNAL_BASE
+    try:
+        return signal.Signals(number).name if number > 0 else None
+    except ValueError:
+        return None
+
+
+def _interpreter_line(script: Optional[str]) -> Optional[bytes]:
+    """The ``#!`` line of ``script`` (a path on this machine), or None."""
+    if not script or not os.path.isfile(script):
+        return None
+    try:
+        with open(script, "rb") as handle:
+            first = handle.read(INTERPRETER_LINE_BYTES).split(b"\n", 1)[0]
+    except OSError:
+        return None
+    return first if first.startswith(b"#!") else None
+
+
+def _interpreter_reason(error: str, script: Optional[str]) -> Optional[str]:
+    """Why the kernel could not start ``script`` (its path on this machine), when ``error``
+    says so about this script or its interpreter: a ``#!`` line ending in a carriage
+    return (a file saved with Windows line endings), or naming a program not there."""
+    line = _interpreter_line(script) if _EXEC_FAILED.search(error) else None
+    if line is None or script is None:
+        return None
+    words = [word.rstrip("\r") for word in line[2:].decode("utf-8", "replace").split()]
+    program = words[0] if words else ""
+    via_env = words[1] if program.endswith("/env") and len(words) > 1 else None
+    said = _EXEC_NAMES.search(error)
+    named = next((name for name in said.groups() if name), "") if said else ""
+    if not (named.endswith("/" + os.path.basename(script)) or named in (program, via_env)):
+        return None  # a command inside the script failed to start, not the script itself
+    if line.endswith(b"\r"):
+        return "bad #! line: Windows (CRLF) line endings in the script"
+    return f"interpreter not found: {' '.join(words[:2] if via_env else words[:1])}"
+
+
+def reason_for(
+    status: Optional[int], error: Optional[str], script: Optional[str] = None
+) -> Optional[str]:
+    """Why a command (a hook, a tool) ended, from its exit status, its error line and, when
+    the kernel could not start it, its ``#!`` line: None when nothing more than the status
+    is known. Checked in this order: it never started, a resource limit, a signal, a
+    Python exception."""
+    text = error or ""
+    found = _interpreter_reason(text, script) if text else None
+    if found:
+        return found
+    limit = _RESOURCE_LIMIT.search(text)
+    name = signal_name(status)
+    if limit or name in LIMIT_SIGNALS:
+        return f"resource limit: {limit.group(0) if limit else LIMIT_SIGNALS[name or '']}"
+    if name:
+        shown = f" (exit status {status})" if isinstance(status, int) and status > 0 else ""
+        return f"killed by {name}{shown}"
+    if _EXCEPTION_LINE.match(text):
+        return f"Python exception: {text}"
+    return None
 
 
 def note(err: E, **known: Any) -> E:
@@ -248,6 +349,10 @@ def describe(err: BaseException) -> Dict[str, Any]:
             found.setdefault("error", str(err))  # dib's own check: its message is the line
     else:
         found.setdefault("error", f"{type(err).__name__}: {err}")
+    if "reason" not in found:
+        reason = reason_for(found.get("status"), found.get("error"), found.get("command"))
+        if reason:
+            found["reason"] = reason
     return found
 
 

@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from dib.elements import Element
+from dib import safeyaml
+from dib.elements import Element, read_element_file
 from dib.errors import ConfigError
 
 DEFAULT_PHASE = "install.d"
@@ -84,64 +85,106 @@ class PhasePackages:
     uninstall: List[str] = field(default_factory=list)
 
 
-def _arch_list(value: Any) -> Tuple[str, ...]:
+def _arch_list(value: Any, where: str) -> Tuple[str, ...]:
     if value is None:
         return ()
-    items = value if isinstance(value, list) else str(value).split(",")
-    return tuple(normalise_arch(str(a).strip()) for a in items if str(a).strip())
+    items = value if isinstance(value, list) else [value]
+    if not all(_is_scalar(item) for item in items):
+        raise ConfigError(f"{where}: must be architectures, comma separated or a list")
+    names = [part.strip() for item in items for part in str(item).split(",")]
+    return tuple(normalise_arch(name) for name in names if name)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _flag(options: Mapping[str, Any], key: str, where: str) -> bool:
+    value = options.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):  # "false" as a string would mean true
+        raise ConfigError(f"{where}: {key} must be true or false, got {value!r:.40}")
+    return value
+
+
+def _text(options: Mapping[str, Any], key: str, where: str) -> Optional[str]:
+    value = options.get(key)
+    if value is None:
+        return None
+    if not _is_scalar(value):
+        raise ConfigError(f"{where}: {key} must be a single value")
+    return str(value)
+
+
+def _when(options: Mapping[str, Any], where: str) -> Tuple[str, ...]:
+    value = options.get("when")
+    conditions = value if isinstance(value, list) else ([value] if value else [])
+    for condition in conditions:
+        if not isinstance(condition, str) or not WHEN.match(condition):
+            raise ConfigError(
+                f"{where}: cannot read when {str(condition)[:80]!r} "
+                "(expected 'VAR = value' or 'VAR != value')"
+            )
+    return tuple(conditions)
+
+
+def _package_name(name: Any, path: Path) -> str:
+    """A package name is one word: it becomes one line of the in-chroot installer's list."""
+    text = str(name) if _is_scalar(name) else ""
+    if not text or text.split() != [text] or not text.isprintable():
+        raise ConfigError(f"{path}: {str(name)[:80]!r} is not a package name")
+    return text
+
+
+def _read_package_installs(element: Element) -> Any:
+    path = element.path / "package-installs.yaml"
+    text = read_element_file(element.name, path, ConfigError)
+    if text is None:
+        return None
+    try:
+        return safeyaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
 
 
 def parse_package_installs(element: Element) -> List[PackageRequest]:
     """Read one element's package-installs.yaml; errors name the file and the package."""
     path = element.path / "package-installs.yaml"
-    if not path.is_file():
-        return []
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    data = _read_package_installs(element)
     if data is None:
         return []
     if isinstance(data, list):
-        data = {str(name): None for name in data}
+        data = {_package_name(name, path): None for name in data}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of package names")
     requests = []
-    for name, options in data.items():
+    for raw_name, options in data.items():
+        name = _package_name(raw_name, path)
+        where = f"{path}: package '{name}'"
         options = options or {}
         if not isinstance(options, dict):
-            raise ConfigError(f"{path}: package '{name}': options must be a mapping")
-        unknown = set(options) - KNOWN_KEYS
+            raise ConfigError(f"{where}: options must be a mapping")
+        unknown = set(map(str, options)) - KNOWN_KEYS
         if unknown:
-            raise ConfigError(
-                f"{path}: package '{name}': unknown key(s) {', '.join(sorted(unknown))}"
-            )
-        phase = str(options.get("phase", DEFAULT_PHASE))
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        phase = _text(options, "phase", where) or DEFAULT_PHASE
         if phase not in ALLOWED_PHASES:
             raise ConfigError(
-                f"{path}: package '{name}': phase '{phase}' is not one of "
-                + ", ".join(ALLOWED_PHASES)
+                f"{where}: phase '{phase}' is not one of " + ", ".join(ALLOWED_PHASES)
             )
-        when = options.get("when", ())
-        when = tuple(when) if isinstance(when, list) else ((str(when),) if when else ())
-        for condition in when:
-            if not WHEN.match(condition):
-                raise ConfigError(
-                    f"{path}: package '{name}': cannot read when '{condition}' "
-                    "(expected 'VAR = value' or 'VAR != value')"
-                )
         requests.append(
             PackageRequest(
-                name=str(name),
+                name=name,
                 element=element.name,
                 phase=phase,
-                uninstall=bool(options.get("uninstall", False)),
-                build_only=bool(options.get("build-only", False)),
-                arch=_arch_list(options.get("arch")),
-                not_arch=_arch_list(options.get("not-arch")),
-                when=when,
-                installtype=options.get("installtype"),
-                dib_python_version=str(options.get("dib_python_version", "")),
+                uninstall=_flag(options, "uninstall", where),
+                build_only=_flag(options, "build-only", where),
+                arch=_arch_list(options.get("arch"), f"{where}: arch"),
+                not_arch=_arch_list(options.get("not-arch"), f"{where}: not-arch"),
+                when=_when(options, where),
+                installtype=_text(options, "installtype", where),
+                dib_python_version=_text(options, "dib_python_version", where) or "",
             )
         )
     return requests
@@ -180,17 +223,40 @@ def installtype(element: str, env: Mapping[str, str]) -> str:
     return env.get("DIB_INSTALLTYPE_" + element.replace("-", "_"), default)
 
 
+PKG_MAP_DEPTH = {"default": 0, "family": 1, "distro": 1, "release": 2}  # tables above names
+
+
 def load_pkg_map(element: Element) -> Dict[str, Any]:
+    """The element's pkg-map, checked; empty when it has none."""
+    return _read_pkg_map(element) or {}
+
+
+def _read_pkg_map(element: Element) -> Optional[Dict[str, Any]]:
     path = element.path / "pkg-map"
-    if not path.is_file():
-        return {}
+    text = read_element_file(element.name, path, ConfigError)
+    if text is None:
+        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: invalid JSON: {err}") from None
+        data = json.loads(text)
+    except (ValueError, RecursionError) as err:  # RecursionError: [[[[... nested too deep
+        raise ConfigError(f"{path}: invalid JSON: {str(err)[:200]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
+    for key, depth in PKG_MAP_DEPTH.items():
+        if key in data:
+            _check_pkg_table(data[key], depth, f"{path}: {key}")
     return data
+
+
+def _check_pkg_table(table: Any, depth: int, where: str) -> None:
+    """``depth`` levels of objects (family, distro, release), then package: name."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a JSON object")
+    for key, value in table.items():
+        if depth:
+            _check_pkg_table(value, depth - 1, f"{where}.{key}")
+        elif not isinstance(value, str):
+            raise ConfigError(f"{where}.{key}: expected a package name (a string)")
 
 
 def map_package(name: str, pkg_map: Mapping[str, Any], distro: Distro) -> str:
@@ -225,9 +291,10 @@ def write_pkg_maps(elements: Sequence[Element], distro: Distro, directory: Path)
     ``distro``, as ``NAME<tab>MAPPED`` lines in ``directory/ELEMENT``."""
     directory.mkdir(parents=True, exist_ok=True)
     for element in elements:
-        if not (element.path / "pkg-map").is_file():
+        pkg_map = _read_pkg_map(element)
+        if pkg_map is None:
             continue
-        table = flat_pkg_map(load_pkg_map(element), distro)
+        table = flat_pkg_map(pkg_map, distro)
         lines = (f"{name}\t{' '.join(str(mapped).split())}\n" for name, mapped in table.items())
         (directory / element.name).write_text("".join(lines))
 

@@ -119,6 +119,8 @@ def merge_elements(elements: Sequence[Element], dest: Path) -> HookTree:
             relative = source.relative_to(element.path)
             if relative.parts[0] in ELEMENT_METADATA or source.is_dir():
                 continue
+            if not source.is_file():  # a FIFO would fail the copy, a device fill the disk
+                raise ElementError(f"element '{element.name}': {source}: not a regular file")
             key = relative.as_posix()
             if relative.parts[0] in UNIQUE_DIRS and key in owner:
                 raise ElementError(

@@ -32,20 +32,21 @@ import contextlib
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from dib import chroot, failure
+from dib import chroot, failure, spawn
 from dib.errors import CommandFailed, ConfigError, DibError
 from dib.run import run
 
 LOG = logging.getLogger("dib")
 RPM_DBPATH = "/var/lib/rpm"
 SYSIMAGE_DBPATH = "/usr/lib/sysimage/rpm"  # where newer releases' own rpm looks
+RPM_QUERY_TIMEOUT = 300.0
+RPM_LIST_LIMIT = 16 << 20  # bytes of `rpm -qa` output: tens of thousands of packages
 RPM_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le"}
 # The first transaction lays out the tree (filesystem owns /bin -> usr/bin and the
 # like, so nothing else may create those first); the release packages carry the
@@ -391,16 +392,24 @@ def installed_rpms(root: Path) -> List[str]:
     if dbpath is None:
         return []
     with rpm_home(dbpath) as home:
-        found = subprocess.run(
+        found = spawn.run(
             ["rpm", "--root", str(root), "--dbpath", dbpath, "-qa", "--qf",
              "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\\n"],
-            capture_output=True, text=True, check=False,
-            env={**os.environ, "HOME": home, "LC_ALL": "C.UTF-8"},
+            timeout=RPM_QUERY_TIMEOUT, limit=RPM_LIST_LIMIT, whole_output=True,
+            errors_apart=True, env=spawn.child_env({"HOME": home}),
         )
-    if found.returncode != 0:
-        LOG.warning("rpm -qa in %s failed: %s", root, found.stderr.strip()[-300:])
+    if not found.ok:
+        LOG.warning("rpm -qa in %s failed: %s", root, _rpm_problem(found))
         return []
-    return sorted(line.strip() for line in found.stdout.splitlines() if line.strip())
+    return sorted(line.strip() for line in found.text.splitlines() if line.strip())
+
+
+def _rpm_problem(found: spawn.Result) -> str:
+    if found.timed_out:
+        return f"no answer within {RPM_QUERY_TIMEOUT:.0f} s"
+    if found.overflowed:
+        return f"more than {RPM_LIST_LIMIT >> 20} MiB of package list"
+    return found.errors.strip()[-300:] or f"exit status {found.returncode}"
 
 
 BUILDERS = {"dnf": build_dnf, "zypper": build_zypper}

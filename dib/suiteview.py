@@ -35,13 +35,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Sequence, Set, Tuple
 
-from dib import debprefetch
+from dib import debprefetch, spawn
 from dib.debprefetch import PackageIndex, PrefetchError
 
 LOG = logging.getLogger("dib")
@@ -97,16 +96,16 @@ def verify_inrelease(data: bytes, keyring: str, workdir: Path) -> None:
     signed = workdir / "InRelease.check"
     signed.write_bytes(data)
     try:
-        result = subprocess.run(
-            ["gpgv", "--keyring", keyring, "--ignore-time-conflict", str(signed)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=GPGV_TIMEOUT_SECONDS,
-            check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
+        result = spawn.run(["gpgv", "--keyring", keyring, "--ignore-time-conflict", str(signed)],
+                           timeout=GPGV_TIMEOUT_SECONDS, errors_apart=True)
+    except OSError as err:
         raise ViewError(f"gpgv: {err}") from None
     finally:
         signed.unlink(missing_ok=True)
+    if result.timed_out:
+        raise ViewError(f"gpgv: no answer within {GPGV_TIMEOUT_SECONDS} s")
     if result.returncode != 0:
-        last = result.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        last = result.errors.strip().splitlines()[-1:] or [""]
         raise ViewError(f"InRelease signature not verified: {last[0]}")
 
 

@@ -14,7 +14,9 @@ from reports.history import load_runs, trends_from, with_current
 from reports.html import render_html, write_index
 from reports.junit import render_junit
 from reports.text import render_report, render_table
-from results.model import RunResults, write_atomically
+from results.archive import RunDir
+from results.model import RunResults
+from results.store import write_atomically
 
 __all__ = ["compare", "gate_exit_code", "render_table", "write_all"]
 
@@ -35,14 +37,17 @@ def write_all(
     """
     comparison = render_comparison(compare(baseline, results)) if baseline else None
     trends = {}
-    if history_dir is not None:
+    runs: list[RunResults] = []
+    if history_dir is not None:  # read once: for the trends and for the index
         runs = with_current(load_runs(history_dir), results)
         trends = trends_from(runs, TREND_RUNS)
-    write_atomically(run_dir / "report.txt", render_report(results, comparison_text=comparison))
+    run = RunDir(run_dir)
+    write_atomically(run.text_report, render_report(results, comparison_text=comparison,
+                                                    run_dir=run_dir))
     write_atomically(
-        run_dir / "report.html",
+        run.html_report,
         render_html(results, run_dir=run_dir, baseline=baseline, trends=trends),
     )
-    write_atomically(run_dir / "junit.xml", render_junit(results))
+    write_atomically(run.junit_report, render_junit(results))
     if history_dir is not None:
-        write_index(history_dir, current=results)
+        write_index(history_dir, current=results, runs=runs)

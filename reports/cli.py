@@ -15,23 +15,27 @@ from reports.jsonreport import render_json
 from reports.junit import render_junit
 from reports.markdown import render_markdown
 from reports.text import render_report
-from results.model import RunResults, load, write_atomically
+from results.model import RunResults
+from results.paths import output_file
+from results.reader import ResultsError, error_line, read_results, shown_path
+from results.store import write_atomically
 
 FORMATS = ("text", "html", "json", "junit", "markdown")
 
 
 class InputError(Exception):
-    """A run directory or results.json that cannot be read."""
+    """A run directory or results.json that cannot be read; the message is one line."""
 
 
 def read_run(path: Path) -> RunResults:
     """A run from its directory or its results.json, or an InputError saying why not."""
     try:
-        return load(path)
+        return read_results(path)
     except FileNotFoundError as err:
-        raise InputError(f"{path}: no results.json (a run directory or the file)") from err
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{path}: cannot read results: {err}") from err
+        raise InputError(f"{shown_path(path)}: no results.json (a run directory or the file)"
+                         ) from err
+    except (ResultsError, OSError) as err:
+        raise InputError(error_line(err)) from err
 
 
 def run_dir_of(path: Path) -> Path:
@@ -54,7 +58,10 @@ def add_parsers(sub: Any) -> None:
                         help="hosts as rows, targets as columns")
     report.add_argument("--history", type=Path, metavar="OUT_DIR",
                         help="show trends over the runs in OUT_DIR and rewrite its index.html")
-    report.add_argument("-o", "--output", type=Path, help="write the --format report here")
+    report.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help="write the --format report to FILE ('-': standard output); only "
+                        "a regular file is replaced, never a FIFO, device, symlink or "
+                        "directory, and FILE's directory must exist")
     report.set_defaults(func=cmd_report)
 
     comp = sub.add_parser(
@@ -73,34 +80,48 @@ def render(fmt: str, results: RunResults, args: argparse.Namespace,
            baseline: RunResults | None) -> str:
     if fmt == "text":
         comparison = render_comparison(compare(baseline, results)) if baseline else None
-        return render_report(results, args.transpose, comparison)
+        return render_report(results, args.transpose, comparison, run_dir_of(args.run))
     if fmt == "html":
         return render_html(results, run_dir_of(args.run), baseline, transpose=args.transpose)
     if fmt == "json":
         return render_json(results)
     if fmt == "markdown":  # comment-sized: regressions with their attribution, fixes, counts
-        return render_markdown(results, baseline)
+        return render_markdown(results, baseline, run_dir_of(args.run))
     return render_junit(results)
 
 
+STDOUT = Path("-")  # report -o -: standard output, as without -o
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.format is None and args.output:
+        print("dib-matrix: --output needs --format", file=sys.stderr)
+        return EXIT_USAGE
     try:
         results = read_run(args.run)
         baseline = read_run(args.baseline) if args.baseline else None
     except InputError as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
-    if args.format is None:
-        if args.output:
-            print("dib-matrix: --output needs --format", file=sys.stderr)
-            return EXIT_USAGE
-        write_all(run_dir_of(args.run), results, baseline, args.history)
-        args.format = "text"
-    text = render(args.format, results, args, baseline)
-    if args.output:
-        write_atomically(args.output, text)
-    else:
-        sys.stdout.write(text)
+    try:  # the output resolved and checked before any work: a bad one costs nothing
+        output = None if args.output in (None, STDOUT) else output_file(args.output)
+    except OSError as err:  # UnsafeOutput (a FIFO, a symlink, no such directory), EACCES
+        print(f"dib-matrix: -o: {err} ('-o -' writes to standard output)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.format is None:
+            write_all(run_dir_of(args.run), results, baseline, args.history)
+        text = render(args.format or "text", results, args, baseline)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            write_atomically(output, text)
+    except OSError as err:  # read-only, /proc, a report file replaced by a symlink, ...
+        where = output or (run_dir_of(args.run) if args.format is None else "standard output")
+        # strerror, not str(err): the message would name the writer's temporary file
+        print(f"dib-matrix: cannot write the report to {where}: {err.strerror or err}",
+              file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 

@@ -9,7 +9,7 @@ from tabulate import tabulate
 
 from reports.attribution import Attribution, attribute
 from reports.legend import grid_order
-from reports.sanitize import one_line
+from reports.sanitize import one_line, safe_text
 from reports.styles import style
 from results.model import Cell, RunResults, State
 
@@ -120,7 +120,7 @@ def summary_line(comparison: Comparison) -> str:
     counts = {change: len(comparison.of(change)) for change in Change}
     voting = len(comparison.voting_regressions)
     return (
-        f"{comparison.old_run} -> {comparison.new_run}: "
+        f"{one_line(comparison.old_run)} -> {one_line(comparison.new_run)}: "
         f"{counts[Change.REGRESSION]} regressions ({voting} voting), "
         f"{counts[Change.FIX]} fixes, {counts[Change.CHANGED]} changed, "
         f"{counts[Change.NEW]} new, {counts[Change.REMOVED]} removed, "
@@ -133,13 +133,14 @@ def render_comparison(comparison: Comparison) -> str:
     lines = [summary_line(comparison)]
     if comparison.diffs:
         rows = [
-            [d.change.value, d.id, describe(d.old), describe(d.new), "yes" if d.voting else "no"]
+            [d.change.value, one_line(d.id), describe(d.old), describe(d.new),
+             "yes" if d.voting else "no"]
             for d in comparison.diffs
         ]
         headers = ["change", "cell", "before", "now", "voting"]
         lines += ["", tabulate(rows, headers, tablefmt="grid", disable_numparse=True)]
     lines += attribution_text(comparison)
-    return "\n".join(lines) + "\n"
+    return safe_text("\n".join(lines) + "\n")
 
 
 def attribution_text(comparison: Comparison) -> list[str]:
@@ -151,7 +152,7 @@ def attribution_text(comparison: Comparison) -> list[str]:
             continue
         if not lines:
             lines += ["", "why (what differs between the two runs for the cell):"]
-        lines.append(f"{diff.change.value} {diff.id}: {describe(diff.new)}")
+        lines.append(f"{diff.change.value} {one_line(diff.id)}: {describe(diff.new)}")
         for entry, details in found.entries():
             lines.append(f"  - {one_line(entry, 300)}")
             lines += [f"      {one_line(detail, 300)}" for detail in details]

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from results.model import RunResults, State, load
+from results.archive import OutDir, Warn, warn_on_stderr
+from results.model import RunResults, State
 
 DEFAULT_TREND = 10
 
@@ -18,22 +18,10 @@ class TrendPoint:
     state: State | None  # None: the cell was not in that run
 
 
-def load_runs(out_dir: Path) -> list[RunResults]:
-    """Every readable run directly under ``out_dir``, oldest first.
-
-    Symlinks (``latest``) are skipped so no run counts twice; directories without a
-    readable results.json of this schema version are skipped too.
-    """
-    runs: list[RunResults] = []
-    if not out_dir.is_dir():
-        return runs
-    for child in sorted(out_dir.iterdir()):
-        if child.is_symlink() or not (child / "results.json").is_file():
-            continue
-        try:
-            runs.append(load(child))
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-            continue
+def load_runs(out_dir: Path, warn: Warn = warn_on_stderr) -> list[RunResults]:
+    """Every readable run directly under ``out_dir``, oldest first (``results.archive``:
+    ``latest`` is not counted twice, a run that cannot be read is skipped with a warning)."""
+    runs = [stored.results for stored in OutDir(out_dir).runs(warn=warn)]
     return sorted(runs, key=lambda r: (r.started or "", r.run_id))
 
 

@@ -1,10 +1,26 @@
 """Plain data for the HTML templates: every decision is made here, the templates only lay out.
 
-Strings in these views are raw text; jinja2's autoescape turns them into HTML.
+Strings in these views are raw text; jinja2's autoescape turns them into HTML, and the
+environment's ``finalize`` (reports/html.py) replaces control characters in every value.
+
+Links: a report links only inside itself (``#cell-...``) and into its run directory
+(logs, images; the index into each run's directory). Every ``href`` is a plain relative
+path built from checked components (:func:`safe_href`, :func:`run_href`): results.json
+is untrusted, so a URL in it (a category's documentation, a log "path") is shown as
+text for a reader to copy, never as a link to follow.
+
+One exception, by design: a known issue's ticket (:func:`ticket_href`). The run wrote it
+from the catalogue, checked (``results.weblinks``); results.json is read back, so the
+same rule is applied again here and only an http(s) link passes, shown with its whole
+address as the link's text and opened with ``rel="noopener noreferrer"``. It is kept in
+results.json rather than looked up in a catalogue at render time because a report is
+re-rendered from results.json alone (``dib-matrix report``, merged shards), where the
+catalogue the run used is not at hand.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,8 +28,10 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from reports.compare import Comparison, describe, summary_line
+from reports.excerptview import ExcerptLineView, excerpt_lines
 from reports.grid import build_grid
 from reports.history import TrendPoint
+from reports.knownissues import KnownIssues
 from reports.legend import (
     Legend,
     LegendEntry,
@@ -24,11 +42,15 @@ from reports.legend import (
     has_named_cause,
 )
 from reports.logs import Excerpt, excerpt
-from reports.sanitize import clean_text, one_line
+from reports.sanitize import UNSAFE_RE, clean_text, one_line
 from reports.shardinfo import shard_rows
 from reports.styles import STYLES, Flag, StateStyle, flags, style
 from reports.summary import rate_text, uncategorized
+from results import lastgood
+from results.archive import LAST_GOOD_DIR, STATE_DIR, OutDir
 from results.model import Artifact, Cell, ImageCheck, RunResults, State
+from results.names import is_run_id
+from results.weblinks import is_web_url
 
 
 @dataclass(frozen=True)
@@ -55,7 +77,7 @@ class GridRowView:
 @dataclass(frozen=True)
 class ArtifactView:
     path: str
-    href: str
+    href: str | None
     type: str
     size: str
     sha256: str
@@ -75,6 +97,48 @@ class CheckView:
 
 
 @dataclass(frozen=True)
+class KnownIssueView:
+    """A failure's known issue: the ticket (a checked http(s) link) and its counts."""
+
+    href: str
+    ticket: str
+    seen: str
+
+
+@dataclass(frozen=True)
+class LastGoodView:
+    """Where a failed cell's last success is: its run's report while the run exists,
+    else the archived files' place (text, relative to the output directory)."""
+
+    run_id: str
+    date: str
+    href: str | None
+    archived: str
+
+
+def last_good_views(results: RunResults, run_dir: Path | None) -> dict[str, LastGoodView]:
+    """Each failed cell's last-good in the output directory holding ``run_dir``."""
+    if run_dir is None:
+        return {}
+    out = OutDir(run_dir.parent)
+    found = {}
+    for cell in results.cells:
+        if not shows_log(cell):
+            continue
+        try:
+            good = lastgood.read(out, cell.host, cell.row)
+        except (OSError, ValueError):  # unreadable (LastGoodError), a hostile name
+            continue
+        if good is None or good.run_id == results.run_id:
+            continue
+        href = run_href(good.run_id) if out.run(good.run_id).path.is_dir() else None
+        found[cell.id] = LastGoodView(
+            good.run_id, good.date, f"../{href}#{anchor(cell.id)}" if href else None,
+            f"{STATE_DIR}/{LAST_GOOD_DIR}/{cell.host}/{cell.row}/")
+    return found
+
+
+@dataclass(frozen=True)
 class DetailView:
     anchor: str
     id: str
@@ -89,7 +153,7 @@ class DetailView:
     cause: str | None
     category: str | None
     category_legend: str | None
-    category_link: str | None
+    category_docs: str | None  # the category's documentation URL, shown as text
     labels: list[str]
     reason: str | None
     excerpt: Excerpt
@@ -105,6 +169,11 @@ class DetailView:
     checks: list[CheckView]
     trend: list[TrendView]
     change: str | None
+    # A failure without a precise cause: its log lines most unlike successful builds.
+    unusual: list[ExcerptLineView] = field(default_factory=list)
+    known_issue: KnownIssueView | None = None
+    also_on: str | None = None  # "also on a, b" or "only on this host"
+    last_good: LastGoodView | None = None  # a failure's last success, kept in the archive
 
 
 @dataclass(frozen=True)
@@ -152,27 +221,45 @@ class ReportView:
     columns: list[str]
     grid: list[GridRowView]
     legend: list[LegendEntry]
-    legend_links: dict[int, str | None]
+    legend_docs: dict[int, str | None]  # footnote number -> documentation URL, as text
     states: list[StateStyle]
     hosts: list[HostSection]
     uncategorized: list[DetailView]
     comparison: ComparisonView | None
+    legend_known: dict[int, KnownIssueView] = field(default_factory=dict)  # by footnote
 
 
 def anchor(cell_id: str) -> str:
     return "cell-" + re.sub(r"[^A-Za-z0-9_.-]", "_", cell_id)
 
 
-def safe_href(url: str | None) -> str | None:
-    """A link we are willing to put in an href: http(s), or a path relative to the report."""
-    if not url:
+def safe_href(path: str | None) -> str | None:
+    """An href into the run directory: a plain relative path (``logs/h/a%3Aboot.log``),
+    each component quoted; None for anything else (a URL, an absolute path, ``..``,
+    empty components, backslashes or control characters)."""
+    if not path or "\\" in path or UNSAFE_RE.search(path) or urlsplit(path).scheme:
         return None
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https") and parts.netloc:
-        return url
-    if parts.scheme or parts.netloc or url.startswith(("/", "\\")) or ".." in url.split("/"):
+    components = path.split("/")
+    if any(part in ("", ".", "..") for part in components):
         return None
-    return quote(url, safe="/")
+    return "/".join(quote(part, safe="") for part in components)
+
+
+def ticket_href(url: str | None) -> str | None:
+    """A known issue's ticket as a link: an http(s) URL that passes ``results.weblinks``
+    (read back from results.json, so asked again), else None."""
+    return url if url is not None and is_web_url(url) else None
+
+
+def run_href(run_id: str) -> str | None:
+    """The index's link to a run's report, for a valid run id (its directory's name) only."""
+    return f"{quote(run_id, safe='')}/report.html" if is_run_id(run_id) else None
+
+
+def docs_text(url: str | None) -> str | None:
+    """A documentation link as text to show (one line, bounded), not to follow."""
+    text = one_line(url or "", 300)
+    return text or None
 
 
 def human_size(size: int) -> str:
@@ -245,7 +332,7 @@ def cell_css(cell: Cell, regressed: bool) -> str:
 def artifact_view(artifact: Artifact) -> ArtifactView:
     return ArtifactView(
         path=artifact.path,
-        href=safe_href(artifact.path) or "",
+        href=safe_href(artifact.path),
         type=artifact.type,
         size=f"{human_size(artifact.size)} ({artifact.size:,} bytes)",
         sha256=artifact.sha256,
@@ -283,6 +370,21 @@ class ViewInputs:
         why = f"; why: {one_line(found.headline, 300)}" if found is not None else ""
         return f"{diff.change.value} (baseline: {describe(diff.old)}){why}"
 
+    @functools.cached_property
+    def known(self) -> KnownIssues:
+        """Known issues and also-on, the counts from the record beside ``run_dir``."""
+        return KnownIssues.load(self.results, self.run_dir)
+
+    def known_issue(self, cell: Cell) -> KnownIssueView | None:
+        found = self.known.known_issue(cell)
+        href = ticket_href(found[0]) if found else None
+        return None if found is None or href is None else KnownIssueView(
+            href, found[0], one_line(found[1], 400))
+
+    @functools.cached_property
+    def last_goods(self) -> dict[str, LastGoodView]:
+        return last_good_views(self.results, self.run_dir)
+
     def regressed(self, cell: Cell) -> bool:
         if self.comparison is None:
             return False
@@ -307,7 +409,7 @@ def detail_view(cell: Cell, inputs: ViewInputs) -> DetailView:
         cause=cause(cell),
         category=category.id if category else None,
         category_legend=one_line(category.legend) if category else None,
-        category_link=safe_href(category.link) if category else None,
+        category_docs=docs_text(category.link) if category else None,
         labels=list(category.labels) if category else [],
         reason=one_line(cell.reason) if cell.reason else None,
         excerpt=excerpt(inputs.run_dir if shows_log(cell) else None, cell),
@@ -323,7 +425,28 @@ def detail_view(cell: Cell, inputs: ViewInputs) -> DetailView:
         checks=[check_view(c) for c in cell.checks],
         trend=trend_view(inputs.trends.get(cell.id, [])),
         change=inputs.change(cell),
+        unusual=excerpt_lines(cell),
+        known_issue=inputs.known_issue(cell),
+        also_on=_also_on(cell, inputs),
+        last_good=inputs.last_goods.get(cell.id),
     )
+
+
+def _also_on(cell: Cell, inputs: ViewInputs) -> str | None:
+    text = inputs.known.also_on_text(cell)
+    return one_line(text, 400) if text else None
+
+
+def legend_known(inputs: ViewInputs) -> dict[int, KnownIssueView]:
+    """Footnote number -> the known issue of its cells (the first that has one)."""
+    cells = {c.id: c for c in inputs.results.cells}
+    found = {}
+    for entry in inputs.legend.entries:
+        views = (inputs.known_issue(cells[i]) for i in entry.cells if i in cells)
+        view = next((v for v in views if v is not None), None)
+        if view is not None:
+            found[entry.number] = view
+    return found
 
 
 def grid_cell(cell: Cell, inputs: ViewInputs) -> GridCellView:
@@ -417,12 +540,13 @@ def build_view(inputs: ViewInputs, transpose: bool = False) -> ReportView:
         columns=grid.columns,
         grid=rows,
         legend=inputs.legend.entries,
-        legend_links={e.number: safe_href(e.link) for e in inputs.legend.entries},
+        legend_docs={e.number: docs_text(e.link) for e in inputs.legend.entries},
         states=list(STYLES.values()),
         hosts=hosts,
         uncategorized=[details[c.id] for c in _uncategorized(results)],
         comparison=comparison_view(inputs.comparison, set(details))
         if inputs.comparison else None,
+        legend_known=legend_known(inputs),
     )
 
 

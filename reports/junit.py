@@ -3,7 +3,12 @@
 The outcome of each state comes from ``reports.styles``: failures carry the
 category id as ``type`` and the evidence as ``message``; engine errors are
 ``<error>``; skipped, excluded, allowed-failure and pending cells are
-``<skipped>`` with the reason. Log text is cleaned of what XML 1.0 cannot hold.
+``<skipped>`` with the reason.
+
+Every name, message and text comes from a run directory (untrusted): before the tree
+is serialised, :func:`xml_safe` cleans every attribute and text of it once, so the
+document always parses whatever a field holds (no character XML 1.0 forbids, no
+terminal escape for whoever reads the file in a terminal).
 """
 
 from __future__ import annotations
@@ -114,5 +119,15 @@ def render_junit(results: RunResults) -> str:
     _totals(root, ordered)
     for host in hosts:
         root.append(testsuite(results, host, [c for c in ordered if c.host == host]))
+    xml_safe(root)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def xml_safe(root: ET.Element) -> None:
+    """Clean every attribute (to one line) and every text of the tree in place."""
+    for element in root.iter():
+        for key, value in list(element.attrib.items()):
+            element.set(key, one_line(value))
+        if element.text:
+            element.text = clean_text(element.text)

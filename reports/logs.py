@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reports.sanitize import clean_line, clean_text
+from results.archive import RunDir
 from results.model import Cell
 
 MAX_BYTES = 1024 * 1024
@@ -34,13 +35,10 @@ class Excerpt:
 
 def log_path(run_dir: Path | None, cell: Cell) -> Path | None:
     """The cell's log inside ``run_dir``; None if absent or pointing outside the run."""
-    if run_dir is None or not cell.log:
+    if run_dir is None:
         return None
-    root = run_dir.resolve()
-    path = (root / cell.log).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        return None
-    return path
+    path = RunDir(run_dir).recorded(cell.log)
+    return path if path is not None and path.is_file() else None
 
 
 def _count_newlines(path: Path, limit: int) -> int:

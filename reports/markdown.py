@@ -13,10 +13,13 @@ it cannot open markup, inject HTML, or mention users and issues.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from reports.compare import CellDiff, Comparison, compare, describe
+from reports.excerptview import excerpt_lines
+from reports.knownissues import KnownIssues
 from reports.legend import grid_order
-from reports.sanitize import one_line
+from reports.sanitize import one_line, safe_text
 from reports.styles import STYLES
 from reports.summary import rate_text
 from results.model import Cell, RunResults, State
@@ -48,12 +51,16 @@ def _voting(diff: CellDiff) -> str:
     return "" if diff.voting else " (non-voting)"
 
 
-def _diff_item(diff: CellDiff, comparison: Comparison) -> list[str]:
+def _diff_item(diff: CellDiff, comparison: Comparison, known: KnownIssues) -> list[str]:
     lines = [f"- {code(diff.id)}{_voting(diff)}: {escape(describe(diff.old))} \u2192 "
              f"{escape(describe(diff.new))}"]
     cell = diff.new if diff.new is not None and diff.new.state is not State.SUCCESS else diff.old
     if cell is not None and cell.evidence and cell.state is not State.SUCCESS:
         lines.append(f"  - evidence: {code(cell.evidence)}")
+    if cell is not None and cell is diff.new:  # known issues of this run's cells only
+        lines += _known_items(cell, known)
+    if cell is not None and cell.state is not State.SUCCESS:
+        lines += _excerpt_items(cell)
     found = comparison.attributions.get(diff.id)
     if found is not None:
         entries = found.entries()
@@ -79,13 +86,36 @@ def _section(title: str, items: list[list[str]]) -> list[str]:
     return lines
 
 
-def _failure_item(cell: Cell) -> list[str]:
+def _failure_item(cell: Cell, known: KnownIssues) -> list[str]:
     cause = cell.category.legend if cell.category else (cell.reason or "")
     lines = [f"- {code(cell.id)}: {escape(STYLES[cell.state].label)}"
              + (f": {escape(cause)}" if cause else "")]
     if cell.evidence:
         lines.append(f"  - evidence: {code(cell.evidence)}")
+    return lines + _known_items(cell, known) + _excerpt_items(cell)
+
+
+def _known_items(cell: Cell, known: KnownIssues) -> list[str]:
+    """The known issue a failure is (its ticket as code: inert, copyable) and the other
+    hosts it failed on."""
+    lines = []
+    found = known.known_issue(cell)
+    if found is not None:
+        ticket, seen = found
+        lines.append(f"  - known issue {code(ticket, 2000)}: {escape(seen)}")
+    where = known.also_on_text(cell)
+    if where:
+        lines.append(f"  - {escape(where)}")
     return lines
+
+
+def _excerpt_items(cell: Cell) -> list[str]:
+    """A failure without a precise cause: its log lines unlike successful builds."""
+    shown = excerpt_lines(cell)
+    if not shown:
+        return []
+    return ["  - log lines unlike successful builds:",
+            *(f"    - line {line.line}: {code(line.text)}" for line in shown)]
 
 
 def counts_table(results: RunResults) -> list[str]:
@@ -96,14 +126,17 @@ def counts_table(results: RunResults) -> list[str]:
             escape(rate_text(results), 200)]
 
 
-def render_markdown(results: RunResults, baseline: RunResults | None = None) -> str:
-    """The summary: regressions, fixes and counts (with a baseline), or failures and counts."""
+def render_markdown(results: RunResults, baseline: RunResults | None = None,
+                    run_dir: Path | None = None) -> str:
+    """The summary: regressions, fixes and counts (with a baseline), or failures and counts;
+    ``run_dir`` (the run's directory) finds the known issues' counts beside it."""
     title = f"### dib-matrix run {code(results.run_id, 80)}"
+    known = KnownIssues.load(results, run_dir)
     lines: list[str] = []
     if baseline is not None:
         comparison = compare(baseline, results)
-        regressions = [_diff_item(d, comparison) for d in comparison.regressions]
-        fixes = [_diff_item(d, comparison) for d in comparison.fixes]
+        regressions = [_diff_item(d, comparison, known) for d in comparison.regressions]
+        fixes = [_diff_item(d, comparison, known) for d in comparison.fixes]
         voting = len(comparison.voting_regressions)
         lines += [f"{title}: {len(regressions)} regressions ({voting} voting), "
                   f"{len(fixes)} fixes against {code(baseline.run_id, 80)}"]
@@ -118,11 +151,11 @@ def render_markdown(results: RunResults, baseline: RunResults | None = None) -> 
     else:
         failures = [c for c in grid_order(results) if c.voting and c.state.is_failure]
         lines += [f"{title}: {len(failures)} voting failures"]
-        lines += _section("Failures", [_failure_item(c) for c in failures])
+        lines += _section("Failures", [_failure_item(c, known) for c in failures])
     if results.interrupted:
         lines += ["", "**Interrupted**: results are partial."]
     lines += counts_table(results)
-    return _bounded("\n".join(lines) + "\n")
+    return safe_text(_bounded("\n".join(lines) + "\n"))
 
 
 def _bounded(text: str) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from tabulate import DataRow, Line, TableFormat, tabulate
 
 from reports.grid import build_grid
-from reports.legend import build_legend, cell_mark
-from reports.sanitize import one_line
+from reports.knownissues import KnownIssues
+from reports.legend import Legend, build_legend, cell_mark
+from reports.sanitize import one_line, safe_text
 from reports.shardinfo import shard_lines
 from reports.summary import counts_text, rate_text, retried, uncategorized
 from results.model import RunResults
@@ -53,8 +55,23 @@ def marks_key(results: RunResults) -> list[str]:
     ]
 
 
-def render_table(results: RunResults, transpose: bool = False) -> str:
-    """The table and its numbered legend, exactly as printed at the end of a run."""
+def legend_lines(results: RunResults, legend: Legend, known: KnownIssues) -> list[str]:
+    """The legend, each footnote of a known issue followed by its ticket and counts."""
+    cells = {c.id: c for c in results.cells}
+    lines = []
+    for entry, line in zip(legend.entries, legend.lines()):
+        lines.append(line)
+        said = (known.known_issue_text(cells[i]) for i in entry.cells if i in cells)
+        text = next((t for t in said if t), None)
+        if text:
+            lines.append(" " * (len(entry.label) + 1) + one_line(text, 400))
+    return lines
+
+
+def render_table(results: RunResults, transpose: bool = False,
+                 known: KnownIssues | None = None) -> str:
+    """The table and its numbered legend, exactly as printed at the end of a run;
+    ``known``: the counts of known issues (without it, their tickets alone)."""
     legend = build_legend(results)
     grid = build_grid(results, transpose)
     header = [grid.corner, *(one_line(c) for c in grid.columns)]
@@ -66,19 +83,23 @@ def render_table(results: RunResults, transpose: bool = False) -> str:
     table = tabulate([header, *body], tablefmt=SEED_GRID, disable_numparse=True, stralign="left")
     lines = [table]
     if legend.entries:
-        lines += ["", *legend.lines()]
-    return "\n".join(lines) + "\n"
+        lines += ["", *legend_lines(results, legend, known or KnownIssues(results))]
+    return safe_text("\n".join(lines) + "\n")
 
 
 def render_report(
-    results: RunResults, transpose: bool = False, comparison_text: str | None = None
+    results: RunResults, transpose: bool = False, comparison_text: str | None = None,
+    run_dir: Path | None = None,
 ) -> str:
-    """report.txt: a heading, the table with its legend, the marks, counts and rate."""
-    heading = f"dib-matrix run {results.run_id} - matrix {results.matrix}"
-    when = f"started {results.started or '?'}, finished {results.finished or '?'}"
+    """report.txt: a heading, the table with its legend, the marks, counts and rate;
+    ``run_dir`` (the run's directory) finds the known issues' counts beside it."""
+    heading = f"dib-matrix run {one_line(results.run_id)} - matrix {one_line(results.matrix)}"
+    started, finished = (one_line(stamp or "?") for stamp in (results.started, results.finished))
+    when = f"started {started}, finished {finished}"
     if results.interrupted:
         when += " (INTERRUPTED: results are partial)"
-    lines = [heading, when, *shard_lines(results), "", render_table(results, transpose)]
+    known = KnownIssues.load(results, run_dir)
+    lines = [heading, when, *shard_lines(results), "", render_table(results, transpose, known)]
     key = marks_key(results)
     if key:
         lines += ["marks:", *key, ""]
@@ -86,10 +107,12 @@ def render_report(
     lines.append(rate_text(results))
     unnamed = uncategorized(results)
     if unnamed:
-        lines.append("uncategorized failures: " + ", ".join(c.id for c in unnamed))
+        lines.append("uncategorized failures: " + ", ".join(one_line(c.id) for c in unnamed))
     flaky = retried(results)
     if flaky:
-        lines.append("passed only on retry: " + ", ".join(f"{c.id} ({c.attempts})" for c in flaky))
+        lines.append("passed only on retry: "
+                     + ", ".join(f"{one_line(c.id)} ({c.attempts})" for c in flaky))
     if comparison_text:
         lines += ["", comparison_text.rstrip("\n")]
-    return "\n".join(lines) + "\n"
+    # The last guard: whatever a line above forgot to clean cannot reach a terminal.
+    return safe_text("\n".join(lines) + "\n")

@@ -7,19 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from results.model import RunResults, load
+from results.model import RunResults
+from results.reader import read_results
 from tests.resultfactory import ALL_STATES
 
 
 @pytest.fixture
 def all_states() -> RunResults:
     """The golden all-states run, loaded afresh (a test may change it)."""
-    return load(ALL_STATES)
+    return read_results(ALL_STATES)
 
 
 @pytest.fixture
 def all_states_dir(tmp_path: Path) -> Path:
     """A writable copy of the all-states run directory."""
-    run_dir = tmp_path / load(ALL_STATES).run_id
+    run_dir = tmp_path / read_results(ALL_STATES).run_id
     shutil.copytree(ALL_STATES, run_dir)
     return run_dir

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional
 
 from dib.blockdevice import geometry, grub
+from dib.blockdevice.config import read_layout
 from dib.blockdevice.disk import check_tools
 from dib.blockdevice.layout import parse_bytes, parse_layout_text
 from dib.blockdevice.plan import (
@@ -82,8 +83,7 @@ def do_bootloader(env: Mapping[str, str]) -> None:
 
 
 def do_check(path: str, disk_size: Optional[str]) -> None:
-    text = Path(path).read_text(encoding="utf-8")
-    layout = parse_layout_text(text, path)
+    layout = parse_layout_text(read_layout(Path(path), "check"), path)
     size = parse_bytes(disk_size) if disk_size else geometry.minimal_disk_size(layout, {})
     print(f"{path}: valid {layout.label} layout; on a {geometry.mib(size)} disk:")
     for extent in geometry.place(layout, size):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from dib import safefile
+from dib.elements import ELEMENT_FILE_LIMIT, read_element_file
 from dib.errors import ConfigError
 
 CONFIG_VAR = "DIB_BLOCK_DEVICE_CONFIG"
@@ -47,10 +49,17 @@ def from_config(value: str) -> Optional[LayoutSource]:
         path = Path(config)
     if path is None:
         return LayoutSource(config, CONFIG_VAR)
+    return LayoutSource(read_layout(path, CONFIG_VAR), str(path))
+
+
+def read_layout(path: Path, what: str) -> str:
+    """A layout file given by path: a regular UTF-8 file of at most ELEMENT_FILE_LIMIT
+    bytes, else ConfigError saying so for ``what`` (never a hang on a FIFO)."""
     try:
-        return LayoutSource(path.read_text(encoding="utf-8"), str(path))
-    except OSError as err:
-        raise ConfigError(f"{CONFIG_VAR}: cannot read {path}: {err}") from None
+        return safefile.read_text(path, ELEMENT_FILE_LIMIT)
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise ConfigError(f"{what}: cannot read {path}: {reason}") from None
 
 
 def from_elements(element_dirs: Sequence[Path], arch: str) -> Optional[LayoutSource]:
@@ -59,8 +68,9 @@ def from_elements(element_dirs: Sequence[Path], arch: str) -> Optional[LayoutSou
     for directory in element_dirs:
         for name in (arch_file, DEFAULT_FILE):
             path = directory / name
-            if path.is_file():
-                return LayoutSource(path.read_text(encoding="utf-8"), str(path))
+            text = read_element_file(directory.name, path, ConfigError)
+            if text is not None:
+                return LayoutSource(text, str(path))
     return None
 
 
@@ -77,7 +87,7 @@ def from_kind(kind: str, bundled_elements: Path) -> Optional[LayoutSource]:
             f"{KIND_VAR}={kind}: no such layout (known: {', '.join(known) or 'none'}); "
             f"or set {CONFIG_VAR} to a layout"
         )
-    return LayoutSource(path.read_text(encoding="utf-8"), f"{kind} ({path.name})")
+    return LayoutSource(read_layout(path, f"{KIND_VAR}={kind}"), f"{kind} ({path.name})")
 
 
 def find_layout(

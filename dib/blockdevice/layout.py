@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from dib import safeyaml
 from dib.blockdevice import flatform
 from dib.errors import ConfigError
 
@@ -255,7 +256,7 @@ def _record_lines(node: Optional[yaml.Node], path: str, lines: Dict[str, int]) -
 
 def load_yaml(text: str, origin: str) -> Tuple[Any, Dict[str, int]]:
     """``yaml.safe_load`` plus the line of every key path (``partitioning.partitions[0]``)."""
-    loader = yaml.SafeLoader(text)
+    loader = safeyaml.BoundedLoader(text)  # nesting and aliases bounded
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None

@@ -1,4 +1,8 @@
-"""``dib-matrix hosts list`` and ``dib-matrix hosts build``."""
+"""``dib-matrix hosts list`` and ``dib-matrix hosts build``.
+
+Facts come from image labels and verdicts from build logs: what they print is
+cleaned to one line each (``reports.sanitize``), so no build can drive the terminal.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from matrix.hostgen.facts import load_facts
 from matrix.hostgen.hostimage import image_names
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import Evidence, classify
+from reports.sanitize import one_line
 
 DEFAULT_LOG_DIR = Path("out/hostgen")
 
@@ -67,10 +72,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         tag = names.image.rsplit(":", 1)[1]
         rows.append(
             [
-                host.name,
-                host.base.describe(),
-                f"cached {tag}" if facts else f"not built ({tag})",
-                facts.summary() if facts else "",
+                one_line(host.name),
+                one_line(host.base.describe()),
+                one_line(f"cached {tag}" if facts else f"not built ({tag})"),
+                one_line(facts.summary()) if facts else "",
             ]
         )
     print(tabulate(rows, headers=["host", "base", "image", "facts"]))
@@ -88,7 +93,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     failed = 0
     for host in chosen:
         log_path = args.log_dir / f"{host.name}.log"
-        print(f"{host.name}: {host.base.describe()} ...", flush=True)
+        print(one_line(f"{host.name}: {host.base.describe()} ..."), flush=True)
         try:
             outcome = build_host(client, host, log_path, rebuild=args.rebuild, mirror=args.mirror)
         except KeyboardInterrupt:
@@ -96,14 +101,14 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"{host.name}: interrupted (log: {log_path})", file=sys.stderr)
             return 130
         if outcome.ok:
-            print(outcome.one_line(), flush=True)
+            print(one_line(outcome.one_line()), flush=True)
         else:
             verdict = classify(Evidence(host.name, "hostgen", (outcome.evidence,), log_path,
                                         hint=outcome.hint), catalogue)
-            print(f"{host.name}: failed ({verdict.category.legend}): {verdict.evidence} "
-                  f"(log: {log_path})", flush=True)
+            print(f"{host.name}: failed ({one_line(verdict.category.legend)}): "
+                  f"{one_line(verdict.evidence)} (log: {one_line(str(log_path))})", flush=True)
         if outcome.facts is not None:
-            print(f"  facts: {outcome.facts.summary()}")
+            print(f"  facts: {one_line(outcome.facts.summary())}")
         failed += not outcome.ok
     if failed:
         print(f"{failed} of {len(chosen)} host(s) failed", file=sys.stderr)

@@ -9,7 +9,10 @@ from typing import Any
 
 from reports.cli import InputError, read_run
 from reports.gate import EXIT_USAGE, gate_exit_code
-from reports.merge import MergeError, merge
+from reports.merge import MergeError, MergeOutcome, merge
+from results.limits import MAX_PARTS
+
+SKIPPED_LISTED = 5  # skipped entries named on the warning line before "+N more"
 
 
 def add_parser(sub: Any) -> None:
@@ -20,11 +23,14 @@ def add_parser(sub: Any) -> None:
         "results.json, report.txt/html, junit.xml, the parts' logs and images (hard-linked, "
         "else copied). A missing shard's cells stay pending; the merge then exits 2 after "
         "writing. Otherwise the exit code is the gate's, as for run: 0 ok, 1 voting failures "
-        "(or, with --baseline, voting regressions).")
+        "(or, with --baseline, voting regressions). Symlinks in a part are never followed: a "
+        "symlinked directory is refused, a symlinked or special file skipped with a warning; "
+        f"at most {MAX_PARTS} parts.")
     parser.add_argument("parts", nargs="+", type=Path, metavar="RUN_DIR",
                         help="a shard's run directory (or its results.json)")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
-                        help="the merged run directory to create (its name is the run id)")
+                        help="the merged run directory to create, new or empty (its name is "
+                        "the run id)")
     parser.add_argument("--baseline", type=Path, metavar="RUN",
                         help="compare with this earlier run; the exit code then fails only on "
                         "regressions of voting cells")
@@ -42,6 +48,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(f"dib-matrix: cannot write the merged run: {err}", file=sys.stderr)
         return EXIT_USAGE
     print((outcome.run_dir / "report.txt").read_text(encoding="utf-8"))
+    _warn_skipped(outcome)
     shard = outcome.results.shard
     print(f"merged {len(shard['parts'])} of {shard['count']} shards "
           f"(files: {outcome.files}): {outcome.run_dir} (report.html, junit.xml, results.json)")
@@ -53,3 +60,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
               "Merge again with every shard's run directory", file=sys.stderr)
         return EXIT_USAGE
     return gate_exit_code(outcome.results, baseline)
+
+
+def _warn_skipped(outcome: MergeOutcome) -> None:
+    """One line naming what the parts held that merge did not take (not regular files)."""
+    if not outcome.skipped:
+        return
+    more = len(outcome.skipped) - SKIPPED_LISTED
+    listing = ", ".join(outcome.skipped[:SKIPPED_LISTED]) + (f" +{more} more" if more > 0 else "")
+    print(f"dib-matrix: warning: skipped {len(outcome.skipped)} entries of the parts that are "
+          f"not regular files (symlinks are never followed): {listing}", file=sys.stderr)

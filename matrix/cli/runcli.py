@@ -7,7 +7,7 @@ import errno
 import logging
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import reports
 from dib import bundled
 from matrix.cli import shardcli
 from matrix.config.diagnostics import ConfigError
+from matrix.config.dibtree import DibTree, DibTreeError, bundled_tree, elements_of, locate
 from matrix.config.matrixfile import (
     MATRIX_KEYS,
     OVERRIDES,
@@ -28,7 +29,6 @@ from matrix.config.matrixfile import (
 from matrix.config.schema import Option, describe, option_value
 from matrix.config.targets import element_issues, upstream_notes
 from matrix.containers import engine, leases, swarm
-from matrix.hostgen.diblayer import bundled_tree
 from matrix.hostgen.facts import load_facts
 from matrix.hostgen.hostimage import image_names
 from matrix.run import cleanup, progress
@@ -37,15 +37,19 @@ from matrix.run.runner import (
     DEFAULT_PACKAGE_CACHE,
     MatrixRun,
     RunRequest,
-    check_dib_tree,
     execute,
 )
 from matrix.verdict.catalogue import Catalogue, load_catalogue
+from matrix.verdict.lifecycle import unknown_causes
+from reports.sanitize import SafeFormatter, one_line, safe_text
+from results.archive import OutDir, StoredRun
 from results.model import RunResults, State
-from results.model import load as load_results
+from results.paths import UnsafePath, resolved
+from results.reader import clip, read_results, shown_path
 
 LOG = logging.getLogger("dib-matrix")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+GIVE_TREE = " (finish the run with --dib-tree DIR)"
 
 
 def _selection(parser: argparse.ArgumentParser) -> None:
@@ -126,51 +130,109 @@ def add_parsers(sub: Any) -> None:
     clean.set_defaults(func=cmd_clean)
 
 
-def _load(args: argparse.Namespace) -> tuple[MatrixConfig, Plan, Catalogue]:
-    resumed = None
-    if getattr(args, "resume", None) is not None:
+@dataclass(frozen=True)
+class Loaded:
+    """What ``run`` and ``plan`` (its dry run) check before anything runs, each read once."""
+
+    config: MatrixConfig
+    plan: Plan
+    catalogue: Catalogue
+    tree: DibTree | None  # --dib-tree or the resumed run's; None: this installation's
+    resumed: StoredRun | None = None  # the run --resume finishes
+
+
+def _load(args: argparse.Namespace) -> Loaded:
+    resumed = _resumed(args)
+    if resumed is not None:
         # A resumed run keeps its matrix file and its selection of cells.
-        resumed = load_results(args.resume)
-        args.matrix = args.matrix or resumed.matrix
+        args.matrix = args.matrix or resumed.results.matrix
     overrides = {key.name: getattr(args, key.field) for key in OVERRIDES
                  if getattr(args, key.field, None) is not None}
-    if resumed is not None and resumed.options.get("registry_mirror"):
+    if resumed is not None and resumed.results.options.get("registry_mirror"):
         # The hosts the run built pulled through its mirror: so do the cells still to run.
-        overrides.setdefault("registry-mirror", resumed.options["registry_mirror"])
+        overrides.setdefault("registry-mirror", resumed.results.options["registry_mirror"])
     config = load_matrix(resolve_matrix_path(args.matrix), overrides=overrides)
     plan = make_plan(config, args.hosts, args.targets)
     if resumed is not None:
-        wanted = {c.id for c in resumed.cells}
-        plan = replace(plan, hosts=tuple(h for h in plan.hosts if h.name in resumed.hosts),
-                       cells=tuple(c for c in plan.cells if c.id in wanted))
-    plan = shardcli.narrow(args, plan, resumed)  # one shard, or the cells --cells chose
+        plan = _resumed_selection(plan, resumed.results)
+    # one shard, or the cells --cells chose
+    plan = shardcli.narrow(args, plan, resumed.results if resumed else None)
     # What run needs before its first cell, plan (the dry run) checks too: the
-    # catalogue, and that every target's elements resolve in the dib tree.
+    # catalogue (and that the allowed-failures rules name its entries), and that every
+    # target's elements resolve in the dib tree, before the tree is read.
     catalogue = load_catalogue(config.categories + tuple(getattr(args, "categories", ())))
-    tree = (getattr(args, "dib_tree", None)
-            or _resumed_tree(getattr(args, "resume", None)))
-    elements = check_dib_tree(tree) / "elements" if tree else bundled.path("elements")
-    issues = element_issues({c.target.name: c.target for c in plan.cells if c.target}.values(),
-                            elements)
+    named, root = _tree_root(args, resumed)
+    issues = unknown_causes(config, catalogue) + element_issues(
+        {c.target.name: c.target for c in plan.cells if c.target}.values(),
+        elements_of(root) if root else bundled.path("elements"))
     if issues:
         raise ConfigError(issues)
-    return config, plan, catalogue
+    tree = _read_tree(root, named, resumed) if root else None
+    return Loaded(config, plan, catalogue, tree, resumed)
+
+
+def _resumed(args: argparse.Namespace) -> StoredRun | None:
+    """The run ``--resume`` names, read (and checked to be in its own directory) once."""
+    if getattr(args, "resume", None) is None:
+        return None
+    run_dir = _resumed_dir(args.resume)
+    results = read_results(run_dir)
+    _check_resumable(run_dir, results)
+    return StoredRun(run_dir, results)
+
+
+def _resumed_selection(plan: Plan, resumed: RunResults) -> Plan:
+    """The hosts and cells the resumed run had (its matrix file may have grown since)."""
+    wanted = {c.id for c in resumed.cells}
+    return replace(plan, hosts=tuple(h for h in plan.hosts if h.name in resumed.hosts),
+                   cells=tuple(c for c in plan.cells if c.id in wanted))
+
+
+def _tree_root(args: argparse.Namespace, resumed: StoredRun | None) -> tuple[str, Path | None]:
+    """Where the dib tree comes from (for messages) and its root, checked to be a dib
+    tree: ``--dib-tree``, else the tree the resumed run used (its cells still to run
+    must see the same one); no root when neither names one (this installation's)."""
+    given = getattr(args, "dib_tree", None)
+    if given is not None:
+        return "--dib-tree", locate(given, "--dib-tree")
+    recorded = resumed.results.dib_tree.get("path") if resumed is not None else None
+    if resumed is None or not recorded:
+        return "", None
+    named = f"the dib tree of run {resumed.results.run_id}"
+    if not isinstance(recorded, str) or not Path(recorded).is_absolute():
+        raise DibTreeError(f"--resume {shown_path(resumed.run_dir)}: {named} is recorded "
+                           f"as {clip(recorded)}, not an absolute path{GIVE_TREE}")
+    try:
+        return named, locate(Path(recorded), named)
+    except DibTreeError as err:
+        raise DibTreeError(f"{err}{GIVE_TREE}") from err
+
+
+def _read_tree(root: Path, named: str, resumed: StoredRun | None) -> DibTree:
+    """The run's dib tree, made once; a resumed run's is said when it changed since."""
+    tree = DibTree.read(root, named)
+    recorded = resumed.results.dib_tree.get("digest") if resumed is not None else None
+    if resumed is not None and recorded and recorded != tree.digest:
+        LOG.warning("the dib tree %s changed since run %s started: its cells still to run "
+                    "see it as it is now", tree.path, resumed.results.run_id)
+    return tree
 
 
 def _setup_logging(debug: bool, console: logging.Handler | None = None) -> None:
     console = console or logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    # Records carry legends and reasons from builds: SafeFormatter neutralises them.
+    console.setFormatter(SafeFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
     LOG.handlers[:] = [console]
     LOG.setLevel(logging.DEBUG if debug else logging.INFO)
     LOG.propagate = False
 
 
 def _log_to_run_dir(run: MatrixRun) -> None:
-    handler = ConcurrentRotatingFileHandler(str(run.run_dir / "run.log"), "a",
+    handler = ConcurrentRotatingFileHandler(str(run.run_dir.run_log), "a",
                                             maxBytes=10 << 20, backupCount=3)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(message)s"))
     LOG.addHandler(handler)
-    LOG.info("run %s: results in %s", run.results.run_id, run.run_dir)
+    LOG.info("run %s: results in %s", run.results.run_id, run.run_dir.path)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
@@ -181,12 +243,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = progress.console_for(args)  # the status line on a terminal, -q, -v
     _setup_logging(args.debug, console.handler())
     try:
-        config, plan, catalogue = _load(args)
-        dib_tree = check_dib_tree(args.dib_tree or _resumed_tree(args.resume) or bundled_tree())
+        loaded = _load(args)
+        tree = loaded.tree or bundled_tree()
         client = engine.connect()
         if args.engine == "swarm":
             swarm.check_manager(client)
-        baseline = load_results(args.baseline) if args.baseline else None
+        baseline = read_results(args.baseline) if args.baseline else None
     except (ConfigError, SelectionError, ValueError, OSError) as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -194,15 +256,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"dib-matrix: {err}\n(start one with ./quickstart setup, or set DOCKER_HOST)",
               file=sys.stderr)
         return EXIT_USAGE
-    out_dir = args.out or config.output
-    if args.resume is not None:
-        out_dir = args.resume.resolve().parent
-    request = RunRequest(config, plan, out_dir.resolve(), dib_tree, args.resume,
+    out_dir = args.out or loaded.config.output
+    if loaded.resumed is not None:
+        out_dir = loaded.resumed.run_dir.parent
+    request = RunRequest(loaded.config, loaded.plan, out_dir.resolve(), tree, loaded.resumed,
                          args.rebuild_hosts, tuple(args.categories), args.reuse,
                          args.reuse_failures,
                          None if args.no_package_cache else DEFAULT_PACKAGE_CACHE,
                          dib_mount=args.dib_mount, swarm=args.engine == "swarm",
-                         catalogue=catalogue)
+                         catalogue=loaded.catalogue)
     request, finished = shardcli.prepare(args, request)
     if finished is not None:
         return finished
@@ -218,14 +280,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if holder:
             _write_reports(holder[0], baseline, request.out_dir)
-            print(f"dib-matrix: interrupted; finished cells kept in {holder[0].run_dir}"
-                  f" (resume with --resume {holder[0].run_dir})", file=sys.stderr)
+            print(f"dib-matrix: interrupted; finished cells kept in {holder[0].run_dir.path}"
+                  f" (resume with --resume {holder[0].run_dir.path})", file=sys.stderr)
         return EXIT_INTERRUPTED
     except leases.LeaseError as err:  # e.g. resuming a run that is still going
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:
-        where = f"; finished cells are kept in {holder[0].run_dir}/results.json" if holder else ""
+        where = f"; finished cells are kept in {holder[0].run_dir.results_file}" if holder else ""
         cause = "out of disk space" if err.errno == errno.ENOSPC else "cannot write results"
         print(f"dib-matrix: {cause}: {err}{where}", file=sys.stderr)
         return EXIT_FAILED
@@ -234,58 +296,77 @@ def cmd_run(args: argparse.Namespace) -> int:
         pending = sum(c.state is State.PENDING for c in run.results.cells)
         print(f"dib-matrix: the container engine stopped answering mid-run ({run.engine_lost}); "
               f"{pending} cells are pending. Once it is back: dib-matrix run --resume "
-              f"{run.run_dir}", file=sys.stderr)
+              f"{run.run_dir.path}", file=sys.stderr)
         return EXIT_USAGE
     return reports.gate_exit_code(run.results, baseline)
 
 
-def _resumed_tree(resume: Path | None) -> Path | None:
-    """The dib tree the resumed run used: its cells still to run must see the same one."""
-    if resume is None:
-        return None
-    recorded = load_results(resume).dib_tree.get("path")
-    return Path(recorded) if recorded else None
+def _resumed_dir(resume: Path) -> Path:
+    """The run directory ``--resume`` names (its results.json names it too), resolved."""
+    resume = resolved(resume)  # a symlink loop: UnsafePath, a ValueError
+    return resume if resume.is_dir() or not resume.exists() else resume.parent
+
+
+def _check_resumable(run_dir: Path, resumed: RunResults) -> None:
+    """A resumed run is written back where its id says: its own directory, never another
+    run's (a copied or edited results.json would write there). ValueError otherwise."""
+    try:
+        home: Path | None = OutDir(run_dir.parent).run(resumed.run_id).path
+    except UnsafePath:  # an id the reader takes that names no run's directory: latest
+        home = None
+    if home != run_dir:
+        raise ValueError(f"--resume {run_dir}: its results.json is run {resumed.run_id}, "
+                         "not the run of this directory: resume a run in its own directory")
 
 
 def _write_reports(run: MatrixRun, baseline: RunResults | None, out_dir: Path) -> None:
-    reports.write_all(run.run_dir, run.results, baseline=baseline, history_dir=out_dir)
-    print((run.run_dir / "report.txt").read_text())
-    print(f"results: {run.run_dir} (report.html, junit.xml, results.json)")
+    reports.write_all(run.run_dir.path, run.results, baseline=baseline, history_dir=out_dir)
+    print(run.run_dir.text_report.read_text())
+    print(f"results: {run.run_dir.path} (report.html, junit.xml, results.json)")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
-        config, plan, _ = _load(args)
+        loaded = _load(args)
+        config, plan = loaded.config, loaded.plan
         printed = shardcli.print_plan(args, plan)
     except (ConfigError, SelectionError, ValueError, OSError) as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
     if printed is not None:
         return printed
-    facts = _cached_facts(plan)
+    sys.stdout.write(render_plan(config, plan, _cached_facts(plan)))
+    return EXIT_OK
+
+
+def render_plan(config: MatrixConfig, plan: Plan, facts: dict) -> str:
+    """What ``plan`` prints: every cell with its planned state, then notes. Exclusion
+    reasons, preflight verdicts (from host image labels) and notes are free text from
+    files: each is one line in its cell, and no control character reaches the terminal."""
     rows = []
     for cell in plan.cells:
         if cell.excluded is not None:
-            planned = f"excluded: {cell.excluded}"
+            planned = f"excluded: {one_line(cell.excluded)}"
         else:
             verdict = preflight(cell, facts.get(cell.host.name))
-            planned = f"preflight: {verdict}" if verdict else "run"
+            planned = f"preflight: {one_line(str(verdict))}" if verdict else "run"
             if not cell.voting:
                 planned += " (non-voting)"
-        rows.append([cell.id, cell.kind.value, ", ".join(cell.needs) or "-", planned])
-    print(f"matrix {config.name} ({config.path}): {len(plan.cells)} cells")
-    print(tabulate(rows, headers=["cell", "kind", "needs", "planned"]))
+        rows.append([one_line(cell.id), cell.kind.value,
+                     one_line(", ".join(cell.needs)) or "-", planned])
+    lines = [f"matrix {one_line(config.name)} ({one_line(str(config.path))}): "
+             f"{len(plan.cells)} cells",
+             tabulate(rows, headers=["cell", "kind", "needs", "planned"])]
     for host in plan.hosts:
         written = getattr(host.base, "written", None)
         if written:
-            print(f"registry mirror {config.registry_mirror}: {host.name}: {written} -> "
-                  f"{host.base.reference}")  # type: ignore[union-attr]
+            lines.append(one_line(f"registry mirror {config.registry_mirror}: {host.name}: "
+                                  f"{written} -> {host.base.reference}"))  # type: ignore[union-attr]
     if not facts:
-        print("(no host image is built yet: preflight verdicts appear once hosts are built)")
-    for note in upstream_notes({c.target.name: c.target for c in plan.cells
-                                if c.target and c.excluded is None}.values()):
-        print(note)
-    return EXIT_OK
+        lines.append("(no host image is built yet: preflight verdicts appear once hosts are built)")
+    lines += upstream_notes({c.target.name: c.target for c in plan.cells
+                             if c.target and c.excluded is None}.values())
+    return safe_text("\n".join(lines) + "\n")
 
 
 def _cached_facts(plan: Plan) -> dict:

@@ -10,9 +10,7 @@ the run) and :func:`print_plan`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,8 +22,10 @@ import reports
 from matrix.containers import leases
 from matrix.run import rerun, shards
 from matrix.run.plan import Plan
-from matrix.run.runner import RunRequest, new_run_id, now, tree_info
-from results.model import RunResults, load, save
+from matrix.run.runner import RunRequest, new_run_id, now, point_latest
+from reports import jsonreport
+from results.archive import OutDir
+from results.model import RunResults
 
 LOG = logging.getLogger("dib-matrix")
 
@@ -91,12 +91,7 @@ def prepare(args: argparse.Namespace, request: RunRequest) -> tuple[RunRequest, 
     returned), or put the cells to run again back to pending."""
     if getattr(args, "shard_state", None):
         whole, split, index = args.shard_state
-        try:
-            mark = shards.mark(whole, split, index, request.dib_tree)
-        except OSError as err:
-            print(f"dib-matrix: cannot read the dib tree {request.dib_tree}: {err}",
-                  file=sys.stderr)
-            return request, 2
+        mark = shards.mark(whole, split, index, request.dib_tree)
         request = replace(request, shard=mark)
         if not request.plan.cells:
             return request, _empty_shard(request, mark)
@@ -104,16 +99,16 @@ def prepare(args: argparse.Namespace, request: RunRequest) -> tuple[RunRequest, 
                  split.matrix_hash[:12], ", ".join(mark["hosts"]), len(request.plan.cells))
     choice = getattr(args, "rerun_choice", None)
     if choice is not None and request.resume is not None:
+        results = request.resume.results  # the command line's reading, passed on
         try:
-            results = load(request.resume)
             live = leases.Registry().live_runs()
             if results.run_id in live:
                 raise leases.LeaseError(f"run {results.run_id} is live in "
                                         f"{live[results.run_id].describe()}: wait for it to end")
             for note in choice.notes:
                 LOG.info("--cells: %s", note)
-            for line in rerun.reset(request.resume, results, choice.cells, now(),
-                                    request.dib_tree):
+            for line in rerun.reset(request.resume.run_dir, results, choice.cells, now(),
+                                    request.dib_tree.path):
                 LOG.info("re-running %s", line)
         except (leases.LeaseError, OSError, ValueError) as err:
             print(f"dib-matrix: {err}", file=sys.stderr)
@@ -124,24 +119,17 @@ def prepare(args: argparse.Namespace, request: RunRequest) -> tuple[RunRequest, 
 def _empty_shard(request: RunRequest, mark: dict[str, Any]) -> int:
     """A shard with no cells: a run directory that says so (a merge counts it as given)."""
     results = RunResults(run_id=new_run_id(), matrix=str(request.config.path), hosts=[],
-                         rows=[], started=now(), dib_tree=tree_info(request.dib_tree),
+                         rows=[], started=now(), dib_tree=request.dib_tree.to_json(),
                          shard=mark)
     results.finished = results.started
-    run_dir = request.out_dir / results.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save(results, run_dir)
-    reports.write_all(run_dir, results, history_dir=request.out_dir)
-    _point_latest(request.out_dir, results.run_id)
+    out = OutDir(request.out_dir)
+    run = out.new_run(results.run_id)
+    run.save(results)
+    reports.write_all(run.path, results, history_dir=out.path)
+    point_latest(out, results.run_id)
     print(f"shard {mark['index']}/{mark['count']} has no cells (the matrix has fewer host "
-          f"columns than shards): nothing to run. Run directory for merge: {run_dir}")
+          f"columns than shards): nothing to run. Run directory for merge: {run.path}")
     return 0
-
-
-def _point_latest(out_dir: Path, run_id: str) -> None:
-    link, temp = out_dir / "latest", out_dir / f".latest-{run_id}"
-    temp.unlink(missing_ok=True)
-    temp.symlink_to(run_id)
-    os.replace(temp, link)
 
 
 def print_plan(args: argparse.Namespace, plan: Plan) -> int | None:
@@ -153,13 +141,13 @@ def print_plan(args: argparse.Namespace, plan: Plan) -> int | None:
         cells = [{"id": c.id, "host": c.host.name, "row": c.row, "kind": c.kind.value,
                   "needs": list(c.needs), "excluded": c.excluded, "voting": c.voting}
                  for c in plan.cells]
-        print(json.dumps(cells, indent=2))
+        print(jsonreport.dumps(cells, indent=2))
         return 0
     history = shards.load_history(args.history) if args.history else None
     estimates = shards.estimate(plan, history)
     split = shards.split(plan, args.shards, estimates)
     if args.format == "json":
-        print(json.dumps(split.to_json()))  # one line: a CI step's output as it stands
+        print(jsonreport.dumps(split.to_json()))  # one line: a CI step's output as it stands
         return 0
     print(shards.render_text(split, estimates))
     if args.history and estimates.source == "history":

@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from matrix.cli import archivecli
 from matrix.config.schema import match_globs
 from reports.cli import InputError, read_run, run_dir_of
+from reports.excerptview import excerpt_lines
+from reports.knownissues import KnownIssues
 from reports.logs import log_path, read_tail
 from reports.sanitize import clean_line, one_line
 from reports.styles import style
@@ -33,6 +36,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("cell", metavar="CELL",
                         help="cell id HOST.ROW (a shell glob shows every match)")
     parser.add_argument("--log", action="store_true", help="print the cell's log")
+    parser.add_argument("--last-good", action="store_true",
+                        help="where the cell's last success is kept (.dib-matrix/last-good) "
+                        "and from which run; RUN_DIR may also be the output directory")
     parser.add_argument("--tail", type=int, metavar="N",
                         help="with --log: only the last N lines")
     parser.set_defaults(func=cmd_show)
@@ -46,8 +52,10 @@ def find_cells(results: RunResults, pattern: str) -> list[Cell]:
     return [c for c in results.cells if c.id in ids]
 
 
-def describe(cell: Cell, run_dir: Path, results: RunResults) -> list[tuple[str, str]]:
-    """(field, text) pairs of a cell, every text on one line and bounded."""
+def describe(cell: Cell, run_dir: Path, results: RunResults,
+             known: KnownIssues | None = None) -> list[tuple[str, str]]:
+    """(field, text) pairs of a cell, every text on one line and bounded; ``known``
+    (read once for every cell shown) gives the known issue's counts."""
     def text(value: object) -> str:
         return one_line(str(value), FIELD_LIMIT)
 
@@ -65,6 +73,13 @@ def describe(cell: Cell, run_dir: Path, results: RunResults) -> list[tuple[str, 
         fields.append(("category", text(category)))
     if cell.evidence:
         fields.append(("evidence", text(cell.evidence)))
+    known = known or KnownIssues(results)
+    for name, said in (("known issue", known.known_issue_text(cell)),
+                       ("where", known.also_on_text(cell))):
+        if said:
+            fields.append((name, text(said)))
+    for unusual in excerpt_lines(cell):  # log lines unlike successful builds of the row
+        fields.append(("excerpt", f"line {unusual.line}: {unusual.text}"))
     if cell.reason:
         fields.append(("reason", text(cell.reason)))
     if cell.attempts:
@@ -100,7 +115,7 @@ def describe(cell: Cell, run_dir: Path, results: RunResults) -> list[tuple[str, 
 def print_fields(fields: list[tuple[str, str]], out: TextIO) -> None:
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
-        out.write(f"{name:<{width}}  {value}\n")
+        out.write(f"{name:<{width}}  {one_line(value)}\n")  # the terminal boundary
 
 
 def stream_log(path: Path, out: TextIO) -> None:
@@ -123,6 +138,8 @@ def stream_log(path: Path, out: TextIO) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    if args.last_good:
+        return archivecli.show_last_good(args.run, args.cell)
     try:
         results = read_run(args.run)
     except InputError as err:
@@ -143,10 +160,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     out = sys.stdout
     if not args.log:
+        known = KnownIssues.load(results, run_dir)
         for number, cell in enumerate(cells):
             if number:
                 out.write("\n")
-            print_fields(describe(cell, run_dir, results), out)
+            print_fields(describe(cell, run_dir, results, known), out)
         return EXIT_OK
     path = log_path(run_dir, cells[0])
     if path is None:

@@ -23,7 +23,15 @@ class ConfigIssue:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else str(self.file)
         key = f" {self.key}:" if self.key else ""
-        return f"{where}:{key} {self.message}"
+        return printable(f"{where}:{key} {self.message}")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (controls, escapes, bidi
+    overrides) written as its Python escape: keys and values come from hostile files."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 class ConfigError(Exception):

@@ -16,13 +16,13 @@ from typing import Any, Union
 
 from dib import bundled
 from matrix.config.schema import (
-    NAME_RE,
     Derived,
     Invalid,
     Key,
     Reader,
     enum_parser,
     load_dir,
+    parse_file_name,
     read_document,
     select,
     shown,
@@ -33,16 +33,18 @@ from matrix.config.yamlload import KeyPath, YamlDocument, load_yaml
 # A checkout's hosts/, or the copy an installed wheel carries (see dib.bundled).
 BUNDLED_HOSTS_DIR = bundled.path("hosts")
 
+# Every pattern here is used with fullmatch: "$" would let a final newline through.
 # Package specs are passed to the package manager as separate arguments, never
 # through a shell; this only rejects what no package manager would accept.
-PACKAGE_RE = re.compile(r"^[A-Za-z0-9<>=~][A-Za-z0-9+._:/@=<>~*-]*$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SUITE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+PACKAGE_RE = re.compile(r"[A-Za-z0-9<>=~][A-Za-z0-9+._:/@=<>~*-]*")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SUITE_RE = re.compile(r"[a-z0-9][a-z0-9.-]*")
 # A registry reference: [host[:port]/]path[:tag][@digest], lower-case path.
 IMAGE_REF_RE = re.compile(
-    r"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._/-][a-z0-9]+)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+    r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._/-][a-z0-9]+)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
+MIRROR_URL_RE = re.compile(r"(?:https?|file)://\S+")
 
 
 class BaseKind(str, enum.Enum):
@@ -181,20 +183,11 @@ def _string_list(value: Any, pattern: re.Pattern[str] | None, what: str) -> tupl
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
             problems.append(((index,), f"must be {what[:-1]}, got {shown(item)}"))
-        elif pattern is not None and not pattern.match(item):
+        elif pattern is not None and not pattern.fullmatch(item):
             problems.append(((index,), f"{item!r} is not a valid {what[:-1]}"))
     if problems:
         raise Invalid.many(problems)
     return tuple(value)
-
-
-def _parse_name(value: Any, reader: Reader, path: KeyPath) -> str:
-    name = _text(value)
-    if not NAME_RE.match(name):
-        raise Invalid(f"{name!r}: use lower-case letters, digits, '.', '_' and '-'")
-    if name != reader.doc.path.stem:
-        raise Invalid(f"{name!r} must match the file name ({reader.doc.path.stem!r})")
-    return name
 
 
 def _parse_packages(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...]:
@@ -214,7 +207,7 @@ def _parse_environment(value: Any, reader: Reader, path: KeyPath) -> tuple[tuple
     problems: list[tuple[KeyPath, str]] = []
     for name, raw in value.items():
         text = str(raw)
-        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
             problems.append(((name,), f"{name!r} is not a valid variable name"))
         elif isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
             problems.append(((name,), f"must be a string or number, got {shown(raw)}"))
@@ -262,14 +255,14 @@ def _parse_bootstrap(value: Any) -> BootstrapBase:
 
 def _suite(value: Any) -> str:
     suite = _text(value)
-    if not SUITE_RE.match(suite):
+    if not SUITE_RE.fullmatch(suite):
         raise Invalid(f"{suite!r} is not a suite name")
     return suite
 
 
 def _mirror_url(value: Any) -> str:
     mirror = _text(value, "a URL")
-    if not re.match(r"^(https?|file)://\S+$", mirror):
+    if not MIRROR_URL_RE.fullmatch(mirror):
         raise Invalid(f"{mirror!r} is not an http(s):// or file:// URL")
     return mirror.rstrip("/")
 
@@ -286,7 +279,7 @@ def _parse_base(value: Any, reader: Reader, path: KeyPath) -> Base:
             return _parse_bootstrap(spec)
         if kind_name == BaseKind.IMAGE.value:
             ref = _text(spec, "a registry image reference")
-            if not IMAGE_REF_RE.match(ref):
+            if not IMAGE_REF_RE.fullmatch(ref):
                 raise Invalid(f"{ref!r} is not an image reference (name[:tag][@digest])")
             return ImageBase(ref)
         tarball = Path(_text(spec, "a path to a root filesystem tarball"))
@@ -310,7 +303,7 @@ def _default_package_manager(values: dict[str, Any], reader: Reader) -> PackageM
 
 
 HOST_KEYS: tuple[Key, ...] = (
-    Key("name", _parse_name, "host name; must equal the file name without .yaml",
+    Key("name", parse_file_name, "host name; must equal the file name without .yaml",
         required=True),
     Key("description", lambda v, r, p: _text(v), "free text shown by 'hosts list'"),
     Key("base", _parse_base, "root filesystem source: bootstrap (suite or {suite, variant, "

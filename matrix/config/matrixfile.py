@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matrix.config.diagnostics import ConfigError, ConfigIssue, IssueCollector
+from matrix.config.globs import NameIndex, compiled, first_matches, glob_problem, match_globs
 from matrix.config.hosts import HostDefinition, load_host, load_hosts
 from matrix.config.registry import BadReference, parse_mirror, with_registry_mirror
 from matrix.config.schema import (
@@ -23,16 +24,20 @@ from matrix.config.schema import (
     Key,
     Option,
     Reader,
+    bounded_int,
     closest,
     enum_parser,
-    match_globs,
     parse_bool,
     parse_dib_env,
     parse_text,
     read_keys,
+    shown,
 )
 from matrix.config.targets import BOOT_SUFFIX, Target, load_target, load_targets
 from matrix.config.yamlload import KeyPath, load_yaml
+from results.names import is_name
+from results.retention import Policy, parse_keep_days, parse_keep_runs
+from results.sizes import parse_size
 
 
 class Network(str, enum.Enum):
@@ -51,9 +56,15 @@ class Check(str, enum.Enum):
 
 BUNDLED_MATRICES_DIR = Path(__file__).resolve().parent / "matrices"
 DEFAULT_MATRIX = "default"
-DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*")  # full match
 MAX_DURATION = 7 * 24 * 3600.0  # a week: beyond it a timer is a typo (or .inf)
 BOOT_TIMEOUT_CAP = 600.0  # a boot test's default: the cell timeout, at most 10 minutes
+# Counts that multiply work. Each failed cell runs 1 + retries times: ten retries is
+# far past "flaky", and 10**9 would keep a run going for ever. Cells at once are
+# containers on one engine (or services of one swarm): past a few hundred the engine,
+# not the matrix, is the limit.
+MAX_RETRIES = 10
+MAX_PARALLEL = 256
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,20 @@ class CellRule:
     host: str
     target: str
     reason: str = ""
+    # allowed-failures only: a catalogue entry's id. The rule then allows only failures
+    # with that cause, until the entry expires (matrix.verdict.lifecycle).
+    cause: str | None = None
 
     def matches(self, host: str, row: str) -> bool:
-        return bool(match_globs([host], self.host) and match_globs([row], self.target))
+        return bool(compiled(self.host).match(host) and compiled(self.target).match(row))
+
+
+def first_rules(rules: tuple[CellRule, ...], hosts: Iterable[str], rows: Iterable[str]
+                ) -> dict[tuple[str, str], CellRule]:
+    """For each (host, row) some rule matches, the first such rule (the one that
+    applies); every glob is compiled and matched once, not once per cell."""
+    found = first_matches([(rule.host, rule.target) for rule in rules], hosts, rows)
+    return {cell: rules[index] for cell, index in found.items()}
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,7 @@ class MatrixConfig:
     network: Network
     categories: tuple[Path, ...]
     registry_mirror: str | None
+    retention: Policy | None = None  # the run archive's bounds, applied after every run
 
     def host(self, name: str) -> HostDefinition:
         return next(h for h in self.hosts if h.name == name)
@@ -113,7 +136,7 @@ def parse_duration(value: Any, reader: Any = None, path: KeyPath = ()) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        match = DURATION_RE.match(str(value))
+        match = DURATION_RE.fullmatch(str(value)) if isinstance(value, str) else None
         if not match:
             raise Invalid(f"cannot read duration {value!r} (examples: 90s, 30m, 1h)")
         seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
@@ -130,22 +153,13 @@ class _MatrixReader(Reader):
     known_targets: Mapping[str, Target]
 
 
-def _positive_int(value: Any, reader: Any = None, path: KeyPath = ()) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise Invalid("must be a whole number of at least 1")
-    return value
-
-
-def _count(value: Any, reader: Any = None, path: KeyPath = ()) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise Invalid("must be a whole number of at least 0")
-    return value
-
-
 def _checks(value: Any, reader: Any, path: KeyPath) -> tuple[str, ...]:
     known = [c.value for c in Check]
-    if not isinstance(value, list) or any(v not in known for v in value):
+    if not isinstance(value, list) or any(not isinstance(v, str) or v not in known
+                                          for v in value):
         raise Invalid(f"must be a list among: {', '.join(known)}")
+    if len(set(value)) != len(value):
+        raise Invalid("lists a check twice (its cells would have one id)")
     return tuple(value)
 
 
@@ -158,7 +172,9 @@ def _paths(value: Any, reader: Reader, path: KeyPath) -> tuple[Path, ...]:
 
 
 def _output(value: Any, reader: Reader, path: KeyPath) -> Path:
-    return Path(parse_text(value))
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise Invalid(f"must be a directory name without control characters, got {shown(value)}")
+    return Path(value)
 
 
 def _registry_mirror(value: Any, reader: Any = None, path: KeyPath = ()) -> str:
@@ -168,6 +184,34 @@ def _registry_mirror(value: Any, reader: Any = None, path: KeyPath = ()) -> str:
         raise Invalid(str(err)) from None
 
 
+def _limit(parse: Callable[[Any], Any]) -> Callable[[Any, Any, KeyPath], Any]:
+    """A key parser from one of the archive's own (a ValueError becomes Invalid)."""
+
+    def parser(value: Any, reader: Any = None, path: KeyPath = ()) -> Any:
+        try:
+            return parse(value)
+        except ValueError as err:
+            raise Invalid(str(err)) from None
+
+    return parser
+
+
+RETENTION_KEYS: tuple[Key, ...] = (
+    Key("keep-runs", _limit(parse_keep_runs), "keep the newest N runs"),
+    Key("keep-days", _limit(parse_keep_days), "keep the runs of the last D days"),
+    Key("max-bytes", _limit(parse_size), "then remove the oldest runs until the output "
+        "directory holds at most SIZE (800M, 50G)"),
+)
+
+
+def _retention(value: Any, reader: Reader, path: KeyPath) -> Policy:
+    """``retention:``, a mapping of RETENTION_KEYS, each limit a bound of its own."""
+    if not isinstance(value, dict) or not value:
+        raise Invalid("must be a mapping with keep-runs, keep-days and/or max-bytes")
+    values = read_keys(RETENTION_KEYS, value, reader, prefix=path)
+    return Policy(**{key.field: values[key.name] for key in RETENTION_KEYS})
+
+
 def _names(what: str, known: Callable[[_MatrixReader], Mapping[str, Any]],
            loader: Callable[[Path], Any]) -> Callable[[Any, _MatrixReader, KeyPath], tuple]:
     """A parser for ``hosts``/``targets``: names, globs or paths to YAML files. A bad
@@ -175,38 +219,77 @@ def _names(what: str, known: Callable[[_MatrixReader], Mapping[str, Any]],
 
     def parse(value: Any, reader: _MatrixReader, path: KeyPath) -> tuple:
         if not isinstance(value, list) or not value:
-            raise Invalid("must be a non-empty list")
+            raise Invalid(f"must be a non-empty list, got {shown(value)}")
         names = known(reader)
         chosen: dict[str, Any] = {}
         for index, entry in enumerate(value):
+            where = path + (index,)
             if not isinstance(entry, str) or not entry:
-                reader.report(path + (index,), "must be a name, a glob or a path to a YAML file")
-                continue
-            if entry.endswith((".yaml", ".yml")):
-                try:
-                    item = loader(reader.doc.path.parent / entry)
-                except ConfigError as err:
-                    reader.issues.extend(err.issues)
-                    continue
-                chosen[item.name] = item
-                continue
-            matched = match_globs(names, entry)
-            if not matched:
-                reader.report(path + (index,), f"unknown {what} '{entry}'"
-                              f"{closest(entry, names)}; known: {', '.join(names)}")
-            for name in matched:
-                chosen.setdefault(name, names[name])
+                reader.report(where, "must be a name, a glob or a path to a YAML file")
+            elif entry.endswith((".yaml", ".yml")):
+                _add_file(what, names, chosen, reader, where, loader, entry)
+            elif (problem := glob_problem(entry)) is not None:
+                reader.report(where, f"{shown(entry)}: {problem}")
+            else:
+                matched = match_globs(names, entry)
+                if not matched:
+                    reader.report(where, f"unknown {what} '{entry}'"
+                                  f"{closest(entry, names)}; known: {', '.join(names)}")
+                for name in matched:
+                    chosen.setdefault(name, names[name])
         return tuple(chosen.values())
 
     return parse
 
 
-def _rules(need_reason: bool) -> Callable[[Any, Reader, KeyPath], tuple[CellRule, ...]]:
-    """A parser for ``exclude`` and ``allowed-failures``: host and target globs."""
+def _add_file(what: str, known: Mapping[str, Any], chosen: dict[str, Any],
+              reader: _MatrixReader, where: KeyPath, loader: Callable[[Path], Any],
+              entry: str) -> None:
+    """A host or target given by path. Its name is its file's name (the loader checks),
+    and it may not take the name of another definition: the cells, logs and reports of
+    a bundled ``debian-bookworm`` would silently be another file's."""
+    try:
+        item = loader(reader.doc.path.parent / entry)
+    except ConfigError as err:
+        reader.issues.extend(err.issues)
+        return
+    for other in (known.get(item.name), chosen.get(item.name)):
+        if other is not None and not _same_file(_source(other), _source(item)):
+            reader.report(where, f"'{entry}' defines {what} '{item.name}', the name of another "
+                          f"definition ({_source(other) or 'given before'}): a file given by "
+                          "path needs a name of its own (rename the file and its name)")
+            return
+    chosen[item.name] = item
+
+
+def _source(item: Any) -> Path | None:
+    return getattr(item, "source", None) or getattr(item, "path", None)
+
+
+def _same_file(one: Path | None, other: Path | None) -> bool:
+    return one is not None and other is not None and one.resolve() == other.resolve()
+
+
+def _glob_of(entry: Mapping[str, Any], key: str, reader: Reader, where: KeyPath) -> str:
+    """A rule's host or target glob: a string of name characters and glob magic (a list
+    or a number would be turned into a glob nobody wrote: str([a, b]) is a [...] set)."""
+    value = entry.get(key, "*")
+    problem = glob_problem(value)
+    if problem is not None:
+        reader.report(where + (key,), f"{problem}, got {shown(value)}")
+        return ""
+    return value
+
+
+def _rules(need_reason: bool, with_cause: bool = False
+           ) -> Callable[[Any, Reader, KeyPath], tuple[CellRule, ...]]:
+    """A parser for ``exclude`` and ``allowed-failures``: host and target globs (and,
+    ``with_cause``, the catalogue entry whose failures alone are allowed)."""
+    known = ("host", "target", "reason", *(("cause",) if with_cause else ()))
 
     def parse(value: Any, reader: Reader, path: KeyPath) -> tuple[CellRule, ...]:
         if not isinstance(value, list):
-            raise Invalid("must be a list of {host, target, reason} entries")
+            raise Invalid(f"must be a list of {{{', '.join(known)}}} entries")
         rules = []
         for index, entry in enumerate(value):
             where = path + (index,)
@@ -214,15 +297,25 @@ def _rules(need_reason: bool) -> Callable[[Any, Reader, KeyPath], tuple[CellRule
                 reader.report(where, "must be a mapping with host and/or target")
                 continue
             for extra in entry:
-                if extra not in ("host", "target", "reason"):
-                    reader.report(where + (extra,), "unknown key; known: host, target, reason")
+                if extra not in known:
+                    reader.report(where + (extra,), f"unknown key; known: {', '.join(known)}")
             reason = entry.get("reason")
-            if need_reason and not (isinstance(reason, str) and reason.strip()):
+            if reason is not None and not isinstance(reason, str):
+                reader.report(where + ("reason",), f"must be text, got {shown(reason)}")
+                reason = ""
+            elif need_reason and not (reason and reason.strip()):
                 reader.report(where, "every exclude entry needs a reason")
             if "host" not in entry and "target" not in entry:
                 reader.report(where, "needs host and/or target")
-            rules.append(CellRule(str(entry.get("host", "*")), str(entry.get("target", "*")),
-                                  str(reason or "").strip()))
+            host, target = _glob_of(entry, "host", reader, where), _glob_of(
+                entry, "target", reader, where)
+            cause = entry.get("cause")
+            if "cause" in entry and not is_name(cause):  # a bare "cause:" too: not "any"
+                reader.report(where + ("cause",), f"must be a catalogue entry's id, got "
+                              f"{shown(cause)}")
+                continue
+            if host and target:
+                rules.append(CellRule(host, target, (reason or "").strip(), cause))
         return tuple(rules)
 
     return parse
@@ -241,13 +334,9 @@ def _includes(value: Any, reader: _MatrixReader, path: KeyPath) -> tuple[Include
             if extra not in ("host", "target", "env"):
                 reader.report(where + (extra,), "unknown key; known: host, target, env")
         host, target = entry.get("host"), entry.get("target")
-        if host not in reader.known_hosts:
-            reader.report(where + ("host",), f"unknown host {host!r}"
-                          f"{closest(host, reader.known_hosts)}")
+        if _unknown(reader, where + ("host",), "host", host, reader.known_hosts):
             continue
-        if target not in reader.known_targets:
-            reader.report(where + ("target",), f"unknown target {target!r}"
-                          f"{closest(target, reader.known_targets)}")
+        if _unknown(reader, where + ("target",), "target", target, reader.known_targets):
             continue
         try:
             env = parse_dib_env(entry.get("env"))
@@ -257,6 +346,18 @@ def _includes(value: Any, reader: _MatrixReader, path: KeyPath) -> tuple[Include
             continue
         found.append(Include(reader.known_hosts[host], reader.known_targets[target], env))
     return tuple(found)
+
+
+def _unknown(reader: Reader, where: KeyPath, what: str, name: Any,
+             known: Mapping[str, Any]) -> bool:
+    """Report ``name`` unless it is a known host's or target's name."""
+    if not isinstance(name, str):
+        reader.report(where, f"must be a {what} name, got {shown(name)}")
+    elif name not in known:
+        reader.report(where, f"unknown {what} {shown(name)}{closest(name, known)}")
+    else:
+        return False
+    return True
 
 
 MATRIX_KEYS: tuple[Key, ...] = (
@@ -272,9 +373,10 @@ MATRIX_KEYS: tuple[Key, ...] = (
         "cells to leave out: [{host: GLOB, target: GLOB, reason: TEXT}]", []),
     Key("include", _includes,
         "cells to add: [{host: NAME, target: NAME, env: {...}}]; never changes a cell", []),
-    Key("allowed-failures", _rules(need_reason=False),
-        "non-voting cells: [{host: GLOB, target: GLOB}]", []),
-    Key("max-parallel", _positive_int, "cells run at once", 2, option=Option.VALUE,
+    Key("allowed-failures", _rules(need_reason=False, with_cause=True),
+        "non-voting cells: [{host: GLOB, target: GLOB, cause: ID}]; with cause (a catalogue "
+        "entry's id) only failures with that cause are allowed, until the entry expires", []),
+    Key("max-parallel", bounded_int(1, MAX_PARALLEL), "cells run at once", 2, option=Option.VALUE,
         example="N"),
     Key("timeout", parse_duration, "per cell, e.g. 30m, 90s, 1h", "30m", option=Option.VALUE,
         example="DURATION"),
@@ -283,7 +385,8 @@ MATRIX_KEYS: tuple[Key, ...] = (
     Key("boot-timeout", parse_duration, "per boot test, until the guest's marker",
         Derived(lambda values, reader: min(values["timeout"], BOOT_TIMEOUT_CAP),
                 "the timeout, at most 10m"), option=Option.VALUE, example="DURATION"),
-    Key("retries", _count, "extra attempts for failed cells", 0, option=Option.VALUE,
+    Key("retries", bounded_int(0, MAX_RETRIES), "extra attempts for failed cells", 0,
+        option=Option.VALUE,
         example="N"),
     Key("fail-fast", parse_bool, "stop everything at the first voting failure", False,
         option=Option.FLAG),
@@ -297,6 +400,9 @@ MATRIX_KEYS: tuple[Key, ...] = (
         "library/x, docker.io/...) from this registry instead, e.g. myregistry.example/hub "
         "(it stands in for docker.io); other registries' references are left alone",
         option=Option.VALUE, example="REGISTRY[/PATH]"),
+    Key("retention", _retention, "bounds on the runs kept in the output directory, applied "
+        "at the end of every run: {keep-runs: N, keep-days: D, max-bytes: SIZE}; the newest "
+        "run, kept runs, live runs and each cell's last-good always stay"),
 )
 
 
@@ -353,12 +459,12 @@ def _check_rules_match(reader: Reader, key: str, rules: tuple[CellRule, ...],
                        config: MatrixConfig) -> None:
     """A glob that matches no host or no row is a typo that would silently change the
     gate: say so."""
-    hosts = [h.name for h in config.hosts]
-    rows = ["hostgen", *config.checks, *(t.name for t in config.targets),
-            *(t.name + BOOT_SUFFIX for t in config.targets if t.boot_test)]
+    hosts = NameIndex(h.name for h in config.hosts)
+    rows = NameIndex(["hostgen", *config.checks, *(t.name for t in config.targets),
+                      *(t.name + BOOT_SUFFIX for t in config.targets if t.boot_test)])
     for index, rule in enumerate(rules):
-        if not match_globs(hosts, rule.host):
+        if not hosts.matching(rule.host):
             reader.report((key, index, "host"), f"'{rule.host}' matches no host of this matrix")
-        if not match_globs(rows, rule.target):
+        if not rows.matching(rule.target):
             reader.report((key, index, "target"),
                           f"'{rule.target}' matches no row of this matrix")

@@ -31,15 +31,16 @@ from typing import Any
 DOCKER_HUB = "docker.io"
 LEGACY_DOCKER_HUB = ("index.docker.io", "registry-1.docker.io")
 OFFICIAL_NAMESPACE = "library"
+# Every pattern here is used with fullmatch ("$" would let a final newline through).
 # One path component of a repository name (lower case, separators inside).
-PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 # A registry host: DNS labels (or an IPv4 address), an optional port.
 DOMAIN = re.compile(
-    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-    r"(?::[0-9]{1,5})?$"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"(?::[0-9]{1,5})?"
 )
-TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[A-Fa-f0-9]{32,}$")
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[A-Fa-f0-9]{32,}")
 NAME_LIMIT = 255  # Docker's limit on a whole repository name
 
 
@@ -92,18 +93,18 @@ def parse_reference(text: str) -> ImageReference:
     if not isinstance(text, str) or not text or text != text.strip():
         raise BadReference(f"{text!r} is not an image reference")
     name, at, digest = text.partition("@")
-    if at and not DIGEST.match(digest):
+    if at and not DIGEST.fullmatch(digest):
         raise BadReference(f"{text!r}: {digest!r} is not a digest (sha256:...)")
     tag = None
     last_colon, last_slash = name.rfind(":"), name.rfind("/")
     if last_colon > last_slash:
         name, tag = name[:last_colon], name[last_colon + 1:]
-        if not TAG.match(tag):
+        if not TAG.fullmatch(tag):
             raise BadReference(f"{text!r}: {tag!r} is not a tag")
     domain, path = _split_domain(name)
-    if not DOMAIN.match(domain):
+    if not DOMAIN.fullmatch(domain):
         raise BadReference(f"{text!r}: {domain!r} is not a registry host")
-    if not path or not all(PATH_COMPONENT.match(part) for part in path.split("/")):
+    if not path or not all(PATH_COMPONENT.fullmatch(part) for part in path.split("/")):
         raise BadReference(f"{text!r}: the repository name must be lower-case words "
                              "separated by '/', '.', '_' or '-'")
     if len(name) > NAME_LIMIT:
@@ -127,13 +128,13 @@ def parse_mirror(text: Any) -> str:
         raise BadReference(f"{text!r}: a mirror is a registry and a path, without a tag "
                              "or digest")
     domain, _, path = mirror.partition("/")
-    if not DOMAIN.match(domain) or not (any(c in domain for c in ".:")
+    if not DOMAIN.fullmatch(domain) or not (any(c in domain for c in ".:")
                                         or domain == "localhost"):
         raise BadReference(f"{text!r}: {domain!r} does not read as a registry host to "
                              "Docker (it needs a '.', a ':port' or to be localhost)")
     if domain in (DOCKER_HUB, *LEGACY_DOCKER_HUB):
         raise BadReference(f"{text!r} is Docker Hub itself")
-    if path and not all(PATH_COMPONENT.match(part) for part in path.split("/")):
+    if path and not all(PATH_COMPONENT.fullmatch(part) for part in path.split("/")):
         raise BadReference(f"{text!r}: the path must be lower-case words separated by "
                              "'/', '.', '_' or '-'")
     return mirror

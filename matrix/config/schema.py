@@ -7,15 +7,15 @@ and every parser's complaint with file, line and key, and returns the parsed
 values (the default where a key is absent or wrong). The same table gives the
 ``--help`` text (``describe``) and command-line overrides (``Key.option``).
 
-Beside it: the one name pattern, the one "did you mean" helper, the one glob
-selector and the one "every YAML file in these directories" loader.
+Beside it: the name parsers (the rule itself is ``results.names``, full matches),
+the one "did you mean" helper, the glob selector (``matrix.config.globs``) and the
+one "every YAML file in these directories" loader.
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
-import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from matrix.config.diagnostics import ConfigError, ConfigIssue, IssueCollector
+from matrix.config.globs import match_globs
 from matrix.config.yamlload import KeyPath, YamlDocument, load_yaml
-
-# Host, target and matrix names, architectures, releases: lower case, no path separators.
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+from results.names import MAX_NAME, is_name
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
@@ -41,11 +40,6 @@ def closest(name: object, known: Iterable[str]) -> str:
 def unknown_key(key: object, known: Iterable[str]) -> str:
     known = list(known)
     return f"unknown key{closest(key, known)}; known: {', '.join(known)}"
-
-
-def match_globs(names: Iterable[str], pattern: str) -> list[str]:
-    """The names a shell glob matches, in the names' order (case-sensitive)."""
-    return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
 
 
 def select(names: Sequence[str], patterns: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -81,7 +75,7 @@ def load_dir(dirs: Sequence[Path], load_one: Callable[[Path], T], name_of: Calla
                 issues.extend(err.issues)
                 continue
             name = name_of(item)
-            if name != path.stem:
+            if name != path.stem:  # the host and target parsers say so first, with the line
                 line = load_yaml(path).line(("name",))
                 issues.add(ConfigIssue(path, line, "name", f"'{name}' differs from the file "
                                        f"name '{path.stem}'"))
@@ -247,16 +241,22 @@ def describe(keys: Sequence[Key], width: int = 24) -> str:
 # Parsers shared by the file kinds ---------------------------------------------------
 
 
+SHOWN_LIMIT = 80  # characters of a refused value repeated in a message
+
+
 def shown(value: Any) -> str:
-    """A value as an error message shows it (a whole mapping or list is not repeated)."""
+    """A value as an error message shows it: escaped (repr) and cut short, a whole
+    mapping or list not repeated (the file may be hostile)."""
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
-    return repr(value)
+    text = repr(value)
+    return text if len(text) <= SHOWN_LIMIT else text[: SHOWN_LIMIT - 3] + "..."
 
 
 def parse_bool(value: Any, reader: Any = None, path: KeyPath = ()) -> bool:
+    """A YAML boolean: ``"false"`` (a string) and ``0`` are refused, never read as true."""
     if not isinstance(value, bool):
-        raise Invalid("must be true or false")
+        raise Invalid(f"must be true or false (unquoted), got {shown(value)}")
     return value
 
 
@@ -268,9 +268,34 @@ def parse_text(value: Any, reader: Any = None, path: KeyPath = ()) -> str:
 
 
 def parse_name(value: Any, reader: Any = None, path: KeyPath = ()) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise Invalid("required: a plain name (lower case, no path separators)")
+    """A name as ``results.names.is_name`` takes it (the whole string: no final newline)."""
+    if not is_name(value):
+        raise Invalid(f"{shown(value)}: a plain name is lower-case letters, digits, "
+                      f"'.', '_' and '-', starting with a letter or digit, at most {MAX_NAME} "
+                      "characters")
     return value
+
+
+def parse_file_name(value: Any, reader: Reader, path: KeyPath) -> str:
+    """A host's or target's ``name``: a plain name, and its file's name, wherever the
+    file was found (a bundled directory, a directory given, or a path in a matrix)."""
+    name = parse_name(value)
+    if name != reader.doc.path.stem:
+        raise Invalid(f"'{name}' must match the file name ('{reader.doc.path.stem}')")
+    return name
+
+
+def bounded_int(low: int, high: int) -> Parser:
+    """A parser for a whole number from ``low`` to ``high`` (a YAML integer, not text:
+    ``"3"`` and ``true`` are refused)."""
+
+    def parse(value: Any, reader: Any = None, path: KeyPath = ()) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise Invalid(f"must be a whole number of at least {low} and at most {high}, "
+                          f"got {shown(value)}")
+        return value
+
+    return parse
 
 
 def enum_parser(kind: type[E]) -> Parser:
@@ -287,7 +312,8 @@ def enum_parser(kind: type[E]) -> Parser:
 
 
 # DIB_* names a build may set (ELEMENTS_PATH too): targets' and the matrix's env.
-DIB_ENV_NAME_RE = re.compile(r"^DIB_[A-Z0-9_]+$|^ELEMENTS_PATH$")
+DIB_ENV_NAME_RE = re.compile(r"DIB_[A-Z0-9_]+|ELEMENTS_PATH")  # full matches
+CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f]")  # C0 controls but tab and newline, DEL
 
 
 def parse_dib_env(value: Any, reader: Any = None, path: KeyPath = ()
@@ -301,10 +327,13 @@ def parse_dib_env(value: Any, reader: Any = None, path: KeyPath = ()
     problems: list[tuple[KeyPath, str]] = []
     env = {}
     for name, item in value.items():
-        if not isinstance(name, str) or not DIB_ENV_NAME_RE.match(name):
+        if not isinstance(name, str) or not DIB_ENV_NAME_RE.fullmatch(name):
             problems.append(((name,), "only DIB_* variable names are accepted"))
         elif isinstance(item, (dict, list)) or item is None:
             problems.append(((name,), "value must be a string or number"))
+        elif CONTROL_RE.search(str(item)):  # a NUL cannot even reach a process's environment
+            problems.append(((name,), "value must not hold control characters (newlines and "
+                             "tabs are fine: DIB_BLOCK_DEVICE_CONFIG is YAML text)"))
         else:
             env[name] = str(item).lower() if isinstance(item, bool) else str(item)
     if problems:

@@ -22,25 +22,27 @@ from dib.outputs import SUPPORTED_TYPES
 from matrix.config import upstreamdib
 from matrix.config.diagnostics import ConfigIssue
 from matrix.config.schema import (
-    NAME_RE,
     Invalid,
     Key,
     Reader,
     load_dir,
     parse_bool,
     parse_dib_env,
-    parse_name,
+    parse_file_name,
     parse_text,
     read_document,
     read_keys,
+    shown,
 )
 from matrix.config.yamlload import KeyPath, YamlDocument, load_yaml
+from results.names import is_name
 
 BOOT_SUFFIX = ":boot"  # a target with boot-test: true gets the row "<target>:boot"
 
 BUNDLED_TARGETS_DIR = bundled.path("targets")
-ELEMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-TOOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# Full matches ("$" would let a final newline through).
+ELEMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+TOOL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 UPSTREAM_KEY = "diskimage-builder-elements"
 
 
@@ -71,8 +73,8 @@ class Target:
 def _string_list(value: Any, pattern: re.Pattern[str]) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise Invalid("must be a non-empty list")
-    problems = [((index,), f"invalid entry {item!r}") for index, item in enumerate(value)
-                if not isinstance(item, str) or not pattern.match(item)]
+    problems = [((index,), f"invalid entry {shown(item)}") for index, item in enumerate(value)
+                if not isinstance(item, str) or not pattern.fullmatch(item)]
     if problems:
         raise Invalid.many(problems)
     return tuple(value)
@@ -83,13 +85,16 @@ def _elements(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...]:
 
 
 def _outputs(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or any(o not in SUPPORTED_TYPES for o in value):
+    if (not isinstance(value, list) or not value
+            or any(not isinstance(o, str) or o not in SUPPORTED_TYPES for o in value)):
         raise Invalid("must list types among " + ", ".join(SUPPORTED_TYPES))
+    if len(set(value)) != len(value):
+        raise Invalid("lists a type twice")
     return tuple(value)
 
 
 def _arch(value: Any, reader: Reader, path: KeyPath) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not is_name(value):
         raise Invalid("must be an architecture name such as amd64")
     return value
 
@@ -99,7 +104,7 @@ def _tools(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...]:
 
 
 def _release(value: Any, reader: Reader, path: KeyPath) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not is_name(value):
         raise Invalid("must be a release name")
     return value
 
@@ -130,7 +135,7 @@ def _upstream_version(value: Any, reader: Reader, path: KeyPath) -> str:
 
 
 TARGET_KEYS: tuple[Key, ...] = (
-    Key("name", parse_name, "plain name, the row label; must equal the file name",
+    Key("name", parse_file_name, "plain name, the row label; must equal the file name",
         required=True),
     Key("description", lambda v, r, p: parse_text(v), "one line for humans", ""),
     Key("elements", _elements, "list of dib elements", required=True),
@@ -177,26 +182,42 @@ def element_issues(targets: Iterable[Target], elements_dir: Path,
     ELEMENTS_PATH (directories inside the host container) is left to dib. A target with
     ``diskimage-builder-elements`` resolves against that release's tree first, when it is
     cached (see :func:`upstream_notes`); nothing is fetched here."""
-    indexes: dict[str | None, dict | None] = {None: index_elements([elements_dir])}
-    found = []
-    for target in targets:
-        if "ELEMENTS_PATH" in target.env_dict:
-            continue
-        version = target.upstream_elements
-        if version not in indexes:
-            upstream = upstreamdib.cached_elements_dir(upstream_cache, version)
-            indexes[version] = (None if upstream is None
-                                else index_elements([upstream, elements_dir]))
-        index = indexes[version]
-        if index is None:
-            continue  # not cached yet: upstream_notes says so
-        try:
-            resolve(["base", *target.elements], index)
-        except DibError as err:
-            where = target.path or Path(f"<target {target.name}>")
-            line = load_yaml(target.path).line(("elements",)) if target.path else None
-            found.append(ConfigIssue(where, line, "elements", str(err)))
+    indexes: dict[str | None, dict | None] = {}
+    found: list[ConfigIssue] = []
+    try:
+        for target in targets:
+            if "ELEMENTS_PATH" in target.env_dict:
+                continue
+            version = target.upstream_elements
+            if version not in indexes:
+                indexes[version] = _element_index(version, elements_dir, upstream_cache)
+            index = indexes[version]
+            if index is not None:  # None: not cached yet, upstream_notes says so
+                found.extend(_resolve_issues(target, index))
+    except DibError as err:  # an element's own file is unreadable (a FIFO, too large)
+        found.append(ConfigIssue(elements_dir, None, "", str(err)))
     return found
+
+
+def _resolve_issues(target: Target, index: dict) -> list[ConfigIssue]:
+    try:
+        resolve(["base", *target.elements], index)
+    except DibError as err:
+        where = target.path or Path(f"<target {target.name}>")
+        line = load_yaml(target.path).line(("elements",)) if target.path else None
+        return [ConfigIssue(where, line, "elements", str(err))]
+    return []
+
+
+def _element_index(version: str | None, elements_dir: Path, upstream_cache: Path
+                   ) -> dict | None:
+    """The elements a target resolves against: the run's tree, after the release's own
+    tree for a target with ``diskimage-builder-elements``; None when that release is
+    not cached yet."""
+    if version is None:
+        return index_elements([elements_dir])
+    upstream = upstreamdib.cached_elements_dir(upstream_cache, version)
+    return None if upstream is None else index_elements([upstream, elements_dir])
 
 
 def upstream_notes(targets: Iterable[Target],

@@ -21,11 +21,12 @@ import hashlib
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from dib import spawn
 
 # diskimage-builder releases whose wheel may be used, by version: the wheel's sha256.
 PINS: dict[str, str] = {
@@ -36,6 +37,7 @@ SHA256 = PINS[VERSION]
 DEFAULT_CACHE = Path.home() / ".cache" / "dib-matrix" / "upstream-dib"
 ELEMENTS_SUBDIR = Path("diskimage_builder") / "elements"
 STAMP = ".extracted"  # in an extracted tree: the sha256 of the wheel it came from
+PIP_TIMEOUT = 600.0
 
 
 def wheel_name(version: str) -> str:
@@ -90,19 +92,21 @@ def fetch_wheel(cache: Path = DEFAULT_CACHE, offline: bool = False,
     if not wheel.exists():
         if offline:
             raise UpstreamError(f"{wheel} is not cached and --offline was given")
+        what = f"pip download of diskimage-builder=={version}"
         try:
-            done = subprocess.run(
+            # pip's own settings (index, certificates, proxies, its config file) are the
+            # user's: pip gets the whole environment, on purpose.
+            done = spawn.run(
                 [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                  "--disable-pip-version-check", "-d", str(cache),
                  f"diskimage-builder=={version}"],
-                capture_output=True, text=True, check=False, timeout=600,
-            )
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise UpstreamError(f"pip download of diskimage-builder=={version} failed: "
-                                f"{err}") from err
+                timeout=PIP_TIMEOUT, env=os.environ)
+        except OSError as err:
+            raise UpstreamError(f"{what} failed: {err}") from err
+        if done.timed_out:
+            raise UpstreamError(f"{what} failed: no end within {PIP_TIMEOUT:.0f} s")
         if done.returncode != 0 or not wheel.exists():
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise UpstreamError(f"pip download of diskimage-builder=={version} failed: {tail[0]}")
+            raise UpstreamError(f"{what} failed: {(done.tail(1) or ['no output'])[0]}")
     actual = sha256_of(wheel)
     if actual != expected:
         raise UpstreamError(f"{wheel}: sha256 {actual}, expected {expected}")

@@ -4,6 +4,11 @@ The data comes from PyYAML's safe constructor (plain dicts, lists and scalars);
 beside it a ``YamlDocument`` keeps the line of every mapping key and sequence
 item, addressed by its key path, so validators can say "file:line: key: problem".
 YAML's own silent last-one-wins for duplicate keys is reported as an issue.
+
+Configuration files are untrusted input (a path on the command line may name a
+FIFO or a device): a file is read through ``results.safefile`` (regular files only,
+opened without blocking, bounded) and composed by ``dib.safeyaml.BoundedLoader``,
+which refuses deep nesting and alias bombs with the line where they start.
 """
 
 from __future__ import annotations
@@ -15,18 +20,18 @@ from typing import Any, Union
 
 import yaml
 
+from dib.safeyaml import MAX_NODES, BoundedLoader, TooComplex
 from matrix.config.diagnostics import ConfigError, ConfigIssue
+from results import safefile
 
 PathPart = Union[str, int]
 KeyPath = tuple[PathPart, ...]
-# Hostile input: a configuration file is small, and nested aliases ("billion
-# laughs") must not make a walk over the document explode.
-MAX_FILE_BYTES = 1 << 20
-MAX_NODES = 100_000  # nodes of the document with every alias expanded
+MAX_FILE_BYTES = 1 << 20  # a configuration file is small
 
 
 class _TooBig(Exception):
-    """The document expands beyond MAX_NODES nodes."""
+    """The walk met more than MAX_NODES nodes (merge keys rewrite the node graph after
+    the loader counted it, so the walk keeps its own budget)."""
 
 
 def format_key(path: KeyPath) -> str:
@@ -40,8 +45,9 @@ def format_key(path: KeyPath) -> str:
     return text
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that keeps the composed node so marks can be read after construction."""
+class _LineLoader(BoundedLoader):
+    """The bounded SafeLoader, keeping the composed node so marks can be read after
+    construction."""
 
     def load_document(self) -> tuple[Any, yaml.Node | None]:
         node = self.get_single_node()
@@ -109,16 +115,9 @@ def _walk(
 
 
 def load_yaml(path: Path) -> YamlDocument:
-    """Parse one single-document YAML file; syntax errors raise ``ConfigError``."""
-    try:
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_FILE_BYTES + 1)
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigIssue(path, None, "", f"cannot read: {exc}")]) from exc
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError([ConfigIssue(path, None, "", f"larger than {MAX_FILE_BYTES >> 20} MiB: "
-                                       "not a configuration file")])
+    """Parse one single-document YAML file; unreadable files, syntax errors and
+    documents beyond the loader's bounds raise ``ConfigError``."""
+    text = _read(path)
     loader = _LineLoader(text)
     try:
         data, node = loader.load_document()
@@ -135,12 +134,29 @@ def load_yaml(path: Path) -> YamlDocument:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         problem = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise ConfigError([ConfigIssue(path, line, "", f"invalid YAML: {problem}")]) from exc
+        what = f"{problem}: refused" if isinstance(exc, TooComplex) else f"invalid YAML: {problem}"
+        raise ConfigError([ConfigIssue(path, line, "", what)]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue(path, None, "", f"invalid YAML: {exc}")]) from exc
+        raise ConfigError([ConfigIssue(path, None, "", f"invalid YAML: {exc}")]) from None
     except _TooBig:
         raise ConfigError([ConfigIssue(path, None, "", f"expands to more than {MAX_NODES} "
                                        "values (nested aliases?): refused")]) from None
     finally:
         loader.dispose()
     return YamlDocument(path, data, lines, tuple(issues))
+
+
+def _read(path: Path) -> str:
+    """The file's text: a regular UTF-8 file of at most MAX_FILE_BYTES (never a hang on a
+    FIFO, never an endless read of a device)."""
+    try:
+        return safefile.read_text(path, MAX_FILE_BYTES)
+    except safefile.UnsafeFile as exc:
+        reason = str(exc).removeprefix(f"{path}: ")  # the issue names the file itself
+        raise ConfigError([ConfigIssue(path, None, "", reason)]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue(path, None, "", f"not UTF-8 text (byte {exc.start})")]
+                          ) from None
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(path, None, "", f"cannot read: {exc.strerror or exc}")]
+                          ) from None

@@ -50,6 +50,9 @@ CACHE_MOUNT = "/cache"
 UPSTREAM_ELEMENTS_MOUNT = "/opt/dib-upstream/elements"  # diskimage-builder's element tree
 # Socket read timeout of API calls (image builds stream with it too).
 API_TIMEOUT = 600
+# How the engine says a cell's container was killed: the catalogue names these lines.
+OOM_KILLED_LINE = "engine: container OOMKilled"
+SIGNAL_EXIT_BASE = 128  # an exit status above this is 128 + the number of the killing signal
 
 # Found by running dib (debian-minimal, tar) in a cell with cap_drop=ALL and
 # dropping one capability at a time. A build fails without: SYS_ADMIN (mount of
@@ -268,9 +271,27 @@ def run_cell(client: docker.DockerClient, spec: CellSpec) -> CellResult:
             log.write(
                 f"\ndib-matrix: killed after the {spec.timeout:.0f} s cell timeout\n".encode()
             )
+        else:
+            log.write(exit_evidence(container, exit_code).encode())
     return CellResult(
         spec.cell_id, name, exit_code, expired.is_set(), spec.log_path, time.monotonic() - start
     )
+
+
+def exit_evidence(container: Any, exit_code: int) -> str:
+    """The engine's own words on how the cell's container ended, for the verdict stage (the
+    log of a killed build just stops): the kernel's OOM kill for the memory limit, or a
+    signal's exit status (128 + N). Empty for an ordinary exit."""
+    try:
+        container.reload()
+        state = (getattr(container, "attrs", None) or {}).get("State") or {}
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        state = {}
+    if state.get("OOMKilled") is True:
+        return f"\n{OOM_KILLED_LINE}\n"
+    if exit_code > SIGNAL_EXIT_BASE:
+        return f"\nengine: container exited with status {exit_code}\n"
+    return ""
 
 
 def _copy_output(container: Any, log: BinaryIO) -> None:

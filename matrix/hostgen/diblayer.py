@@ -2,9 +2,10 @@
 
 Cells run from ``dib-matrix/dib-<host>:<content hash>``: the host image plus
 the dib tree copied to ``/opt/dib-matrix``. The tag is the hash of the host
-image id and every copied file (path, mode, content), so an unchanged tree is
-baked once and reused across runs, and a patch bakes a new thin layer while the
-host image (hundreds of MB, minutes of debootstrap) stays as it is.
+image id and the tree's digest (every copied file's path, executable bit and
+content), so an unchanged tree is baked once and reused across runs, and a patch
+bakes a new thin layer while the host image (hundreds of MB, minutes of
+debootstrap) stays as it is.
 
 The tree is copied in a few ``COPY`` steps, the least often changed first, so
 the engine's build cache keeps the earlier layers: a patch to one element
@@ -23,28 +24,25 @@ up or bakes it, and ``prune`` (after a bake) and ``remove_layers`` (``clean
 use by run <id>``. A cell calls ``LayerBaker.ensure`` just before it starts its
 container: the layer is still there (the usual case, one engine call), or it was
 removed by something that honours no lease (``docker rmi``, an older
-dib-matrix) and is baked again from the run's snapshot of the tree.
+dib-matrix) and is baked again from the run's dib tree (``matrix.config.dibtree``: its
+files as they were when the run started).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 import docker
 import docker.errors
 
-from dib import bundled
+from matrix.config.dibtree import DibTree
 from matrix.containers.labels import LABEL_HOST, LABEL_ROLE
 from matrix.containers.leases import LeaseError, Registry, RunLease, kept_line
 from matrix.hostgen.imagebuild import BuildFailed, build_image
@@ -56,117 +54,22 @@ TAG_LENGTH = 16
 # Other dib layers of a host kept besides the current one (a reviewer going back
 # and forth between two trees does not re-bake); older ones are removed.
 KEEP_PREVIOUS = 2
-# Copied in this order, one COPY each: the rarely changed parts first. The tox
-# row needs the packaging files and dib's unit tests besides dib and elements.
-LAYER_PARTS: tuple[str, ...] = (
-    "pyproject.toml",
-    "tox.ini",
-    "tests/__init__.py",
-    "tests/unit/__init__.py",
-    "tests/unit/dib",
-    "matrix/run/incontainer",
-    "dib",
-    "elements",
-)
 TARGET = "/opt/dib-matrix"
-# Where an installed package assembles its dib tree (see bundled_tree).
-TREE_CACHE = Path.home() / ".cache" / "dib-matrix" / "dib-tree"
 
 
 class DibLayerError(Exception):
     """The layer could not be baked (an engine failure, not a build's)."""
 
 
-@dataclass(frozen=True)
-class TreeSnapshot:
-    """The files of a dib tree at one moment: what every cell of a run will see."""
-
-    files: dict[str, bytes]
-    modes: dict[str, int]
-    parts: tuple[str, ...]  # the LAYER_PARTS present in the tree
-    digest: str  # of paths, modes and contents
-
-    @classmethod
-    def read(cls, tree: Path, parts: Sequence[str] = LAYER_PARTS) -> TreeSnapshot:
-        files: dict[str, bytes] = {}
-        modes: dict[str, int] = {}
-        # A part missing (e.g. a tree without tests) is left out: the tox row says so.
-        present = [part for part in parts if (tree / part).exists()]
-        for name, path in _part_files({part: tree / part for part in present}).items():
-            files[name] = path.read_bytes()
-            modes[name] = path.stat().st_mode & 0o777  # hooks keep their x bit
-        digest = hashlib.sha256()
-        for name in sorted(files):
-            digest.update(f"{name}\0{modes[name]:o}\0".encode())
-            digest.update(hashlib.sha256(files[name]).digest())
-        return cls(files, modes, tuple(present), digest.hexdigest())
-
-    def dockerfile(self, host_image: str) -> str:
-        copies = "".join(f"COPY {part} {TARGET}/{part}\n" for part in self.parts)
-        return f"FROM {host_image}\n{copies}"
+def dockerfile(tree: DibTree, host_image: str) -> str:
+    """The host image plus the tree's parts, one COPY each, in PARTS order (the rarely
+    changed first, so the engine's cache keeps the earlier layers)."""
+    copies = "".join(f"COPY {part} {TARGET}/{part}\n" for part in tree.parts)
+    return f"FROM {host_image}\n{copies}"
 
 
-def _part_files(sources: dict[str, Path]) -> dict[str, Path]:
-    """Each file of the parts by its name in the tree (``elements/base/element-deps``).
-
-    A file under another part's source belongs to that part only: an installed
-    ``dib`` package holds the installed ``elements`` and the tox row's inputs.
-    """
-    found: dict[str, Path] = {}
-    tops = set(sources.values())
-    for part, top in sources.items():
-        if not top.exists():
-            continue
-        paths = [top] if top.is_file() else sorted(top.rglob("*"))
-        for path in paths:
-            if not path.is_file() or "__pycache__" in path.parts:
-                continue
-            inner = [path, *path.parents] if path != top else []
-            if any(other in tops and top in other.parents for other in inner):
-                continue  # another part's
-            found[str(Path(part) / path.relative_to(top)) if path != top else part] = path
-    return found
-
-
-def bundled_tree(cache: Path = TREE_CACHE) -> Path:
-    """The dib tree a run uses unless told otherwise (``--dib-tree``).
-
-    From a checkout, the checkout. An installed package has no such directory:
-    its wheel carries the parts inside the packages (``dib.bundled``), so they
-    are assembled once, laid out like a checkout, under ``cache/<digest>`` (the
-    digest of their paths, modes and contents), and every run of this
-    installation uses that directory: baked as the dib layer, bind-mounted with
-    ``--dib-mount``, hashed into reuse keys, recorded in results.json.
-    """
-    if not bundled.installed():
-        return bundled.SOURCE_ROOT
-    files = _part_files({part: bundled.path(part) for part in LAYER_PARTS})
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        mode = files[name].stat().st_mode & 0o777
-        digest.update(f"{name}\0{mode:o}\0".encode())
-        digest.update(hashlib.sha256(files[name].read_bytes()).digest())
-    tree = cache / digest.hexdigest()[:TAG_LENGTH]
-    if tree.is_dir():
-        return tree
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".assembling-", dir=cache))
-    try:
-        for name, source in files.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, staging / name)  # hooks keep their x bit
-        try:
-            os.rename(staging, tree)
-        except OSError:
-            if not tree.is_dir():  # else another process assembled it first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return tree
-
-
-def layer_reference(host: str, host_image_id: str, snapshot: TreeSnapshot) -> str:
-    digest = hashlib.sha256(f"{host_image_id}\0{snapshot.digest}".encode()).hexdigest()
+def layer_reference(host: str, host_image_id: str, tree: DibTree) -> str:
+    digest = hashlib.sha256(f"{host_image_id}\0{tree.digest}".encode()).hexdigest()
     return f"{REPOSITORY.format(host=host)}:{digest[:TAG_LENGTH]}"
 
 
@@ -196,13 +99,13 @@ def bake(
     client: docker.DockerClient,
     host: str,
     host_image: str,
-    snapshot: TreeSnapshot,
+    tree: DibTree,
     log: BinaryIO,
     *,
     lease: RunLease | None = None,
     leases: Registry | None = None,
 ) -> BakedLayer:
-    """The dib layer of ``snapshot`` on ``host_image``: found by its tag, else built.
+    """The dib layer of ``tree`` on ``host_image``: found by its tag, else built.
 
     ``lease`` (the run's) gets the host image's tag and id and the layer's tag
     before the layer is looked up, so no other run's prune can remove them from
@@ -212,7 +115,7 @@ def bake(
     start = time.monotonic()
     try:
         host_image_obj = client.images.get(host_image)
-        reference = layer_reference(host, host_image_obj.id, snapshot)
+        reference = layer_reference(host, host_image_obj.id, tree)
         if lease is not None:
             try:
                 lease.hold(host_image, host_image_obj.id, reference)
@@ -221,11 +124,11 @@ def bake(
         with suppress(docker.errors.ImageNotFound):
             client.images.get(reference)
             return BakedLayer(reference, True, time.monotonic() - start)
-        files = dict(snapshot.files)
-        files["Dockerfile"] = snapshot.dockerfile(host_image).encode()
+        files = tree.contents()
+        files["Dockerfile"] = dockerfile(tree, host_image).encode()
         labels = dict(host_image_obj.labels or {})  # the host's facts stay readable
         labels.update({LABEL_HOST: host, LABEL_ROLE: ROLE})
-        build_image(client, files, log, labels=labels, tag=reference, modes=snapshot.modes)
+        build_image(client, files, log, labels=labels, tag=reference, modes=tree.modes())
     except (docker.errors.DockerException, BuildFailed) as exc:
         raise DibLayerError(f"baking the dib layer on {host_image} failed: {exc}") from exc
     registry = leases or (lease.registry if lease is not None else None)
@@ -296,26 +199,20 @@ def remove_layers(client: docker.DockerClient, *, leases: Registry | None = None
 
 
 class LayerBaker:
-    """Bakes each host's layer once per run from one snapshot of the tree.
+    """Bakes each host's layer once per run from the run's dib tree (read when the run
+    started: what every cell sees, whatever happens to the directory meanwhile).
 
     With the run's ``lease``, everything a layer stands on is leased before use.
     ``ensure`` is what a cell calls just before it starts: the layer's reference,
     baked again if it has gone.
     """
 
-    def __init__(self, tree: Path, lease: RunLease | None = None):
+    def __init__(self, tree: DibTree, lease: RunLease | None = None):
         self.tree = tree
         self.lease = lease
-        self._snapshot: TreeSnapshot | None = None
         self._lock = threading.Lock()
         self._baked: dict[str, tuple[str, str]] = {}  # host -> (host image, layer reference)
         self._host_locks: dict[str, threading.Lock] = {}
-
-    def snapshot(self) -> TreeSnapshot:
-        with self._lock:
-            if self._snapshot is None:
-                self._snapshot = TreeSnapshot.read(self.tree)
-            return self._snapshot
 
     def _host_lock(self, host: str) -> threading.Lock:
         with self._lock:
@@ -324,7 +221,7 @@ class LayerBaker:
     def bake(self, client: docker.DockerClient, host: str, host_image: str,
              log: BinaryIO) -> BakedLayer:
         with self._host_lock(host):
-            layer = bake(client, host, host_image, self.snapshot(), log, lease=self.lease)
+            layer = bake(client, host, host_image, self.tree, log, lease=self.lease)
             with self._lock:
                 self._baked[host] = (host_image, layer.reference)
             return layer
@@ -350,7 +247,7 @@ class LayerBaker:
                 raise DibLayerError(f"cannot look up the dib layer {reference}: {exc}") from exc
             _logger(log)(f"dib layer {reference} is gone (removed outside this run): "
                          "baking it again")
-            layer = bake(client, host, host_image, self.snapshot(), log, lease=self.lease)
+            layer = bake(client, host, host_image, self.tree, log, lease=self.lease)
             with self._lock:
                 self._baked[host] = (host_image, layer.reference)
             _logger(log)(layer.one_line())

@@ -181,6 +181,13 @@ def _lock(path: Path) -> IO[str]:
     return handle
 
 
+def hold_idle(cache_dir: Path) -> IO[str]:
+    """The lock a running cache holds on ``cache_dir``, taken without waiting (close the
+    handle to let go): PackageCacheError while a run's apt-cacher-ng uses the directory.
+    Whoever trims the cache holds it, so no cache starts on files being removed."""
+    return _lock(Layout(cache_dir).root / "lock")
+
+
 class PackageCache:
     """A running apt-cacher-ng; use as a context manager so it is always reaped."""
 
@@ -301,8 +308,7 @@ def _spawn(program: str, layout: Layout) -> subprocess.Popen[bytes]:
     # Its own process group (dib.spawn): a terminal's Ctrl-C reaches the orchestrator,
     # which then stops the cache itself, after reading its stats if it likes.
     with layout.output.open("wb") as output:
-        return spawn.spawn(argv, stdout=output,
-                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+        return spawn.spawn(argv, stdout=output)  # the curated environment (dib.spawn)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

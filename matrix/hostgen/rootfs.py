@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from dib import spawn
 from dib.bootstrap import debootstrap_log_tail
 from matrix.config.hosts import BootstrapBase, BootstrapTool
-from matrix.hostgen.proc import ProcResult, run_logged
 
 BOOTSTRAP_TIMEOUT = 1800.0
 TAR_TIMEOUT = 600.0
+UMOUNT_TIMEOUT = 60.0
+KILL_GRACE = 10.0  # debootstrap unmounts its chroot's /proc on SIGTERM
 
 
 class RootfsError(Exception):
     """The root filesystem could not be made; ``result`` holds the failed command."""
 
-    def __init__(self, message: str, result: ProcResult | None = None) -> None:
+    def __init__(self, message: str, result: spawn.Result | None = None) -> None:
         super().__init__(message)
         self.result = result
 
@@ -53,12 +54,12 @@ def make_rootfs_tarball(
     """
     tarball = work_dir / "rootfs.tar"
     if base.tool is BootstrapTool.MMDEBSTRAP:
-        result = run_logged(bootstrap_argv(base, mirror, tarball), log, timeout, env)
+        result = _logged(bootstrap_argv(base, mirror, tarball), log, timeout, env)
         if not result.ok:
             raise RootfsError(f"mmdebstrap of {base.suite} failed", result)
         return tarball
     root = work_dir / "root"
-    result = run_logged(bootstrap_argv(base, mirror, root), log, timeout, env)
+    result = _logged(bootstrap_argv(base, mirror, root), log, timeout, env)
     if not result.ok:
         # Where debootstrap leaves the cause its own output only summarises.
         details = debootstrap_log_tail(root)
@@ -66,10 +67,21 @@ def make_rootfs_tarball(
             log.write(("# the end of debootstrap.log\n" + "\n".join(details) + "\n").encode())
         raise RootfsError(f"debootstrap of {base.suite} failed", result)
     tar = ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(tarball), "."]
-    result = run_logged(tar, log, TAR_TIMEOUT)
+    result = _logged(tar, log, TAR_TIMEOUT)
     if not result.ok:
         raise RootfsError("packing the root filesystem failed", result)
     return tarball
+
+
+def _logged(argv: list[str], log: BinaryIO, timeout: float,
+            env: Mapping[str, str] | None = None) -> spawn.Result:
+    """``argv`` with its output in the hostgen log, which says so when the timeout ended it."""
+    result = spawn.run(argv, timeout=timeout, log=log, env=spawn.child_env(env),
+                       grace=KILL_GRACE)
+    if result.timed_out:
+        log.write(f"dib-matrix: killed after {timeout:.0f} s timeout\n".encode())
+        log.flush()
+    return result
 
 
 def new_work_dir(parent: Path | None = None) -> Path:
@@ -96,7 +108,7 @@ def remove_tree(path: Path) -> None:
     if not path.exists():
         return
     for point in _mounts_below(path):
-        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+        spawn.run(["umount", "--lazy", point], timeout=UMOUNT_TIMEOUT)
     if _mounts_below(path):
         raise RootfsError(f"{path} still has mounts below it; not removing it")
     shutil.rmtree(path)

@@ -33,7 +33,7 @@ from matrix.run.cellreport import CellReport
 from matrix.run.context import RunContext
 from matrix.run.plan import PlannedCell, preflight
 from matrix.run.reuse import Reusable, link_or_copy
-from matrix.verdict.verify import expectation_for, summary, verify_images
+from matrix.verdict.verify import Deadline, expectation_for, summary, verify_images
 from results.model import Artifact, CellKind, State
 
 LOG = logging.getLogger("dib-matrix")
@@ -111,6 +111,8 @@ class CellRunner:
         spec = self.spec(cell)
         if cell.kind is CellKind.BUILD:
             forget_failure_record(self.ctx, cell)
+        # One budget for the cell: its container, then the checks of its images.
+        budget = Deadline.after(spec.timeout)
         result = self.ctx.run_cell(self.ctx.client, spec)
         # The reproducer leaves out this run's loopback package cache: it is gone by then.
         by_hand = dataclasses.replace(spec, environment={
@@ -119,9 +121,7 @@ class CellRunner:
         if self.ctx.stop.is_set() and not result.ok:
             return report.replace(state=State.SKIPPED, reason="cancelled")
         if result.timed_out:
-            line = f"cell timed out after {spec.timeout:.0f} s"
-            _write(log, line)
-            return report.replace(state=State.TIMEOUT, evidence=(line,), hint="timeout")
+            return timed_out(log, report, spec.timeout)
         if cell.kind is not CellKind.BUILD:
             return report if result.ok else report.replace(state=State.FAILED)
         report = report.replace(artifacts=tuple(collect_artifacts(self.ctx, cell)))
@@ -129,7 +129,7 @@ class CellRunner:
             return report.replace(state=State.FAILED, record=read_failure_record(self.ctx, cell),
                                   free_bytes={"output": failure.free_bytes(
                                       self.ctx.images_dir(cell.host.name))})
-        return verify_build(self.ctx, cell, report)
+        return verify_build(self.ctx, cell, report, budget)
 
     def _reuse(self, earlier: Reusable, log: Path, key: str) -> CellReport:
         """Take an earlier run's result for the same key: artifacts hard-linked, log copied."""
@@ -177,7 +177,7 @@ class CellRunner:
             timeout=settings.config.timeout,
             environment={**engine.dib_environment(env, self.debian_mirror(cell, upstream)),
                          **settings.extra_env},
-            dib_tree=settings.dib_tree if self.ctx.layers is None else None,
+            dib_tree=settings.dib_tree.path if self.ctx.layers is None else None,
             out_dir=self.ctx.images_dir(cell.host.name) if cell.kind is CellKind.BUILD else None,
             cache_volume=engine.cache_volume_name(cell.host.name),
             network=settings.config.network,
@@ -190,7 +190,7 @@ class CellRunner:
         if cell.target is None:
             return self.ctx.settings.mirror
         trees = (upstream,) if upstream is not None else ()
-        trees += (self.ctx.settings.dib_tree / "elements",)
+        trees += (self.ctx.settings.dib_tree.elements,)
         return self.ctx.settings.mirror if debootstraps(cell.target.elements, trees) else None
 
     def upstream_elements(self, cell: PlannedCell) -> Path | None:
@@ -285,13 +285,14 @@ def read_failure_record(ctx: RunContext, cell: PlannedCell) -> dict | None:
         return None
 
 
-def verify_build(ctx: RunContext, cell: PlannedCell, report: CellReport) -> CellReport:
-    """A build is ``success`` only once its images pass their checks."""
+def verify_build(ctx: RunContext, cell: PlannedCell, report: CellReport,
+                 budget: Deadline) -> CellReport:
+    """A build is ``success`` only once its images pass their checks, made in what is left
+    of the cell's ``budget``: checks cut short by it make the cell a ``timeout``."""
     assert cell.target is not None
     images = [ctx.settings.run_dir / a.path for a in report.artifacts]
     expect = expectation_for(cell.target, dict(cell.env), ctx.elements_dirs(cell))
-    checks = tuple(verify_images(images, expect, ctx.settings.run_dir,
-                                 timeout=ctx.settings.config.timeout))
+    checks = tuple(verify_images(images, expect, ctx.settings.run_dir, timeout=budget))
     log = ctx.log_path(cell)
     for check in checks:
         _write(log, f"image check {check.name}: {'ok' if check.ok else 'FAILED'}: "
@@ -299,8 +300,18 @@ def verify_build(ctx: RunContext, cell: PlannedCell, report: CellReport) -> Cell
     failed = summary(list(checks))
     if failed is None:
         return report.replace(checks=checks)
+    if budget.passed:
+        return timed_out(log, report.replace(checks=checks), budget.seconds,
+                         "verifying its images")
     _write(log, failed)
     return report.replace(state=State.FAILED, checks=checks, evidence=(failed,))
+
+
+def timed_out(log: Path, report: CellReport, seconds: float, doing: str = "") -> CellReport:
+    """The cell ran out of its timeout (``doing`` what, when not its container)."""
+    line = f"cell timed out after {seconds:.0f} s" + (f" ({doing})" if doing else "")
+    _write(log, line)
+    return report.replace(state=State.TIMEOUT, evidence=(line,), hint="timeout")
 
 
 def boot_image(ctx: RunContext, cell: PlannedCell) -> Path | None:

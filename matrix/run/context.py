@@ -17,12 +17,14 @@ from pathlib import Path
 
 import docker
 
+from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import MatrixConfig
 from matrix.containers import engine
 from matrix.hostgen.diblayer import LayerBaker
 from matrix.hostgen.facts import HostFacts
 from matrix.run.plan import PlannedCell
 from matrix.run.reuse import KeyMaker, Reusable
+from results.archive import RunDir
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class RunSettings:
     config: MatrixConfig
     run_id: str
     run_dir: Path
-    dib_tree: Path
+    dib_tree: DibTree  # made once by the command line
     mirror: str | None = None  # the machine's Debian mirror (None: the cell's dib decides)
     rebuild_hosts: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)  # the package cache proxy
@@ -125,11 +127,10 @@ class RunContext:
         return self.hosts.image_id(host, self.client)
 
     def log_path(self, cell: PlannedCell) -> Path:
-        return self.settings.run_dir / "logs" / cell.host.name / \
-            f"{cell.row.replace(':', '-')}.log"
+        return RunDir(self.settings.run_dir).log(cell.host.name, cell.row)
 
     def images_dir(self, host: str) -> Path:
-        return self.settings.run_dir / "images" / host
+        return RunDir(self.settings.run_dir).images(host)
 
     def elements_dirs(self, cell: PlannedCell) -> list[Path]:
         """Where the cell's dib finds elements, on this machine: upstream's tree first
@@ -137,4 +138,4 @@ class RunContext:
         version = cell.target.upstream_elements if cell.target else None
         upstream = self.settings.upstream_elements
         first = [upstream[version]] if version in upstream else []
-        return [*first, self.settings.dib_tree / "elements"]
+        return [*first, self.settings.dib_tree.elements]

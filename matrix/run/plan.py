@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from dib.arch import normalise as normalise_arch
 from matrix.config.hosts import HostDefinition
-from matrix.config.matrixfile import MatrixConfig
+from matrix.config.matrixfile import MatrixConfig, first_rules
 from matrix.config.schema import select
 from matrix.config.targets import BOOT_SUFFIX, Target
 from matrix.hostgen.facts import HostFacts
@@ -79,15 +79,21 @@ def make_plan(config: MatrixConfig, host_globs: Sequence[str] = (),
         rows.append(name)
         if targets[name].boot_test:
             rows.append(name + BOOT_SUFFIX)
+    # Which rule takes each cell, worked out for all cells at once: asked cell by cell,
+    # thousands of rules times thousands of rows is minutes.
+    exclusions = first_rules(config.exclude, host_names, rows)
+    # A rule naming a cause leaves the cell voting: the verdict decides (runner._fill).
+    non_voting = first_rules(tuple(r for r in config.allowed_failures if r.cause is None),
+                             host_names, rows)
 
     def excluded(host: str, row: str) -> str | None:
         if (host, row) in included:
             return None
-        rule = next((r for r in config.exclude if r.matches(host, row)), None)
+        rule = exclusions.get((host, row))
         return rule.reason if rule else None
 
     def voting(host: str, row: str) -> bool:
-        return not any(r.matches(host, row) for r in config.allowed_failures)
+        return (host, row) not in non_voting
 
     cells: list[PlannedCell] = []
     base_env = config.env

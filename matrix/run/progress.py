@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from results.model import Cell, CellKind, RunResults, State, load
+from results.archive import OutDir
+from results.model import Cell, CellKind, RunResults, State
 
 LOG = logging.getLogger("dib-matrix")
 
@@ -117,18 +118,10 @@ def measured(cell: Cell) -> float | None:
 
 
 def load_estimates(out_dir: Path, exclude_run: str, limit: int = HISTORY_RUNS) -> Estimates:
-    """Estimates from the newest ``limit`` runs in ``out_dir`` (unreadable runs skipped)."""
-    if not out_dir.is_dir():
-        return Estimates()
-    dirs = sorted((p for p in out_dir.iterdir() if not p.is_symlink() and p.name != exclude_run
-                   and (p / "results.json").is_file()), key=lambda p: p.name, reverse=True)
-    runs = []
-    for run_dir in dirs[:limit]:
-        try:
-            runs.append(load(run_dir))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return Estimates.from_runs(runs)
+    """Estimates from the newest ``limit`` readable runs in ``out_dir`` (a run that cannot
+    be read is skipped with a warning)."""
+    newest = OutDir(out_dir).runs(limit, exclude=exclude_run)
+    return Estimates.from_runs(stored.results for stored in newest)
 
 
 # ---------------------------------------------------------------- state

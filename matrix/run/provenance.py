@@ -4,8 +4,8 @@ A nightly that turns red must say whether our code, the host or the mirror chang
 (``reports.attribution`` compares two runs' records). The run records, in
 ``results.json``:
 
-- for the run (``provenance``): the dib tree (git commit and dirtiness, else only the
-  digest of its ``dib/`` and ``elements/`` files; per-file digests of the ``dib/``
+- for the run (``provenance``): the dib tree (git commit and dirtiness, and its
+  digest, which names a tree that is no git checkout; per-file digests of the ``dib/``
   package), and the mirror's Release ``Date:`` of every suite the run builds, fetched
   once per suite at the start (bounded time; unknown when it cannot be had);
 - per cell (``provenance`` of the cell): the host image id; for builds and boots the
@@ -20,23 +20,24 @@ never a failure of the cell.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dib import failure
+from matrix.config.dibtree import PACKAGE, DibTree
 from matrix.run.plan import Plan, PlannedCell
-from matrix.run.reuse import _tree_files, file_digests
 from matrix.verdict.verify.expect import expectation_for
 from matrix.verdict.verify.limits import MANIFEST_LIMIT, VerifyError, read_text
+from results.archive import RunDir
 from results.model import Cell, CellKind, State
+from results.safefile import open_regular
 
 LOG = logging.getLogger("dib-matrix")
 
@@ -48,17 +49,12 @@ PACKAGES_LIMIT = 20000  # package entries kept per image
 RECORD_LIMIT = 64 << 10  # bytes read of dib's failure record
 
 
-def tree_record(dib_tree: Path, info: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's record of its dib tree: commit and dirtiness (from ``info``, the run's
-    ``dib_tree``), the digest of ``dib/`` and ``elements/`` (which names a tree that is no
-    git checkout) and the per-file digests of the ``dib/`` package."""
-    package = file_digests(dib_tree, _tree_files(dib_tree, "dib"))
-    elements = file_digests(dib_tree, _tree_files(dib_tree, "elements"))
-    digest = hashlib.sha256()
-    for path, value in sorted({**package, **elements}.items()):
-        digest.update(f"{path}\0{value}\n".encode())
-    return {"commit": info.get("commit"), "dirty": info.get("dirty"),
-            "digest": digest.hexdigest(), "files": package}
+def tree_record(tree: DibTree) -> dict[str, Any]:
+    """The run's record of its dib tree: commit and dirtiness, the tree's digest (which
+    names a tree that is no git checkout) and the per-file digests of the ``dib/``
+    package."""
+    return {"commit": tree.commit, "dirty": tree.dirty, "digest": tree.digest,
+            "files": tree.file_digests([PACKAGE])}
 
 
 def _bounded(text: str) -> str:
@@ -151,7 +147,7 @@ def manifest_path(run_dir: Path, cell: PlannedCell) -> Path | None:
     """dib's package manifest of the image a build or boot cell is about."""
     if cell.target is None or cell.kind not in (CellKind.BUILD, CellKind.BOOT):
         return None
-    return run_dir / "images" / cell.host.name / f"{cell.target.name}.packages"
+    return RunDir(run_dir).packages(cell.host.name, cell.target.name)
 
 
 def failed_hook(run_dir: Path, cell: PlannedCell) -> dict[str, str] | None:
@@ -159,9 +155,9 @@ def failed_hook(run_dir: Path, cell: PlannedCell) -> dict[str, str] | None:
     from dib's failure record beside the image; None without one."""
     if cell.target is None or cell.kind is not CellKind.BUILD:
         return None
-    path = failure.path_for(run_dir / "images" / cell.host.name / cell.target.name)
+    path = RunDir(run_dir).failure_record(cell.host.name, cell.target.name)
     try:
-        with path.open("rb") as stream:
+        with open_regular(path) as stream:  # written in the cell: a FIFO must not hang us
             text = stream.read(RECORD_LIMIT).decode("utf-8", "replace")
         record = failure.FailureRecord.from_json(text).bounded().to_dict()
     except (OSError, ValueError, TypeError):
@@ -195,21 +191,22 @@ def read_packages(path: Path) -> dict[str, str] | None:
 class Recorder:
     """Builds the records of one run. ``mirror``: the Debian mirror the run's cells get
     (``find_mirror('debian')``); ``image_id(host)`` the host image's id;
-    ``closure_files(cell)`` the cell's element files (``KeyMaker.closure_files``)."""
+    ``closure_parts(cell)`` the tree parts of the cell's elements
+    (``KeyMaker.cell_parts``)."""
 
-    def __init__(self, run_dir: Path, dib_tree: Path, tree_info: Mapping[str, Any],
-                 mirror: str | None, image_id: Callable[[str], str],
-                 closure_files: Callable[[PlannedCell], list[Path]] | None,
+    def __init__(self, run_dir: Path, tree: DibTree, mirror: str | None,
+                 image_id: Callable[[str], str],
+                 closure_parts: Callable[[PlannedCell], tuple[str, ...]] | None,
                  dates: MirrorDates | None = None,
                  elements_dirs: Callable[[PlannedCell], list[Path]] | None = None):
         self.run_dir = run_dir
-        self.dib_tree = dib_tree
+        self.tree = tree
         self.mirror = mirror
         self.image_id = image_id
-        self.closure_files = closure_files
+        self.closure_parts = closure_parts
         self.dates = dates or MirrorDates()
         self.elements_dirs = elements_dirs
-        self.tree = tree_record(dib_tree, tree_info)
+        self.dib_record = tree_record(tree)
         self._suites: dict[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], Suite] = {}
         self._elements: dict[str, dict[str, str]] = {}  # target name -> file digests
 
@@ -221,7 +218,7 @@ class Recorder:
         if key not in self._suites:
             env = {**cell.target.env_dict, **dict(cell.env)}
             dirs = (self.elements_dirs(cell) if self.elements_dirs is not None
-                    else [self.dib_tree / "elements"])
+                    else [self.tree.elements])
             try:
                 expected = expectation_for(cell.target, dict(cell.env), dirs)
                 distro, release = expected.distro_id, expected.release
@@ -244,13 +241,13 @@ class Recorder:
                     self.dates.start(suite.mirror, suite.release)
 
     def run_record(self) -> dict[str, Any]:
-        return {"dib": self.tree, "mirrors": self.dates.record()}
+        return {"dib": self.dib_record, "mirrors": self.dates.record()}
 
     def _element_digests(self, cell: PlannedCell) -> dict[str, str]:
         assert cell.target is not None
         if cell.target.name not in self._elements:
-            files = self.closure_files(cell) if self.closure_files else []
-            self._elements[cell.target.name] = file_digests(self.dib_tree, files)
+            parts = self.closure_parts(cell) if self.closure_parts else ()
+            self._elements[cell.target.name] = self.tree.file_digests(parts)
         return self._elements[cell.target.name]
 
     def fill(self, results: Any, planned: PlannedCell, cell: Cell) -> None:
@@ -287,7 +284,7 @@ class Recorder:
         manifest = manifest_path(self.run_dir, planned)
         packages = read_packages(manifest) if manifest is not None else None
         if packages is not None and manifest is not None:
-            record["packages_manifest"] = str(manifest.relative_to(self.run_dir))
+            record["packages_manifest"] = RunDir(self.run_dir).relative(manifest)
         record["packages"] = packages
         if cell.state.is_failure or cell.state is State.ALLOWED_FAILURE:
             hook = failed_hook(self.run_dir, planned)
@@ -298,11 +295,12 @@ class Recorder:
 
 def start(ctx: Any, plan: Plan, results: Any) -> Recorder | None:
     """The run's recorder (``execute`` calls this once its context is made): the dib tree
-    digested, the suites' Release dates being fetched. None when the tree cannot be read."""
+    recorded, the suites' Release dates being fetched. None when the suites cannot be
+    told."""
     where = getattr(ctx, "settings", ctx)  # the run's settings (or an older context)
     try:
-        recorder = Recorder(where.run_dir, where.dib_tree, results.dib_tree, where.mirror,
-                            ctx.image_id, ctx.keys.closure_files if ctx.keys else None,
+        recorder = Recorder(where.run_dir, where.dib_tree, where.mirror,
+                            ctx.image_id, ctx.keys.cell_parts if ctx.keys else None,
                             elements_dirs=ctx.elements_dirs)
         recorder.prefetch(plan)
     except (OSError, ValueError) as err:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from matrix.config.schema import closest, match_globs
 from matrix.run.plan import Plan
-from results.model import Cell, CellKind, RunResults, State, save
+from results.archive import RunDir
+from results.model import Cell, CellKind, RunResults, State
 
 LOG_SUFFIX = ".log"
 
@@ -108,8 +109,11 @@ def restrict(plan: Plan, choice: Choice) -> Plan:
 
 
 def earlier_logs(run_dir: Path, log: str) -> list[Path]:
-    """Logs of a cell's earlier runs kept beside ``log`` (``<row>.run-N.log``), oldest first."""
-    current = run_dir / log
+    """Logs of a cell's earlier runs kept beside ``log`` (``<row>.run-N.log``), oldest first;
+    none when ``log`` leads out of the run."""
+    current = RunDir(run_dir).recorded(log)
+    if current is None:
+        return []
     stem = current.name[: -len(LOG_SUFFIX)] if current.name.endswith(LOG_SUFFIX) else current.name
     found = []
     for path in current.parent.glob(f"{_glob_escape(stem)}.run-*{LOG_SUFFIX}"):
@@ -147,25 +151,23 @@ def reset(run_dir: Path, results: RunResults, cells: Sequence[str], at: str,
             })
         _clear(cell)
         lines.append(f"{cell.id}: was {was}" + (f"; earlier log kept as {kept}" if kept else ""))
-    save(results, run_dir)
+    RunDir(run_dir).save(results)
     return lines
 
 
 def _keep_log(run_dir: Path, cell: Cell) -> str | None:
     """Rename the cell's log to the next free ``<row>.run-N.log``; its relative path."""
-    if not cell.log:
-        return None
-    root = run_dir.resolve()
-    current = (root / cell.log).resolve()
-    if not current.is_relative_to(root) or not current.is_file() or current.is_symlink():
+    run = RunDir(run_dir.resolve())  # recorded() resolves: so is the base of relative()
+    current = run.recorded(cell.log)
+    if current is None or not current.is_file():
         return None
     stem = current.name[: -len(LOG_SUFFIX)] if current.name.endswith(LOG_SUFFIX) else current.name
-    number = len(earlier_logs(root, cell.log)) + 1
+    number = len(earlier_logs(run.path, cell.log)) + 1
     while (current.parent / f"{stem}.run-{number}{LOG_SUFFIX}").exists():
         number += 1
     kept = current.parent / f"{stem}.run-{number}{LOG_SUFFIX}"
     os.rename(current, kept)
-    return str(kept.relative_to(root))
+    return run.relative(kept)
 
 
 def _clear(cell: Cell) -> None:
@@ -181,5 +183,6 @@ def _clear(cell: Cell) -> None:
     cell.artifacts = []
     cell.checks = []
     cell.free_bytes = {}
+    cell.excerpt = []
     cell.reproducer = None
     cell.key = None

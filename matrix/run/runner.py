@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import glob
+import functools
 import logging
 import os
 import secrets
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,23 +21,30 @@ import requests
 from dib import spawn
 from dib.mirror import MirrorNotFound, find_mirror, find_security_mirror
 from matrix.config import upstreamdib
+from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import OVERRIDES, MatrixConfig
 from matrix.containers import engine, leases, swarm
 from matrix.hostgen.build import recorded_base
-from matrix.hostgen.diblayer import LayerBaker, bundled_tree
+from matrix.hostgen.diblayer import LayerBaker
 from matrix.hostgen.hostimage import host_objects, image_names
 from matrix.hostgen.pkgcache import PackageCache, PackageCacheError
 from matrix.run import provenance
+from matrix.run.archiving import archive_run
 from matrix.run.cellreport import CellReport
 from matrix.run.cells import CellRunner
 from matrix.run.context import HostRecords, RunContext, RunSettings
 from matrix.run.plan import Plan, PlannedCell
 from matrix.run.progress import RunObserver, observed
-from matrix.run.reuse import KeyMaker, index_previous
+from matrix.run.reuse import KeyMaker, Reusable, index_previous
 from matrix.run.scheduler import Scheduler
 from matrix.verdict.catalogue import Catalogue, load_catalogue
 from matrix.verdict.classify import Evidence, classify
-from results.model import Cell, CellKind, RunResults, State, load, save
+from matrix.verdict.excerpt import add_excerpts
+from matrix.verdict.lifecycle import CauseAllowance, cause_allowance
+from results import occurrences
+from results.archive import OutDir, StoredRun
+from results.model import Cell, CellKind, RunResults, State
+from results.paths import UnsafeOutput
 
 LOG = logging.getLogger("dib-matrix")
 DEFAULT_PACKAGE_CACHE = Path.home() / ".cache" / "dib-matrix" / "apt-cacher-ng"
@@ -51,21 +57,6 @@ def now() -> str:
 def new_run_id() -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{secrets.token_hex(2)}"
-
-
-def tree_info(path: Path) -> dict[str, object]:
-    """Which dib tree runs: its path and, in a git checkout, the commit and dirtiness."""
-    info: dict[str, object] = {"path": str(path.resolve())}
-    try:
-        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], check=True,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--",
-                                 "dib", "elements"], check=True, capture_output=True,
-                                text=True, timeout=10).stdout
-        info.update(commit=commit, dirty=bool(status.strip()))
-    except (OSError, subprocess.SubprocessError):
-        info.update(commit=None, dirty=None)
-    return info
 
 
 UPSTREAM_UNAVAILABLE = "upstream elements unavailable: "  # the catalogue's pattern
@@ -97,19 +88,13 @@ def prepare_upstream(versions: list[str], cache: Path = upstreamdib.DEFAULT_CACH
     return trees, failures
 
 
-def check_dib_tree(path: Path) -> Path:
-    if not (path / "dib" / "__main__.py").is_file() or not (path / "elements").is_dir():
-        raise ValueError(f"--dib-tree {path}: no dib/ package and elements/ directory there")
-    return path.resolve()
-
-
 @dataclass(frozen=True)
 class RunRequest:
     config: MatrixConfig
     plan: Plan
     out_dir: Path
-    dib_tree: Path = field(default_factory=bundled_tree)  # a checkout, or assembled
-    resume: Path | None = None
+    dib_tree: DibTree  # made once by the command line: a checkout, or assembled
+    resume: StoredRun | None = None  # the run to finish, read once by the command line
     rebuild_hosts: bool = False
     extra_categories: tuple[Path, ...] = ()
     reuse: bool = False
@@ -130,7 +115,8 @@ class MatrixRun:
         self.client = client
         self.catalogue = catalogue
         self.results = self._initial_results()
-        self.run_dir = request.out_dir / self.results.run_id
+        self.run_dir = OutDir(request.out_dir).run(self.results.run_id)
+        self.allowance = CauseAllowance()  # allowed-failures naming a cause: see prepare
         self.save_lock = threading.Lock()
         self.stop = threading.Event()
         self.engine_lost: str | None = None  # why, once the engine stopped answering
@@ -139,7 +125,7 @@ class MatrixRun:
     def _initial_results(self) -> RunResults:
         req = self.request
         if req.resume is not None:
-            results = load(req.resume)
+            results = req.resume.results  # the command line's reading: one for the run
             results.interrupted = False
             return results
         results = RunResults(
@@ -148,7 +134,7 @@ class MatrixRun:
             hosts=[h.name for h in req.plan.hosts],
             rows=list(req.plan.rows),
             started=now(),
-            dib_tree=tree_info(req.dib_tree),
+            dib_tree=req.dib_tree.to_json(),
             # The run-time keys of the matrix file (those run can override), as in effect.
             options={key.field: getattr(req.config, key.field) for key in OVERRIDES},
         )
@@ -209,7 +195,7 @@ class MatrixRun:
         if self.recorder is not None:
             self.recorder.fill(self.results, planned, cell)
         with self.save_lock:
-            save(self.results, self.run_dir)
+            self.run_dir.save(self.results)
         mark = cell.category.legend if cell.category else (cell.reason or "")
         LOG.info("%-40s %-15s %s", cell.id, cell.state.value, mark)
 
@@ -225,7 +211,8 @@ class MatrixRun:
 
     def _fill(self, cell: Cell, planned: PlannedCell, report: CellReport) -> None:
         cell.state = report.state
-        if report.state.is_failure and not planned.voting:
+        if report.state.is_failure and (not planned.voting or self.allowance.allows(
+                cell.host, cell.row, report.category)):
             cell.state = State.ALLOWED_FAILURE
         cell.attempts = report.attempts
         cell.reason = report.reason
@@ -233,7 +220,7 @@ class MatrixRun:
         cell.finished = now()
         cell.duration = report.duration
         log = report.log
-        cell.log = str(log.relative_to(self.run_dir)) if log and log.exists() else None
+        cell.log = self.run_dir.relative(log) if log and log.exists() else None
         cell.reproducer = report.reproducer
         cell.key = report.key
         cell.reused = report.reused
@@ -242,6 +229,7 @@ class MatrixRun:
         cell.category = report.category
         cell.evidence = report.verdict
         cell.free_bytes = dict(sorted(report.free_bytes.items()))
+        cell.excerpt = []  # an earlier attempt's; add_excerpts gives the run's at its end
 
 
 def _record_free_bytes(record: Mapping[str, Any] | None) -> dict[str, int | None]:
@@ -254,108 +242,202 @@ def _record_free_bytes(record: Mapping[str, Any] | None) -> dict[str, int | None
 
 def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] | None = None,
             observer: RunObserver | None = None) -> MatrixRun:
-    """Run every cell of the plan; KeyboardInterrupt propagates after cleaning up."""
-    catalogue = request.catalogue or load_catalogue(request.config.categories
-                                                    + request.extra_categories)
-    run = MatrixRun(request, client, catalogue)
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    # Another run's prune or `clean` keeps what this run uses while it lives.
-    lease = leases.RunLease(run.results.run_id)
-    lease.hold(*host_objects(request.plan.hosts))
+    """Run every cell of the plan, stage after stage (:class:`Execution`); whatever
+    happens, the run is finalised. KeyboardInterrupt propagates after cleaning up."""
+    execution = Execution.prepare(request, client, observer)
     try:
-        mirror: str | None = find_mirror("debian")
-    except MirrorNotFound:
-        mirror = None
-    hosts = HostRecords()
-    reusable = (index_previous(request.out_dir, run.results.run_id, request.reuse_failures)
-                if request.reuse else None)
-    run.results.engine = {**_engine_info(client), "cells": "swarm" if request.swarm else "local"}
-    upstream_failures: dict[str, str] = {}  # version -> the line its cells fail with
-
-    def prepared(stack: contextlib.ExitStack) -> tuple[RunContext, PackageCache | None]:
-        """The run's context, once what every cell shares is in place: the upstream
-        element trees (before any cell, so every cell of a release sees the same tree)
-        and the package cache."""
-        trees: dict[str, Path] = {}
-        security_mirror = None
-        versions = upstream_versions(request.plan)
-        if versions:
-            trees, failures = prepare_upstream(versions, request.upstream_cache)
-            upstream_failures.update(failures)
-            security_mirror = find_security_mirror()
-        package_cache = _start_package_cache(request.package_cache, stack)
-        settings = RunSettings(
-            config=request.config, run_id=run.results.run_id, run_dir=run.run_dir,
-            dib_tree=request.dib_tree, mirror=mirror, rebuild_hosts=request.rebuild_hosts,
-            extra_env=package_cache.environment() if package_cache is not None else {},
-            upstream_elements=trees, security_mirror=security_mirror)
-        ctx = RunContext(
-            settings, client, hosts, stop=run.stop,
-            keys=KeyMaker(request.dib_tree, upstream_elements=dict(trees)), reusable=reusable,
-            layers=None if request.dib_mount else LayerBaker(request.dib_tree, lease=lease),
-            run_cell=swarm.run_cell if request.swarm else engine.run_cell)
-        return ctx, package_cache
-
-    def stop_everything() -> None:
-        _remove_run_objects(client, run.results.run_id)
-        spawn.stop_all()  # a hostgen's debootstrap, the package cache
-
-    def execute(cell: PlannedCell, attempt: int) -> CellReport:
-        if observer is not None:
-            observer.cell_started(cell.id, cell.kind, attempt)
-        version = cell.target.upstream_elements if cell.target else None
-        if cell.kind is CellKind.BUILD and version in upstream_failures:
-            log = cells.ctx.log_path(cell)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("a", encoding="utf-8") as stream:
-                stream.write(upstream_failures[version] + "\n")
-            return run.judge(cell, CellReport(State.FAILED, (upstream_failures[version],),
-                                              log=log))
-        report = cells.execute(cell, attempt)
-        if report.state is State.ERROR and not _engine_answers(client):
-            run.lose_engine(report.evidence[0] if report.evidence else "no answer")
-            return report  # the scheduler, stopped, records it as pending
-        # Judged in the cell's own worker thread: a slow log never stalls the others.
-        return run.judge(cell, report)
-
-    if request.resume is not None:
-        _clear_what_a_dead_run_left(run, client)
-
-    finish = observed(run.finish, run.results, observer)
-    scheduler = Scheduler(list(request.plan.cells), execute, finish,
-                          max_parallel=request.config.max_parallel,
-                          retries=request.config.retries, fail_fast=request.config.fail_fast,
-                          done=run.done_states(), stop=run.stop, on_stop=stop_everything)
-    try:
-        with contextlib.ExitStack() as stack:
-            save(run.results, run.run_dir)
-            _point_latest(request.out_dir, run.results.run_id)
-            if on_start:
-                on_start(run)
-            ctx, package_cache = prepared(stack)
-            cells = CellRunner(ctx)  # what execute() above calls; no cell starts before
-            run.recorder = provenance.start(ctx, request.plan, run.results)
-            scheduler.run()
-            if package_cache is not None:
-                stats = package_cache.stats()
-                run.results.engine["package_cache"] = {
-                    "proxy": package_cache.proxy_url, "bytes_from_upstream":
-                    stats.bytes_from_upstream, "bytes_served": stats.bytes_served}
+        with contextlib.ExitStack() as stack:  # the package cache stops before finalise
+            execution.announce(on_start)
+            cells, package_cache = execution.services(stack)
+            execution.schedule(cells)
+            execution.add_excerpts()
+            occurrences.record_run(request.out_dir, execution.run.results)
+            execution.record_package_cache(package_cache)
     except KeyboardInterrupt:
-        run.results.interrupted = True
+        execution.run.results.interrupted = True
         raise
     finally:
-        run.results.host_images = hosts.images()
-        run.results.finished = now()
-        if scheduler.failed_fast:
-            for cell in run.results.cells:
+        execution.finalise()
+    return execution.run
+
+
+@dataclass
+class Execution:
+    """One run of a plan, in the stages :func:`execute` calls in order:
+
+    1. ``prepare``: the results and their directory, a lease on the host objects the
+       run uses, the machine's mirror, the reuse index; a resumed run's leftovers gone;
+    2. ``announce``: results.json with every cell pending, ``latest``, the caller told;
+    3. ``services``: what every cell shares, in place before the first one starts;
+    4. ``schedule``: every cell (``run_cell`` in the scheduler's workers), then the
+       excerpts of failures without a precise cause and the package cache's figures;
+    5. ``finalise``, whatever happened: the run's end saved, its successes recorded
+       as last-good cells and the retention applied (``matrix.run.archiving``), its
+       engine objects removed, its lease released.
+    """
+
+    request: RunRequest
+    client: Any
+    observer: RunObserver | None
+    run: MatrixRun
+    lease: leases.RunLease
+    mirror: str | None  # the machine's Debian mirror
+    reusable: Mapping[str, Reusable] | None  # earlier cells by key, with --reuse
+    hosts: HostRecords = field(default_factory=HostRecords)
+    upstream_failures: dict[str, str] = field(default_factory=dict)  # version -> its line
+    scheduler: Scheduler | None = None  # once the cells are scheduled
+
+    @classmethod
+    def prepare(cls, request: RunRequest, client, observer: RunObserver | None) -> Execution:
+        catalogue = request.catalogue or load_catalogue(request.config.categories
+                                                        + request.extra_categories)
+        run = MatrixRun(request, client, catalogue)
+        run.allowance = allowance_of(request.config, catalogue)
+        run.run_dir.create()
+        # Another run's prune or `clean` keeps what this run uses while it lives.
+        lease = leases.RunLease(run.results.run_id)
+        lease.hold(*host_objects(request.plan.hosts))
+        mirror = _machine_mirror()
+        reusable = (index_previous(request.out_dir, run.results.run_id, request.reuse_failures)
+                    if request.reuse else None)
+        run.results.engine = {**_engine_info(client),
+                              "cells": "swarm" if request.swarm else "local"}
+        if request.resume is not None:
+            _clear_what_a_dead_run_left(run, client)
+        return cls(request, client, observer, run, lease, mirror, reusable)
+
+    def announce(self, on_start: Callable[[MatrixRun], None] | None) -> None:
+        self.run.run_dir.save(self.run.results)
+        point_latest(OutDir(self.request.out_dir), self.run.results.run_id)
+        if on_start:
+            on_start(self.run)
+
+    def services(self, stack: contextlib.ExitStack) -> tuple[CellRunner, PackageCache | None]:
+        """The upstream element trees (before any cell, so every cell of a release sees
+        the same tree), the package cache, and the cells' context and recorder."""
+        trees: dict[str, Path] = {}
+        security_mirror = None
+        versions = upstream_versions(self.request.plan)
+        if versions:
+            trees, self.upstream_failures = prepare_upstream(versions, self.request.upstream_cache)
+            security_mirror = find_security_mirror()
+        package_cache = _start_package_cache(self.request.package_cache, stack)
+        ctx = self._context(trees, security_mirror, package_cache)
+        self.run.recorder = provenance.start(ctx, self.request.plan, self.run.results)
+        return CellRunner(ctx), package_cache
+
+    def _context(self, trees: dict[str, Path], security_mirror: str | None,
+                 package_cache: PackageCache | None) -> RunContext:
+        request = self.request
+        settings = RunSettings(
+            config=request.config, run_id=self.run.results.run_id, run_dir=self.run.run_dir.path,
+            dib_tree=request.dib_tree, mirror=self.mirror, rebuild_hosts=request.rebuild_hosts,
+            extra_env=package_cache.environment() if package_cache is not None else {},
+            upstream_elements=trees, security_mirror=security_mirror)
+        return RunContext(
+            settings, self.client, self.hosts, stop=self.run.stop,
+            keys=KeyMaker(request.dib_tree, upstream_elements=dict(trees)),
+            reusable=self.reusable,
+            layers=None if request.dib_mount else LayerBaker(request.dib_tree, lease=self.lease),
+            run_cell=swarm.run_cell if request.swarm else engine.run_cell)
+
+    def schedule(self, cells: CellRunner) -> None:
+        config = self.request.config
+        self.scheduler = Scheduler(
+            list(self.request.plan.cells), functools.partial(self.run_cell, cells),
+            observed(self.run.finish, self.run.results, self.observer),
+            max_parallel=config.max_parallel, retries=config.retries,
+            fail_fast=config.fail_fast, done=self.run.done_states(), stop=self.run.stop,
+            on_stop=self.stop_everything)
+        self.scheduler.run()
+
+    def run_cell(self, cells: CellRunner, cell: PlannedCell, attempt: int) -> CellReport:
+        """One attempt at ``cell``, judged in its own worker thread (a slow log never
+        stalls the others)."""
+        if self.observer is not None:
+            self.observer.cell_started(cell.id, cell.kind, attempt)
+        version = cell.target.upstream_elements if cell.target else None
+        if cell.kind is CellKind.BUILD and version in self.upstream_failures:
+            return self._fail_without_upstream(cells, cell, self.upstream_failures[version])
+        report = cells.execute(cell, attempt)
+        if report.state is State.ERROR and not _engine_answers(self.client):
+            self.run.lose_engine(report.evidence[0] if report.evidence else "no answer")
+            return report  # the scheduler, stopped, records it as pending
+        return self.run.judge(cell, report)
+
+    def _fail_without_upstream(self, cells: CellRunner, cell: PlannedCell, line: str
+                               ) -> CellReport:
+        """A build of a diskimage-builder release that could not be had: that line, in
+        its log too."""
+        log = cells.ctx.log_path(cell)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as stream:
+            stream.write(line + "\n")
+        return self.run.judge(cell, CellReport(State.FAILED, (line,), log=log))
+
+    def stop_everything(self) -> None:
+        """Fail-fast: the cells still running stop."""
+        _remove_run_objects(self.client, self.run.results.run_id)
+        spawn.stop_all()  # a hostgen's debootstrap, the package cache
+
+    def add_excerpts(self) -> None:
+        """The verdict stage's last step, once every row's successes are known."""
+        excerpted = add_excerpts(self.run.results, self.run.run_dir.path,
+                                 generic=self.run.catalogue.generic_ids())
+        if excerpted:
+            LOG.info("%d failures without a precise cause: excerpt of their logs "
+                     "against successful ones in results.json", excerpted)
+
+    def record_package_cache(self, package_cache: PackageCache | None) -> None:
+        if package_cache is not None:
+            stats = package_cache.stats()
+            self.run.results.engine["package_cache"] = {
+                "proxy": package_cache.proxy_url, "bytes_from_upstream":
+                stats.bytes_from_upstream, "bytes_served": stats.bytes_served}
+
+    def finalise(self) -> None:
+        results = self.run.results
+        results.host_images = self.hosts.images()
+        results.finished = now()
+        if self.scheduler is not None and self.scheduler.failed_fast:
+            for cell in results.cells:
                 if cell.state is State.PENDING:
                     cell.state, cell.reason = State.SKIPPED, "cancelled by fail-fast"
-        run.results.interrupted = run.results.interrupted or run.engine_lost is not None
-        save(run.results, run.run_dir)
-        _remove_run_objects(client, run.results.run_id)
-        lease.release()
-    return run
+        results.interrupted = results.interrupted or self.run.engine_lost is not None
+        self.run.run_dir.save(results)
+        # Successes become last-good cells, then the matrix's retention: the run itself
+        # and every live one stay (its lease is still held here).
+        archive_run(self.request.out_dir, results, self.request.config.retention)
+        _remove_run_objects(self.client, results.run_id)
+        self.lease.release()
+
+
+def allowance_of(config: MatrixConfig, catalogue: Catalogue) -> CauseAllowance:
+    """The allowed-failures rules naming a cause, judged on the day the run starts; an
+    expired entry's rule is said once, in one warning line."""
+    allowance = cause_allowance(config.allowed_failures, catalogue,
+                                dt.datetime.now(dt.timezone.utc).date())
+    warning = allowance.warning()
+    if warning:
+        LOG.warning("%s", warning)
+    return allowance
+
+
+def point_latest(out: OutDir, run_id: str) -> None:
+    """``latest`` -> ``run_id``; a file or directory in the link's place is the user's,
+    so the run goes on without the link (said once)."""
+    try:
+        out.point_latest(run_id)
+    except UnsafeOutput as err:
+        LOG.warning("%s", err)
+
+
+def _machine_mirror() -> str | None:
+    """The Debian mirror of this machine's apt sources; None when it has none."""
+    try:
+        return find_mirror("debian")
+    except MirrorNotFound:
+        return None
 
 
 # Pings, a second apart, after a cell ended in an engine error. A daemon that is
@@ -399,8 +481,7 @@ def _clear_what_a_dead_run_left(run: MatrixRun, client) -> None:
                  removed.volumes)
     for cell in run.unfinished():
         if cell.kind is CellKind.BUILD:
-            images = run.run_dir / "images" / cell.host
-            for leftover in images.glob(f"{glob.escape(cell.row)}.*"):
+            for leftover in run.run_dir.image_files(cell.host, cell.row):
                 leftover.unlink(missing_ok=True)
 
 
@@ -425,11 +506,3 @@ def _engine_info(client) -> dict[str, object]:
         return {}
     return {"version": version.get("Version"), "api": version.get("ApiVersion"),
             "docker_host": os.environ.get("DOCKER_HOST", "local socket")}
-
-
-def _point_latest(out_dir: Path, run_id: str) -> None:
-    link = out_dir / "latest"
-    temp = out_dir / f".latest-{run_id}"
-    temp.unlink(missing_ok=True)
-    temp.symlink_to(run_id)
-    os.replace(temp, link)

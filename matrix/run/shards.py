@@ -15,8 +15,9 @@ side of a CI job has no history, so it either balances by kind too (what
 ``plan --shards N`` prints without ``--history``) or follows the JSON that
 ``plan --shards N --history DIR --format json`` printed (``--shard-plan FILE``).
 
-Pure functions except :func:`load_history` and :func:`tree_digest` (they read
-files); no engine.
+Pure functions except :func:`load_history` (it reads the output directory); no
+engine. The shard mark carries the dib tree's digest (``matrix.config.dibtree``): a
+merge refuses parts run with different trees.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from matrix.hostgen.diblayer import LAYER_PARTS, _part_files
+from matrix.config.dibtree import DibTree
 from matrix.run.plan import Plan, PlannedCell
-from results.model import CellKind, RunResults, State, load
+from results.archive import OutDir
+from results.limits import MAX_SHARDS  # one ceiling for plan, run --shard and merge
+from results.model import CellKind, RunResults, State
 
 HASH_VERSION = "1"
 # Seconds a cell of each kind costs when no earlier run recorded it.
@@ -40,7 +43,6 @@ KIND_COST = {CellKind.HOSTGEN: 120.0, CellKind.CHECK: 60.0, CellKind.BUILD: 90.0
              CellKind.BOOT: 60.0}
 HISTORY_RUNS = 10  # the newest runs an estimate looks at
 SPEC_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
-MAX_SHARDS = 1000
 LABEL_HOSTS = 3  # hosts named in a label before "+N more"
 
 
@@ -139,37 +141,12 @@ def matrix_hash(plan: Plan) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def tree_digest(tree: Path) -> str:
-    """Content hash of what cells see of a dib tree (the dib layer's parts): paths,
-    modes and contents, read file by file."""
-    digest = hashlib.sha256()
-    files = _part_files({part: tree / part for part in LAYER_PARTS if (tree / part).exists()})
-    for name in sorted(files):
-        path = files[name]
-        digest.update(f"{name}\0{path.stat().st_mode & 0o777:o}\0".encode())
-        file_digest = hashlib.sha256()
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                file_digest.update(block)
-        digest.update(file_digest.digest())
-    return digest.hexdigest()
-
-
 def load_history(out_dir: Path, runs: int = HISTORY_RUNS) -> list[RunResults]:
-    """The newest ``runs`` readable runs directly under ``out_dir`` (newest first)."""
+    """The newest ``runs`` readable runs directly under ``out_dir`` (newest first; a run
+    that cannot be read is skipped with a warning)."""
     if not out_dir.is_dir():
         raise ShardError(f"--history {out_dir}: not a directory")
-    found = []
-    for child in sorted(out_dir.iterdir(), key=lambda p: p.name, reverse=True):
-        if child.is_symlink() or not (child / "results.json").is_file():
-            continue
-        try:
-            found.append(load(child))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if len(found) >= runs:
-            break
-    return found
+    return [stored.results for stored in OutDir(out_dir).runs(runs)]
 
 
 def _recorded(history: Iterable[RunResults]) -> dict[str, list[float]]:
@@ -284,7 +261,7 @@ def select(plan: Plan, shard_plan: ShardPlan, index: int) -> Plan:
                 tuple(r for r in plan.rows if r in used), cells)
 
 
-def mark(plan: Plan, shard_plan: ShardPlan, index: int, dib_tree: Path) -> dict[str, Any]:
+def mark(plan: Plan, shard_plan: ShardPlan, index: int, dib_tree: DibTree) -> dict[str, Any]:
     """What a shard's results.json says of it (``RunResults.shard``): enough for a merge
     to check its parts and to list every cell of the matrix, run or not."""
     return {
@@ -292,7 +269,7 @@ def mark(plan: Plan, shard_plan: ShardPlan, index: int, dib_tree: Path) -> dict[
         "index": index,
         "count": shard_plan.count,
         "matrix_hash": shard_plan.matrix_hash,
-        "dib_tree_digest": tree_digest(dib_tree),
+        "dib_tree_digest": dib_tree.digest,
         "balance": shard_plan.balance,
         "hosts": list(shard_plan.shards[index - 1].hosts),
         "plan": {

@@ -11,10 +11,16 @@ Patterns are compiled with RE2, whose matching time is linear in the line: a
 pattern from a user's file cannot hang a run. What RE2 does not take
 (backreferences, lookaround) is refused at load time with file, line and key.
 An entry's keys are declared once, in ``CATEGORY_KEYS`` (see ``matrix.config.schema``).
+
+A known issue has a lifecycle: an entry may name its ``ticket`` (an http(s) URL the
+reports link), the day it became known (``since``), and either a day to look at it
+again (``review-after``) or a day it stops being accepted (``expires``: an
+allowed-failures rule naming it stops allowing it; ``matrix.verdict.lifecycle``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import re
 import string
@@ -27,22 +33,24 @@ from typing import Any
 import re2
 
 from matrix.config.diagnostics import ConfigError, IssueCollector
+from matrix.config.globs import compiled, glob_problem
 from matrix.config.schema import (
     Derived,
     Invalid,
     Key,
     Reader,
     enum_parser,
-    match_globs,
     parse_bool,
     read_keys,
+    shown,
 )
 from matrix.config.yamlload import KeyPath, load_yaml
+from results.weblinks import web_url_problem
 
 UNCATEGORIZED = "uncategorized"
 ANY = "*"  # a host or row that every entry's scope takes (dib-matrix classify without --row)
 DEFAULT_PRIORITY = 50
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")  # full match: "$" lets a final newline by
 
 
 class RecordKind(str, enum.Enum):
@@ -76,14 +84,20 @@ class CategoryRule:
     priority: int = DEFAULT_PRIORITY
     record: tuple[RecordKind, ...] = ()  # kinds of dib failure record this entry names
     warnings: bool = False  # may match apt/debootstrap "W:" lines (else never)
+    generic: bool = False  # a catch-all: names the tool or step that failed, not the cause
+    ignore: tuple[Any, ...] = ()  # compiled RE2 patterns of lines the entry never takes
     link: str | None = None
     hosts: tuple[str, ...] = ("*",)
     targets: tuple[str, ...] = ("*",)  # globs over the row: a target, "tox", "hostgen", "x:boot"
+    ticket: str | None = None  # the known issue's ticket (an http or https URL)
+    since: dt.date | None = None  # the day the issue became known
+    review_after: dt.date | None = None  # listed as stale after this day
+    expires: dt.date | None = None  # stale, and no longer allowed, after this day
 
     def in_scope(self, host: str, row: str) -> bool:
         """Whether the entry applies to this cell; ``*`` stands for any host or row."""
-        return (host == ANY or any(match_globs([host], g) for g in self.hosts)) and (
-            row == ANY or any(match_globs([row], g) for g in self.targets))
+        return (host == ANY or any(compiled(g).match(host) for g in self.hosts)) and (
+            row == ANY or any(compiled(g).match(row) for g in self.targets))
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,11 @@ class Catalogue:
 
     def scoped(self, host: str, row: str) -> tuple[CategoryRule, ...]:
         return tuple(r for r in self.rules if r.in_scope(host, row))
+
+    def generic_ids(self) -> frozenset[str]:
+        """Ids of the catch-all entries (``generic: true``): they name where a build
+        failed, not why, so their failures get an excerpt of the log."""
+        return frozenset(r.id for r in self.rules if r.generic)
 
 
 def compile_pattern(text: str) -> Any:
@@ -158,7 +177,7 @@ def load_catalogue(paths: Sequence[Path] = ()) -> Catalogue:
 
 
 def _rule_id(value: object, reader: Reader, path: KeyPath) -> str:
-    if not isinstance(value, str) or not ID_RE.match(value) or value == UNCATEGORIZED:
+    if not isinstance(value, str) or not ID_RE.fullmatch(value) or value == UNCATEGORIZED:
         raise Invalid(f"required: lower-case words and dashes (not '{UNCATEGORIZED}')")
     return value
 
@@ -181,6 +200,30 @@ def _link(value: object, reader: Reader, path: KeyPath) -> str:
     if not isinstance(value, str):
         raise Invalid("must be a string (a URL)")
     return value
+
+
+def _ticket(value: object, reader: Reader, path: KeyPath) -> str:
+    problem = web_url_problem(value)
+    if problem:
+        raise Invalid(f"{problem}, got {shown(value)}")
+    assert isinstance(value, str)
+    return value
+
+
+DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # full match: YYYY-MM-DD, nothing else
+
+
+def parse_date(value: object, reader: Reader | None = None, path: KeyPath = ()) -> dt.date:
+    """A day as YAML writes it (``2025-06-01``, read as a date) or the same text quoted;
+    a time of day, another spelling (``20250601``) or an impossible day is refused."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and DATE_RE.fullmatch(value):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise Invalid(f"must be a day as YYYY-MM-DD, got {shown(value)}")
 
 
 def _patterns(value: object, reader: Reader, path: KeyPath) -> tuple[Any, ...]:
@@ -216,11 +259,15 @@ def _record_kinds(value: object, reader: Reader, path: KeyPath) -> tuple[RecordK
 
 
 def _globs(value: object, reader: Reader, path: KeyPath) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and value and all(isinstance(g, str) for g in value):
-        return tuple(value)
-    raise Invalid("must be a glob or a list of globs")
+    """One glob or a list of them (one is written bare on purpose: ``hosts: 'fedora-*'``)."""
+    globs = [value] if isinstance(value, str) else value
+    if not isinstance(globs, list) or not globs:
+        raise Invalid("must be a glob or a list of globs")
+    problems = [((index,), f"{problem}, got {shown(glob)}") for index, glob in enumerate(globs)
+                if (problem := glob_problem(glob)) is not None]
+    if problems:
+        raise Invalid.many(problems if isinstance(value, list) else [((), problems[0][1])])
+    return tuple(globs)
 
 
 CATEGORY_KEYS: tuple[Key, ...] = (
@@ -234,11 +281,33 @@ CATEGORY_KEYS: tuple[Key, ...] = (
     Key("record", _record_kinds, "kinds of dib's failure record the entry names: "
         + ", ".join(k.value for k in RecordKind), []),
     Key("warnings", parse_bool, "may match apt's and debootstrap's W: lines", False),
+    Key("ignore", _patterns, "RE2 regexes of lines the entry never takes (a benign line "
+        "that reads like its own, e.g. apt's E: about /dev/pts in a chroot)", []),
+    Key("generic", parse_bool, "a catch-all entry: it names the tool or step that failed, not "
+        "the cause (dib-matrix catalogue coverage counts it apart)", False),
     Key("link", _link, "a URL shown with the legend"),
     Key("hosts", _globs, "globs over host names the entry applies to", ANY),
     Key("targets", _globs, "globs over rows (tox, hostgen, a target, <target>:boot) the "
         "entry applies to", ANY),
+    Key("ticket", _ticket, "the known issue's ticket, an http or https URL: reports link it "
+        "and say how often the cause was seen"),
+    Key("since", parse_date, "the day the issue became known (YYYY-MM-DD)"),
+    Key("review-after", parse_date, "from the day after, catalogue stale lists the entry "
+        "(YYYY-MM-DD; not with expires)"),
+    Key("expires", parse_date, "from the day after, the entry is stale and an "
+        "allowed-failures rule naming it no longer allows its failures (YYYY-MM-DD; not with "
+        "review-after)"),
 )
+
+
+def _check_dates(reader: Reader, index: int, values: dict[str, Any]) -> None:
+    """A known issue is reviewed or expires, not both; neither before it was known."""
+    if values["review-after"] is not None and values["expires"] is not None:
+        reader.report((index, "expires"), "give review-after or expires, not both")
+    for key in ("review-after", "expires"):
+        if values["since"] is not None and values[key] is not None and (
+                values[key] < values["since"]):
+            reader.report((index, key), f"{values[key]} is before since ({values['since']})")
 
 
 def _rule(reader: Reader, index: int, entry: object) -> CategoryRule | None:
@@ -248,4 +317,5 @@ def _rule(reader: Reader, index: int, entry: object) -> CategoryRule | None:
     values = read_keys(CATEGORY_KEYS, entry, reader, prefix=(index,))
     if values["id"] is None:
         return None
+    _check_dates(reader, index, values)
     return CategoryRule(**{key.field: values[key.name] for key in CATEGORY_KEYS})

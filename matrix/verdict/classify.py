@@ -19,6 +19,7 @@ Cost is bounded whatever the log holds: each line is cut to its first few KiB
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -132,21 +133,29 @@ class _Matcher:
             if rule.id in seen or (warning and not rule.warnings):
                 continue
             match = pattern.search(text)
-            if match is not None:
+            if match is not None and not any(benign.search(text) for benign in rule.ignore):
                 seen.add(rule.id)
                 yield _Hit(rule, text, match.groupdict(), source)
+
+
+@functools.lru_cache(maxsize=16)
+def _matcher_for(rules: tuple[CategoryRule, ...]) -> _Matcher:
+    """One matcher per set of rules in scope: RE2 builds a set's automaton while it
+    matches, so a run's cells (and a check's thousands of lines) share the built one."""
+    return _Matcher(rules)
 
 
 def classify(evidence_in: Evidence, catalogue: Catalogue) -> Verdict:
     """The verdict for one failed (or skipped) cell."""
     rules = catalogue.scoped(evidence_in.host, evidence_in.row)
     order = {rule.id: index for index, rule in enumerate(rules)}
-    matcher = _Matcher(rules)
+    matcher = _matcher_for(rules)
     best: dict[str, _Hit] = {}
 
     def keep(hit: _Hit) -> None:
         old = best.get(hit.rule.id)
-        if old is None or hit.source <= old.source:
+        if old is None or hit.source < old.source or (
+                hit.source == old.source and _filled(hit) >= _filled(old)):
             best[hit.rule.id] = hit
 
     own_lines = [*evidence_in.lines, *_disk_full_lines(evidence_in.free_bytes)]
@@ -176,7 +185,11 @@ def classify(evidence_in: Evidence, catalogue: Catalogue) -> Verdict:
                 tail.append(line)
                 del tail[:-TAIL_LINES]
             for hit in matcher.hits(line, LOG):
-                log_hits[hit.rule.id] = hit  # the last occurrence is the freshest
+                # The last occurrence is the freshest, unless it fills fewer of the legend's
+                # fields (dpkg names the package first, then "leaving unconfigured").
+                old = log_hits.get(hit.rule.id)
+                if old is None or _filled(hit) >= _filled(old):
+                    log_hits[hit.rule.id] = hit
         record = record or trail.record()
     if record is not None:
         for hit in _record_hits(record, rules, matcher):
@@ -192,23 +205,30 @@ def classify(evidence_in: Evidence, catalogue: Catalogue) -> Verdict:
     top = ranked[0]
     legend = fill_legend(top.rule.legend, top.groups)
     category = Category(top.rule.id, evidence(legend, 300), top.rule.link,
-                        labels=[h.rule.id for h in ranked])
+                        labels=[h.rule.id for h in ranked], ticket=top.rule.ticket)
     return Verdict(category, evidence(top.line))
+
+
+def _filled(hit: _Hit) -> int:
+    return sum(value is not None for value in hit.groups.values())
 
 
 def _record_hits(record: Mapping[str, Any], rules: Sequence[CategoryRule],
                  matcher: _Matcher) -> Iterator[_Hit]:
-    """Entries named by dib's record: by its kind, and by patterns over its own lines."""
+    """Entries named by dib's record: by its kind, and by patterns over its own lines
+    (the error line, dib's message, dib's reason); a legend may use the record's fields."""
     fields = {k: v for k, v in record.items() if isinstance(v, (str, int))}
     line = str(record.get("error") or record.get("message") or "")
     kind = record.get("kind")
     for rule in rules:
         if kind in rule.record:
             yield _Hit(rule, line or rule.id, fields, RECORD)
-    for text in (record.get("error"), record.get("message")):
+    for text in (record.get("error"), record.get("message"), record.get("reason")):
         if isinstance(text, str):
             for raw in lines_of_text([text]):
-                yield from matcher.hits(raw, RECORD)
+                for hit in matcher.hits(raw, RECORD):
+                    found = {k: v for k, v in hit.groups.items() if v is not None}
+                    yield _Hit(hit.rule, hit.line, {**fields, **found}, RECORD)
 
 
 def _parse_record(text: str) -> Mapping[str, Any] | None:
@@ -229,3 +249,17 @@ def classify_lines(lines: Iterable[str], host: str, row: str,
                    catalogue: Catalogue) -> Verdict:
     """Classify lines already in memory (tests, and a cell with no log)."""
     return classify(Evidence(host, row, tuple(lines)), catalogue)
+
+
+def line_hits(lines: Iterable[str], rules: Sequence[CategoryRule]
+              ) -> Iterator[tuple[int, str, tuple[CategoryRule, ...]]]:
+    """Each line (numbered from 1) that some of ``rules`` match, with those rules best
+    first, judged as :func:`classify` judges a log line; the patterns are compiled once,
+    for checking thousands of lines (catalogue coverage, false positives)."""
+    matcher = _matcher_for(tuple(rules))
+    order = {rule.id: index for index, rule in enumerate(rules)}
+    for number, line in enumerate(lines, 1):
+        matched = [hit.rule for hit in matcher.hits(line, LOG)]
+        if matched:
+            matched.sort(key=lambda rule: (-rule.priority, order[rule.id]))
+            yield number, message_of(line), tuple(matched)

@@ -23,6 +23,15 @@ IDS = {
     "bootloader-error", "image-conversion-failed", "release-signature-invalid",
     "mirror-out-of-sync", "unmet-dependencies", "dpkg-interrupted", "tests-failed",
     "no-binfmt-handler",
+    # named inside what were generic buckets (a failed hook, package install, check, cell)
+    "maintainer-script-failed", "dependency-problems", "read-only-filesystem",
+    "killed-by-sigkill", "segmentation-fault", "out-of-memory", "crlf-line-endings",
+    "interpreter-not-found", "python-exception", "resource-limit", "unbound-variable",
+    "file-conflict", "architecture-mismatch", "package-archive-corrupt", "conffile-prompt",
+    "package-index-unreachable", "no-tests-ran", "python-package-not-found",
+    "python-version-unsupported", "externally-managed-environment", "filesystem-size-invalid",
+    "filesystem-corrupt", "filesystem-feature-unsupported", "grub-device-not-found",
+    "grub-platform-missing", "efi-partition-missing", "file-not-found",
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.hostgen.diblayer import LAYER_PARTS
+from matrix.config.dibtree import PARTS
 from tests.integration.dibhelpers import REPO
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ def dib_matrix(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess
 
 def copy_tree(dest: Path) -> Path:
     """The parts of the dib tree a run uses (no git checkout: the tree digest names it)."""
-    for part in LAYER_PARTS:
+    for part in PARTS:
         source = REPO / part
         if source.is_dir():
             shutil.copytree(source, dest / part, ignore=shutil.ignore_patterns("__pycache__"))

@@ -23,6 +23,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
+from matrix.config.dibtree import DibTree
 from matrix.config.hosts import load_hosts
 from matrix.containers.engine import LABEL_RUN, EngineError, connect, run_captured
 from matrix.containers.labels import LABEL_HOST
@@ -37,6 +38,7 @@ RUN_1 = """
 import sys
 from pathlib import Path
 from matrix.containers import engine
+from matrix.config.dibtree import DibTree
 from matrix.hostgen.diblayer import LayerBaker
 from matrix.containers.leases import Registry, RunLease
 
@@ -44,18 +46,20 @@ tree, leases, host, host_image = sys.argv[1:5]
 client = engine.connect()
 with RunLease("it-run-1", Registry(Path(leases))) as lease:
     with open("/dev/null", "wb") as log:
-        layer = LayerBaker(Path(tree), lease=lease).bake(client, host, host_image, log)
+        layer = LayerBaker(DibTree.read(Path(tree)), lease=lease).bake(client, host, host_image,
+                                                                      log)
     print(layer.reference, flush=True)
     sys.stdin.read()  # a live run, between two of its cells, until told to go on
 """
 
 
-def small_tree(root: Path, marker: str) -> Path:
+def small_tree(root: Path, marker: str) -> DibTree:
     (root / "dib").mkdir(parents=True)
     (root / "dib" / "__init__.py").write_text(f"# tree {marker}\n")
+    (root / "dib" / "__main__.py").write_text("")
     (root / "elements" / "x").mkdir(parents=True)
     (root / "elements" / "x" / "README.rst").write_text(marker)
-    return root
+    return DibTree.read(root)
 
 
 @pytest.fixture
@@ -84,7 +88,7 @@ def test_a_live_runs_layer_survives_another_runs_prune(engine_client, tmp_path):
         unleased = diblayer.LayerBaker(small_tree(tmp_path / "a0", "a0")).bake(
             client, host, host_image, log).reference
         run_1 = subprocess.Popen(
-            [sys.executable, "-c", RUN_1, str(small_tree(tmp_path / "a", "a")),
+            [sys.executable, "-c", RUN_1, str(small_tree(tmp_path / "a", "a").path),
              str(registry.root), host, host_image],
             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         leased = run_1.stdout.readline().strip()

@@ -23,7 +23,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from results.model import load as load_results
+from results.reader import read_results
 from tests.integration.dibhelpers import REPO
 from tests.integration.matrixhelpers import (
     LABEL_RUN,
@@ -71,7 +71,7 @@ def cells(run_dir: Path) -> dict:
 
 def states(run_dir: Path) -> dict:
     """Cell id -> state, from a results.json the loader accepts (schema, every field)."""
-    return {cell.id: cell.state.value for cell in load_results(run_dir).cells}
+    return {cell.id: cell.state.value for cell in read_results(run_dir).cells}
 
 
 def image_id(client: docker.DockerClient, reference: str) -> str | None:
@@ -188,9 +188,10 @@ class BuildTap:
 def test_ctrl_c_during_the_dib_layer_bake(tmp_path):
     """SIGINT while the engine bakes the run's dib layer: exit 130, the cell pending, no
     build container and no half-baked (untagged or partial) layer left; --resume finishes."""
+    from matrix.config.dibtree import DibTree
     from matrix.config.hosts import load_hosts
     from matrix.containers.labels import LABEL_HOST, LABEL_ROLE
-    from matrix.hostgen.diblayer import TreeSnapshot, layer_reference
+    from matrix.hostgen.diblayer import layer_reference
     from matrix.hostgen.hostimage import image_names
 
     tree = patched_tree(tmp_path)
@@ -201,7 +202,7 @@ def test_ctrl_c_during_the_dib_layer_bake(tmp_path):
                       "checks: []\n")
     client = docker.from_env()
     host_image = client.images.get(image_names(load_hosts()["debian-bookworm"]).image)
-    snapshot = TreeSnapshot.read(tree)
+    snapshot = DibTree.read(tree)
     layer = layer_reference("debian-bookworm", host_image.id, snapshot)
     started = time.time()
     tap = BuildTap(tmp_path / "engine.sock")
@@ -327,7 +328,7 @@ def test_a_live_runs_layer_survives_another_runs_prune_and_clean(tmp_path):
         "debian-trixie.hostgen": "success", "debian-trixie.gated": "success",
         "debian-trixie.debian-bookworm": "excluded", "debian-bookworm.hostgen": "success",
         "debian-bookworm.gated": "excluded", "debian-bookworm.debian-bookworm": "success"}
-    built = load_results(run_a).cell("debian-bookworm", "debian-bookworm")
+    built = read_results(run_a).cell("debian-bookworm", "debian-bookworm")
     assert layer_a in built.reproducer  # the cell ran on the layer A baked at its start
     assert "is gone" not in (run_a / built.log).read_text()  # and it was never re-baked
     for run_dir in (run_a, *b_runs):

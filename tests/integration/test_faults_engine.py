@@ -28,7 +28,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from results.model import load as load_results
+from results.reader import read_results
 from tests.integration.dibhelpers import REPO
 from tests.integration.matrixhelpers import (
     LABEL_RUN,
@@ -169,7 +169,7 @@ def test_engine_stopped_mid_run_then_restarted_and_resumed(tmp_path, local_docke
         assert noticed < NOTICED_WITHIN, output[-3000:]
         assert "the container engine stopped answering mid-run" in output
         assert f"Once it is back: dib-matrix run --resume {run_dir}" in output
-        results = load_results(run_dir)
+        results = read_results(run_dir)
         assert results.interrupted is True and results.engine.get("lost")
         assert {c.id: c.state.value for c in results.cells} == {
             "debian-bookworm.hostgen": "success",
@@ -199,7 +199,7 @@ def test_engine_stopped_mid_run_then_restarted_and_resumed(tmp_path, local_docke
     assert resumed.returncode == 1, output[-3000:]  # broken's hook fails: a real verdict
     if left:
         assert "resume: removed what the earlier run left" in output
-    results = load_results(run_dir)
+    results = read_results(run_dir)
     assert results.interrupted is False
     assert {c.id: c.state.value for c in results.cells} == {
         "debian-bookworm.hostgen": "success",

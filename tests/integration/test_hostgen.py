@@ -8,6 +8,7 @@ host. Marked slow: the trixie host and everything run inside it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 
 from dib.mirror import find_mirror
 from matrix import cli
+from matrix.config.dibtree import DibTree, TreeFile
 from matrix.config.hosts import load_host
 from matrix.containers.engine import (
     LABEL_RUN,
@@ -31,7 +33,7 @@ from matrix.containers.engine import (
 )
 from matrix.containers.labels import LABEL_HOST
 from matrix.hostgen.build import HostgenStatus, build_host
-from matrix.hostgen.diblayer import TreeSnapshot, bake
+from matrix.hostgen.diblayer import bake
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import Evidence, classify
 from tests.integration.hostfixtures import REPO, HostgenSession, open_hostgen_session
@@ -165,10 +167,10 @@ def test_baked_dib_layer_replaces_the_mount(hostgen_session: HostgenSession) -> 
     with log.open("wb") as stream:
         # A file of this test's own makes the layer new, whatever earlier runs baked.
         token = os.urandom(8).hex()
-        tree = TreeSnapshot.read(REPO)
+        tree = DibTree.read(REPO)
+        extra = TreeFile(token.encode(), False, hashlib.sha256(token.encode()).digest())
         snapshot = dataclasses.replace(
-            tree, files={**tree.files, "elements/.bake-test": token.encode()},
-            modes={**tree.modes, "elements/.bake-test": 0o644}, digest=tree.digest + token)
+            tree, files={**tree.files, "elements/.bake-test": extra}, digest=tree.digest + token)
         layer = bake(client, "debian-bookworm", hostgen_session.image("debian-bookworm"),
                      snapshot, stream)
         again = bake(client, "debian-bookworm", hostgen_session.image("debian-bookworm"),

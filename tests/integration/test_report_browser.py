@@ -28,7 +28,7 @@ from reports import write_all
 from reports.htmlview import anchor as _anchor
 from reports.legend import build_legend
 from reports.styles import STYLES
-from results.model import load
+from results.reader import read_results
 from tests.resultfactory import ALL_STATES
 
 pytestmark = pytest.mark.integration
@@ -179,7 +179,7 @@ def browser(tmp_path):
 @pytest.fixture
 def run_dir(tmp_path):
     source = Path(os.environ.get("DIB_MATRIX_REPORT_RUN") or ALL_STATES)
-    results = load(source)
+    results = read_results(source)
     target = tmp_path / "out" / results.run_id
     target.mkdir(parents=True)
     shutil.copy2(source / "results.json", target / "results.json")
@@ -195,7 +195,7 @@ def rgb(colour: str) -> str:
 
 
 def test_report_in_headless_chromium(browser, run_dir):
-    results = load(run_dir)
+    results = read_results(run_dir)
     legend = build_legend(results)
     url = (run_dir / "report.html").as_uri()
     browser.call("Page.navigate", url=url)
@@ -270,4 +270,4 @@ def test_history_index_in_headless_chromium(browser, run_dir):
     browser.wait_event("Page.loadEventFired")
     links = browser.js("[...document.querySelectorAll('#runs a')].map(a => a.href)")
     assert links == [(run_dir / "report.html").as_uri()]
-    browser.screenshot(ARTIFACTS / load(run_dir).run_id / "index.png")
+    browser.screenshot(ARTIFACTS / read_results(run_dir).run_id / "index.png")

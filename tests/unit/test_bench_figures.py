@@ -18,10 +18,10 @@ from bench.figures import (
     megabytes,
     ratio,
 )
-from bench.proc import Timed
 from bench.profiling import busy_seconds
 from bench.steps import dib_slowest, slowest_steps
 from bench.workspace import REPO, BenchError, write_element
+from dib import spawn
 from matrix.config.hosts import load_host
 from matrix.config.matrixfile import load_matrix
 from matrix.run.plan import make_plan
@@ -241,7 +241,7 @@ def _cell(host, row, kind, state=State.SUCCESS, reused=False, ran=True):
 
 def _run(label, cells, seconds=1.0):
     results = RunResults("r", "m.yaml", [], [], cells)
-    return matrixbench.MatrixRun(label, Timed((), seconds, 0, 0, Path("log")), Path("r"),
+    return matrixbench.MatrixRun(label, spawn.Result((), 0, b"", seconds), Path("r"),
                                  results, 0)
 
 

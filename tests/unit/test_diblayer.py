@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from matrix.hostgen.diblayer import LAYER_PARTS, TARGET, TreeSnapshot, layer_reference
+from matrix.config.dibtree import PARTS, DibTree
+from matrix.hostgen.diblayer import TARGET, dockerfile, layer_reference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,39 +20,39 @@ def tree_copy(tmp_path: Path) -> Path:
     return tree
 
 
-def test_snapshot_holds_the_present_parts_in_layer_order(tmp_path):
-    snapshot = TreeSnapshot.read(tree_copy(tmp_path))
-    assert snapshot.parts == ("tox.ini", "dib", "elements")  # missing parts are left out
-    assert [p for p in LAYER_PARTS if p in snapshot.parts] == list(snapshot.parts)
-    assert "elements/debootstrap/root.d/08-debootstrap" in snapshot.files
-    assert snapshot.modes["elements/debootstrap/root.d/08-debootstrap"] & 0o100
-    assert not any("__pycache__" in name for name in snapshot.files)
-    lines = snapshot.dockerfile("dib-matrix/host-x:abc").splitlines()
+def test_the_layer_holds_the_present_parts_in_layer_order(tmp_path):
+    tree = DibTree.read(tree_copy(tmp_path))
+    assert tree.parts == ("tox.ini", "dib", "elements")  # missing parts are left out
+    assert [p for p in PARTS if p in tree.parts] == list(tree.parts)
+    assert "elements/debootstrap/root.d/08-debootstrap" in tree.contents()
+    assert tree.modes()["elements/debootstrap/root.d/08-debootstrap"] & 0o100
+    assert not any("__pycache__" in name for name in tree.files)
+    lines = dockerfile(tree, "dib-matrix/host-x:abc").splitlines()
     assert lines == ["FROM dib-matrix/host-x:abc", f"COPY tox.ini {TARGET}/tox.ini",
                      f"COPY dib {TARGET}/dib", f"COPY elements {TARGET}/elements"]
 
 
 def test_digest_changes_with_content_and_mode_only(tmp_path):
     tree = tree_copy(tmp_path)
-    first = TreeSnapshot.read(tree)
-    assert TreeSnapshot.read(tree).digest == first.digest
+    first = DibTree.read(tree)
+    assert DibTree.read(tree).digest == first.digest
     hook = tree / "elements/growroot/README.rst"
     hook = hook if hook.exists() else next((tree / "elements/growroot").rglob("*.d/*"))
     os.utime(hook, (0, 0))  # times are not content
-    assert TreeSnapshot.read(tree).digest == first.digest
+    assert DibTree.read(tree).digest == first.digest
     hook.write_text(hook.read_text() + "# patched\n")
-    patched = TreeSnapshot.read(tree)
+    patched = DibTree.read(tree)
     assert patched.digest != first.digest
     os.chmod(hook, hook.stat().st_mode ^ 0o100)
-    assert TreeSnapshot.read(tree).digest != patched.digest
+    assert DibTree.read(tree).digest != patched.digest
 
 
 def test_layer_tag_names_host_and_both_inputs(tmp_path):
-    snapshot = TreeSnapshot.read(tree_copy(tmp_path))
-    ref = layer_reference("debian-bookworm", "sha256:one", snapshot)
+    tree = DibTree.read(tree_copy(tmp_path))
+    ref = layer_reference("debian-bookworm", "sha256:one", tree)
     assert ref.startswith("dib-matrix/dib-debian-bookworm:")
-    assert ref == layer_reference("debian-bookworm", "sha256:one", snapshot)
-    assert ref != layer_reference("debian-bookworm", "sha256:two", snapshot)
+    assert ref == layer_reference("debian-bookworm", "sha256:one", tree)
+    assert ref != layer_reference("debian-bookworm", "sha256:two", tree)
 
 
 # -- leases and ensure (fake engine) --------------------------------------------
@@ -75,7 +76,7 @@ def baker_setup(tmp_path, monkeypatch):
 
     monkeypatch.setattr(diblayer, "build_image", build_image)
     lease = RunLease("run-1", Registry(tmp_path / "leases"))
-    baker = diblayer.LayerBaker(tree_copy(tmp_path), lease=lease)
+    baker = diblayer.LayerBaker(DibTree.read(tree_copy(tmp_path)), lease=lease)
     return client, baker, lease, builds, io.BytesIO()
 
 

@@ -99,6 +99,161 @@ SAMPLES = {
     "no-bootloader": ("t:boot", "No bootable device.", None),
     "vm-reset": ("t:boot", "boot: the machine reset during the kernel stage", None),
     "boot-timeout": ("t:boot", "boot: no marker after 600 s; furthest stage: kernel", None),
+    # Causes named inside what used to be generic buckets (the tools' own words).
+    "engine-unreachable": ("t", "docker: Cannot connect to the Docker daemon at "
+                           "unix:///var/run/docker.sock. Is the docker daemon running?", None),
+    "registry-rate-limited": (
+        "hostgen", "toomanyrequests: You have reached your pull rate limit. You may increase the "
+        "limit by authenticating and upgrading", None),
+    "read-only-filesystem": (
+        "t", "E: Could not open lock file /var/lib/dpkg/lock-frontend - open (30: Read-only "
+        "file system)", "read-only filesystem: /var/lib/dpkg/lock-frontend"),
+    "resource-limit": ("t", "bash: fork: retry: Resource temporarily unavailable",
+                       "resource limit reached: Resource temporarily unavailable"),
+    "killed-by-sigkill": (
+        "t", "/tmp/in_target.d/install.d/50-big: line 3: 4242 Killed                  "
+        "python3 /tmp/build.py", "killed by SIGKILL (out of memory, or killed from outside): "
+        "python3"),
+    "segmentation-fault": ("t", "bash: line 1:    77 Segmentation fault      (core dumped) ./x",
+                           "segmentation fault (SIGSEGV): ./x"),
+    "aborted": ("t", "double free or corruption (out)", "aborted (SIGABRT)"),
+    "killed-by-sigterm": ("t", "./run.sh: line 9:  1212 Terminated              sleep 600",
+                          "terminated (SIGTERM): sleep"),
+    "killed-by-signal": ("t", "killed by SIGBUS (exit status 135)",
+                         "killed by a signal: SIGBUS"),
+    "io-error": ("t", "tar: ./usr/lib/x.so: Read error at byte 0, while reading 4096 bytes: "
+                 "Input/output error", None),
+    "device-busy": ("t", "umount: /tmp/dib_build.x/mnt/proc: target is busy.",
+                    "device or file busy: /tmp/dib_build.x/mnt/proc"),
+    "not-root": ("t", "E: Unable to acquire the dpkg frontend lock (/var/lib/dpkg/lock-frontend), "
+                 "are you root?", None),
+    "xattr-unsupported": ("t", "setfattr: /mnt/x: Operation not supported", None),
+    "permission-denied": ("t", "cp: cannot create regular file '/etc/x.conf': Permission denied",
+                          "permission denied: /etc/x.conf"),
+    "maintainer-script-failed": (
+        "t", " installed corpus-pkg package post-installation script subprocess returned error "
+        "exit status 3", "package corpus-pkg post-installation script failed with exit status 3"),
+    "dependency-problems": (
+        "t", "dpkg: dependency problems prevent configuration of corpus-app:",
+        "dpkg dependency problems: corpus-app left unconfigured"),
+    "conffile-prompt": ("t", " end of file on stdin at conffile prompt", None),
+    "file-conflict": (
+        "t", " trying to overwrite '/usr/bin/tool', which is also in package a 1.0",
+        "package file conflict: /usr/bin/tool is also in a"),
+    "package-archive-corrupt": ("t", "dpkg-deb: error: 'x.deb' is not a Debian format archive",
+                                None),
+    "package-database-corrupt": (
+        "t", "E: The package lists or status file could not be parsed or opened.", None),
+    "package-signature-invalid": (
+        "t", "E: There were unauthenticated packages and -y was used without "
+        "--allow-unauthenticated", None),
+    "apt-method-missing": ("t", "E: The method driver /usr/lib/apt/methods/https could not be "
+                           "found.", "apt transport not available: /usr/lib/apt/methods/https"),
+    "release-info-changed": (
+        "t", "E: Repository 'http://m/debian stable InRelease' changed its 'Codename' value from "
+        "'bookworm' to 'trixie'", None),
+    "mirror-response-invalid": (
+        "t", "E: Failed to fetch http://m/debian/dists/bookworm/InRelease  Clearsigned file isn't "
+        "valid, got 'NOSPLIT' (does the network require authentication?)", None),
+    "apt-refused-change": (
+        "t", "E: Held packages were changed and -y was used without --allow-change-held-packages.",
+        None),
+    "suite-mismatch": ("t", "E: Asked to install suite stable, but got testing (codename: trixie) "
+                       "from mirror", "mirror serves another suite than asked: asked stable, got "
+                       "testing"),
+    "bootstrap-target-not-empty": ("t", "E: Tried to extract package, but file already exists. "
+                                   "Exit...", None),
+    "filesystem-size-invalid": ("t", "resize2fs: New size smaller than minimum (526841)", None),
+    "filesystem-mount-failed": (
+        "t", "mount: /mnt: wrong fs type, bad option, bad superblock on /dev/loop0p1, missing "
+        "codepage or helper program, or other error.",
+        "mount failed: wrong filesystem type or bad superblock (/mnt)"),
+    "user-exists": ("t", "useradd: user 'stack' already exists",
+                    "user or group already exists: stack"),
+    "filesystem-corrupt": ("t", "e2fsck: Bad magic number in super-block while trying to open "
+                           "x.raw", None),
+    "filesystem-feature-unsupported": (
+        "t", "e2fsck: Filesystem has unsupported feature(s) while trying to open root.img", None),
+    "image-locked": ("t", "qemu-img: Failed to get shared \"write\" lock", None),
+    "efi-partition-missing": ("t", "grub-install: error: cannot find EFI directory.", None),
+    "grub-device-not-found": (
+        "t", "grub-install: error: failed to get canonical path of `overlay'.", None),
+    "efi-nvram-unavailable": (
+        "t", "grub-install: error: efibootmgr failed to register the boot entry: Operation not "
+        "permitted.", None),
+    "grub-platform-missing": (
+        "t", "grub-install: error: /usr/lib/grub/x86_64-efi/modinfo.sh doesn't exist. Please "
+        "specify --target or --directory.", None),
+    "grub-embedding-impossible": (
+        "t", "grub-install: error: embedding is not possible, but this is required for "
+        "cross-disk install.", None),
+    "initramfs-failed": ("t", "update-initramfs: failed for /boot/initrd.img-6.1.0-27-amd64 with "
+                         "1.", "initramfs generation failed for /boot/initrd.img-6.1.0-27-amd64"),
+    "systemd-not-running": ("t", "System has not been booted with systemd as init system (PID 1). "
+                            "Can't operate.", None),
+    "crlf-line-endings": ("t", "bash: /tmp/x/install.d/50-y: /bin/bash^M: bad interpreter: No "
+                          "such file or directory", None),
+    "interpreter-not-found": ("t", "ERROR:  py314: InterpreterNotFound: python3.14",
+                              "interpreter not found: python3.14"),
+    "python-module-missing": ("t", "ModuleNotFoundError: No module named 'yaml'",
+                              "Python module not found: yaml"),
+    "unbound-variable": ("t", "/tmp/x/install.d/50-y: line 4: DIB_FOO: unbound variable",
+                         "shell variable not set: DIB_FOO"),
+    "shell-syntax-error": ("t", "/tmp/x/50-y: line 9: syntax error near unexpected token `fi'",
+                           None),
+    "file-not-found": ("t", "cp: cannot stat '/tmp/x/files/a.conf': No such file or directory",
+                       "file not found: /tmp/x/files/a.conf"),
+    "python-exception": ("t", "ValueError: invalid literal for int() with base 10: 'x'",
+                         "ValueError: invalid literal for int() with base 10: 'x'"),
+    "package-index-unreachable": (
+        "tox", "WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, "
+        "status=None)) after connection broken by 'NewConnectionError('<pip._vendor.urllib3."
+        "connection.HTTPSConnection object at 0x7f>: Failed to establish a new connection: "
+        "[Errno 111] Connection refused')': /simple/pytest/", None),
+    "python-version-unsupported": (
+        "tox", "ERROR: Package 'dib-matrix' requires a different Python: 3.9.2 not in '>=3.10'",
+        "Python version not supported by dib-matrix"),
+    "architecture-mismatch": (
+        "t", " package architecture (arm64) does not match system (amd64)",
+        "package built for another architecture: arm64"),
+    "python-package-not-found": ("tox", "ERROR: No matching distribution found for nosuchpkg",
+                                 "Python package not found: nosuchpkg"),
+    "python-dependency-conflict": ("tox", "ERROR: ResolutionImpossible: for help visit https://"
+                                   "pip.pypa.io/", None),
+    "python-package-build-failed": ("tox", "ERROR: Failed building wheel for lxml",
+                                    "Python package build failed: lxml"),
+    "externally-managed-environment": ("t", "error: externally-managed-environment", None),
+    "python-hash-mismatch": ("tox", "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE "
+                             "REQUIREMENTS FILE.", None),
+    "download-failed": ("t", "curl: (22) The requested URL returned error: 404",
+                        "download failed: HTTP 404"),
+    "checksum-mismatch": ("t", "sha256sum: WARNING: 1 computed checksum did NOT match", None),
+    "no-tests-ran": ("tox", "============================ no tests ran in 0.01s "
+                     "=============================", "no tests ran"),
+    "test-collection-error": (
+        "tox", "ImportError while importing test module '/src/tests/test_x.py'.",
+        "tests could not be collected: /src/tests/test_x.py"),
+    "tox-config-error": ("tox", "ERROR: tox config file (either pyproject.toml, tox.ini, "
+                         "setup.cfg) not found", None),
+    "tox-command-not-allowed": ("tox", "py: failed with make is not allowed, use "
+                                "allowlist_externals to allow it", None),
+    "check-deps-failed": ("tox", "ERROR: hostcheck: could not install deps [pytest]; v = "
+                          "InvocationError('/x/pip install pytest', 1)",
+                          "hostcheck: installing the check's dependencies failed"),
+    "command-usage-error": ("t", "debootstrap: unrecognized or invalid option --variant2",
+                            None),
+    # catch-alls: the tool's own error line is the legend
+    "apt-error": ("t", "E: Internal Error, No file name for libc6:amd64",
+                  "apt/debootstrap: Internal Error, No file name for libc6:amd64"),
+    "dpkg-error": ("t", "dpkg: error: parsing file '/var/lib/dpkg/available' failed",
+                   None),
+    "e2fsprogs-error": ("t", "mke2fs: Cannot create filesystem with requested number of inodes",
+                        "mke2fs: Cannot create filesystem with requested number of inodes"),
+    "qemu-img-error": ("t", "qemu-img: Could not create snapshot 'x': -22 (Invalid argument)",
+                       None),
+    "grub-error": ("t", "grub-mkconfig: error: unknown device type md0.", None),
+    "tool-error": ("t", "ERROR: cannot reach the signing service", "error: cannot reach the "
+                   "signing service"),
 }
 # Entries a cell names through its hint (or dib through its record) only.
 HINT_ONLY = {"setup-command-failed", "facts-probe-failed", "build-failed",
@@ -139,7 +294,7 @@ def test_a_precise_cause_in_the_log_beats_the_hostgen_steps_hint(tmp_path):
     verdict = classify(Evidence("h", "hostgen", ("RUN apt-get exited with 100",), log,
                                 hint="setup-command-failed"), CATALOGUE)
     assert verdict.category.id == "package-not-found"
-    assert verdict.category.labels == ["package-not-found", "setup-command-failed"]
+    assert verdict.category.labels == ["package-not-found", "apt-error", "setup-command-failed"]
 
 
 def test_the_hint_of_a_timeout_beats_whatever_the_log_says(tmp_path):
@@ -370,7 +525,7 @@ WORDINGS = [
     ("unxz: /x/var/lib/apt/lists/y_Packages: Write error: No space left on device",
      "out-of-disk-space"),
     ("dpkg: error processing package foo (--configure):\n installed foo package post-installation "
-     "script subprocess returned error exit status 1", "package-install-failed"),
+     "script subprocess returned error exit status 1", "maintainer-script-failed"),
     ("E: Could not get lock /var/lib/apt/lists/lock. It is held by process 42 (apt-get)",
      "package-manager-locked"),
     ("/usr/sbin/growpart: 4: sfdisk: not found", "missing-host-tool"),

@@ -3,8 +3,9 @@ import os
 
 import pytest
 
-from results import model as results
-from results.model import Artifact, Category, Cell, CellKind, RunResults, State
+from results import store
+from results.model import SCHEMA_VERSION, Artifact, Category, Cell, CellKind, RunResults, State
+from results.reader import read_results
 
 
 def sample():
@@ -27,17 +28,17 @@ def sample():
 
 def test_round_trip(tmp_path):
     run = sample()
-    results.save(run, tmp_path)
-    back = results.load(tmp_path)
+    store.save(run, tmp_path)
+    back = read_results(tmp_path)
     assert back.to_json() == run.to_json()
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["schema_version"] == results.SCHEMA_VERSION
+    assert data["schema_version"] == SCHEMA_VERSION
     assert data["cells"][1]["id"] == "h1.t"
     assert data["classification_rate"] == 1.0
 
 
 def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
-    results.save(sample(), tmp_path)
+    store.save(sample(), tmp_path)
     before = (tmp_path / "results.json").read_text()
 
     def broken_replace(src, dst):
@@ -45,7 +46,7 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space left"):
-        results.save(RunResults("r2", "m.yaml", [], []), tmp_path)
+        store.save(RunResults("r2", "m.yaml", [], []), tmp_path)
     assert (tmp_path / "results.json").read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
@@ -53,7 +54,7 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
 def test_unknown_schema_version_is_refused(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(ValueError, match="schema_version 99"):
-        results.load(tmp_path)
+        read_results(tmp_path)
 
 
 def test_pending_cells_are_what_a_resume_runs():
@@ -79,11 +80,12 @@ def test_resume_keeps_the_runs_matrix_and_selection(tmp_path):
         Cell("debian-trixie", "hostgen", CellKind.HOSTGEN, State.SUCCESS),
         Cell("debian-trixie", "debian-sid", CellKind.BUILD),
     ]
-    results.save(run, tmp_path / "run")
+    store.save(run, tmp_path / "r1")  # a run's directory is named by its id
     args = argparse.Namespace(
-        matrix=None, resume=tmp_path / "run", hosts=[], targets=[], timeout=None
+        matrix=None, resume=tmp_path / "r1", hosts=[], targets=[], timeout=None
     )
-    config, plan, _ = runcli._load(args)
+    loaded = runcli._load(args)
+    config, plan = loaded.config, loaded.plan
     assert config.path == matrix
     assert [c.id for c in plan.cells] == ["debian-trixie.hostgen", "debian-trixie.debian-sid"]
     assert [h.name for h in plan.hosts] == ["debian-trixie"]

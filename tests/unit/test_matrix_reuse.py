@@ -1,10 +1,12 @@
 import shutil
 from pathlib import Path
 
+from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import load_matrix
 from matrix.run.plan import make_plan
 from matrix.run.reuse import KeyMaker, index_previous
-from results.model import Cell, CellKind, RunResults, State, save
+from results.model import Cell, CellKind, RunResults, State
+from results.store import save
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,13 +28,13 @@ def test_key_follows_the_element_closure_only(tmp_path):
     tree = tree_copy(tmp_path)
     plan = cells(tmp_path)
     debian, suse = plan["debian-bookworm.debian-sid"], plan["debian-bookworm.opensuse-leap-15"]
-    before = KeyMaker(tree)
+    before = KeyMaker(DibTree.read(tree))
     keys = (before.key(debian, "sha256:img"), before.key(suse, "sha256:img"))
-    assert KeyMaker(tree).key(debian, "sha256:img") == keys[0]  # stable
+    assert KeyMaker(DibTree.read(tree)).key(debian, "sha256:img") == keys[0]  # stable
 
     script = tree / "elements/debootstrap/root.d/08-debootstrap"
     script.write_text(script.read_text() + "# patched\n")
-    after = KeyMaker(tree)
+    after = KeyMaker(DibTree.read(tree))
     assert after.key(debian, "sha256:img") != keys[0]  # debian-minbase -> debootstrap
     assert after.key(suse, "sha256:img") == keys[1]  # opensuse's closure is untouched
     assert after.key(debian, "sha256:other-host-image") != after.key(debian, "sha256:img")
@@ -58,12 +60,12 @@ def test_boot_row_key_follows_its_build(tmp_path):
     build, boot = plan["debian-bookworm.debian-bookworm-vm"], plan[
         "debian-bookworm.debian-bookworm-vm:boot"]
     sid = plan["debian-bookworm.debian-sid"]
-    before = KeyMaker(tree)
+    before = KeyMaker(DibTree.read(tree))
     boot_key, sid_key = before.key(boot, "sha256:img"), before.key(sid, "sha256:img")
     assert boot_key is not None and boot_key != before.key(build, "sha256:img")
 
     marker = next((tree / "elements" / "growroot").rglob("*.d/*"))  # only the vm uses it
     marker.write_text(marker.read_text() + "# patched\n")
-    after = KeyMaker(tree)
+    after = KeyMaker(DibTree.read(tree))
     assert after.key(boot, "sha256:img") != boot_key
     assert after.key(sid, "sha256:img") == sid_key

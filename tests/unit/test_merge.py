@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from matrix.cli import main
+from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import load_matrix
 from matrix.run import shards
-from matrix.run.plan import make_plan
+from matrix.run.plan import Plan, make_plan
 from reports.gate import gate_exit_code
 from reports.merge import MergeError, merge
-from results.model import Artifact, Category, Cell, RunResults, State, load, save
+from results.model import Artifact, Category, Cell, RunResults, State
+from results.reader import read_results
+from results.store import save
 
 MATRIX = """\
 hosts: [debian-bookworm, debian-trixie, ubuntu-noble]
@@ -28,20 +33,34 @@ VERDICTS = {"debian-bookworm.debian-forky": State.FAILED,
             "ubuntu-noble.debian-forky": State.ALLOWED_FAILURE}
 
 
-@pytest.fixture
-def plan(tmp_path):
+def make_matrix_plan(tmp_path: Path) -> Plan:
     path = tmp_path / "m.yaml"
     path.write_text(MATRIX)
     return make_plan(load_matrix(path))
 
 
-@pytest.fixture
-def dib_tree(tmp_path):
+def make_dib_tree(tmp_path: Path) -> DibTree:
     root = tmp_path / "tree"
     (root / "dib").mkdir(parents=True)
     (root / "dib" / "__main__.py").write_text("")
     (root / "elements").mkdir()
-    return root
+    return DibTree.read(root)
+
+
+def make_parts(tmp_path: Path, count: int = 2) -> list[Path]:
+    """The run directories of every shard of MATRIX, at tmp_path/part1... (the matrix
+    file and dib tree made beside them): what the hostile tests tamper with."""
+    return shard_runs(tmp_path, make_matrix_plan(tmp_path), make_dib_tree(tmp_path), count)
+
+
+@pytest.fixture
+def plan(tmp_path):
+    return make_matrix_plan(tmp_path)
+
+
+@pytest.fixture
+def dib_tree(tmp_path):
+    return make_dib_tree(tmp_path)
 
 
 def verdict_cell(planned) -> Cell:
@@ -103,7 +122,7 @@ def test_merge_gives_the_whole_runs_verdicts_files_and_gate(tmp_path, plan, dib_
     whole = write_run(tmp_path / "whole", plan, plan.cells)
     parts = shard_runs(tmp_path, plan, dib_tree)
     outcome = merge(parts, tmp_path / "out" / "merged")
-    merged = load(tmp_path / "out" / "merged")
+    merged = read_results(tmp_path / "out" / "merged")
     assert verdicts(merged) == verdicts(whole)
     assert [c.id for c in merged.cells] == [c.id for c in whole.cells]  # plan order
     assert merged.hosts == whole.hosts and merged.rows == whole.rows
@@ -187,6 +206,20 @@ def test_differently_split_parts_are_refused(tmp_path, plan, dib_tree):
         merge(parts, tmp_path / "merged")
 
 
+def test_parts_run_with_one_shards_object_of_a_plan_file_merge(tmp_path, plan, dib_tree):
+    """plan --shards N --format json gives each CI job its shard's object: each part then
+    knows only its own hosts' assignment, and the parts still merge."""
+    parts = shard_runs(tmp_path, plan, dib_tree)
+    for part in parts:
+        path = part / "results.json"
+        data = json.loads(path.read_text())
+        mark = data["shard"]
+        mark["plan"]["assignment"] = {h: mark["index"] for h in mark["hosts"]}
+        path.write_text(json.dumps(data))
+    outcome = merge(parts, tmp_path / "merged")
+    assert outcome.missing == [] and len(outcome.results.cells) == len(plan.cells)
+
+
 def test_a_run_that_is_not_a_shard_is_refused(tmp_path, plan, dib_tree):
     whole = tmp_path / "whole"
     write_run(whole, plan, plan.cells)
@@ -213,14 +246,19 @@ def test_symlinks_in_a_part_are_not_followed(tmp_path, plan, dib_tree):
     secret.write_text("do not copy")
     host = json.loads((parts[0] / "results.json").read_text())["shard"]["hosts"][0]
     (parts[0] / "logs" / host / "evil.log").symlink_to(secret)
-    merge(parts, tmp_path / "merged")
+    os.mkfifo(parts[0] / "images" / host / "pipe.qcow2")
+    outcome = merge(parts, tmp_path / "merged")
     assert not (tmp_path / "merged" / "logs" / host / "evil.log").exists()
+    assert not (tmp_path / "merged" / "images" / host / "pipe.qcow2").exists()
+    # skipped, and said: a tampered part is visible
+    assert [s.rsplit("/", 1)[-1] for s in outcome.skipped] == ["pipe.qcow2' (a FIFO)",
+                                                              "evil.log' (a symlink)"]
 
 
 def test_empty_shard_counts_as_given(tmp_path, plan, dib_tree):
     parts = shard_runs(tmp_path, plan, dib_tree, count=4)
     assert len(parts) == 4
-    empty = [p for p in parts if not load(p).cells]
+    empty = [p for p in parts if not read_results(p).cells]
     assert len(empty) == 1
     outcome = merge(parts, tmp_path / "merged")
     assert outcome.missing == []
@@ -246,7 +284,7 @@ def test_report_heads_say_shard_merge_and_reruns(tmp_path, plan, dib_tree):
     from reports.text import render_report
 
     parts = shard_runs(tmp_path, plan, dib_tree)
-    part = load(parts[0])
+    part = read_results(parts[0])
     assert f"shard 1/2 of matrix {part.shard['matrix_hash'][:12]}" in render_report(part)
     part.reruns.append({"cell": part.cells[0].id, "at": "t", "state": "failed"})
     assert f"re-run in place: {part.cells[0].id}" in render_report(part)

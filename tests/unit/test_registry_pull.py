@@ -158,7 +158,9 @@ def test_no_time_left_means_no_pull():
 def test_the_host_image_label_pins_the_base_for_results(tmp_path):
     from matrix.config.hosts import BootstrapBase, HostDefinition, ImageBase, PackageManager
     from matrix.hostgen.build import BASE_DIGEST_LABEL, recorded_base
-    from results.model import RunResults, load, save
+    from results.model import RunResults
+    from results.reader import read_results
+    from results.store import save
 
     pinned = f"127.0.0.1:5000/library/debian@{DIGEST}"
     client = SimpleNamespace(images=SimpleNamespace(
@@ -175,4 +177,4 @@ def test_the_host_image_label_pins_the_base_for_results(tmp_path):
     assert "base_images" not in json.loads((tmp_path / "results.json").read_text())
     results.base_images["h"] = record
     save(results, tmp_path)
-    assert load(tmp_path).base_images == {"h": record}
+    assert read_results(tmp_path).base_images == {"h": record}

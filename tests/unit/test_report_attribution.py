@@ -9,7 +9,8 @@ from reports.attribution import changed_files, package_changes
 from reports.compare import compare, render_comparison
 from reports.html import render_html
 from reports.markdown import code, escape, render_markdown
-from results.model import Category, Cell, RunResults, State, save
+from results.model import Category, Cell, RunResults, State
+from results.store import save
 from tests.resultfactory import make_cell, make_run
 
 MANIFEST = Path(__file__).resolve().parent / "golden" / "manifests" / "debian-bookworm-vm.packages"
@@ -243,9 +244,9 @@ def test_cells_without_record_round_trip(tmp_path):
     run.cells[0].provenance = prov()
     run.provenance = {"dib": {"commit": None}}
     save(run, tmp_path)
-    from results.model import load
+    from results.reader import read_results
 
-    back = load(tmp_path)
+    back = read_results(tmp_path)
     assert back.cells[0].provenance == prov() and back.provenance == run.provenance
     assert isinstance(back.cells[0], Cell) and isinstance(back, RunResults)
 

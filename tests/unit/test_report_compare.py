@@ -9,7 +9,8 @@ import pytest
 from matrix.cli import main
 from reports.compare import Change, compare, render_comparison
 from reports.gate import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, gate_exit_code, gating_cells
-from results.model import Category, State, save
+from results.model import Category, State
+from results.store import save
 from tests.resultfactory import category, make_cell, make_run
 
 NOBLE = Category("no-such-script", "No such script: /usr/share/debootstrap/scripts/noble")

@@ -8,7 +8,8 @@ import os
 from reports import write_all
 from reports.history import load_runs, trends
 from reports.html import write_index
-from results.model import State, save
+from results.model import State
+from results.store import save
 from tests.resultfactory import make_cell, make_run
 
 

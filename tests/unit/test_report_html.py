@@ -197,8 +197,9 @@ def test_interrupted_banner_and_pending():
 
 def test_helpers():
     assert safe_href("logs/h/a:boot.log") == "logs/h/a%3Aboot.log"
-    assert safe_href("https://example.org/x") == "https://example.org/x"
-    for bad in ("javascript:alert(1)", "/etc/passwd", "../x", "//evil.example/x", "file:///x"):
+    # results.json is untrusted: a report links only into its run directory, never out.
+    for bad in ("javascript:alert(1)", "/etc/passwd", "../x", "//evil.example/x", "file:///x",
+                "https://example.org/x", "logs\\..\\x", "logs//x", "logs/\x1b[2J.log"):
         assert safe_href(bad) is None, bad
     assert human_size(512) == "512 B" and human_size(3 * 1024**3) == "3.0 GiB"
     assert human_duration(None) == "-" and human_duration(42) == "42.0 s"

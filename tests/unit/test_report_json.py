@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 
 from reports.jsonreport import load_schema, render_json
-from results.model import SCHEMA_VERSION, Artifact, Category, Cell, RunResults, State, save
+from results.model import SCHEMA_VERSION, Artifact, Category, Cell, RunResults, State
+from results.store import save
 from tests.resultfactory import ALL_STATES, make_cell, make_run
 
 

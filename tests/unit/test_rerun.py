@@ -8,7 +8,9 @@ from matrix.cli import main
 from matrix.config.matrixfile import load_matrix
 from matrix.run import rerun
 from matrix.run.plan import make_plan
-from results.model import Artifact, Category, Cell, RunResults, State, load, save
+from results.model import Artifact, Category, Cell, RunResults, State
+from results.reader import ResultsError, read_results
+from results.store import save
 
 MATRIX = """\
 hosts: [debian-bookworm, debian-trixie]
@@ -95,10 +97,10 @@ def test_reset_keeps_the_earlier_log_and_verdict(tmp_path, plan):
     results.cells[8].artifacts = [Artifact("images/x.tar", "tar", 1, "")]
     save(results, run_dir)
     ids = ("debian-trixie.hostgen", "debian-trixie.debian-forky")
-    lines = rerun.reset(run_dir, load(run_dir), ids, "2026-11-29T12:00:00+00:00",
+    lines = rerun.reset(run_dir, read_results(run_dir), ids, "2026-11-29T12:00:00+00:00",
                         tmp_path / "fixed")
     assert any("was failed (No such script: .../forky)" in line for line in lines)
-    back = load(run_dir)
+    back = read_results(run_dir)
     forky = back.cell("debian-trixie", "debian-forky")
     assert forky.state is State.PENDING and forky.category is None and forky.log is None
     assert not (run_dir / "logs/debian-trixie/debian-forky.log").exists()
@@ -116,11 +118,11 @@ def test_reset_keeps_the_earlier_log_and_verdict(tmp_path, plan):
     forky.state, forky.log = State.SUCCESS, "logs/debian-trixie/debian-forky.log"
     (run_dir / forky.log).write_text("second log\n")
     save(back, run_dir)
-    rerun.reset(run_dir, load(run_dir), ids[1:], "2026-11-29T13:00:00+00:00")
+    rerun.reset(run_dir, read_results(run_dir), ids[1:], "2026-11-29T13:00:00+00:00")
     assert (run_dir / "logs/debian-trixie/debian-forky.run-2.log").read_text() == "second log\n"
     assert [p.name for p in rerun.earlier_logs(run_dir, "logs/debian-trixie/debian-forky.log")] \
         == ["debian-forky.run-1.log", "debian-forky.run-2.log"]
-    assert len(load(run_dir).reruns) == 3
+    assert len(read_results(run_dir).reruns) == 3
 
 
 def test_reset_never_moves_a_log_outside_the_run(tmp_path, plan):
@@ -130,7 +132,9 @@ def test_reset_never_moves_a_log_outside_the_run(tmp_path, plan):
     outside.write_text("x")
     results.cells[1].log = "../outside.log"
     save(results, run_dir)
-    rerun.reset(run_dir, load(run_dir), (results.cells[1].id,), "t")
+    with pytest.raises(ResultsError, match=r"cells\[1\]\.log"):  # the reader refuses it ...
+        read_results(run_dir)
+    rerun.reset(run_dir, results, (results.cells[1].id,), "t")  # ... and reset on its own
     assert outside.read_text() == "x"
 
 

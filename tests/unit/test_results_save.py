@@ -1,4 +1,4 @@
-"""results.model.save: cells keep their JSON text between saves, and it never goes stale.
+"""results.store.save: cells keep their JSON text between saves, and it never goes stale.
 
 Every save must still write the whole document, exactly what
 ``json.dumps(results.to_json(), indent=2, sort_keys=True)`` gives, atomically.
@@ -17,8 +17,9 @@ import jsonschema
 import pytest
 
 from reports.jsonreport import load_schema
-from results import model as results
+from results import store
 from results.model import Artifact, Category, Cell, CellKind, RunResults, State
+from results.reader import read_results
 from tests.resultfactory import ALL_STATES
 
 
@@ -51,14 +52,14 @@ def sample() -> RunResults:
 
 
 def saved_text(run: RunResults, tmp_path) -> str:
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     return (tmp_path / "results.json").read_text(encoding="utf-8")
 
 
 def check(run: RunResults, tmp_path) -> None:
     """The file is what to_json gives, and reads back as the same results."""
     assert saved_text(run, tmp_path) == reference(run)
-    assert results.load(tmp_path) == run
+    assert read_results(tmp_path) == run
 
 
 MUTATIONS: dict[str, Callable[[RunResults], None]] = {
@@ -121,8 +122,8 @@ def test_the_fixture_run_is_written_as_before(tmp_path, all_states):
 
 def test_round_trip_through_load(tmp_path):
     run = sample()
-    results.save(run, tmp_path)
-    back = results.load(tmp_path)
+    store.save(run, tmp_path)
+    back = read_results(tmp_path)
     assert back == run
     assert back.to_json() == run.to_json()
     # A loaded run saves to the same text (its cells have no saved text yet).
@@ -138,9 +139,9 @@ def test_load_reads_indented_and_compact_files(tmp_path):
     cells = ",\n".join(json.dumps(c, sort_keys=True) for c in document.pop("cells"))
     head = json.dumps(document, sort_keys=True)
     (tmp_path / "lines/results.json").write_text(f'{{"cells": [\n{cells}\n], {head[1:]}\n')
-    results.save(run, tmp_path / "indented")
+    store.save(run, tmp_path / "indented")
     for name in ("compact", "lines", "indented"):
-        assert results.load(tmp_path / name) == run, name
+        assert read_results(tmp_path / name) == run, name
 
 
 def test_output_validates_against_the_schema(tmp_path):
@@ -184,20 +185,20 @@ def count_serializations(monkeypatch) -> list[str]:
 def test_only_changed_cells_are_serialized_again(tmp_path, monkeypatch):
     run = sample()
     calls = count_serializations(monkeypatch)
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     assert len(calls) == len(run.cells)
     calls.clear()
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     assert calls == []
     run.cells[4].state = State.SUCCESS
     run.cells[1].category.legend = "changed"
     run.cells[2].artifacts[0].size = 12
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     assert sorted(calls) == ["h1.t", "h1.tox", "h2.hostgen"]
     calls.clear()
     run.cells[0].attempts = run.cells[0].attempts  # an assignment counts, same value or not
     run.cells[1].category = copy.deepcopy(run.cells[1].category)
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     assert sorted(calls) == ["h1.hostgen", "h1.tox"]
 
 
@@ -205,12 +206,12 @@ def test_a_change_during_serialization_is_saved_next_time(tmp_path, monkeypatch)
     """A cell changed by another thread while a save serializes it: that save may
     write either value, the next one writes the new."""
     run = sample()
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     original = Cell.to_json
     late: list[Callable[[], None]] = [
         lambda: setattr(run.cells[0], "evidence", "late"),
         lambda: setattr(run.cells[1].category, "legend", "late legend"),
-        lambda: run.cells[2].artifacts.append(Artifact("late", "tar", 1, "aa")),
+        lambda: run.cells[2].artifacts.append(Artifact("images/h1/late.tar", "tar", 1, "aa" * 32)),
     ]
 
     def racing(self):
@@ -222,7 +223,7 @@ def test_a_change_during_serialization_is_saved_next_time(tmp_path, monkeypatch)
     monkeypatch.setattr(Cell, "to_json", racing)
     for cell in run.cells[:3]:
         cell.attempts += 1
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     monkeypatch.setattr(Cell, "to_json", original)
     assert not late
     check(run, tmp_path)
@@ -230,17 +231,19 @@ def test_a_change_during_serialization_is_saved_next_time(tmp_path, monkeypatch)
 
 def test_copies_of_cells_are_saved_correctly(tmp_path):
     run = sample()
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     twin = copy.copy(run.cells[2])
     twin.artifacts = list(twin.artifacts)
     twin.row = "t2"
     deep = copy.deepcopy(run.cells[1])
+    deep.row = "t3"  # each cell id once: the reader refuses a run with a cell twice
     deep.category.legend = "deep"
     thawed = pickle.loads(pickle.dumps(run.cells[3]))
+    thawed.row = "t4"
     thawed.evidence = "thawed"
     run.cells += [twin, deep, thawed]
     check(run, tmp_path)
-    twin.artifacts.append(Artifact("x", "tar", 1, "bb"))
+    twin.artifacts.append(Artifact("images/h1/x.tar", "tar", 1, "bb" * 32))
     check(run, tmp_path)
     assert len(run.cells[2].artifacts) == 1
 
@@ -248,7 +251,7 @@ def test_copies_of_cells_are_saved_correctly(tmp_path):
 def test_saved_text_does_not_change_equality_or_fields(tmp_path):
     run = sample()
     fresh = sample()
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     assert run == fresh
     assert repr(run.cells[1]) == repr(fresh.cells[1])
     assert run.cells[1].to_json() == fresh.cells[1].to_json()
@@ -265,7 +268,7 @@ def test_write_stays_atomic(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(os, "replace", broken_replace)
         with pytest.raises(OSError, match="No space left"):
-            results.save(run, tmp_path)
+            store.save(run, tmp_path)
     assert (tmp_path / "results.json").read_text(encoding="utf-8") == before
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
     # The failed write does not make the next save skip the change.
@@ -283,9 +286,9 @@ def test_save_writes_through_a_temporary_file_and_a_rename(tmp_path, monkeypatch
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", watching_replace)
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     run.cells[0].state = State.FAILED
-    results.save(run, tmp_path)
+    store.save(run, tmp_path)
     assert len(renames) == 2
     assert all(src.startswith(".results.json.") and dst == "results.json"
                for src, dst in renames)
@@ -297,10 +300,10 @@ def test_written_files_honour_the_umask(tmp_path):
 
     old = os.umask(0o027)
     try:
-        results.write_atomically(tmp_path / "report.html", "<html></html>")
+        store.write_atomically(tmp_path / "report.html", "<html></html>")
         assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o640
         os.umask(0o022)
-        results.save(sample(), tmp_path)
+        store.save(sample(), tmp_path)
         assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
     finally:
         os.umask(old)

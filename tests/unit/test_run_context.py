@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import load_matrix
 from matrix.containers.engine import EngineError
 from matrix.hostgen.facts import HostFacts
@@ -24,7 +25,11 @@ class FakeImages:
 def settings(tmp_path, text="hosts: [debian-bookworm]\ntargets: [debian-bookworm]\n"):
     path = tmp_path / "m.yaml"
     path.write_text(text)
-    return RunSettings(load_matrix(path), "r", tmp_path / "run", tmp_path)
+    (tmp_path / "tree" / "dib").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "tree" / "dib" / "__main__.py").write_text("")
+    (tmp_path / "tree" / "elements").mkdir(exist_ok=True)
+    return RunSettings(load_matrix(path), "r", tmp_path / "run",
+                       DibTree.read(tmp_path / "tree"))
 
 
 def test_settings_and_context_are_frozen(tmp_path):

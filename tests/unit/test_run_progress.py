@@ -19,7 +19,8 @@ from matrix.run.progress import (
     short_duration,
     wants_status_line,
 )
-from results.model import Cell, CellKind, RunResults, State, save
+from results.model import Cell, CellKind, RunResults, State
+from results.store import save
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

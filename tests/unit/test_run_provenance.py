@@ -7,6 +7,7 @@ import time
 import urllib.error
 from pathlib import Path
 
+from matrix.config.dibtree import DibTree
 from matrix.config.targets import Target
 from matrix.run import provenance
 from matrix.run.plan import PlannedCell
@@ -18,7 +19,7 @@ from matrix.run.provenance import (
     release_url,
     tree_record,
 )
-from matrix.run.reuse import KeyMaker, file_digests
+from matrix.run.reuse import KeyMaker
 from results.model import Cell, CellKind, RunResults, State
 
 RELEASE = b"""Origin: Debian
@@ -31,7 +32,7 @@ Acquire-By-Hash: yes
 
 
 def make_tree(root: Path) -> Path:
-    (root / "dib").mkdir(parents=True)
+    (root / "dib").mkdir(parents=True, exist_ok=True)
     (root / "dib" / "__main__.py").write_text("print('dib')\n")
     (root / "dib" / "__pycache__").mkdir()
     (root / "dib" / "__pycache__" / "x.pyc").write_bytes(b"\0")
@@ -58,21 +59,21 @@ def planned(kind=CellKind.BUILD, target_name="t", elements=("debian-minbase",)):
 
 
 def test_file_digests_are_what_the_key_hashes(tmp_path):
-    tree = make_tree(tmp_path / "tree")
-    digests = file_digests(tree, (tree / "dib").rglob("*"))
+    tree = DibTree.read(make_tree(tmp_path / "tree"))
+    digests = tree.file_digests(["dib"])
     assert list(digests) == ["dib/__main__.py"]  # no __pycache__, no directories
-    hooks = file_digests(tree, [tree / "elements/base/install.d/10-hook"])
+    hooks = tree.file_digests(["elements/base/install.d/10-hook"])
     assert hooks["elements/base/install.d/10-hook"].endswith("+x")
     assert len(hooks["elements/base/install.d/10-hook"]) == 18
 
 
 def test_tree_record_digest_names_the_tree(tmp_path):
-    tree = make_tree(tmp_path / "tree")
-    first = tree_record(tree, {"commit": None, "dirty": None, "path": str(tree)})
+    root = make_tree(tmp_path / "tree")
+    first = tree_record(DibTree.read(root))
     assert first["commit"] is None and list(first["files"]) == ["dib/__main__.py"]
-    (tree / "elements/extra/install.d/10-hook").write_text("exit 1\n")
-    second = tree_record(tree, {"commit": "abc", "dirty": True})
-    assert second["digest"] != first["digest"] and second["commit"] == "abc"
+    (root / "elements/extra/install.d/10-hook").write_text("exit 1\n")
+    second = tree_record(DibTree.read(root))
+    assert second["digest"] != first["digest"]
     assert second["files"] == first["files"]
 
 
@@ -146,12 +147,12 @@ def test_read_packages_of_a_manifest(tmp_path):
 
 
 def recorder(tmp_path, dates=None):
-    tree = make_tree(tmp_path / "tree")
+    tree = DibTree.read(make_tree(tmp_path / "tree"))
     run_dir = tmp_path / "run"
     keys = KeyMaker(tree)
-    return Recorder(run_dir, tree, {"commit": None}, "http://m/debian",
+    return Recorder(run_dir, tree, "http://m/debian",
                     image_id=lambda host: "sha256:" + "1" * 64,
-                    closure_files=keys.closure_files,
+                    closure_parts=keys.cell_parts,
                     dates=dates or MirrorDates(fetch=lambda url: "Sat, 11 Jul 2026", timeout=5)
                     ), run_dir
 
@@ -223,7 +224,7 @@ def test_a_failing_record_never_sinks_the_run(tmp_path, caplog):
     def broken(cell):
         raise RuntimeError("boom")
 
-    rec.closure_files = broken
+    rec.closure_parts = broken
     cell = Cell("h", "t", CellKind.BUILD, state=State.SUCCESS, attempts=1)
     rec.fill(RunResults("r", "m", ["h"], ["t"], cells=[cell]), planned(), cell)
     assert cell.provenance == {}
@@ -248,7 +249,7 @@ def test_prefetch_starts_one_fetch_per_suite(tmp_path):
 
 
 def test_start_records_the_tree_for_either_shape_of_context(tmp_path):
-    tree = make_tree(tmp_path / "tree")
+    tree = DibTree.read(make_tree(tmp_path / "tree"))
 
     class Settings:
         run_dir, dib_tree, mirror = tmp_path / "run", tree, None
@@ -261,15 +262,14 @@ def test_start_records_the_tree_for_either_shape_of_context(tmp_path):
             return "sha256:1"
 
         def elements_dirs(self, cell):
-            return [tree / "elements"]
+            return [tree.elements]
 
     class Plan:
         cells = (planned(),)
 
     results = RunResults("r", "m", ["h"], ["t"])
-    results.dib_tree = {"commit": "abc", "dirty": False}
     recorder = provenance.start(Context(), Plan(), results)
-    assert recorder is not None and results.provenance["dib"]["commit"] == "abc"
+    assert recorder is not None and results.provenance["dib"]["digest"] == tree.digest
     assert results.provenance["mirrors"] == {}  # no mirror: nothing fetched
 
 

@@ -4,7 +4,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from matrix.run import runner
-from results.model import Cell, CellKind, RunResults, State, save
+from results.archive import StoredRun
+from results.model import Cell, CellKind, RunResults, State
+from results.store import save
 
 
 def resumed_run(tmp_path: Path) -> runner.MatrixRun:
@@ -17,7 +19,7 @@ def resumed_run(tmp_path: Path) -> runner.MatrixRun:
         Cell("h", "c", CellKind.BUILD, State.FAILED),
     ]
     save(results, tmp_path / "r1")
-    request = SimpleNamespace(resume=tmp_path / "r1", out_dir=tmp_path)
+    request = SimpleNamespace(resume=StoredRun(tmp_path / "r1", results), out_dir=tmp_path)
     return runner.MatrixRun(request, client=None, catalogue=None)
 
 

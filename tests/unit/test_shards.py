@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from matrix.cli import main
+from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import load_matrix
 from matrix.run import shards
 from matrix.run.plan import make_plan
@@ -119,7 +120,7 @@ def test_history_ignores_reused_skipped_and_pending_cells(plan):
 
 
 def test_load_history_reads_runs_newest_first(tmp_path):
-    from results.model import save
+    from results.store import save
 
     for run_id in ("20260101-000000-aaaa", "20260102-000000-bbbb"):
         save(run_with({"h.t": 1.0}, run_id), tmp_path / run_id)
@@ -147,17 +148,17 @@ def test_matrix_hash_is_content_not_location(matrix_file, tmp_path, plan):
     assert shards.matrix_hash(narrowed) != shards.matrix_hash(plan)
 
 
-def test_tree_digest_follows_content(tmp_path):
-    root = tree(tmp_path)
-    first = shards.tree_digest(root)
-    assert first == shards.tree_digest(root)
-    (root / "dib" / "__main__.py").write_text("print('patched')\n")
-    assert shards.tree_digest(root) != first
+def test_the_mark_carries_the_trees_digest(plan, tmp_path):
+    split = shards.split(plan, 2)
+    first = shards.mark(plan, split, 1, DibTree.read(tree(tmp_path)))["dib_tree_digest"]
+    assert first == DibTree.read(tree(tmp_path)).digest
+    patched = DibTree.read(tree(tmp_path, "print('patched')\n"))
+    assert shards.mark(plan, split, 2, patched)["dib_tree_digest"] != first
 
 
 def test_mark_carries_the_whole_plan(plan, tmp_path):
     split = shards.split(plan, 2)
-    mark = shards.mark(plan, split, 1, tree(tmp_path))
+    mark = shards.mark(plan, split, 1, DibTree.read(tree(tmp_path)))
     assert mark["kind"] == "part" and mark["index"] == 1 and mark["count"] == 2
     assert mark["matrix_hash"] == shards.matrix_hash(plan)
     assert len(mark["plan"]["cells"]) == len(plan.cells)

@@ -10,6 +10,7 @@ import pytest
 
 from matrix.config import upstreamdib
 from matrix.config.diagnostics import ConfigError
+from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import load_matrix, resolve_matrix_path
 from matrix.config.targets import element_issues, load_target, load_targets, upstream_notes
 from matrix.containers import engine
@@ -143,7 +144,7 @@ def context(tmp_path, **changes):
     matrix = tmp_path / "settings.yaml"
     matrix.write_text("hosts: [debian-bookworm]\ntargets: [debian-bookworm]\ntimeout: 1m\n")
     values = dict(config=load_matrix(matrix), run_id="r", run_dir=tmp_path / "run",
-                  dib_tree=REPO, mirror="http://mirror.invalid/debian")
+                  dib_tree=DibTree.read(REPO), mirror="http://mirror.invalid/debian")
     values.update(changes)
     hosts = HostRecords({"debian-bookworm": HostRecord("dib-matrix/host-debian-bookworm:x")})
     return RunContext(RunSettings(**values), client=None, hosts=hosts)
@@ -245,32 +246,31 @@ def test_reuse_key_names_the_upstream_release_and_its_sha(tmp_path, monkeypatch)
     plain = cell.__class__(**{**cell.__dict__, "target": cell.target.__class__(
         **{**cell.target.__dict__, "upstream_elements": None})})
     up = fake_upstream(tmp_path)
-    keys = KeyMaker(tree, {"3.43.0": up})
+    keys = KeyMaker(DibTree.read(tree), {"3.43.0": up})
     upstream_key = keys.key(cell, "sha256:img")
     assert upstream_key != keys.key(plain, "sha256:img")  # a dib-elements success is not it
     monkeypatch.setitem(upstreamdib.PINS, "3.43.0", "f" * 64)
-    assert KeyMaker(tree, {"3.43.0": up}).key(cell, "sha256:img") != upstream_key
+    assert KeyMaker(DibTree.read(tree), {"3.43.0": up}).key(cell, "sha256:img") != upstream_key
 
 
 def test_reuse_key_follows_dibs_elements_only_where_upstream_does_not_shadow(tmp_path):
     tree = tree_copy(tmp_path)
     up = fake_upstream(tmp_path)
     cell = plan_of(tmp_path, UPSTREAM)[f"debian-bookworm.{UPSTREAM}"]
-    before = KeyMaker(tree, {"3.43.0": up}).key(cell, "sha256:img")
+    before = KeyMaker(DibTree.read(tree), {"3.43.0": up}).key(cell, "sha256:img")
     shadowed = tree / "elements/debian-minimal/README.md"
     shadowed.write_text(shadowed.read_text() + "patched\n")
-    assert KeyMaker(tree, {"3.43.0": up}).key(cell, "sha256:img") == before
+    assert KeyMaker(DibTree.read(tree), {"3.43.0": up}).key(cell, "sha256:img") == before
     base = next(p for p in (tree / "elements/base").rglob("*") if p.is_file())
     base.write_text(base.read_text() + "\n# patched\n")
-    assert KeyMaker(tree, {"3.43.0": up}).key(cell, "sha256:img") != before
+    assert KeyMaker(DibTree.read(tree), {"3.43.0": up}).key(cell, "sha256:img") != before
 
 
 def test_reuse_key_without_the_tree_counts_every_dib_element(tmp_path):
     tree = tree_copy(tmp_path)
     cell = plan_of(tmp_path, UPSTREAM)[f"debian-bookworm.{UPSTREAM}"]
-    keys = KeyMaker(tree)
-    assert len(keys.element_dirs(cell.target.elements, "3.43.0")) == \
-        len([p for p in (tree / "elements").iterdir() if p.is_dir()])
+    keys = KeyMaker(DibTree.read(tree))
+    assert keys.closure_parts(cell.target.elements, "3.43.0") == ("elements",)
     assert keys.key(cell, "sha256:img")
 
 

@@ -339,7 +339,7 @@ def test_run_tool_bounds_output_and_time():
         run_tool(["sleep", "30"], Deadline.after(0.3))
     assert time.monotonic() - started < 5
     result = run_tool(["sh", "-c", "echo out; echo err >&2; exit 3"], Deadline.after(10))
-    assert (result.returncode, result.stdout, result.stderr) == (3, b"out\n", "err\n")
+    assert (result.returncode, result.output, result.errors) == (3, b"out\n", "err\n")
 
 
 def test_a_missing_tool_names_its_package(monkeypatch):

@@ -22,7 +22,9 @@ from dib.blockdevice.plan import make_plan, plan_dir
 from matrix.verdict.verify.expect import load_layout_record
 from reports.html import render_html
 from reports.jsonreport import load_schema
-from results.model import Artifact, Category, ImageCheck, State, load, save
+from results.model import Artifact, Category, ImageCheck, State
+from results.reader import read_results
+from results.store import save
 from tests.resultfactory import make_cell, make_run
 
 LAYOUTS = Path(__file__).resolve().parents[2] / "elements" / "vm" / "layouts"
@@ -53,7 +55,7 @@ def test_checks_are_in_the_schema_and_results_json_round_trips(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert [e.message for e in validator().iter_errors(data)] == []
     assert data["cells"][0]["checks"][1]["ok"] is False
-    assert load(tmp_path) == run
+    assert read_results(tmp_path) == run
     data["cells"][0]["checks"][0]["surprise"] = 1
     assert list(validator().iter_errors(data))
 

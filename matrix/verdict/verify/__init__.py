@@ -20,8 +20,9 @@ The stages, each a module:
    packages with ``<target>.packages``) and words what it found; a failed check's
    detail reads on its own (``image is bookworm, target wants forky``).
 5. :mod:`.images` -- :func:`verify_images` runs the checks of every image of a cell
-   under one deadline, each timed, none raising; :func:`summary` is the first failed
-   check as one line, ``verify: <name>: <detail>``.
+   under one deadline (what the cell's container left of its timeout), each timed,
+   none raising; :func:`summary` is the first failed check as one line,
+   ``verify: <name>: <detail>``.
 
 Beneath them: :mod:`.parse` (os-release, dpkg status and manifest text),
 :mod:`.tools` (every tool runs with an argv list, the deadline and bounded output) and
@@ -30,8 +31,10 @@ Beneath them: :mod:`.parse` (os-release, dpkg status and manifest text),
 
 from .expect import Expectation, PlannedLayout, PlannedPartition, expectation_for
 from .images import summary, verify_images
+from .limits import Deadline
 
 __all__ = [
+    "Deadline",
     "Expectation",
     "PlannedLayout",
     "PlannedPartition",

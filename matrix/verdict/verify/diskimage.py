@@ -59,7 +59,7 @@ def virtual_size(image: Path, disk_format: str, deadline: Deadline) -> int:
                       deadline)
     if result.returncode != 0:
         raise tool_error(result, "qemu-img info")
-    info = json.loads(result.stdout)
+    info = json.loads(result.output)
     return int(info["virtual-size"])
 
 
@@ -70,13 +70,13 @@ def qemu_img_check(disk: Disk, deadline: Deadline) -> list[str] | None:
     if result.returncode == QEMU_IMG_NO_CHECK:
         return None
     try:
-        report = json.loads(result.stdout) if result.stdout.strip() else {}
+        report = json.loads(result.output) if result.output.strip() else {}
     except json.JSONDecodeError:
         report = {}
     problems = [f"{report[k]} {k}" for k in ("corruptions", "leaks", "check-errors")
                 if report.get(k)]
     if result.returncode != 0 and not problems:
-        return [(result.stderr.strip().splitlines() or ["?"])[-1]]
+        return [(result.errors.strip().splitlines() or ["?"])[-1]]
     return problems
 
 
@@ -127,10 +127,10 @@ def read_table(disk: Disk, work: Path, deadline: Deadline) -> Table:
             handle.write(tail)
     result = run_tool(["sfdisk", "--json", str(target)], deadline)
     if result.returncode != 0:
-        if "does not contain a recognized partition table" in result.stderr:
+        if "does not contain a recognized partition table" in result.errors:
             return Table(None, ())
         raise tool_error(result, "sfdisk --json")
-    return parse_sfdisk(json.loads(result.stdout))
+    return parse_sfdisk(json.loads(result.output))
 
 
 def parse_sfdisk(data: Mapping[str, Any]) -> Table:
@@ -217,16 +217,16 @@ def debugfs_read(device: str, path: str, deadline: Deadline, limit: int) -> byte
     """A file's bytes through ``debugfs -c`` (symlinks followed); None when it is absent."""
     for _ in range(SYMLINK_HOPS + 1):
         stat = run_tool(["debugfs", "-c", "-R", f"stat {path}", device], deadline)
-        if stat.returncode != 0 or b"Inode:" not in stat.stdout:
-            if "not found" in stat.stderr:
+        if stat.returncode != 0 or b"Inode:" not in stat.output:
+            if "not found" in stat.errors:
                 return None
             raise tool_error(stat, f"debugfs stat {path}")
-        link = re.search(rb'Fast link dest: "(.*)"', stat.stdout)
+        link = re.search(rb'Fast link dest: "(.*)"', stat.output)
         if link is None:
             result = run_tool(["debugfs", "-c", "-R", f"cat {path}", device], deadline, limit)
             if result.returncode != 0:
                 raise tool_error(result, f"debugfs cat {path}")
-            return result.stdout
+            return result.output
         target = link.group(1).decode("utf-8", "replace")
         path = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     raise VerifyError(f"too many symbolic links from {path}")

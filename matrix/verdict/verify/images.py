@@ -49,10 +49,12 @@ T = TypeVar("T")
 
 
 def verify_images(
-    images: Sequence[Path], expect: Expectation, run_dir: Path, timeout: float
+    images: Sequence[Path], expect: Expectation, run_dir: Path, timeout: float | Deadline
 ) -> list[ImageCheck]:
-    """Check every image of one build cell; never raises for a bad or unreadable image."""
-    deadline = Deadline.after(timeout)
+    """Check every image of one build cell; never raises for a bad or unreadable image.
+    ``timeout``: seconds from now, or the deadline of the cell's whole budget (a check
+    that it cuts short fails, and the deadline says it passed)."""
+    deadline = timeout if isinstance(timeout, Deadline) else Deadline.after(timeout)
     checks: list[ImageCheck] = []
     work = _work_dir(run_dir)
     try:

@@ -14,7 +14,6 @@ STATUS_LIMIT = 64 * MIB  # bytes read of dpkg's status file
 MANIFEST_LIMIT = 16 * MIB
 LAYOUT_LIMIT = 1 * MIB
 TOOL_OUTPUT_LIMIT = 1 * MIB  # stdout of a tool, unless a call says otherwise
-TOOL_ERROR_LIMIT = 64 * KIB
 SYMLINK_HOPS = 4  # symbolic links followed to an image's os-release
 
 
@@ -24,14 +23,19 @@ class VerifyError(Exception):
 
 @dataclass
 class Deadline:
-    end: float
+    end: float  # time.monotonic() then
+    seconds: float = 0.0  # the whole budget, for messages
 
     @classmethod
     def after(cls, seconds: float) -> Deadline:
-        return cls(time.monotonic() + seconds)
+        return cls(time.monotonic() + seconds, seconds)
 
     def left(self) -> float:
         return self.end - time.monotonic()
+
+    @property
+    def passed(self) -> bool:
+        return self.left() <= 0
 
 
 def read_text(path: Path, limit: int, strict: bool = False) -> str:

@@ -364,3 +364,12 @@ def test_arm64_boot_with_a_fake_qemu_gets_a_private_variable_store(tmp_path):
     assert Path(store).name == "AAVMF_VARS.fd" and Path(store).parent != code.parent
     assert not Path(store).exists()  # removed with the boot
     assert f"if=pflash,format=raw,unit=0,readonly=on,file={code}" in used
+
+
+def test_a_long_line_without_a_login_prompt_costs_its_length_not_its_square():
+    # 200 KB without " login:" took minutes with the unanchored pattern (each start
+    # position tried each length); a word-start look-behind makes it one pass.
+    started = time.monotonic()
+    assert boottest.LOGIN_PROMPT.search("x" * 200_000) is None
+    assert time.monotonic() - started < 5
+    assert boottest.LOGIN_PROMPT.search("vm login: ")

@@ -113,6 +113,7 @@ def test_record_json_is_one_compact_sorted_ascii_line():
         "error",
         "command",
         "message",
+        "reason",
         "free_bytes",
         "seconds",
     }

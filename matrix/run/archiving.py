@@ -1,0 +1,57 @@
+"""A run's last step in the archive: its successes become last-good cells, then retention.
+
+Called once by the runner's finalise stage, after the run's results are saved. Neither
+step can fail the run: a problem is one warning line in the run's log. Which runs are
+live is the leases' knowledge (:mod:`matrix.containers.leases`); ``results`` is told
+through a predicate, asked again right before each removal.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from matrix.containers.leases import Registry
+from results import lastgood, retention
+from results.archive import OutDir
+from results.model import RunResults
+from results.paths import UnsafePath
+from results.retention import Live, Policy
+
+LOG = logging.getLogger("dib-matrix")
+
+
+def live_runs(registry: Registry | None = None) -> Live:
+    """Whether a live lease names a run id, read afresh at each question (a run resumed
+    a second ago counts). A lease directory that cannot be read raises OSError."""
+    leases = registry if registry is not None else Registry()
+    return lambda run_id: run_id in leases.live_runs()
+
+
+def archive_run(out_dir: Path, results: RunResults, policy: Policy | None,
+                registry: Registry | None = None) -> None:
+    """Record the run's last-good cells, then apply ``policy`` (when it has limits) to
+    the output directory; the run itself is never removed."""
+    out = OutDir(out_dir)
+    try:
+        recorded = lastgood.record_run(out, out.run(results.run_id), results, warn=_warn)
+        LOG.debug("last-good: %d cells recorded", len(recorded))
+    except (OSError, UnsafePath) as err:
+        LOG.warning("last-good cells not recorded: %s", err)
+    if policy is None or not policy.limits:
+        return
+    if results.interrupted:
+        LOG.info("retention: not applied after an interrupted run")
+        return
+    try:
+        done = retention.collect(out, policy, live_runs(registry), protect={results.run_id},
+                                 warn=_warn)
+    except (OSError, UnsafePath) as err:
+        LOG.warning("retention not applied: %s", err)
+        return
+    for line in retention.describe_plan(done, dry_run=False):
+        LOG.info("retention: %s", line)
+
+
+def _warn(message: str) -> None:
+    LOG.warning("%s", message)
