@@ -32,20 +32,19 @@ with one warning line naming it and its first problem.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import itertools
 import os
 import secrets
 import stat
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from dib import failure
 from results import store
+from results.locks import take_exclusive
 from results.model import RunResults
 from results.names import is_name, is_row, is_run_id
 from results.paths import UnsafeOutput, UnsafePath, check_component, inside, kind
@@ -276,17 +275,9 @@ class OutDir:
         self.make_state_dir()
         fd = _open_lock(inside(self.path, STATE_DIR, LOCK_FILE))
         try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise ArchiveBusy(f"{shown_path(self.path)}: another dib-matrix "
-                                          f"holds the archive's lock for over {wait:.0f} s"
-                                          ) from None
-                    time.sleep(0.1)
+            if not take_exclusive(fd, wait):
+                raise ArchiveBusy(f"{shown_path(self.path)}: another dib-matrix holds the "
+                                  f"archive's lock for over {wait:.0f} s")
             yield
         finally:
             os.close(fd)  # the lock goes with the descriptor

@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
 import stat
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from results.locks import take_exclusive
 from results.model import RunResults, State
 from results.names import is_name, is_row, is_run_id
 from results.paths import UnsafePath, inside
@@ -196,16 +195,9 @@ def _locked(out_dir: Path, timeout: float) -> Iterator[None]:
     lock.parent.mkdir(exist_ok=True)
     fd = _open_regular_for(lock, os.O_RDWR | os.O_CREAT)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise OccurrencesError(f"{lock}: held by another process for more than "
-                                           f"{timeout:.0f} s") from None
-                time.sleep(0.05)
+        if not take_exclusive(fd, timeout):
+            raise OccurrencesError(f"{lock}: held by another process for more than "
+                                   f"{timeout:.0f} s")
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
