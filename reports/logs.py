@@ -12,11 +12,11 @@ from pathlib import Path
 from reports.sanitize import clean_line, clean_text
 from results.archive import RunDir
 from results.model import Cell
+from results.safefile import count_newlines, open_regular
 
 MAX_BYTES = 1024 * 1024
 CONTEXT = 6  # lines shown before and after the evidence line
 TAIL = 20  # lines shown when there is no evidence line to find
-CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,30 +41,18 @@ def log_path(run_dir: Path | None, cell: Cell) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def _count_newlines(path: Path, limit: int) -> int:
-    count = 0
-    with path.open("rb") as handle:
-        while limit > 0:
-            block = handle.read(min(CHUNK, limit))
-            if not block:
-                break
-            count += block.count(b"\n")
-            limit -= len(block)
-    return count
-
-
 def read_tail(path: Path, max_bytes: int = MAX_BYTES) -> tuple[int, list[str]]:
     """(number of the first returned line, cleaned lines) of the end of a log."""
-    size = path.stat().st_size
-    start = max(size - max_bytes, 0)
-    with path.open("rb") as handle:
+    with open_regular(path) as handle:
+        start = max(handle.seek(0, 2) - max_bytes, 0)
         handle.seek(start)
-        data = handle.read()
-    first = 1
-    if start:
-        cut = data.find(b"\n") + 1  # drop the partial first line
-        first = _count_newlines(path, start + cut) + 1
-        data = data[cut:]
+        data = handle.read(max_bytes)
+        first = 1
+        if start:
+            cut = data.find(b"\n") + 1  # drop the partial first line
+            handle.seek(0)
+            first = count_newlines(handle, start + cut) + 1
+            data = data[cut:]
     text = data.decode("utf-8", errors="replace")
     return first, [clean_line(line) for line in text.splitlines()]
 

@@ -47,6 +47,19 @@ def read_text(path: Path, limit: int) -> str:
     return read_regular(path, limit).decode("utf-8")
 
 
+def count_newlines(stream: BinaryIO, length: int) -> int:
+    """Newlines in the next ``length`` bytes of ``stream`` (read a block at a time): the
+    line number where a window into a long log starts, without decoding what precedes."""
+    count = 0
+    while length > 0:
+        block = stream.read(min(MiB, length))
+        if not block:
+            break
+        count += block.count(b"\n")
+        length -= len(block)
+    return count
+
+
 def iter_lines(path: Path, limit: int, line_limit: int = 64 * 1024) -> Iterator[bytes]:
     """The lines of a regular file, streamed: at most ``limit`` bytes in all (the rest is
     not read) and each line cut at ``line_limit`` bytes, so memory stays bounded."""

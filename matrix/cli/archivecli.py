@@ -25,7 +25,7 @@ from reports.cli import InputError, read_run, run_dir_of
 from reports.gate import EXIT_OK, EXIT_USAGE
 from reports.sanitize import one_line
 from results import keeps, lastgood, retention
-from results.archive import LATEST, OutDir
+from results.archive import LATEST, OutDir, RunDir
 from results.lastgood import LastGood, LastGoodError
 from results.names import is_name, is_row
 from results.paths import UnsafePath, absolute
@@ -215,7 +215,7 @@ def show_last_good(run: Path, pattern: str) -> int:
 
 def _cells_for(run: Path, pattern: str) -> tuple[OutDir, list[str]]:
     """The output directory and the ids of the cells ``pattern`` matches."""
-    if run.is_dir() and not (run / "results.json").exists():
+    if run.is_dir() and not RunDir(run).results_file.exists():  # an output directory
         out = OutDir(absolute(run))
         ids = sorted(lastgood.read_all(out, warn=_warn))
     else:

@@ -48,7 +48,7 @@ from matrix.verdict.logscan import LINE_LIMIT, lines_of_stream
 from reports.sanitize import clean_line
 from results.archive import RunDir
 from results.model import Cell, RunResults, State
-from results.safefile import MiB, UnsafeFile, iter_lines, open_regular
+from results.safefile import MiB, UnsafeFile, count_newlines, iter_lines, open_regular
 
 EXCERPT_LINES = 5  # lines an excerpt shows
 TEXT_LIMIT = 300  # characters of one excerpt line
@@ -406,7 +406,7 @@ def numbered_tail(path: Path, window: int = LOG_WINDOW) -> Iterator[tuple[int, s
             raise UnsafeFile(f"{path}: over {MAX_LOG_BYTES // MiB} MiB: no excerpt")
         start = max(size - window, 0)
         stream.seek(0)
-        number = 1 + _newlines(stream, start)
+        number = 1 + count_newlines(stream, start)
         if start:  # the window starts inside a line (or at one): skip to the next
             partial = stream.readline(LINE_LIMIT)
             while partial and not partial.endswith(b"\n"):
@@ -415,17 +415,6 @@ def numbered_tail(path: Path, window: int = LOG_WINDOW) -> Iterator[tuple[int, s
         reader: Any = _Bounded(stream, size - stream.tell())
         for offset, line in enumerate(lines_of_stream(reader)):
             yield number + offset, line
-
-
-def _newlines(stream: BinaryIO, length: int) -> int:
-    count = 0
-    while length > 0:
-        block = stream.read(min(MiB, length))
-        if not block:
-            break
-        count += block.count(b"\n")
-        length -= len(block)
-    return count
 
 
 def excerpt_of_log(log: Path, baseline: Baseline | Sequence[Path],
