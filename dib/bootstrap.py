@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -23,10 +24,10 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from dib import chroot, debprefetch, failure, suiteview
-from dib.errors import CommandFailed, DibError
+from dib import chroot, debprefetch, failure, safefile, suiteview
+from dib.errors import CommandFailed, ConfigError, DibError
 from dib.mirror import MirrorNotFound, find_mirror
 from dib.run import run
 
@@ -49,6 +50,131 @@ def check_script(release: str, env: Mapping[str, str]) -> None:
         raise DibError(f"No such script: {script}")
 
 
+APT_KEYRING_VAR = "DIB_APT_KEYRING"
+# Where apt in the image finds it: trusted for every source, kept in the image.
+IMAGE_KEYRING = Path("etc/apt/trusted.gpg.d/dib-apt-keyring.gpg")
+APT_KEYRING_MAX_BYTES = 16 * safefile.MiB  # Debian's own keyring is ~100 KiB
+_PUBLIC_KEY_TAG = 6
+_SECRET_KEY_TAGS = (5, 7)  # secret key, secret subkey: never into an image
+
+
+@dataclass(frozen=True)
+class AptKeyring:
+    """DIB_APT_KEYRING, checked: the keyring the target's archive is signed with."""
+
+    path: Path
+    data: bytes
+
+
+def openpgp_packet_tags(data: bytes) -> List[int]:
+    """The packet tags of a binary OpenPGP keyring (RFC 4880 section 4.2, both header
+    formats); ValueError when ``data`` is not a whole sequence of packets."""
+    tags: List[int] = []
+    at = 0
+    while at < len(data):
+        header = data[at]
+        if not header & 0x80:
+            raise ValueError(f"no OpenPGP packet at byte {at}")
+        if header & 0x40:  # new format: tag in 6 bits, then a 1, 2 or 5 byte length
+            tag, (length, used) = header & 0x3F, _new_length(data, at + 1)
+        else:  # old format: tag in 4 bits, the length's size in the last 2
+            tag, (length, used) = (header >> 2) & 0x0F, _old_length(data, at + 1, header & 3)
+        at += 1 + used + length
+        if at > len(data):
+            raise ValueError("truncated OpenPGP packet")
+        tags.append(tag)
+    return tags
+
+
+def _new_length(data: bytes, at: int) -> Tuple[int, int]:
+    first = data[at] if at < len(data) else -1
+    if 0 <= first < 192:
+        return first, 1
+    if 192 <= first < 224 and at + 1 < len(data):
+        return ((first - 192) << 8) + data[at + 1] + 192, 2
+    if first == 255 and at + 4 < len(data):
+        return int.from_bytes(data[at + 1:at + 5], "big"), 5
+    raise ValueError("bad OpenPGP packet length")  # partial lengths never occur in keys
+
+
+def _old_length(data: bytes, at: int, length_type: int) -> Tuple[int, int]:
+    size = {0: 1, 1: 2, 2: 4}.get(length_type)
+    if size is None or at + size > len(data):
+        raise ValueError("bad OpenPGP packet length")
+    return int.from_bytes(data[at:at + size], "big"), size
+
+
+def keyring_problem(data: bytes) -> Optional[str]:
+    """Why ``data`` is not a binary public keyring that both debootstrap's gpgv and apt's
+    trusted.gpg.d read, or None."""
+    if not data:
+        return "is empty"
+    if data.lstrip().startswith(b"-----BEGIN PGP"):
+        return "is ASCII-armored: give the binary keyring (gpg --dearmor FILE)"
+    if data[8:12] == b"KBXf":
+        return "is a GnuPG keybox, which apt does not read: export it (gpg --export KEYID)"
+    try:
+        tags = openpgp_packet_tags(data)
+    except ValueError as err:
+        return f"is not an OpenPGP keyring ({err}): write one with gpg --export KEYID"
+    if any(tag in _SECRET_KEY_TAGS for tag in tags):
+        return "holds a secret key: give the public keyring only (gpg --export KEYID)"
+    if _PUBLIC_KEY_TAG not in tags:
+        return "holds no public key: write one with gpg --export KEYID"
+    return None
+
+
+def apt_keyring(env: Mapping[str, str]) -> Optional[AptKeyring]:
+    """DIB_APT_KEYRING read and checked (None when unset); a ConfigError naming the
+    variable and the path when it cannot serve, so the build stops before debootstrap."""
+    value = env.get(APT_KEYRING_VAR, "")
+    if not value:
+        return None
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"{APT_KEYRING_VAR}={value!r} {why}")
+
+    path = Path(value)
+    if not path.is_absolute():
+        raise refuse("is not an absolute path")
+    try:
+        data = safefile.read_regular(path, APT_KEYRING_MAX_BYTES)
+    except FileNotFoundError:
+        raise refuse("does not exist") from None
+    except OSError as err:
+        raise refuse(f"cannot be read: {err.strerror or err}") from None
+    problem = keyring_problem(data)
+    if problem:
+        raise refuse(problem)
+    return AptKeyring(path, data)
+
+
+def keyring_options(keyring: Optional[AptKeyring]) -> Tuple[str, ...]:
+    """debootstrap's option to check the archive against ``keyring`` (none: the script's)."""
+    return (f"--keyring={keyring.path}",) if keyring else ()
+
+
+def install_apt_keyring(keyring: AptKeyring, root: Path) -> None:
+    """Make apt in ``root`` trust ``keyring`` (world-readable: apt reads it as _apt);
+    written beside and renamed, so a symlink already at the name is replaced, never followed."""
+    dest = root / IMAGE_KEYRING
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(keyring.data)
+            os.fchmod(out.fileno(), 0o644)  # whatever the umask
+        os.replace(partial, dest)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise DibError(f"{APT_KEYRING_VAR}: cannot install it as /{IMAGE_KEYRING} in the "
+                       f"image: {err.strerror or err}") from None
+    LOG.info("apt in the image trusts %s (%s)", keyring.path, IMAGE_KEYRING)
+
+
 @dataclass(frozen=True)
 class BaseSpec:
     """Everything that makes one debootstrap result different from another."""
@@ -60,10 +186,17 @@ class BaseSpec:
     variant: str
     components: Tuple[str, ...]
     include: Tuple[str, ...]
+    # The repository state the orchestrator pinned (DIB_REPOSITORY_STATE: a snapshot's
+    # content): a base cached from another state is not this one. Empty: the mirror's
+    # current state, keyed as before.
+    repository: str = ""
 
     @property
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        fields = asdict(self)
+        if not self.repository:
+            del fields["repository"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def cache_file(self, cache_dir: Path) -> Path:
@@ -93,6 +226,7 @@ def spec_from_env(env: Mapping[str, str]) -> BaseSpec:
         variant=env.get("DIB_DEBOOTSTRAP_VARIANT", "minbase"),
         components=words("DIB_DEBIAN_COMPONENTS", "main"),
         include=tuple(sorted(words("DIB_DEBOOTSTRAP_INCLUDE", ""))),
+        repository=env.get("DIB_REPOSITORY_STATE", "").strip(),
     )
 
 
@@ -189,7 +323,23 @@ def debootstrap_log_tail(root: Path) -> List[str]:
     except OSError:
         return []
     lines = data.decode("utf-8", errors="replace").splitlines()
-    return [line for line in lines if line.strip()][-DEBOOTSTRAP_LOG_LINES:]
+    return with_wget_urls([line for line in lines if line.strip()])[-DEBOOTSTRAP_LOG_LINES:]
+
+
+_WGET_URL = re.compile(r"(?:https?|ftp)://\S+:")  # wget's "URL:" line before its error
+
+
+def with_wget_urls(lines: List[str]) -> List[str]:
+    """wget writes a failed download as "URL:" then "<date> ERROR 404: <reason>." on the
+    next line: one line "URL: <date> ERROR ..." keeps which file it was with the error
+    (the package a replayed snapshot lacks, the index a mirror lost)."""
+    joined: List[str] = []
+    for line in lines:
+        if joined and _WGET_URL.fullmatch(joined[-1].strip()) and " ERROR " in f" {line}":
+            joined[-1] = f"{joined[-1].strip()} {line.strip()}"
+        else:
+            joined.append(line)
+    return joined
 
 
 # dpkg inside debootstrap's second stage reads the target's dpkg.cfg.d: without an
@@ -267,7 +417,7 @@ def empty_dir(root: Path) -> None:
 
 
 def debootstrap_from_local_suite(env: Mapping[str, str], spec: BaseSpec, root: Path,
-                                 timeout: float) -> bool:
+                                 timeout: float, keyring: Optional[AptKeyring] = None) -> bool:
     """debootstrap from a local cut-down copy of the suite (:mod:`dib.suiteview`).
 
     False when there is no such copy or debootstrap failed with it: ``root`` is then
@@ -276,12 +426,14 @@ def debootstrap_from_local_suite(env: Mapping[str, str], spec: BaseSpec, root: P
     """
     if not suiteview.enabled(env, spec.mirror):
         return False
-    keyring = suiteview.script_keyring(debootstrap_scripts_dir(env) / spec.release)
+    checked_with = suiteview.keyring_for(debootstrap_scripts_dir(env) / spec.release,
+                                         keyring.path if keyring else None)
     workdir = Path(tempfile.mkdtemp(prefix="dib-suite-", dir=env.get("TMPDIR") or None))
     try:
         try:
             view = suiteview.prepare(spec.mirror, spec.release, spec.arch, spec.components,
-                                     spec.variant, spec.include, root, workdir, keyring)
+                                     spec.variant, spec.include, root, workdir,
+                                     checked_with)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 (plain debootstrap instead)
@@ -312,10 +464,27 @@ def write_sources(spec: BaseSpec, root: Path) -> None:
     (root / "etc/apt/sources.list").write_text(line)
 
 
+NEUTRAL_HOSTNAME = "localhost\n"  # as Debian's cloud images ship it: named at first boot
+
+
+def forget_build_host(root: Path) -> None:
+    """debootstrap copies the build machine's /etc/hostname into the image (a container
+    on the host network has the machine's name): the image gets a neutral one instead,
+    which cloud-init, DHCP or the user replace at first boot. The file is replaced, never
+    written through (a symlink at its name is not followed)."""
+    path = root / "etc/hostname"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".hostname.{os.getpid()}")
+    partial.write_text(NEUTRAL_HOSTNAME)
+    partial.chmod(0o644)
+    os.replace(partial, path)
+
+
 def prepare_root(env: Mapping[str, str]) -> Path:
     """Fill TARGET_ROOT with the base system, from the cache when possible."""
     release = env.get("DIB_RELEASE", "")
     check_script(release, env)  # before anything else, cache or not
+    keyring = apt_keyring(env)
     spec = spec_from_env(env)
     root = Path(env["TARGET_ROOT"])
     cache_file = spec.cache_file(Path(env.get("DIB_IMAGE_CACHE", "/tmp/dib-cache")))
@@ -332,16 +501,20 @@ def prepare_root(env: Mapping[str, str]) -> Path:
         else:
             probe_mirror(spec)
             timeout = float(env.get("DIB_DEBOOTSTRAP_TIMEOUT", DEFAULT_DEBOOTSTRAP_TIMEOUT))
-            if not debootstrap_from_local_suite(env, spec, root, timeout):
+            if not debootstrap_from_local_suite(env, spec, root, timeout, keyring):
                 # The .debs in parallel while debootstrap reads its index (best effort).
                 with debprefetch.alongside(env, spec.mirror, spec.release, spec.arch,
                                            spec.components, spec.variant, spec.include,
                                            root):
-                    debootstrap(spec, root, timeout)
+                    debootstrap(spec, root, timeout, "", keyring_options(keyring))
             write_sources(spec, root)
+            forget_build_host(root)
             store(root, cache_file)
             LOG.info("cached base as %s", cache_file)
     write_sources(spec, root)
+    forget_build_host(root)  # also in a base cached before it was done
+    if keyring:  # after the base is cached: a build without the setting never trusts it
+        install_apt_keyring(keyring, root)
     return cache_file
 
 
@@ -353,9 +526,16 @@ def main(env: Optional[Mapping[str, str]] = None) -> int:
     except DibError as err:
         print(err, file=sys.stdout, flush=True)
         # For dib's failure record: debootstrap's own line (or this check's), not the hook's.
-        failure.write_hook_detail(env, {**failure.describe(err), "kind": "debootstrap"})
+        failure.write_hook_detail(env, failure_detail(err))
         return 1
     return 0
+
+
+def failure_detail(err: DibError) -> Dict[str, object]:
+    """This hook's part of dib's failure record: a debootstrap failure, or a setting
+    (DIB_APT_KEYRING) that is wrong whatever the mirror holds."""
+    kind = "config" if isinstance(err, ConfigError) else "debootstrap"
+    return {**failure.describe(err), "kind": kind}
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ installing the ~150 packages was the rest.
 :func:`prepare` gives debootstrap a suite of its own instead, under a work directory,
 as a ``file://`` mirror:
 
-- the mirror's InRelease, checked with ``gpgv`` against the keyring debootstrap's
-  script names (no keyring or no gpgv: no view, plain debootstrap as before);
+- the mirror's InRelease, checked with ``gpgv`` against the keyring debootstrap
+  checks it with (``DIB_APT_KEYRING``, else the one its script names; no keyring or
+  no gpgv: no view, plain debootstrap as before);
 - each component's Packages index, checked against that InRelease's SHA256, cut down
   to every package debootstrap could reach from where it starts (its required
   packages, apt, --include, ...) through Depends and Pre-Depends, taking *every*
@@ -38,7 +39,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from dib import debprefetch, spawn
 from dib.debprefetch import PackageIndex, PrefetchError
@@ -85,6 +86,12 @@ def script_keyring(script: Path) -> str:
         if len(words) == 2 and words[0] == "keyring":
             return words[1]
     return DEFAULT_KEYRING
+
+
+def keyring_for(script: Path, apt_keyring: Optional[Path] = None) -> str:
+    """The keyring the InRelease must verify against: debootstrap's, which is
+    ``DIB_APT_KEYRING`` when set (its ``--keyring``), else the one its script names."""
+    return str(apt_keyring) if apt_keyring else script_keyring(script)
 
 
 def verify_inrelease(data: bytes, keyring: str, workdir: Path) -> None:

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from matrix.verdict.catalogue import load_catalogue
 from reports import write_all
+from reports.bump import BumpMode, render_bump_markdown, render_bump_text
 from reports.compare import compare, render_comparison
 from reports.gate import EXIT_OK, EXIT_USAGE, gate_exit_code
 from reports.html import render_html
@@ -52,8 +54,15 @@ def add_parsers(sub: Any) -> None:
     )
     report.add_argument("run", type=Path, metavar="RUN_DIR", help="run directory or results.json")
     report.add_argument("--format", choices=FORMATS, help="print only this report")
-    report.add_argument("--baseline", type=Path, metavar="RUN",
-                        help="compare with this earlier run (directory or results.json)")
+    against = report.add_mutually_exclusive_group()
+    against.add_argument("--baseline", type=Path, metavar="RUN",
+                         help="compare with this earlier run (directory or results.json)")
+    against.add_argument("--bump-from", type=Path, metavar="RUN",
+                         help="read RUN_DIR as a bump of RUN, the pinned run it was built "
+                         "against (run --bump-from): package changes per cell, and failures "
+                         "whose cause the bundled catalogue marks infrastructure (mirror, "
+                         "network, engine) listed apart from regressions. Without --format "
+                         "also writes bump.md and summary.md; --format markdown prints bump.md")
     report.add_argument("--transpose", action="store_true",
                         help="hosts as rows, targets as columns")
     report.add_argument("--history", type=Path, metavar="OUT_DIR",
@@ -77,17 +86,27 @@ def add_parsers(sub: Any) -> None:
 
 
 def render(fmt: str, results: RunResults, args: argparse.Namespace,
-           baseline: RunResults | None) -> str:
+           baseline: RunResults | None, bump: BumpMode | None = None) -> str:
+    baseline = bump.pinned if bump is not None else baseline
     if fmt == "text":
         comparison = render_comparison(compare(baseline, results)) if baseline else None
+        if bump is not None:
+            comparison = f"{comparison}\n{render_bump_text(bump, results)}"
         return render_report(results, args.transpose, comparison, run_dir_of(args.run))
     if fmt == "html":
         return render_html(results, run_dir_of(args.run), baseline, transpose=args.transpose)
     if fmt == "json":
         return render_json(results)
+    if fmt == "markdown" and bump is not None:  # the body of a "bump the snapshot" review
+        return render_bump_markdown(bump.pinned, results, bump.infrastructure)
     if fmt == "markdown":  # comment-sized: regressions with their attribution, fixes, counts
         return render_markdown(results, baseline, run_dir_of(args.run))
     return render_junit(results)
+
+
+def bump_mode(pinned: RunResults) -> BumpMode:
+    """A bump of ``pinned``, read with the bundled catalogue's infrastructure causes."""
+    return BumpMode(pinned, load_catalogue().infrastructure_ids())
 
 
 STDOUT = Path("-")  # report -o -: standard output, as without -o
@@ -100,6 +119,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         results = read_run(args.run)
         baseline = read_run(args.baseline) if args.baseline else None
+        bump = bump_mode(read_run(args.bump_from)) if args.bump_from else None
     except InputError as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -110,8 +130,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         if args.format is None:
-            write_all(run_dir_of(args.run), results, baseline, args.history)
-        text = render(args.format or "text", results, args, baseline)
+            write_all(run_dir_of(args.run), results, baseline, args.history, bump)
+        text = render(args.format or "text", results, args, baseline, bump)
         if output is None:
             sys.stdout.write(text)
         else:

@@ -48,7 +48,7 @@ from reports.styles import STYLES, Flag, StateStyle, flags, style
 from reports.summary import rate_text, uncategorized
 from results import lastgood
 from results.archive import LAST_GOOD_DIR, STATE_DIR, OutDir
-from results.model import Artifact, Cell, ImageCheck, RunResults, State
+from results.model import SKIPPED_PREFIX, Artifact, Cell, ImageCheck, RunResults, State
 from results.names import is_run_id
 from results.weblinks import is_web_url
 
@@ -344,7 +344,8 @@ def check_view(check: ImageCheck) -> CheckView:
     return CheckView(
         name=one_line(check.name),
         ok=check.ok,
-        status="ok" if check.ok else "failed",
+        status=("failed" if not check.ok
+                else "skipped" if check.detail.startswith(SKIPPED_PREFIX) else "ok"),
         css="check-ok" if check.ok else "check-failed",
         detail=one_line(check.detail),
         image=one_line(check.image),

@@ -13,6 +13,7 @@ it cannot open markup, inject HTML, or mention users and issues.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from reports.compare import CellDiff, Comparison, compare, describe
@@ -22,7 +23,7 @@ from reports.legend import grid_order
 from reports.sanitize import one_line, safe_text
 from reports.styles import STYLES
 from reports.summary import rate_text
-from results.model import Cell, RunResults, State
+from results.model import BOOT_CHECK_PREFIX, SKIPPED_PREFIX, Cell, RunResults, State
 
 MAX_ITEMS = 20  # cells listed per section
 MAX_DETAILS = 6  # attribution entries per cell
@@ -118,6 +119,29 @@ def _excerpt_items(cell: Cell) -> list[str]:
             *(f"    - line {line.line}: {code(line.text)}" for line in shown)]
 
 
+def boot_checks_section(results: RunResults) -> list[str]:
+    """Each boot row's checks of the running system: every check named with its result,
+    a failed one with its detail."""
+    items = []
+    for cell in grid_order(results):
+        checks = [c for c in cell.checks if c.name.startswith(BOOT_CHECK_PREFIX)]
+        if not checks:
+            continue
+        words = [f"{escape(c.name[len(BOOT_CHECK_PREFIX):], 40)} "
+                 f"{_check_result(c.ok, c.detail)}" for c in checks]
+        item = [f"- {code(cell.id)}: " + ", ".join(words)]
+        item += [f"  - {escape(c.name[len(BOOT_CHECK_PREFIX):], 40)}: {code(c.detail)}"
+                 for c in checks if not c.ok]
+        items.append(item)
+    return _section("Boot checks", items)
+
+
+def _check_result(ok: bool, detail: str) -> str:
+    if not ok:
+        return "**failed**"
+    return "skipped" if detail.startswith(SKIPPED_PREFIX) else "passed"
+
+
 def counts_table(results: RunResults) -> list[str]:
     counts = results.counts()
     rows = [f"| {s.label} | {counts[s.state.value]} |" for s in STYLES.values()
@@ -127,9 +151,11 @@ def counts_table(results: RunResults) -> list[str]:
 
 
 def render_markdown(results: RunResults, baseline: RunResults | None = None,
-                    run_dir: Path | None = None) -> str:
+                    run_dir: Path | None = None, appendix: Sequence[str] = ()) -> str:
     """The summary: regressions, fixes and counts (with a baseline), or failures and counts;
-    ``run_dir`` (the run's directory) finds the known issues' counts beside it."""
+    ``run_dir`` (the run's directory) finds the known issues' counts beside it;
+    ``appendix``: lines of markdown (already escaped) shown before the counts, such as a
+    bump run's section."""
     title = f"### dib-matrix run {code(results.run_id, 80)}"
     known = KnownIssues.load(results, run_dir)
     lines: list[str] = []
@@ -154,6 +180,8 @@ def render_markdown(results: RunResults, baseline: RunResults | None = None,
         lines += _section("Failures", [_failure_item(c, known) for c in failures])
     if results.interrupted:
         lines += ["", "**Interrupted**: results are partial."]
+    lines += appendix
+    lines += boot_checks_section(results)
     lines += counts_table(results)
     return safe_text(_bounded("\n".join(lines) + "\n"))
 

@@ -4,7 +4,9 @@
 
     <out>/<run-id>/results.json                  results.store writes it, results.reader reads it
     <out>/<run-id>/run.log                       the orchestrator's own log
+    <out>/<run-id>/repository.json               what its cells were served (matrix.snapshot)
     <out>/<run-id>/report.txt, report.html, junit.xml
+    <out>/<run-id>/bump.md, summary.md           a bump run's (run --bump-from) markdown
     <out>/<run-id>/logs/<host>/<row>.log         a boot row "t:boot" logs to t-boot.log
     <out>/<run-id>/images/<host>/<target><suffix>  .qcow2, .sha256, .packages, .failure.json
     <out>/latest -> <run-id>
@@ -54,8 +56,10 @@ LATEST = "latest"
 LOGS = "logs"
 IMAGES = "images"
 RUN_LOG = "run.log"
+REPOSITORY_FILE = "repository.json"  # the repository state the run's cells were served
 PACKAGES = ".packages"  # dib's package manifest beside an image (dib/outputs.py)
 TEXT_REPORT, HTML_REPORT, JUNIT_REPORT = "report.txt", "report.html", "junit.xml"
+BUMP_REPORT, SUMMARY_REPORT = "bump.md", "summary.md"  # written by a bump run (run --bump-from)
 STATE_DIR = ".dib-matrix"  # the archive's own state, beside the runs
 LOCK_FILE = "lock"
 KEEP_DIR = "keep"
@@ -94,6 +98,12 @@ class RunDir:
         return self.path / RUN_LOG
 
     @property
+    def repository_file(self) -> Path:
+        """Every Release file, index and pool file the run's cells were served
+        (``{"archives": {uri: ArchiveState}}``, matrix.snapshot.manifest's JSON)."""
+        return self.path / REPOSITORY_FILE
+
+    @property
     def text_report(self) -> Path:
         return self.path / TEXT_REPORT
 
@@ -104,6 +114,16 @@ class RunDir:
     @property
     def junit_report(self) -> Path:
         return self.path / JUNIT_REPORT
+
+    @property
+    def bump_report(self) -> Path:
+        """A bump run's review body: the package changes against the run it bumps from."""
+        return self.path / BUMP_REPORT
+
+    @property
+    def summary_report(self) -> Path:
+        """A bump run's markdown summary (regressions, counts, a Bump section)."""
+        return self.path / SUMMARY_REPORT
 
     def log(self, host: str, row: str) -> Path:
         """The log of cell ``host``.``row`` (a boot row's ``:`` becomes ``-``)."""

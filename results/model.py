@@ -83,6 +83,12 @@ class ImageCheck:
     seconds: float | None = None  # what the check took
 
 
+# A boot row's checks of the running system are named "boot: <check>" (units, network,
+# ...); one the guest skipped is ok, its detail starting "skipped: ".
+BOOT_CHECK_PREFIX = "boot: "
+SKIPPED_PREFIX = "skipped: "
+
+
 @dataclass
 class Cell:
     host: str
@@ -181,6 +187,9 @@ class RunResults:
     reruns: list[dict[str, Any]] = field(default_factory=list)
     # Image hosts' registry images, pinned: host -> {reference, digest[, written]}.
     base_images: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The repository state the run's cells saw (matrix.snapshot.view): live or pinned to
+    # a snapshot, the snapshot's name, the run it bumps from, each archive's suites.
+    repository: dict[str, Any] = field(default_factory=dict)
 
     def cell(self, host: str, row: str) -> Cell | None:
         """The cell at (host, row): a dictionary lookup, not a scan per finished cell.
@@ -237,7 +246,8 @@ class RunResults:
 
 OMIT_WHEN_EMPTY = ("shard", "reruns",  # only sharded, merged or re-run runs have them
                    "provenance",  # runs made before provenance was recorded
-                   "base_images")  # runs without a registry (image:) host
+                   "base_images",  # runs without a registry (image:) host
+                   "repository")  # runs made before the repository view
 
 
 def drop_unset(document: dict[str, Any]) -> None:

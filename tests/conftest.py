@@ -24,3 +24,11 @@ def all_states_dir(tmp_path: Path) -> Path:
     run_dir = tmp_path / read_results(ALL_STATES).run_id
     shutil.copytree(ALL_STATES, run_dir)
     return run_dir
+
+
+@pytest.fixture(autouse=True)
+def _private_snapshot_store(tmp_path_factory: pytest.TempPathFactory,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test's run, gc or snapshot command touches the user's snapshot store: every
+    test gets its own (children inherit the variable)."""
+    monkeypatch.setenv("DIB_MATRIX_SNAPSHOTS", str(tmp_path_factory.mktemp("snapshots")))

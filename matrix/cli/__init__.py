@@ -30,6 +30,7 @@ from matrix.cli import (
     mergecli,
     runcli,
     showcli,
+    snapshotcli,
     supportcli,
 )
 from reports import cli as reportcli
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     mergecli.add_parser(sub)
     showcli.add_parser(sub)
     archivecli.add_parsers(sub)  # gc, keep
+    snapshotcli.add_parser(sub)  # snapshot save/list/show/rm/export
     supportcli.add_parser(sub)
     return parser
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from matrix.cli import snapshotcli
 from matrix.config.globs import match_globs
 from matrix.containers import engine
 from matrix.containers.leases import Registry
@@ -58,6 +59,9 @@ def add_parsers(sub: Any) -> None:
         "'dib-matrix keep', runs in progress (a live lease), and each cell's last-good "
         "(.dib-matrix/last-good). Bytes are bytes on disk, each hard-linked file once. A run "
         "whose results.json cannot be read is listed, and removed only with --remove-bad. "
+        "Then the snapshot store: a snapshot recorded at the end of a run (snapshot: record) "
+        "goes with its run, unless a run left names it; snapshots saved by hand stay; files "
+        "no snapshot names go after a week. "
         "With --caches: report the package cache and the image-cache volumes, and with "
         "--max-bytes trim them to that size, least recently used first.")
     gc.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
@@ -75,6 +79,9 @@ def add_parsers(sub: Any) -> None:
                     help="also remove runs whose results.json cannot be read")
     gc.add_argument("--caches", action="store_true",
                     help="the package cache and image-cache volumes instead of runs")
+    gc.add_argument("--snapshot-store", type=Path, metavar="DIR",
+                    help="the snapshot store (default: $DIB_MATRIX_SNAPSHOTS or "
+                    "~/.cache/dib-matrix/snapshots)")
     gc.set_defaults(func=cmd_gc)
 
     keep = sub.add_parser(
@@ -114,7 +121,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if not (policy.limits or args.remove_bad):
         print("no limit given: --keep-runs N, --keep-days D or --max-bytes SIZE (nothing "
               "removed)")
-    return EXIT_OK
+    return snapshotcli.gc_snapshots(out, [r.name for r in done.removals],
+                                    dry_run=not removing, root=args.snapshot_store)
 
 
 def _gc_caches(args: argparse.Namespace, out: OutDir) -> int:

@@ -16,7 +16,7 @@ from tabulate import tabulate
 
 import reports
 from dib import bundled
-from matrix.cli import shardcli
+from matrix.cli import shardcli, snapshotcli
 from matrix.config.diagnostics import ConfigError
 from matrix.config.dibtree import DibTree, DibTreeError, bundled_tree, elements_of, locate
 from matrix.config.matrixfile import (
@@ -39,6 +39,10 @@ from matrix.run.runner import (
     RunRequest,
     execute,
 )
+from matrix.snapshot.manifest import Snapshot, StoreError
+from matrix.snapshot.save import snapshot_for
+from matrix.snapshot.signatures import signature_problems
+from matrix.snapshot.store import Store
 from matrix.verdict.catalogue import Catalogue, load_catalogue
 from matrix.verdict.lifecycle import unknown_causes
 from reports.sanitize import SafeFormatter, one_line, safe_text
@@ -102,9 +106,16 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--no-package-cache", action="store_true",
                      help="do not route cells' http package downloads through the shared "
                      "apt-cacher-ng on loopback")
-    run.add_argument("--baseline", type=Path, metavar="RUN",
-                     help="compare with this earlier run (dir or results.json); the exit code "
-                     "then fails only on regressions of voting cells (release gating)")
+    against = run.add_mutually_exclusive_group()
+    against.add_argument("--baseline", type=Path, metavar="RUN",
+                         help="compare with this earlier run (dir or results.json); the exit "
+                         "code then fails only on regressions of voting cells (release gating)")
+    against.add_argument("--bump-from", type=Path, metavar="RUN",
+                         help="a bump run: compare with RUN, the pinned run (dir or "
+                         "results.json), as a baseline, and write bump.md (package changes per "
+                         "cell, regressions with what changed) and summary.md; the exit code "
+                         "fails only on regressions of voting cells whose cause is not the "
+                         "mirror, the network or the engine (catalogue: infrastructure)")
     shardcli.add_run_arguments(run)
     run.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
     progress.add_arguments(run)
@@ -151,6 +162,9 @@ def _load(args: argparse.Namespace) -> Loaded:
     if resumed is not None and resumed.results.options.get("registry_mirror"):
         # The hosts the run built pulled through its mirror: so do the cells still to run.
         overrides.setdefault("registry-mirror", resumed.results.options["registry_mirror"])
+    pinned = resumed.results.repository.get("snapshot") if resumed is not None else None
+    if isinstance(pinned, str):  # the cells still to run replay the same snapshot
+        overrides.setdefault("snapshot", pinned)
     config = load_matrix(resolve_matrix_path(args.matrix), overrides=overrides)
     plan = make_plan(config, args.hosts, args.targets)
     if resumed is not None:
@@ -249,7 +263,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.engine == "swarm":
             swarm.check_manager(client)
         baseline = read_results(args.baseline) if args.baseline else None
-    except (ConfigError, SelectionError, ValueError, OSError) as err:
+        bump = _bump_mode(args, loaded.catalogue)
+        store_root = snapshotcli.store_root(None)
+        pinned = _pinned_snapshot(loaded.config, store_root)
+    except (ConfigError, SelectionError, ValueError, OSError, StoreError) as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
     except engine.EngineError as err:
@@ -264,7 +281,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                          args.reuse_failures,
                          None if args.no_package_cache else DEFAULT_PACKAGE_CACHE,
                          dib_mount=args.dib_mount, swarm=args.engine == "swarm",
-                         catalogue=loaded.catalogue)
+                         catalogue=loaded.catalogue,
+                         bump_from=bump.pinned.run_id if bump is not None else None,
+                         snapshot_store=store_root, snapshot=pinned)
     request, finished = shardcli.prepare(args, request)
     if finished is not None:
         return finished
@@ -279,7 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.close()  # the status line goes before the table is printed
     except KeyboardInterrupt:
         if holder:
-            _write_reports(holder[0], baseline, request.out_dir)
+            _write_reports(holder[0], baseline, request.out_dir, bump)
             print(f"dib-matrix: interrupted; finished cells kept in {holder[0].run_dir.path}"
                   f" (resume with --resume {holder[0].run_dir.path})", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -291,14 +310,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         cause = "out of disk space" if err.errno == errno.ENOSPC else "cannot write results"
         print(f"dib-matrix: {cause}: {err}{where}", file=sys.stderr)
         return EXIT_FAILED
-    _write_reports(run, baseline, request.out_dir)
+    _write_reports(run, baseline, request.out_dir, bump)
     if run.engine_lost is not None:
         pending = sum(c.state is State.PENDING for c in run.results.cells)
         print(f"dib-matrix: the container engine stopped answering mid-run ({run.engine_lost}); "
               f"{pending} cells are pending. Once it is back: dib-matrix run --resume "
               f"{run.run_dir.path}", file=sys.stderr)
         return EXIT_USAGE
-    return reports.gate_exit_code(run.results, baseline)
+    return reports.gate_exit_code(run.results, baseline, bump)
+
+
+def _pinned_snapshot(config: MatrixConfig, root: Path) -> Snapshot | None:
+    """The snapshot a pinned run replays, read once before the run starts (an unknown
+    name is a usage error, not a run of failures); its suites' signatures are checked
+    against Debian's keyring, a mismatch said once (a private archive's key may differ:
+    the cells' own apt and debootstrap still check)."""
+    name = config.snapshot.pinned
+    if name is None:
+        return None
+    snapshot = snapshot_for(Store(root), name)
+    for problem in signature_problems(Store(root), snapshot):
+        LOG.warning("snapshot %s: %s", snapshot.name, problem)
+    return snapshot
+
+
+def _bump_mode(args: argparse.Namespace, catalogue: Catalogue) -> reports.BumpMode | None:
+    """``--bump-from RUN``: the pinned run, read as the baseline, and the catalogue's
+    causes that are the mirror's, the network's or the engine's (never a regression)."""
+    if getattr(args, "bump_from", None) is None:
+        return None
+    return reports.BumpMode(read_results(args.bump_from), catalogue.infrastructure_ids())
 
 
 def _resumed_dir(resume: Path) -> Path:
@@ -319,10 +360,13 @@ def _check_resumable(run_dir: Path, resumed: RunResults) -> None:
                          "not the run of this directory: resume a run in its own directory")
 
 
-def _write_reports(run: MatrixRun, baseline: RunResults | None, out_dir: Path) -> None:
-    reports.write_all(run.run_dir.path, run.results, baseline=baseline, history_dir=out_dir)
+def _write_reports(run: MatrixRun, baseline: RunResults | None, out_dir: Path,
+                   bump: reports.BumpMode | None = None) -> None:
+    reports.write_all(run.run_dir.path, run.results, baseline=baseline, history_dir=out_dir,
+                      bump=bump)
     print(run.run_dir.text_report.read_text())
-    print(f"results: {run.run_dir.path} (report.html, junit.xml, results.json)")
+    extra = ", bump.md, summary.md" if bump is not None else ""
+    print(f"results: {run.run_dir.path} (report.html, junit.xml, results.json{extra})")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from matrix.config.schema import (
     read_keys,
     shown,
 )
+from matrix.config.snapshotkey import SnapshotSetting, parse_snapshot
 from matrix.config.targets import BOOT_SUFFIX, Target, load_target, load_targets
 from matrix.config.yamlload import KeyPath, load_yaml
 from results.names import is_name
@@ -123,6 +124,7 @@ class MatrixConfig:
     categories: tuple[Path, ...]
     registry_mirror: str | None
     retention: Policy | None = None  # the run archive's bounds, applied after every run
+    snapshot: SnapshotSetting = SnapshotSetting()  # live, pinned, recorded, or a service
 
     def host(self, name: str) -> HostDefinition:
         return next(h for h in self.hosts if h.name == name)
@@ -403,6 +405,12 @@ MATRIX_KEYS: tuple[Key, ...] = (
     Key("retention", _retention, "bounds on the runs kept in the output directory, applied "
         "at the end of every run: {keep-runs: N, keep-days: D, max-bytes: SIZE}; the newest "
         "run, kept runs, live runs and each cell's last-good always stay"),
+    Key("snapshot", parse_snapshot, "repository state: 'record' (save the run's as a "
+        "snapshot), a snapshot's name or a run id (replay it, offline), or {url: URL, "
+        "timestamp: 20240101T000000Z} (a snapshot service laid out like "
+        "snapshot.debian.org)", Derived(lambda values, reader: SnapshotSetting(),
+                                        "the live mirror, nothing saved"),
+        option=Option.VALUE, example="record|NAME|RUN"),
 )
 
 

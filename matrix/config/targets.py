@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dib import bundled
+from dib.boottest import CHECK_NAMES
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
 from dib.outputs import SUPPORTED_TYPES
@@ -34,6 +35,7 @@ from matrix.config.schema import (
     read_keys,
     shown,
 )
+from matrix.config.snapshotkey import SnapshotService, parse_service
 from matrix.config.yamlload import KeyPath, YamlDocument, load_yaml
 from results.names import is_name
 
@@ -61,6 +63,7 @@ class Target:
     arch: str = "amd64"
     requires: Requirements = Requirements()
     boot_test: bool = False
+    boot_checks: tuple[str, ...] | None = None  # None: every check the image reports
     description: str = ""
     path: Path | None = None
     upstream_elements: str | None = None  # diskimage-builder version, see UPSTREAM_KEY
@@ -134,6 +137,22 @@ def _upstream_version(value: Any, reader: Reader, path: KeyPath) -> str:
     return value
 
 
+def _boot_checks(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...] | None:
+    """``all`` -> None (every check the image reports), ``none`` or [] -> (), else the
+    listed names, each one that dib.boottest knows."""
+    if value in ("all", None):
+        return None
+    if value == "none" or value == []:
+        return ()
+    if not isinstance(value, list):
+        raise Invalid("must be all, none or a list of check names")
+    problems = [((index,), f"unknown check {shown(item)}; known: {', '.join(CHECK_NAMES)}")
+                for index, item in enumerate(value) if item not in CHECK_NAMES]
+    if problems:
+        raise Invalid.many(problems)
+    return tuple(dict.fromkeys(value))
+
+
 TARGET_KEYS: tuple[Key, ...] = (
     Key("name", parse_file_name, "plain name, the row label; must equal the file name",
         required=True),
@@ -145,9 +164,26 @@ TARGET_KEYS: tuple[Key, ...] = (
     Key("requires", _requirements, "host facts it needs: {tools: [...], "
         "debootstrap-script: RELEASE}", {}),
     Key("boot-test", parse_bool, "boot the image under qemu after building", False),
+    Key("boot-checks", _boot_checks, "checks of the booted system the boot row judges: all "
+        "(every one the image's boot-checks element reports), none, or a list of "
+        + ", ".join(CHECK_NAMES), "all"),
     Key(UPSTREAM_KEY, _upstream_version, "a diskimage-builder release (quoted, e.g. "
         "\"3.43.0\") whose whole element tree goes first on ELEMENTS_PATH"),
+    Key("snapshot", lambda v, r, p: parse_service(v), "build from a snapshot service: "
+        "{url: URL, timestamp: 20240101T000000Z} (laid out like snapshot.debian.org; "
+        "without a timestamp, any mirror in Debian's archive layout)"),
 )
+
+
+def with_service(env: tuple[tuple[str, str], ...], service: SnapshotService | None
+                 ) -> tuple[tuple[str, str], ...]:
+    """The target's variables with a snapshot service as its Debian mirror; apt's Release
+    expiry check is waived for it (a snapshot's Release files are old by design)."""
+    if service is None:
+        return env
+    given = dict(env)
+    added = {"DIB_DISTRIBUTION_MIRROR": service.mirror, "DIB_APT_CHECK_VALID_UNTIL": "false"}
+    return env + tuple((k, v) for k, v in added.items() if k not in given)
 
 
 def parse_target(doc: YamlDocument) -> Target:
@@ -155,11 +191,12 @@ def parse_target(doc: YamlDocument) -> Target:
     return Target(
         name=values["name"],
         elements=values["elements"],
-        env=values["env"],
+        env=with_service(values["env"], values["snapshot"]),
         outputs=values["outputs"],
         arch=values["arch"],
         requires=values["requires"],
         boot_test=values["boot-test"],
+        boot_checks=values["boot-checks"],
         description=values["description"],
         path=doc.path,
         upstream_elements=values[UPSTREAM_KEY],

@@ -12,6 +12,9 @@ import logging
 from pathlib import Path
 
 from matrix.containers.leases import Registry
+from matrix.snapshot import retain
+from matrix.snapshot.manifest import StoreError
+from matrix.snapshot.store import Store
 from results import lastgood, retention
 from results.archive import OutDir
 from results.model import RunResults
@@ -29,9 +32,10 @@ def live_runs(registry: Registry | None = None) -> Live:
 
 
 def archive_run(out_dir: Path, results: RunResults, policy: Policy | None,
-                registry: Registry | None = None) -> None:
+                registry: Registry | None = None, snapshot_root: Path | None = None) -> None:
     """Record the run's last-good cells, then apply ``policy`` (when it has limits) to
-    the output directory; the run itself is never removed."""
+    the output directory; the run itself is never removed. The snapshots recorded at the
+    end of the runs it removed go with them (``snapshot_root``: the snapshot store)."""
     out = OutDir(out_dir)
     try:
         recorded = lastgood.record_run(out, out.run(results.run_id), results, warn=_warn)
@@ -51,6 +55,20 @@ def archive_run(out_dir: Path, results: RunResults, policy: Policy | None,
         return
     for line in retention.describe_plan(done, dry_run=False):
         LOG.info("retention: %s", line)
+    if snapshot_root is not None and done.removals:
+        _collect_snapshots(out, snapshot_root, [r.name for r in done.removals])
+
+
+def _collect_snapshots(out: OutDir, root: Path, removed: list[str]) -> None:
+    """The recorded snapshots of the runs retention removed (unless another run names
+    them), then the blobs nothing names."""
+    try:
+        gc = retain.collect(Store(root), out, removed)
+    except (OSError, StoreError) as err:
+        LOG.warning("snapshots not collected: %s", err)
+        return
+    for drop in gc.drops:
+        LOG.info("retention: removed snapshot %s (recorded by a removed run)", drop.name)
 
 
 def _warn(message: str) -> None:

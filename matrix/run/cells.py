@@ -22,7 +22,15 @@ import requests.exceptions
 
 from dib import failure
 from dib.arch import normalise as normalise_arch
-from dib.boottest import BootOptions, BootTestError, run_boot_test
+from dib.boottest import (
+    BootOptions,
+    BootResult,
+    BootTestError,
+    CheckStatus,
+    WatchSettings,
+    mirror_host,
+    run_boot_test,
+)
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
 from matrix.config.hosts import BUNDLED_HOSTS_DIR
@@ -34,7 +42,7 @@ from matrix.run.context import RunContext
 from matrix.run.plan import PlannedCell, preflight
 from matrix.run.reuse import Reusable, link_or_copy
 from matrix.verdict.verify import Deadline, expectation_for, summary, verify_images
-from results.model import Artifact, CellKind, State
+from results.model import BOOT_CHECK_PREFIX, SKIPPED_PREFIX, Artifact, CellKind, ImageCheck, State
 
 LOG = logging.getLogger("dib-matrix")
 TOX_SCRIPT = f"{engine.DIB_MOUNT}/matrix/run/incontainer/tox-check.sh"
@@ -73,7 +81,7 @@ class CellRunner:
         settings = self.ctx.settings
         outcome = build_host(self.ctx.client, cell.host, log, rebuild=settings.rebuild_hosts,
                              mirror=settings.mirror, run_id=settings.run_id,
-                             proxy_env=dict(settings.extra_env),
+                             proxy_env=dict(settings.proxy_env(cell.id)),
                              timeout=settings.config.hostgen_timeout)
         self.ctx.hosts.built(cell.host.name, outcome.image, outcome.facts)
         if not log.exists():  # cached: the build log is from an earlier run
@@ -116,7 +124,8 @@ class CellRunner:
         result = self.ctx.run_cell(self.ctx.client, spec)
         # The reproducer leaves out this run's loopback package cache: it is gone by then.
         by_hand = dataclasses.replace(spec, environment={
-            k: v for k, v in spec.environment.items() if k not in self.ctx.settings.extra_env})
+            k: v for k, v in spec.environment.items()
+            if k not in self.ctx.settings.proxy_env(cell.id)})
         report = CellReport(State.SUCCESS, log=log, reproducer=reproducer(by_hand), key=key)
         if self.ctx.stop.is_set() and not result.ok:
             return report.replace(state=State.SKIPPED, reason="cancelled")
@@ -176,7 +185,7 @@ class CellRunner:
             log_path=self.ctx.log_path(cell),
             timeout=settings.config.timeout,
             environment={**engine.dib_environment(env, self.debian_mirror(cell, upstream)),
-                         **settings.extra_env},
+                         **settings.proxy_env(cell.id)},
             dib_tree=settings.dib_tree.path if self.ctx.layers is None else None,
             out_dir=self.ctx.images_dir(cell.host.name) if cell.kind is CellKind.BUILD else None,
             cache_volume=engine.cache_volume_name(cell.host.name),
@@ -215,7 +224,8 @@ class CellRunner:
 
     def _boot(self, cell: PlannedCell, log: Path) -> CellReport:
         """Boot the build cell's image under qemu on this machine (same firmware for every
-        host, so boot verdicts compare across hosts); the image is never modified."""
+        host, so boot verdicts compare across hosts), then judge the checks of the running
+        system the image's boot-checks element reports; the image is never modified."""
         assert cell.target is not None
         image = boot_image(self.ctx, cell)
         if image is None:
@@ -226,11 +236,14 @@ class CellRunner:
         if key and self.ctx.reusable and key in self.ctx.reusable:
             return self._reuse(self.ctx.reusable[key], log, key)
         # The image's own architecture picks qemu and its machine (arm64: aarch64 virt,
-        # always UEFI), so every host's image meets the same emulated machine.
+        # always UEFI), so every host's image meets the same emulated machine. The
+        # overlay it boots lives in the run directory while it runs.
         opts = BootOptions(image=image, serial_log=log,
                            timeout=self.ctx.settings.config.boot_timeout,
                            uefi="block-device-efi" in cell.target.elements,
-                           arch=normalise_arch(cell.target.arch))
+                           arch=normalise_arch(cell.target.arch),
+                           watch=WatchSettings(checks=cell.target.boot_checks),
+                           resolve=mirror_host(), work_dir=self.ctx.settings.run_dir)
         command = shlex.join([sys.executable, "-m", "dib.boottest", *opts.to_argv()])
         report = CellReport(State.SUCCESS, log=log, reproducer=command, key=key)
         try:
@@ -239,11 +252,36 @@ class CellRunner:
             line = f"boot: qemu failed: {err}"
             _write(log, line)
             return report.replace(state=State.ERROR, evidence=(line,), hint="qemu-error")
+        checks = boot_checks(result, image.relative_to(self.ctx.settings.run_dir)
+                             if image.is_relative_to(self.ctx.settings.run_dir) else image)
+        for check in result.checks:
+            _write(log, f"boot check {check.name}: {check.status.value}: {check.detail}")
+        report = report.replace(checks=checks)
         if result.passed:
-            return report.replace(reason=f"marker after {result.seconds_to_marker:.0f} s")
+            return report.replace(reason=boot_reason(result))
         state = State.ERROR if result.infrastructure else State.FAILED
         return report.replace(state=state, evidence=(result.evidence,),
                               hint="qemu-error" if result.infrastructure else None)
+
+
+def boot_checks(result: BootResult, image: Path) -> tuple[ImageCheck, ...]:
+    """The boot's checks of the running system as the cell's named checks: a skipped one
+    is ok, its detail saying why it was skipped."""
+    return tuple(
+        ImageCheck(BOOT_CHECK_PREFIX + c.name, c.status is not CheckStatus.FAIL,
+                   SKIPPED_PREFIX + c.detail if c.status is CheckStatus.SKIP else c.detail,
+                   str(image))
+        for c in result.checks)
+
+
+def boot_reason(result: BootResult) -> str:
+    """The success note: when the marker came, and how the checks went."""
+    reason = f"marker after {result.seconds_to_marker:.0f} s"
+    if not result.checks:
+        return reason
+    passed = sum(c.status is CheckStatus.PASS for c in result.checks)
+    skipped = len(result.checks) - passed
+    return reason + f"; checks: {passed} passed" + (f", {skipped} skipped" if skipped else "")
 
 
 def _artifact_files(image: Path) -> list[Path]:

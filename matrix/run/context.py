@@ -38,11 +38,18 @@ class RunSettings:
     mirror: str | None = None  # the machine's Debian mirror (None: the cell's dib decides)
     rebuild_hosts: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)  # the package cache proxy
+    # A cell's own proxy variables by its id (the run's repository view names each cell
+    # in its proxy URL); None: ``extra_env`` for every cell.
+    cell_env: Callable[[str], Mapping[str, str]] | None = None
     # diskimage-builder version -> its element tree on this machine
     upstream_elements: Mapping[str, Path] = field(default_factory=dict)
     # For upstream's debian-minimal (its own default is a public host): the machine's
     # debian-security archive, like ``mirror``.
     security_mirror: str | None = None
+
+    def proxy_env(self, cell_id: str) -> Mapping[str, str]:
+        """The proxy (and repository) variables of the cell ``cell_id``."""
+        return self.cell_env(cell_id) if self.cell_env is not None else self.extra_env
 
 
 @dataclass(frozen=True)

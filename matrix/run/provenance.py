@@ -198,7 +198,8 @@ class Recorder:
                  image_id: Callable[[str], str],
                  closure_parts: Callable[[PlannedCell], tuple[str, ...]] | None,
                  dates: MirrorDates | None = None,
-                 elements_dirs: Callable[[PlannedCell], list[Path]] | None = None):
+                 elements_dirs: Callable[[PlannedCell], list[Path]] | None = None,
+                 repositories: Callable[[str], list[dict[str, Any]]] | None = None):
         self.run_dir = run_dir
         self.tree = tree
         self.mirror = mirror
@@ -206,6 +207,7 @@ class Recorder:
         self.closure_parts = closure_parts
         self.dates = dates or MirrorDates()
         self.elements_dirs = elements_dirs
+        self.repositories = repositories  # cell id -> the suites and indices it read
         self.dib_record = tree_record(tree)
         self._suites: dict[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], Suite] = {}
         self._elements: dict[str, dict[str, str]] = {}  # target name -> file digests
@@ -269,6 +271,9 @@ class Recorder:
             record["host_image"] = self.image_id(planned.host.name)
         except Exception:  # noqa: BLE001 - no host image (its hostgen failed)
             record["host_image"] = None
+        read = self.repositories(planned.id) if self.repositories is not None else []
+        if read:
+            record["repositories"] = read
         if planned.kind not in (CellKind.BUILD, CellKind.BOOT) or planned.target is None:
             return record
         record["elements"] = self._element_digests(planned)
@@ -293,7 +298,8 @@ class Recorder:
         return record
 
 
-def start(ctx: Any, plan: Plan, results: Any) -> Recorder | None:
+def start(ctx: Any, plan: Plan, results: Any,
+          repositories: Callable[[str], list[dict[str, Any]]] | None = None) -> Recorder | None:
     """The run's recorder (``execute`` calls this once its context is made): the dib tree
     recorded, the suites' Release dates being fetched. None when the suites cannot be
     told."""
@@ -301,7 +307,7 @@ def start(ctx: Any, plan: Plan, results: Any) -> Recorder | None:
     try:
         recorder = Recorder(where.run_dir, where.dib_tree, where.mirror,
                             ctx.image_id, ctx.keys.cell_parts if ctx.keys else None,
-                            elements_dirs=ctx.elements_dirs)
+                            elements_dirs=ctx.elements_dirs, repositories=repositories)
         recorder.prefetch(plan)
     except (OSError, ValueError) as err:
         LOG.warning("provenance not recorded (%s)", err)

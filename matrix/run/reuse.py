@@ -40,6 +40,9 @@ class KeyMaker:
 
     tree: DibTree
     upstream_elements: dict[str, Path] = field(default_factory=dict)
+    # The run's repository state (matrix.run.repository): "live" adds nothing, so live
+    # runs keep the keys they had; a pinned snapshot's content or a service's URL does.
+    repository: str = "live"
 
     def __post_init__(self) -> None:
         self._closures: dict[tuple[str | None, tuple[str, ...]], tuple[str, ...]] = {}
@@ -88,6 +91,8 @@ class KeyMaker:
         target = cell.target
         definition = {"elements": target.elements, "outputs": target.outputs,
                       "arch": target.arch, "env": cell.env}
+        if cell.kind is CellKind.BOOT and target.boot_checks is not None:
+            definition["boot-checks"] = target.boot_checks  # what the boot row judges
         upstream = target.upstream_elements
         if upstream:
             # The release and its wheel's sha256 pin every upstream element file.
@@ -95,6 +100,8 @@ class KeyMaker:
                 upstream, upstreamdib.PINS.get(upstream, "unpinned")]
         digest.update(json.dumps(definition, sort_keys=True).encode())
         digest.update(self.tree.digest_of((PACKAGE, *self.cell_parts(cell))).encode())
+        if self.repository != "live":
+            digest.update(b"\0repository\0" + self.repository.encode())
         return digest.hexdigest()
 
 

@@ -35,8 +35,11 @@ from matrix.run.cells import CellRunner
 from matrix.run.context import HostRecords, RunContext, RunSettings
 from matrix.run.plan import Plan, PlannedCell
 from matrix.run.progress import RunObserver, observed
+from matrix.run.repository import RepositoryStage, suites_to_pin
 from matrix.run.reuse import KeyMaker, Reusable, index_previous
 from matrix.run.scheduler import Scheduler
+from matrix.snapshot import store as snapshot_store
+from matrix.snapshot.manifest import Snapshot
 from matrix.verdict.catalogue import Catalogue, load_catalogue
 from matrix.verdict.classify import Evidence, classify
 from matrix.verdict.excerpt import add_excerpts
@@ -105,6 +108,9 @@ class RunRequest:
     upstream_cache: Path = upstreamdib.DEFAULT_CACHE  # diskimage-builder wheels and trees
     catalogue: Catalogue | None = None  # loaded (and checked) by the caller; else loaded here
     shard: dict[str, Any] | None = None  # this run is a shard (matrix.run.shards.mark)
+    bump_from: str | None = None  # the pinned run a bump run (run --bump-from) compares with
+    snapshot_store: Path = snapshot_store.DEFAULT_ROOT
+    snapshot: Snapshot | None = None  # the pinned snapshot, read once by the command line
 
 
 class MatrixRun:
@@ -136,10 +142,13 @@ class MatrixRun:
             started=now(),
             dib_tree=req.dib_tree.to_json(),
             # The run-time keys of the matrix file (those run can override), as in effect.
-            options={key.field: getattr(req.config, key.field) for key in OVERRIDES},
+            options={key.field: _option_json(getattr(req.config, key.field))
+                     for key in OVERRIDES},
         )
         if req.shard:
             results.shard = dict(req.shard)
+        if req.bump_from:
+            results.repository["bump_from"] = req.bump_from
         for planned in req.plan.cells:
             results.cells.append(Cell(planned.host.name, planned.row, planned.kind,
                                       voting=planned.voting))
@@ -253,6 +262,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
             execution.add_excerpts()
             occurrences.record_run(request.out_dir, execution.run.results)
             execution.record_package_cache(package_cache)
+            execution.record_repository()
     except KeyboardInterrupt:
         execution.run.results.interrupted = True
         raise
@@ -285,6 +295,7 @@ class Execution:
     reusable: Mapping[str, Reusable] | None  # earlier cells by key, with --reuse
     hosts: HostRecords = field(default_factory=HostRecords)
     upstream_failures: dict[str, str] = field(default_factory=dict)  # version -> its line
+    repository: RepositoryStage | None = None  # the run's repository view, once started
     scheduler: Scheduler | None = None  # once the cells are scheduled
 
     @classmethod
@@ -322,21 +333,64 @@ class Execution:
             trees, self.upstream_failures = prepare_upstream(versions, self.request.upstream_cache)
             security_mirror = find_security_mirror()
         package_cache = _start_package_cache(self.request.package_cache, stack)
+        self.repository = self._repository(package_cache, stack)
         ctx = self._context(trees, security_mirror, package_cache)
-        self.run.recorder = provenance.start(ctx, self.request.plan, self.run.results)
+        self.run.recorder = provenance.start(ctx, self.request.plan, self.run.results,
+                                             repositories=self.repository.cell_record)
+        if self.run.recorder is not None:
+            self.repository.pin(suites_to_pin(self.request.plan, ctx.settings.mirror,
+                                              self.run.recorder.suite))
+        self.run.results.repository.update(self.repository.run_record())
         return CellRunner(ctx), package_cache
+
+    def _repository(self, package_cache: PackageCache | None, stack: contextlib.ExitStack
+                    ) -> RepositoryStage:
+        """The run's repository view, in front of the package cache."""
+        request = self.request
+        return RepositoryStage.start(
+            request.config.snapshot, snapshot_store.Store(request.snapshot_store),
+            request.snapshot, package_cache.proxy_url if package_cache else None,
+            self.run.run_dir.path / "logs" / "repository.log", stack)
+
+    def record_repository(self) -> None:
+        """The repository state the run's cells saw: results.json's block, the run's
+        repository.json, and with ``snapshot: record`` a snapshot of it."""
+        if self.repository is None:
+            return
+        results = self.run.results
+        results.repository.update(self.repository.run_record())
+        try:
+            self.repository.write_state(self.run.run_dir.path)
+        except OSError as err:
+            LOG.warning("repository state not written: %s", err)
+            return
+        if self.request.config.snapshot.record:
+            plan = self.request.plan
+            self.repository.complete_indices(
+                {"amd64"} | {t.arch for t in self.request.config.targets},
+                {"main"} | {c for h in plan.hosts for c in getattr(h.base, "components", ())})
+            self.repository.write_state(self.run.run_dir.path)
+        cache = self.request.package_cache
+        self.repository.record_snapshot(results, self.run.run_dir.path,
+                                        cache / "cache" if cache else None)
 
     def _context(self, trees: dict[str, Path], security_mirror: str | None,
                  package_cache: PackageCache | None) -> RunContext:
         request = self.request
+        service = request.config.snapshot.service
+        extra_env = package_cache.environment() if package_cache is not None else {}
+        repository = self.repository
         settings = RunSettings(
             config=request.config, run_id=self.run.results.run_id, run_dir=self.run.run_dir.path,
-            dib_tree=request.dib_tree, mirror=self.mirror, rebuild_hosts=request.rebuild_hosts,
-            extra_env=package_cache.environment() if package_cache is not None else {},
+            dib_tree=request.dib_tree, mirror=service.mirror if service else self.mirror,
+            rebuild_hosts=request.rebuild_hosts, extra_env=extra_env,
+            cell_env=(None if repository is None
+                      else lambda cell_id: repository.cell_env(cell_id, extra_env)),
             upstream_elements=trees, security_mirror=security_mirror)
         return RunContext(
             settings, self.client, self.hosts, stop=self.run.stop,
-            keys=KeyMaker(request.dib_tree, upstream_elements=dict(trees)),
+            keys=KeyMaker(request.dib_tree, upstream_elements=dict(trees),
+                          repository=repository.key_part() if repository else "live"),
             reusable=self.reusable,
             layers=None if request.dib_mount else LayerBaker(request.dib_tree, lease=self.lease),
             run_cell=swarm.run_cell if request.swarm else engine.run_cell)
@@ -407,7 +461,8 @@ class Execution:
         self.run.run_dir.save(results)
         # Successes become last-good cells, then the matrix's retention: the run itself
         # and every live one stay (its lease is still held here).
-        archive_run(self.request.out_dir, results, self.request.config.retention)
+        archive_run(self.request.out_dir, results, self.request.config.retention,
+                    snapshot_root=self.request.snapshot_store)
         _remove_run_objects(self.client, results.run_id)
         self.lease.release()
 
@@ -430,6 +485,12 @@ def point_latest(out: OutDir, run_id: str) -> None:
         out.point_latest(run_id)
     except UnsafeOutput as err:
         LOG.warning("%s", err)
+
+
+def _option_json(value: Any) -> Any:
+    """A run option as results.json keeps it (a structured setting as its JSON)."""
+    to_json = getattr(value, "to_json", None)
+    return to_json() if callable(to_json) else value
 
 
 def _machine_mirror() -> str | None:

@@ -85,6 +85,9 @@ class CategoryRule:
     record: tuple[RecordKind, ...] = ()  # kinds of dib failure record this entry names
     warnings: bool = False  # may match apt/debootstrap "W:" lines (else never)
     generic: bool = False  # a catch-all: names the tool or step that failed, not the cause
+    # The mirror, the network or the engine failed, not the build: a bump run's gate
+    # lists such a failure as infrastructure, never as a regression.
+    infrastructure: bool = False
     ignore: tuple[Any, ...] = ()  # compiled RE2 patterns of lines the entry never takes
     link: str | None = None
     hosts: tuple[str, ...] = ("*",)
@@ -114,6 +117,11 @@ class Catalogue:
         """Ids of the catch-all entries (``generic: true``): they name where a build
         failed, not why, so their failures get an excerpt of the log."""
         return frozenset(r.id for r in self.rules if r.generic)
+
+    def infrastructure_ids(self) -> frozenset[str]:
+        """Ids of the entries whose cause is the mirror, the network or the engine
+        (``infrastructure: true``): never a regression in a bump run's gate."""
+        return frozenset(r.id for r in self.rules if r.infrastructure)
 
 
 def compile_pattern(text: str) -> Any:
@@ -285,6 +293,9 @@ CATEGORY_KEYS: tuple[Key, ...] = (
         "that reads like its own, e.g. apt's E: about /dev/pts in a chroot)", []),
     Key("generic", parse_bool, "a catch-all entry: it names the tool or step that failed, not "
         "the cause (dib-matrix catalogue coverage counts it apart)", False),
+    Key("infrastructure", parse_bool, "the cause is the mirror, the network or the container "
+        "engine, not the build: a bump run (run --bump-from) lists such a failure as "
+        "infrastructure, never as a regression", False),
     Key("link", _link, "a URL shown with the legend"),
     Key("hosts", _globs, "globs over host names the entry applies to", ANY),
     Key("targets", _globs, "globs over rows (tox, hostgen, a target, <target>:boot) the "

@@ -32,6 +32,8 @@ IDS = {
     "python-version-unsupported", "externally-managed-environment", "filesystem-size-invalid",
     "filesystem-corrupt", "filesystem-feature-unsupported", "grub-device-not-found",
     "grub-platform-missing", "efi-partition-missing", "file-not-found",
+    # a pinned run's repository view lacking a file ("404 Not in snapshot")
+    "snapshot-incomplete",
 }
 
 

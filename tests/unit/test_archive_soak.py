@@ -96,7 +96,7 @@ class Nightly:
         monkeypatch.setattr(runner, "host_objects", lambda hosts: ())
         monkeypatch.setattr(runner, "find_mirror", lambda distro: "http://mirror.invalid/debian")
         monkeypatch.setattr(runner, "recorded_base", lambda *args: None)
-        monkeypatch.setattr(runner.provenance, "start", lambda *args: None)
+        monkeypatch.setattr(runner.provenance, "start", lambda *args, **kwargs: None)
         monkeypatch.setattr(runner.engine, "remove_run_objects",
                             lambda client, run_id: runner.engine.Removed(0, 0, 0))
         monkeypatch.setattr(runner, "_engine_answers", lambda client: True)

@@ -163,7 +163,7 @@ def test_the_boot_row_boots_the_targets_architecture(monkeypatch, tmp_path):
     class Context:  # what a boot row reads of its run's context
         keys = reusable = None
         boot_timeout = 60.0
-        settings = SimpleNamespace(config=SimpleNamespace(boot_timeout=60.0))
+        settings = SimpleNamespace(config=SimpleNamespace(boot_timeout=60.0), run_dir=tmp_path)
 
         def log_path(self, cell):
             return tmp_path / "logs" / cell.host.name / "boot.log"

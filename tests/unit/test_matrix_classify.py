@@ -52,6 +52,9 @@ SAMPLES = {
         "mirror does not carry suite 'noble'"),
     "mirror-unreachable": (
         "t", "mirror http://127.0.0.1:9/debian unreachable: refused", "mirror/network unreachable"),
+    "snapshot-incomplete": (
+        "t", "E: Failed to fetch http://m/debian/pool/main/h/hello/hello_2.10-3_amd64.deb  404  "
+        "Not in snapshot [IP: 127.0.0.1 3142]", "snapshot-incomplete: hello"),
     "package-manager-locked": (
         "t", "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 1234", None),
     "apt-sources-invalid": ("t", "E: Malformed entry 1 in list file /etc/apt/sources.list "
@@ -99,6 +102,28 @@ SAMPLES = {
     "no-bootloader": ("t:boot", "No bootable device.", None),
     "vm-reset": ("t:boot", "boot: the machine reset during the kernel stage", None),
     "boot-timeout": ("t:boot", "boot: no marker after 600 s; furthest stage: kernel", None),
+    "boot-emergency-mode": (
+        "t:boot", "boot: emergency mode: [DEPEND] Dependency failed for mnt-data.mount",
+        "boot: emergency mode (systemd gave up the boot)"),
+    "boot-unit-failed": ("t:boot", "boot: unit failed: foo.service",
+                         "boot: unit failed: foo.service"),
+    "boot-cloud-init-failed": (
+        "t:boot", "boot: cloud-init did not run the user-data: no /var/lib/x (status: error)",
+        "boot: cloud-init did not run the seed's user-data"),
+    "boot-no-network": ("t:boot", "boot: no network: no IPv4 default route after 60 s",
+                        "boot: no network"),
+    "boot-name-resolution-failed": (
+        "t:boot", "boot: name resolution failed: m.example did not resolve", None),
+    "boot-root-not-grown": ("t:boot", "boot: root not grown: /dev/vda1 ends 1024 MiB before",
+                            None),
+    "boot-shutdown-hung": ("t:boot", "boot: shutdown hung: still running 60 s after", None),
+    "boot-check-failed": ("t:boot", "boot: check cmdline failed: no serial console=",
+                          "boot: check cmdline failed"),
+    "boot-checks-unfinished": (
+        "t:boot", "boot: the checks did not finish after 600 s; last check: units", None),
+    "image-leaks-build-host-identity": (
+        "t", "verify: identity: image leaks build-host identity: /etc/machine-id: set at "
+        "build time (5946...)", "image leaks build-host identity: /etc/machine-id"),
     # Causes named inside what used to be generic buckets (the tools' own words).
     "engine-unreachable": ("t", "docker: Cannot connect to the Docker daemon at "
                            "unix:///var/run/docker.sock. Is the docker daemon running?", None),

@@ -73,7 +73,8 @@ def make_tar(
 def test_a_matching_tar_passes_every_check(tmp_path):
     image = make_tar(tmp_path / "t.tar")
     checks = verify_images([image], DEBIAN, tmp_path, timeout=30)
-    assert [(c.name, c.ok) for c in checks] == [("os-release", True), ("packages", True)]
+    assert [(c.name, c.ok) for c in checks] == [("os-release", True), ("packages", True),
+                                               ("identity", True)]
     assert one(checks, "os-release").detail == "debian bookworm"
     assert one(checks, "packages").detail == "3 packages installed, as t.packages lists"
     assert all(c.image == "t.tar" for c in checks)
@@ -194,7 +195,9 @@ def test_unreadable_or_missing_images_fail_without_raising(tmp_path):
     (tmp_path / "t.tar").write_bytes(b"not a tar archive at all" * 100)
     checks = verify_images([tmp_path / "t.tar", tmp_path / "gone.qcow2", tmp_path / "t.iso"],
                            DEBIAN, tmp_path, 30)
-    assert [c.ok for c in checks] == [False] * len(checks)
+    judged = [c for c in checks if c.name != "identity"]  # not judged where nothing is read
+    assert [c.ok for c in judged] == [False] * len(judged)
+    assert one(checks, "identity").detail.startswith("not checked: ")
     assert one(checks, "os-release").detail.startswith("os-release: cannot read the image")
     assert [c.detail for c in checks if c.name == "image"] == [
         "image: no such file: gone.qcow2", "image: no such file: t.iso"]
@@ -202,7 +205,7 @@ def test_unreadable_or_missing_images_fail_without_raising(tmp_path):
 
 def test_out_of_time_checks_fail(tmp_path):
     checks = verify_images([make_tar(tmp_path / "t.tar")], DEBIAN, tmp_path, timeout=0)
-    assert [c.ok for c in checks] == [False, False]
+    assert [c.ok for c in checks] == [False, False, False]
     assert checks[0].detail == "os-release: not checked, the verification ran out of time"
 
 

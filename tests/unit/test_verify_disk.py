@@ -36,9 +36,10 @@ MIB = 1 << 20
 LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-NAMES = ["qemu-img check", "partition table", "filesystem label", "os-release", "packages"]
+NAMES = ["qemu-img check", "partition table", "filesystem label", "os-release", "packages",
+         "identity"]
 # A target's expectation (expectation_for) also checks the architecture.
-VM_NAMES = [*NAMES, "architecture"]
+VM_NAMES = [*NAMES[:-1], "architecture", "identity"]
 TRIXIE = BOOKWORM.replace("bookworm", "trixie").replace('"12"', '"13"')
 
 
@@ -116,7 +117,7 @@ def test_a_bare_filesystem_raw_and_qcow2_pass(tmp_path):
     qcow2 = to_qcow2(raw)
     checks = verify_images([raw, qcow2], BARE, tmp_path, timeout=60)
     assert names_and_results(checks) == [(n, True) for n in NAMES] * 2, checks
-    assert [c.image for c in checks] == ["t.raw"] * 5 + ["t.qcow2"] * 5
+    assert [c.image for c in checks] == ["t.raw"] * len(NAMES) + ["t.qcow2"] * len(NAMES)
     by_image = {(c.image, c.name): c.detail for c in checks}
     assert by_image[("t.raw", "partition table")] == \
         "no partition table: a bare filesystem (bare ext4 filesystem)"

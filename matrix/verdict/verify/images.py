@@ -36,6 +36,13 @@ from .diskimage import (
     virtual_size,
 )
 from .expect import Expectation, planned_layout
+from .identity import (
+    IdentityFacts,
+    build_host_names,
+    check_identity,
+    read_disk_identity,
+    read_tar_identity,
+)
 from .limits import Deadline, VerifyError
 from .parse import Packages
 from .tarimage import TarFacts, read_tar
@@ -160,6 +167,7 @@ def _tar_steps(image: Path, kind: str, expect: Expectation) -> list[Step]:
     if expect.arch is not None:
         steps.append(("architecture", lambda d: check_architecture(facts(d).packages,
                                                                    facts(d).rpm, expect)))
+    steps.append(("identity", lambda d: _identity(lambda: read_tar_identity(image, d), d)))
     return steps
 
 
@@ -184,4 +192,17 @@ def _disk_steps(image: Path, kind: str, expect: Expectation, work: Path) -> list
     if expect.arch is not None:
         steps.append(("architecture", lambda d: check_architecture(packages(d), False,
                                                                    expect)))
+    steps.append(("identity", lambda d: _identity(lambda: read_disk_identity(root(d), d), d)))
     return steps
+
+
+def _identity(read: Callable[[], IdentityFacts], deadline: Deadline) -> Found:
+    """The build-host identity check; an image whose files cannot be read is not judged
+    (the checks that read the same files fail and say why); out of time, it fails."""
+    try:
+        facts = read()
+    except (VerifyError, OSError, tarfile.TarError, EOFError) as err:
+        if deadline.passed:
+            raise
+        return Found("identity", True, f"not checked: {err}")
+    return check_identity(facts, build_host_names())

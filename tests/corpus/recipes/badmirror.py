@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """A loopback HTTP proxy in front of the real Debian mirror that breaks it in one way.
 
-    badmirror.py PORT UPSTREAM MODE     (UPSTREAM: the mirror URL, e.g. http://HOST/debian)
+    badmirror.py PORT UPSTREAM MODE [PACKAGE]  (UPSTREAM: the mirror URL, e.g. http://HOST/debian)
 
 MODE: 404-pool   every pool/ file (a .deb) is 404 Not Found, indices are served as is
       corrupt-index  Packages files of binary-* keep their size but one byte is flipped
       badsig     the signed text of InRelease is altered (one digit of its Date: line)
-Served at http://127.0.0.1:PORT/debian/...
+      not-in-snapshot  PACKAGE's pool files, and a dists/ path containing PACKAGE (say
+                 "binary-amd64/Packages"), are "404 Not in snapshot", as a pinned run's
+                 repository view answers a file its snapshot lacks
+Served at http://127.0.0.1:PORT/debian/..., and as an http proxy (http_proxy=http://127.0.0.1:PORT):
+a proxy request names the whole URL, whose path after /debian is the same.
 """
 
 import http.server
@@ -16,6 +20,14 @@ import urllib.error
 import urllib.request
 
 PORT, UPSTREAM, MODE = int(sys.argv[1]), sys.argv[2].rstrip("/"), sys.argv[3]
+LACKED = sys.argv[4] if len(sys.argv) > 4 else ""
+
+
+def lacked(path):
+    """Whether a not-in-snapshot view lacks ``path``: PACKAGE's .debs, or a dists/ file."""
+    if path.startswith("/pool/"):
+        return path.rsplit("/", 1)[-1].startswith(LACKED + "_")
+    return path.startswith("/dists/") and LACKED in path
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -25,6 +37,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = self.path.split("/debian", 1)[-1]
         if MODE == "404-pool" and path.startswith("/pool/"):
             self.send_error(404, "Not Found")
+            return
+        if MODE == "not-in-snapshot" and lacked(path):
+            self.send_error(404, "Not in snapshot")
             return
         try:
             with urllib.request.urlopen(UPSTREAM + path, timeout=60) as resp:

@@ -1,0 +1,1 @@
+"""Pinned repository snapshots: the run's repository view, the snapshot store, replay."""
