@@ -45,7 +45,7 @@ from reports.logs import Excerpt, excerpt
 from reports.sanitize import UNSAFE_RE, clean_text, one_line
 from reports.shardinfo import shard_rows
 from reports.styles import STYLES, Flag, StateStyle, flags, style
-from reports.summary import rate_text, uncategorized
+from reports.summary import RETRY_NOTE_LIMIT, rate_text, uncategorized
 from results import lastgood
 from results.archive import LAST_GOOD_DIR, STATE_DIR, OutDir
 from results.model import SKIPPED_PREFIX, Artifact, Cell, ImageCheck, RunResults, State
@@ -174,6 +174,7 @@ class DetailView:
     known_issue: KnownIssueView | None = None
     also_on: str | None = None  # "also on a, b" or "only on this host"
     last_good: LastGoodView | None = None  # a failure's last success, kept in the archive
+    retry: str | None = None  # why failed attempts were tried again or not
 
 
 @dataclass(frozen=True)
@@ -430,6 +431,7 @@ def detail_view(cell: Cell, inputs: ViewInputs) -> DetailView:
         known_issue=inputs.known_issue(cell),
         also_on=_also_on(cell, inputs),
         last_good=inputs.last_goods.get(cell.id),
+        retry=one_line(cell.retry, RETRY_NOTE_LIMIT) if cell.retry else None,
     )
 
 

@@ -22,7 +22,7 @@ from reports.knownissues import KnownIssues
 from reports.legend import grid_order
 from reports.sanitize import one_line, safe_text
 from reports.styles import STYLES
-from reports.summary import rate_text
+from reports.summary import RETRY_NOTE_LIMIT, rate_text
 from results.model import BOOT_CHECK_PREFIX, SKIPPED_PREFIX, Cell, RunResults, State
 
 MAX_ITEMS = 20  # cells listed per section
@@ -58,6 +58,8 @@ def _diff_item(diff: CellDiff, comparison: Comparison, known: KnownIssues) -> li
     cell = diff.new if diff.new is not None and diff.new.state is not State.SUCCESS else diff.old
     if cell is not None and cell.evidence and cell.state is not State.SUCCESS:
         lines.append(f"  - evidence: {code(cell.evidence)}")
+    if diff.new is not None:  # a regression's, or a fix's that passed only on retry
+        lines += _retry_items(diff.new)
     if cell is not None and cell is diff.new:  # known issues of this run's cells only
         lines += _known_items(cell, known)
     if cell is not None and cell.state is not State.SUCCESS:
@@ -93,7 +95,12 @@ def _failure_item(cell: Cell, known: KnownIssues) -> list[str]:
              + (f": {escape(cause)}" if cause else "")]
     if cell.evidence:
         lines.append(f"  - evidence: {code(cell.evidence)}")
-    return lines + _known_items(cell, known) + _excerpt_items(cell)
+    return lines + _retry_items(cell) + _known_items(cell, known) + _excerpt_items(cell)
+
+
+def _retry_items(cell: Cell) -> list[str]:
+    """Why its failed attempts were tried again or not (a run asked for retries)."""
+    return [f"  - retry: {escape(cell.retry, RETRY_NOTE_LIMIT)}"] if cell.retry else []
 
 
 def _known_items(cell: Cell, known: KnownIssues) -> list[str]:

@@ -36,3 +36,12 @@ def counts_text(results: RunResults) -> str:
 
 def retried(results: RunResults) -> list[Cell]:
     return [c for c in results.cells if c.passed_on_retry]
+
+
+RETRY_NOTE_LIMIT = 600  # characters of one cell's retry note in a report line
+
+
+def retry_notes(results: RunResults) -> list[Cell]:
+    """Cells whose failed attempts say why they were tried again or not (only a run
+    asked for retries has them)."""
+    return [c for c in results.cells if c.retry]

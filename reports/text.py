@@ -12,7 +12,14 @@ from reports.knownissues import KnownIssues
 from reports.legend import Legend, build_legend, cell_mark
 from reports.sanitize import one_line, safe_text
 from reports.shardinfo import shard_lines
-from reports.summary import counts_text, rate_text, retried, uncategorized
+from reports.summary import (
+    RETRY_NOTE_LIMIT,
+    counts_text,
+    rate_text,
+    retried,
+    retry_notes,
+    uncategorized,
+)
 from results.model import RunResults
 
 _RULE = Line("+", "-", "+", "+")
@@ -112,6 +119,11 @@ def render_report(
     if flaky:
         lines.append("passed only on retry: "
                      + ", ".join(f"{one_line(c.id)} ({c.attempts})" for c in flaky))
+    noted = retry_notes(results)
+    if noted:
+        lines.append("retries:")
+        lines += [f"  {one_line(c.id)}: {one_line(c.retry or '', RETRY_NOTE_LIMIT)}"
+                  for c in noted]
     if comparison_text:
         lines += ["", comparison_text.rstrip("\n")]
     # The last guard: whatever a line above forgot to clean cannot reach a terminal.

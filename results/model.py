@@ -100,6 +100,9 @@ class Cell:
     reason: str | None = None  # why skipped or excluded
     voting: bool = True
     attempts: int = 0
+    # Why a failed attempt was tried again or not ("not retried: <cause> does not change
+    # on a retry"); None when the run asked for no retries or nothing failed.
+    retry: str | None = None
     reused: bool = False
     started: str | None = None
     finished: str | None = None
@@ -148,6 +151,8 @@ class Cell:
             del data["provenance"]
         if not data["excerpt"]:  # most cells: a success, or a failure with its cause
             del data["excerpt"]
+        if data["retry"] is None:  # most cells, and runs made before retries had causes
+            del data["retry"]
         if data["category"] is not None and data["category"]["ticket"] is None:
             del data["category"]["ticket"]  # only a known issue's cause has one
         return data

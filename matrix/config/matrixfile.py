@@ -66,6 +66,9 @@ BOOT_TIMEOUT_CAP = 600.0  # a boot test's default: the cell timeout, at most 10 
 # not the matrix, is the limit.
 MAX_RETRIES = 10
 MAX_PARALLEL = 256
+# The back-off between retries doubles up to this; a longer first wait is a typo (a
+# mirror that syncs for longer is better pinned to a snapshot than waited for).
+MAX_RETRY_DELAY = 600.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class MatrixConfig:
     hostgen_timeout: float
     boot_timeout: float
     retries: int
+    retry_delay: float  # seconds before the first retry (doubled before each next one)
     fail_fast: bool
     env: tuple[tuple[str, str], ...]
     output: Path
@@ -145,6 +149,27 @@ def parse_duration(value: Any, reader: Any = None, path: KeyPath = ()) -> float:
     if not 0 < seconds <= MAX_DURATION:  # also refuses nan
         raise Invalid(f"duration {value!r} must be more than 0 and at most a week")
     return seconds
+
+
+def parse_retry_delay(value: Any, reader: Any = None, path: KeyPath = ()) -> float:
+    """Seconds before the first retry: 0 (at once) or a duration up to MAX_RETRY_DELAY."""
+    if _is_zero_duration(value):
+        return 0.0
+    seconds = parse_duration(value)
+    if seconds > MAX_RETRY_DELAY:
+        raise Invalid(f"retry delay {value!r} must be at most {MAX_RETRY_DELAY / 60:.0f}m "
+                      "(the back-off doubles it, up to that)")
+    return seconds
+
+
+def _is_zero_duration(value: Any) -> bool:
+    """0, 0.0, "0", "0s", "0m": no wait at all (which parse_duration refuses)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return value == 0
+    match = DURATION_RE.fullmatch(value) if isinstance(value, str) else None
+    return match is not None and float(match.group(1)) == 0
 
 
 @dataclass
@@ -387,9 +412,13 @@ MATRIX_KEYS: tuple[Key, ...] = (
     Key("boot-timeout", parse_duration, "per boot test, until the guest's marker",
         Derived(lambda values, reader: min(values["timeout"], BOOT_TIMEOUT_CAP),
                 "the timeout, at most 10m"), option=Option.VALUE, example="DURATION"),
-    Key("retries", bounded_int(0, MAX_RETRIES), "extra attempts for failed cells", 0,
-        option=Option.VALUE,
+    Key("retries", bounded_int(0, MAX_RETRIES), "extra attempts for a failed cell whose cause "
+        "a retry can fix (a catalogue entry with retry: true: mirror unreachable or syncing, "
+        "engine errors); other failures are never retried", 0, option=Option.VALUE,
         example="N"),
+    Key("retry-delay", parse_retry_delay, "wait before the first retry, doubled before each "
+        "next one up to 10m; 0 retries at once", "30s", option=Option.VALUE,
+        example="DURATION"),
     Key("fail-fast", parse_bool, "stop everything at the first voting failure", False,
         option=Option.FLAG),
     Key("env", parse_dib_env, "DIB_* variables for every build", {}),

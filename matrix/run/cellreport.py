@@ -35,6 +35,7 @@ class CellReport:
     attempts: int = 1
     started: str | None = None
     duration: float | None = None
+    retry: str | None = None  # why it was or was not tried again (matrix.run.retry)
     # Set by the verdict stage:
     category: Category | None = None
     verdict: str | None = None  # the evidence line that names the category

@@ -176,6 +176,7 @@ def _clear(cell: Cell) -> None:
     cell.evidence = None
     cell.reason = "re-running"
     cell.attempts = 0
+    cell.retry = None
     cell.reused = False
     cell.started = cell.finished = None
     cell.duration = None

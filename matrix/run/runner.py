@@ -36,6 +36,7 @@ from matrix.run.context import HostRecords, RunContext, RunSettings
 from matrix.run.plan import Plan, PlannedCell
 from matrix.run.progress import RunObserver, observed
 from matrix.run.repository import RepositoryStage, suites_to_pin
+from matrix.run.retry import RetryPolicy
 from matrix.run.reuse import KeyMaker, Reusable, index_previous
 from matrix.run.scheduler import Scheduler
 from matrix.snapshot import store as snapshot_store
@@ -224,6 +225,7 @@ class MatrixRun:
                 cell.host, cell.row, report.category)):
             cell.state = State.ALLOWED_FAILURE
         cell.attempts = report.attempts
+        cell.retry = report.retry
         cell.reason = report.reason
         cell.started = report.started
         cell.finished = now()
@@ -400,10 +402,16 @@ class Execution:
         self.scheduler = Scheduler(
             list(self.request.plan.cells), functools.partial(self.run_cell, cells),
             observed(self.run.finish, self.run.results, self.observer),
-            max_parallel=config.max_parallel, retries=config.retries,
+            max_parallel=config.max_parallel, decide=self.retry_policy().decide,
             fail_fast=config.fail_fast, done=self.run.done_states(), stop=self.run.stop,
             on_stop=self.stop_everything)
         self.scheduler.run()
+
+    def retry_policy(self) -> RetryPolicy:
+        """The matrix's retries, for the causes the run's catalogue says a retry can fix."""
+        config = self.request.config
+        return RetryPolicy(retries=config.retries, delay=config.retry_delay,
+                           retryable=self.run.catalogue.retry_ids())
 
     def run_cell(self, cells: CellRunner, cell: PlannedCell, attempt: int) -> CellReport:
         """One attempt at ``cell``, judged in its own worker thread (a slow log never

@@ -2,21 +2,27 @@
 
 Pure orchestration: what a cell does is the ``execute`` callable's business, so
 this module is tested with fake executors. A cell whose prerequisite did not
-succeed is not run: it is finished at once as ``skipped``.
+succeed is not run: it is finished at once as ``skipped``. Whether a failed attempt
+is tried again, and after how long, is the ``decide`` callable's (the run passes
+:meth:`matrix.run.retry.RetryPolicy.decide`); the wait between two attempts ends at
+once when the run stops (Ctrl-C, fail-fast, a lost engine).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 
 from matrix.run.cellreport import CellReport
 from matrix.run.plan import PlannedCell
+from matrix.run.retry import Decide, join_notes, never
 from results.model import CellKind, State
 
+LOG = logging.getLogger("dib-matrix")
 CUT_SHORT = (State.FAILED, State.TIMEOUT, State.ERROR, State.SKIPPED)
 Execute = Callable[[PlannedCell, int], CellReport]
 Finish = Callable[[PlannedCell, CellReport], None]
@@ -24,7 +30,8 @@ Finish = Callable[[PlannedCell, CellReport], None]
 
 class Scheduler:
     def __init__(self, cells: list[PlannedCell], execute: Execute, finish: Finish, *,
-                 max_parallel: int, retries: int = 0, fail_fast: bool = False,
+                 max_parallel: int, decide: Decide = never,
+                 fail_fast: bool = False,
                  done: Mapping[str, State] | None = None,
                  stop: threading.Event | None = None,
                  on_stop: Callable[[], None] | None = None):
@@ -32,7 +39,7 @@ class Scheduler:
         self.execute = execute
         self.finish = finish
         self.max_parallel = max_parallel
-        self.retries = retries
+        self.decide = decide  # after each attempt: try it again, and after how long
         self.fail_fast = fail_fast
         self.state: dict[str, State] = dict(done or {})
         self.stop = stop or threading.Event()
@@ -50,15 +57,25 @@ class Scheduler:
         return all(self.state.get(need) is not None for need in cell.needs)
 
     def _attempt(self, cell: PlannedCell) -> CellReport:
+        """Attempts at ``cell`` until one is not to be tried again. The back-off between
+        two is a wait on ``stop``: a stopping run never waits it out (the cell is then
+        recorded as interrupted, see ``_record``)."""
         attempt = 0
         started, clock = time.monotonic(), dt.datetime.now(dt.timezone.utc)
+        notes: list[str] = []
         while True:
             attempt += 1
-            report = self.execute(cell, attempt).replace(
+            report = self.execute(cell, attempt)
+            decision = self.decide(report, attempt)
+            if decision.note:
+                notes.append(decision.note)
+            report = report.replace(
                 attempts=attempt, started=clock.isoformat(timespec="seconds"),
-                duration=round(time.monotonic() - started, 2))
-            retry = report.state.is_failure and attempt <= self.retries
-            if not retry or self.stop.is_set():
+                duration=round(time.monotonic() - started, 2), retry=join_notes(notes))
+            if not decision.retry or self.stop.is_set():
+                return report
+            LOG.info("%s: %s", cell.id, decision.note or f"attempt {attempt} failed; retried")
+            if self.stop.wait(decision.delay):
                 return report
 
     def _record(self, cell: PlannedCell, outcome: CellReport) -> None:

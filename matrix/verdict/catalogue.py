@@ -88,6 +88,9 @@ class CategoryRule:
     # The mirror, the network or the engine failed, not the build: a bump run's gate
     # lists such a failure as infrastructure, never as a regression.
     infrastructure: bool = False
+    # A retry can fix it (the mirror, the network or the engine may answer next time):
+    # only such failures use the matrix's retries (matrix.run.retry).
+    retry: bool = False
     ignore: tuple[Any, ...] = ()  # compiled RE2 patterns of lines the entry never takes
     link: str | None = None
     hosts: tuple[str, ...] = ("*",)
@@ -122,6 +125,11 @@ class Catalogue:
         """Ids of the entries whose cause is the mirror, the network or the engine
         (``infrastructure: true``): never a regression in a bump run's gate."""
         return frozenset(r.id for r in self.rules if r.infrastructure)
+
+    def retry_ids(self) -> frozenset[str]:
+        """Ids of the entries a retry can fix (``retry: true``): the only failures the
+        matrix's ``retries`` try again."""
+        return frozenset(r.id for r in self.rules if r.retry)
 
 
 def compile_pattern(text: str) -> Any:
@@ -296,6 +304,9 @@ CATEGORY_KEYS: tuple[Key, ...] = (
     Key("infrastructure", parse_bool, "the cause is the mirror, the network or the container "
         "engine, not the build: a bump run (run --bump-from) lists such a failure as "
         "infrastructure, never as a regression", False),
+    Key("retry", parse_bool, "a retry can fix it (a mirror that was unreachable or syncing, a "
+        "network or engine hiccup): only such failures are tried again, up to the matrix's "
+        "retries, after retry-delay, doubling; any other failure is never retried", False),
     Key("link", _link, "a URL shown with the legend"),
     Key("hosts", _globs, "globs over host names the entry applies to", ANY),
     Key("targets", _globs, "globs over rows (tox, hostgen, a target, <target>:boot) the "

@@ -3,6 +3,7 @@ import time
 
 from matrix.run.cellreport import CellReport as Outcome
 from matrix.run.plan import PlannedCell
+from matrix.run.retry import Decision
 from matrix.run.scheduler import Scheduler
 from results.model import CellKind, State
 
@@ -48,7 +49,8 @@ def test_failed_prerequisite_skips_dependents_with_missing_dependency():
 def test_retries_only_failed_cells_and_count_attempts():
     flaky = {"a.t1": lambda attempt: State.FAILED if attempt == 1 else State.SUCCESS,
              "b.t2": State.FAILED}
-    done = run(cells(), flaky, retries=2)
+    done = run(cells(), flaky, decide=lambda report, attempt: Decision(
+        report.state.is_failure and attempt <= 2))
     assert done["a.t1"].state is State.SUCCESS and done["a.t1"].attempts == 2
     assert done["b.t2"].state is State.FAILED and done["b.t2"].attempts == 3
     assert done["a.t2"].attempts == 1
