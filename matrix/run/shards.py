@@ -124,7 +124,9 @@ def _cell_definition(cell: PlannedCell) -> dict[str, Any]:
             "arch": target.arch, "requires": {"tools": list(target.requires.tools),
                                               "debootstrap_script":
                                               target.requires.debootstrap_script},
-            "boot_test": target.boot_test, "upstream_elements": target.upstream_elements},
+            "boot_test": target.boot_test, "upstream_elements": target.upstream_elements,
+            # Only when chosen: plans made before boot checks keep their hash.
+            **({} if target.boot_checks is None else {"boot_checks": list(target.boot_checks)})},
     }
 
 

@@ -223,3 +223,16 @@ def test_run_cli_refuses_bad_combinations(matrix_file, tmp_path, capsys):
     assert "--cells needs --resume" in capsys.readouterr().err
     assert main(["run", str(matrix_file), "--shard-plan", str(tmp_path / "x.json")]) == 2
     assert "--shard-plan needs --shard" in capsys.readouterr().err
+
+
+def test_the_boot_checks_a_target_chooses_are_part_of_the_plans_hash(plan):
+    import dataclasses
+
+    def with_checks(checks):
+        cells = [dataclasses.replace(c, target=dataclasses.replace(c.target, boot_checks=checks))
+                 if c.target is not None else c for c in plan.cells]
+        return dataclasses.replace(plan, cells=cells)
+
+    assert shards.matrix_hash(with_checks(None)) == shards.matrix_hash(plan)
+    assert shards.matrix_hash(with_checks(("units",))) != shards.matrix_hash(plan)
+    assert shards.matrix_hash(with_checks(())) != shards.matrix_hash(with_checks(("units",)))
