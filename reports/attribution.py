@@ -19,7 +19,7 @@ Pure functions over two ``RunResults``: no files are read.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,9 +196,20 @@ def _package_name(line: str) -> str:
     return words[1] if words[0] in "+-" else words[0]
 
 
-def _names_package(name: str, cause: str) -> bool:
+_WORD = re.compile(r"[\w.+-]+")  # a package name is made of these
+
+
+def cause_words(cause: str) -> frozenset[str]:
+    """The words of a cause a package name can be (read once per cause, not per package:
+    a regression's cause against hundreds of changed packages)."""
+    return frozenset(_WORD.findall(cause))
+
+
+def names_package(name: str, words: Collection[str]) -> bool:
+    """Whether the cause names the package: a word that is its name, or its name and a
+    full stop after it (``libc6.``, ``libc6.so``)."""
     bare = name.split(":", 1)[0]
-    return bool(re.search(rf"(?<![\w.+-]){re.escape(bare)}(?![\w+-])", cause))
+    return bare in words or any(word.startswith(bare + ".") for word in words)
 
 
 def packages_of(run: RunResults, cell: Cell) -> dict[str, str] | None:
@@ -226,7 +237,8 @@ def package_factors(old_run: RunResults, new_run: RunResults, old: Cell, new: Ce
     lines = package_changes(before, after)
     if not lines:
         return [], []
-    likely = [line for line in lines if _names_package(_package_name(line), cause)]
+    words = cause_words(cause)
+    likely = [line for line in lines if names_package(_package_name(line), words)]
     factors = [Factor("packages", f"package {line}", likely=True) for line in likely]
     others = [line for line in lines if line not in likely]
     if len(others) == 1:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from reports.attribution import Attribution, Factor
+from reports.attribution import Attribution, Factor, cause_words, names_package
 from reports.compare import CellDiff, Comparison, compare, describe
 from reports.legend import grid_order
 from reports.markdown import MAX_CHARS, code, escape
@@ -409,23 +409,13 @@ def _packages_section(found: BumpReport) -> list[str]:
     return lines
 
 
-def cause_words(cell: Cell | None) -> frozenset[str]:
+def failure_words(cell: Cell | None) -> frozenset[str]:
     """The words of a failure's legend and evidence that could name a package (read once
     per cell: a bump's diff can hold thousands of packages)."""
     if cell is None:
         return frozenset()
-    text = " ".join(t for t in (cell.category.legend if cell.category else "",
-                                cell.evidence or "") if t)
-    return frozenset(word.rstrip(".") for word in _WORD.findall(text))
-
-
-_WORD = re.compile(r"[\w.+-]+")  # a package name's characters: libstdc++6, python3.11
-
-
-def names_package(name: str, words: Collection[str]) -> bool:
-    """Whether a failure's words (:func:`cause_words`) name the package (``libc6`` for
-    ``libc6:amd64``)."""
-    return name.split(":", 1)[0] in words
+    return cause_words(" ".join(t for t in (cell.category.legend if cell.category else "",
+                                            cell.evidence or "") if t))
 
 
 def _change_items(changes: Iterable[PackageChange], words: Collection[str],
@@ -442,7 +432,7 @@ def _change_items(changes: Iterable[PackageChange], words: Collection[str],
 def _package_items(found: BumpReport, diff: CellDiff) -> list[str]:
     """The cell's own package diff; when its image has no package list (a build that
     failed before writing it), the changes in the other cells of its row."""
-    words = cause_words(diff.new)
+    words = failure_words(diff.new)
     own = found.packages.of(diff.id)
     if own is not None:
         return [f"  - packages: {own.summary()}",
