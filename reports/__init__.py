@@ -42,6 +42,7 @@ def write_all(
     summary, with a Bump section linking bump.md).
     """
     baseline = bump.pinned if bump is not None else baseline
+    results = results.grid_view()  # an investigation's variants have their own section
     comparison = render_comparison(compare(baseline, results)) if baseline else None
     if bump is not None:
         comparison = f"{comparison}\n{render_bump_text(bump, results)}"

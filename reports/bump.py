@@ -226,7 +226,8 @@ def _infrastructure(cell: Cell, by_id: Mapping[str, Cell], infrastructure: Colle
         if current.state is State.ERROR:
             return True
         if current.state is not State.SKIPPED:
-            return current.category is not None and current.category.id in infrastructure
+            return current.category is not None and (current.category.infrastructure
+                                                     or current.category.id in infrastructure)
         blocker = _blocker(current)
         current = by_id.get(blocker) if blocker else None
     return False

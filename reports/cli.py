@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from matrix.verdict.catalogue import load_catalogue
-from reports import write_all
+from reports import investigation, write_all
 from reports.bump import BumpMode, render_bump_markdown, render_bump_text
 from reports.compare import compare, render_comparison
 from reports.gate import EXIT_OK, EXIT_USAGE, gate_exit_code
@@ -16,6 +15,7 @@ from reports.html import render_html
 from reports.jsonreport import render_json
 from reports.junit import render_junit
 from reports.markdown import render_markdown
+from reports.sanitize import safe_text
 from reports.text import render_report
 from results.model import RunResults
 from results.paths import output_file
@@ -88,6 +88,8 @@ def add_parsers(sub: Any) -> None:
 def render(fmt: str, results: RunResults, args: argparse.Namespace,
            baseline: RunResults | None, bump: BumpMode | None = None) -> str:
     baseline = bump.pinned if bump is not None else baseline
+    if fmt != "json":  # the reports' cells are the grid's; JSON is the whole results
+        results = results.grid_view()
     if fmt == "text":
         comparison = render_comparison(compare(baseline, results)) if baseline else None
         if bump is not None:
@@ -105,8 +107,9 @@ def render(fmt: str, results: RunResults, args: argparse.Namespace,
 
 
 def bump_mode(pinned: RunResults) -> BumpMode:
-    """A bump of ``pinned``, read with the bundled catalogue's infrastructure causes."""
-    return BumpMode(pinned, load_catalogue().infrastructure_ids())
+    """A bump of ``pinned``: the run's own record says which failures are infrastructure
+    (``category.infrastructure``, from the catalogue the run was judged with)."""
+    return BumpMode(pinned)
 
 
 STDOUT = Path("-")  # report -o -: standard output, as without -o
@@ -152,6 +155,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
     sys.stdout.write(render_comparison(compare(old, new)))
+    found = investigation.text_lines(new)
+    if found:
+        sys.stdout.write(safe_text("\n".join(found[1:]) + "\n"))
     if new.interrupted:
         print(f"dib-matrix: {new.run_id} was interrupted; its results are partial", file=sys.stderr)
     return gate_exit_code(new, baseline=old)

@@ -86,8 +86,8 @@ def classify_change(old: Cell, new: Cell) -> Change | None:
 
 def compare(old: RunResults, new: RunResults) -> Comparison:
     """Every cell that differs, in the new run's table order; removed cells last."""
-    old_cells = {c.id: c for c in old.cells}
-    new_ids = {c.id for c in new.cells}
+    old_cells = {c.id: c for c in old.grid_cells()}  # never an investigation's variants
+    new_ids = {c.id for c in new.grid_cells()}
     result = Comparison(old.run_id, new.run_id)
     for cell in grid_order(new):
         before = old_cells.get(cell.id)

@@ -27,10 +27,12 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from reports import investigation
 from reports.compare import Comparison, describe, summary_line
 from reports.excerptview import ExcerptLineView, excerpt_lines
 from reports.grid import build_grid
 from reports.history import TrendPoint
+from reports.investigation import InvestigationView
 from reports.knownissues import KnownIssues
 from reports.legend import (
     Legend,
@@ -228,6 +230,9 @@ class ReportView:
     uncategorized: list[DetailView]
     comparison: ComparisonView | None
     legend_known: dict[int, KnownIssueView] = field(default_factory=dict)  # by footnote
+    # Investigated regressions (matrix.run.investigate), each variant's log as an href
+    investigations: list[tuple[InvestigationView, dict[str, str | None]]] = field(
+        default_factory=list)
 
 
 def anchor(cell_id: str) -> str:
@@ -550,6 +555,8 @@ def build_view(inputs: ViewInputs, transpose: bool = False) -> ReportView:
         comparison=comparison_view(inputs.comparison, set(details))
         if inputs.comparison else None,
         legend_known=legend_known(inputs),
+        investigations=[(found, {v.cell: safe_href(v.log) for v in found.variants})
+                        for found in investigation.views(results)],
     )
 
 

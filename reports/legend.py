@@ -87,12 +87,14 @@ class Legend:
 
 
 def grid_order(results: RunResults) -> list[Cell]:
-    """Every cell in reading order of the table; cells off the grid last, by id."""
+    """Every cell in reading order of the table; cells off the grid last, by id (an
+    investigation's variants are no cells of the table: never)."""
     by_position = {(c.row, c.host): c for c in results.cells}
     ordered = [by_position[(r, h)] for r in results.rows for h in results.hosts
                if (r, h) in by_position]
     seen = {id(c) for c in ordered}
-    rest = sorted((c for c in results.cells if id(c) not in seen), key=lambda c: c.id)
+    rest = sorted((c for c in results.cells if id(c) not in seen and c.investigation is None),
+                  key=lambda c: c.id)
     return ordered + rest
 
 

@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from reports import investigation
 from reports.compare import CellDiff, Comparison, compare, describe
 from reports.excerptview import excerpt_lines
 from reports.knownissues import KnownIssues
@@ -188,9 +189,27 @@ def render_markdown(results: RunResults, baseline: RunResults | None = None,
     if results.interrupted:
         lines += ["", "**Interrupted**: results are partial."]
     lines += appendix
+    lines += investigations_section(results)
     lines += boot_checks_section(results)
     lines += counts_table(results)
     return safe_text(_bounded("\n".join(lines) + "\n"))
+
+
+def investigations_section(results: RunResults) -> list[str]:
+    """Each investigated regression: its verdict, the evidence, what each variant did."""
+    found = investigation.views(results)
+    if not found:
+        return []
+    lines = ["", "#### Investigations", ""]
+    for view in found:
+        lines.append(f"- {code(view.cell)}: **{escape(view.verdict)}**: "
+                     f"{escape(view.evidence)}")
+        ran = "; ".join(f"{v.variant} {v.state}" for v in view.variants)
+        if ran:
+            lines.append(f"  - variants: {escape(ran)}")
+        lines += [f"  - {escape(variant)} not possible: {escape(why)}"
+                  for variant, why in view.impossible]
+    return lines
 
 
 def _bounded(text: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tabulate import DataRow, Line, TableFormat, tabulate
 
+from reports import investigation
 from reports.grid import build_grid
 from reports.knownissues import KnownIssues
 from reports.legend import Legend, build_legend, cell_mark
@@ -124,6 +125,7 @@ def render_report(
         lines.append("retries:")
         lines += [f"  {one_line(c.id)}: {one_line(c.retry or '', RETRY_NOTE_LIMIT)}"
                   for c in noted]
+    lines += investigation.text_lines(results)
     if comparison_text:
         lines += ["", comparison_text.rstrip("\n")]
     # The last guard: whatever a line above forgot to clean cannot reach a terminal.

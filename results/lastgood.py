@@ -30,11 +30,12 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from results import treestore
 from results.archive import OutDir, RunDir, Warn, warn_on_stderr
 from results.model import Cell, CellKind, RunResults, State
 from results.names import is_name, is_row, is_run_id
@@ -43,6 +44,7 @@ from results.reader import clip, error_line, printable, shown_path
 from results.safefile import MiB, open_regular, read_text
 from results.store import write_atomically
 from results.trees import remove_tree
+from results.treestore import TreeFile, is_digest
 
 RECORD = "last-good.json"
 FORMAT = 1
@@ -53,6 +55,9 @@ SIDECARS = (".sha256", ".layout.json")  # what dib writes beside each image
 COPY_INSTEAD = (errno.EXDEV, errno.EMLINK, errno.EPERM)  # where a hard link cannot be made
 HIDDEN_NEW, HIDDEN_OLD = ".new-", ".old-"
 CHUNK = 1 << 20
+# The rows an investigation swaps inputs of: their dib tree and host image are kept.
+INVESTIGATED_KINDS = (CellKind.BUILD, CellKind.BOOT)
+INPUT_NAMES = ("tree", "host_image", "snapshot")
 
 
 class LastGoodError(ValueError):
@@ -67,6 +72,30 @@ class GoodFile:
 
 
 @dataclass(frozen=True)
+class GoodInputs:
+    """The inputs of a last success an investigation can swap back."""
+
+    tree: str | None = None  # the run's dib tree digest (results.treestore keeps the tree)
+    host_image: str | None = None  # the engine's id of the cell's host image
+    snapshot: str | None = None  # the snapshot the run recorded (or replayed)
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"tree": self.tree, "host_image": self.host_image, "snapshot": self.snapshot}
+
+
+def inputs_of(results: RunResults, cell: Cell) -> GoodInputs:
+    """What ``cell`` of ``results`` ran with, as far as an investigation swaps it."""
+    if cell.kind not in INVESTIGATED_KINDS:
+        return GoodInputs()
+    tree = results.dib_tree.get("digest")
+    image = cell.provenance.get("host_image")
+    snapshot = results.repository.get("recorded") or results.repository.get("snapshot")
+    return GoodInputs(tree if is_digest(tree) else None,
+                      image if _short_text(image) else None,
+                      snapshot if is_run_id(snapshot) else None)
+
+
+@dataclass(frozen=True)
 class LastGood:
     """One cell's last success, where its files now are."""
 
@@ -77,6 +106,9 @@ class LastGood:
     date: str
     key: str | None
     files: tuple[GoodFile, ...]
+    # What an investigation swaps back (matrix.run.investigate); None in records made
+    # before they were kept, and for rows never investigated (hostgen, checks).
+    inputs: GoodInputs = GoodInputs()
 
     @property
     def cell_id(self) -> str:
@@ -97,7 +129,7 @@ def record_run(out: OutDir, run: RunDir, results: RunResults,
     recorded = []
     with out.locked():
         swept: set[Path] = set()
-        for cell in results.cells:
+        for cell in results.grid_cells():  # an investigation's variant is no cell's success
             if cell.state is not State.SUCCESS or not is_name(cell.host) or not is_row(cell.row):
                 continue
             try:
@@ -119,6 +151,7 @@ def _record_cell(out: OutDir, run: RunDir, results: RunResults, cell: Cell) -> L
     date = next((d for d in (cell.finished, results.finished, results.started)
                  if _short_text(d)), "")
     key = cell.key if _short_text(cell.key) else None
+    inputs = inputs_of(results, cell)
     earlier = _existing(final)
     if earlier is not None and _later(earlier.date, date) and not _later(earlier.date, _now()):
         return None  # a resumed old run finishing now: the newer success stays
@@ -132,7 +165,7 @@ def _record_cell(out: OutDir, run: RunDir, results: RunResults, cell: Cell) -> L
                  for relative, source, known in cell_files(run, cell)]
         document = {"format": FORMAT, "cell": cell.id, "host": cell.host, "row": cell.row,
                     "run_id": results.run_id, "date": date, "key": key,
-                    "files": [vars(f) for f in files]}
+                    "files": [vars(f) for f in files], **inputs.to_json()}
         write_atomically(new / RECORD, json.dumps(document, indent=1, sort_keys=True) + "\n")
         if os.path.lexists(final):
             os.rename(final, old)
@@ -141,7 +174,8 @@ def _record_cell(out: OutDir, run: RunDir, results: RunResults, cell: Cell) -> L
         remove_tree(new)
         raise
     remove_tree(old)
-    return LastGood(final, cell.host, cell.row, results.run_id, date, key, tuple(files))
+    return LastGood(final, cell.host, cell.row, results.run_id, date, key, tuple(files),
+                    inputs)
 
 
 def cell_files(run: RunDir, cell: Cell) -> Iterator[tuple[str, Path, str]]:
@@ -254,6 +288,23 @@ def _problem(err: Exception) -> str:
     return error_line(err) if isinstance(err, OSError) else printable(str(err))
 
 
+def keep_tree(out: OutDir, recorded: Iterable[LastGood], digest: str, root: Path,
+              files: Mapping[str, TreeFile]) -> Path | None:
+    """Keep the run's dib tree (``digest``, its ``files`` read from ``root``) when a
+    last-good just ``recorded`` names it; its directory in the tree store."""
+    if not any(good.inputs.tree == digest for good in recorded):
+        return None
+    with out.locked():
+        return treestore.keep(out, digest, root, files)
+
+
+def collect_trees(out: OutDir, warn: Warn = warn_on_stderr) -> list[str]:
+    """Remove the kept dib trees no last-good names; the digests removed."""
+    with out.locked():
+        named = {good.inputs.tree for good in read_all(out, warn).values() if good.inputs.tree}
+        return treestore.collect(out, named)
+
+
 # ---------------------------------------------------------------- reading
 
 
@@ -280,8 +331,9 @@ def read_dir(directory: Path) -> LastGood:
     if problem:
         raise LastGoodError(f"{shown_path(record)}: {problem}")
     files = tuple(GoodFile(f["path"], f["sha256"], f["size"]) for f in document["files"])
+    inputs = GoodInputs(*(document.get(name) for name in INPUT_NAMES))
     return LastGood(directory, document["host"], document["row"], document["run_id"],
-                    document["date"], document.get("key"), files)
+                    document["date"], document.get("key"), files, inputs)
 
 
 def read_all(out: OutDir, warn: Warn = warn_on_stderr) -> dict[str, LastGood]:
@@ -323,6 +375,10 @@ def _problem_in(document: Any, host: str, row: str) -> str | None:
         value = document.get(name)
         if not (value is None and name == "key") and not _short_text(value):
             return f"{name} {clip(value)} is not a short line of text"
+    for name in INPUT_NAMES:
+        value = document.get(name)
+        if value is not None and not _input_ok(name, value):
+            return f"{name} {clip(value)} is not a {name.replace('_', ' ')}"
     files = document.get("files")
     if not isinstance(files, list) or len(files) > MAX_FILES:
         return f"files must be a list of at most {MAX_FILES}"
@@ -341,6 +397,14 @@ def _file_problem(index: int, entry: Any) -> str | None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         return f"{where}.size: {clip(size)} is not a size"
     return None
+
+
+def _input_ok(name: str, value: Any) -> bool:
+    if name == "tree":
+        return is_digest(value)
+    if name == "snapshot":
+        return is_run_id(value)
+    return _short_text(value) and value.isascii() and " " not in value  # an image id
 
 
 def _plain_relative(path: str) -> bool:

@@ -62,6 +62,9 @@ class Category:
     link: str | None = None
     labels: list[str] = field(default_factory=list)  # every matching category id
     ticket: str | None = None  # the catalogue entry's known-issue ticket (an http(s) URL)
+    # The entry says the cause is the mirror, the network or the engine (a bump run's
+    # gate never counts it): recorded, so reports need no catalogue to tell.
+    infrastructure: bool = False
 
 
 @dataclass
@@ -120,6 +123,10 @@ class Cell:
     # its row, [{"line": 1-based number, "text": ...}] (matrix.verdict.excerpt). Assign
     # a new list to change it (a change inside the list is not seen by save).
     excerpt: list[dict[str, Any]] = field(default_factory=list)
+    # A variant an investigation ran of a regressed cell: {"of": its id, "variant":
+    # "rerun" | "dib-tree" | "host-image" | "snapshot" | "all"} (matrix.run.investigate).
+    # Such a cell is off the grid and never counts in the gate; None for every other.
+    investigation: dict[str, str] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -153,8 +160,12 @@ class Cell:
             del data["excerpt"]
         if data["retry"] is None:  # most cells, and runs made before retries had causes
             del data["retry"]
+        if data["investigation"] is None:  # every cell but an investigation's variants
+            del data["investigation"]
         if data["category"] is not None and data["category"]["ticket"] is None:
             del data["category"]["ticket"]  # only a known issue's cause has one
+        if data["category"] is not None and not data["category"]["infrastructure"]:
+            del data["category"]["infrastructure"]  # only the mirror's, network's, engine's
         return data
 
     @classmethod
@@ -195,6 +206,9 @@ class RunResults:
     # The repository state the run's cells saw (matrix.snapshot.view): live or pinned to
     # a snapshot, the snapshot's name, the run it bumps from, each archive's suites.
     repository: dict[str, Any] = field(default_factory=dict)
+    # The verdicts of investigated regressions (matrix.run.investigate), one per cell:
+    # {"cell", "verdict", "evidence", "baseline", "last_good", "variants", "impossible"}.
+    investigations: list[dict[str, Any]] = field(default_factory=list)
 
     def cell(self, host: str, row: str) -> Cell | None:
         """The cell at (host, row): a dictionary lookup, not a scan per finished cell.
@@ -215,8 +229,25 @@ class RunResults:
         cell = self.cells[position]
         return cell if (cell.host, cell.row) == (host, row) else None
 
+    def grid_cells(self) -> list[Cell]:
+        """The cells of the table: every cell but an investigation's variants."""
+        return [c for c in self.cells if c.investigation is None]
+
+    def grid_view(self) -> RunResults:
+        """These results without an investigation's variants (what the table, the counts,
+        the gate and JUnit are about); the same object when there are none. The cells
+        are shared, not copied: a view is for reading."""
+        if all(c.investigation is None for c in self.cells):
+            return self
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cells"}
+        return RunResults(**values, cells=self.grid_cells())
+
+    def investigation_cells(self) -> list[Cell]:
+        return [c for c in self.cells if c.investigation is not None]
+
     def classification_rate(self) -> float | None:
-        failed = [c for c in self.cells if c.state.is_failure or c.state is State.ALLOWED_FAILURE]
+        failed = [c for c in self.grid_cells()
+                  if c.state.is_failure or c.state is State.ALLOWED_FAILURE]
         if not failed:
             return None
         named = [c for c in failed if c.category and c.category.id != "uncategorized"]
@@ -224,7 +255,7 @@ class RunResults:
 
     def counts(self) -> dict[str, int]:
         totals: dict[str, int] = {}
-        for cell in self.cells:
+        for cell in self.grid_cells():
             totals[cell.state.value] = totals.get(cell.state.value, 0) + 1
         return dict(sorted(totals.items()))
 
@@ -250,6 +281,7 @@ class RunResults:
 
 
 OMIT_WHEN_EMPTY = ("shard", "reruns",  # only sharded, merged or re-run runs have them
+                   "investigations",  # only investigated runs
                    "provenance",  # runs made before provenance was recorded
                    "base_images",  # runs without a registry (image:) host
                    "repository")  # runs made before the repository view

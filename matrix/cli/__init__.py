@@ -27,6 +27,7 @@ from matrix.cli import (
     cataloguecli,
     classifycli,
     hostcli,
+    investigatecli,
     mergecli,
     runcli,
     showcli,
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     runcli.add_parsers(sub)
+    investigatecli.add_parsers(sub)  # investigate a finished run's regressions
     hostcli.add_parser(sub)
     reportcli.add_parsers(sub)
     classifycli.add_parser(sub)

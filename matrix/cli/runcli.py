@@ -32,6 +32,7 @@ from matrix.containers import engine, leases, swarm
 from matrix.hostgen.facts import load_facts
 from matrix.hostgen.hostimage import image_names
 from matrix.run import cleanup, progress
+from matrix.run.investigate import InvestigationRequest
 from matrix.run.plan import Plan, SelectionError, make_plan, preflight
 from matrix.run.runner import (
     DEFAULT_PACKAGE_CACHE,
@@ -116,6 +117,11 @@ def add_parsers(sub: Any) -> None:
                          "cell, regressions with what changed) and summary.md; the exit code "
                          "fails only on regressions of voting cells whose cause is not the "
                          "mirror, the network or the engine (catalogue: infrastructure)")
+    run.add_argument("--investigate", action="store_true",
+                     help="after the cells, investigate the voting cells that regressed "
+                     "against --baseline (else the previous run in --out), up to the "
+                     "matrix's investigate budget: variants with the last-good's dib tree, "
+                     "host image, snapshot say why (dib-matrix investigate RUN: afterwards)")
     shardcli.add_run_arguments(run)
     run.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
     progress.add_arguments(run)
@@ -183,6 +189,13 @@ def _load(args: argparse.Namespace) -> Loaded:
         raise ConfigError(issues)
     tree = _read_tree(root, named, resumed) if root else None
     return Loaded(config, plan, catalogue, tree, resumed)
+
+
+def load_finished(run: Path, dib_tree: Path | None = None) -> Loaded:
+    """A finished run as ``run --resume RUN`` loads it (its matrix file, its cells, its
+    dib tree unless ``dib_tree``), for ``dib-matrix investigate``."""
+    return _load(argparse.Namespace(resume=run, matrix=None, hosts=[], targets=[],
+                                    dib_tree=dib_tree, categories=[]))
 
 
 def _resumed(args: argparse.Namespace) -> StoredRun | None:
@@ -265,7 +278,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         baseline = read_results(args.baseline) if args.baseline else None
         bump = _bump_mode(args, loaded.catalogue)
         store_root = snapshotcli.store_root(None)
-        pinned = _pinned_snapshot(loaded.config, store_root)
+        pinned = pinned_snapshot(loaded.config, store_root)
     except (ConfigError, SelectionError, ValueError, OSError, StoreError) as err:
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -283,7 +296,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                          dib_mount=args.dib_mount, swarm=args.engine == "swarm",
                          catalogue=loaded.catalogue,
                          bump_from=bump.pinned.run_id if bump is not None else None,
-                         snapshot_store=store_root, snapshot=pinned)
+                         snapshot_store=store_root, snapshot=pinned,
+                         investigation=InvestigationRequest(loaded.config.investigate, baseline)
+                         if args.investigate else None)
     request, finished = shardcli.prepare(args, request)
     if finished is not None:
         return finished
@@ -298,7 +313,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.close()  # the status line goes before the table is printed
     except KeyboardInterrupt:
         if holder:
-            _write_reports(holder[0], baseline, request.out_dir, bump)
+            write_reports(holder[0], baseline, request.out_dir, bump)
             print(f"dib-matrix: interrupted; finished cells kept in {holder[0].run_dir.path}"
                   f" (resume with --resume {holder[0].run_dir.path})", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -310,7 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cause = "out of disk space" if err.errno == errno.ENOSPC else "cannot write results"
         print(f"dib-matrix: {cause}: {err}{where}", file=sys.stderr)
         return EXIT_FAILED
-    _write_reports(run, baseline, request.out_dir, bump)
+    write_reports(run, baseline, request.out_dir, bump)
     if run.engine_lost is not None:
         pending = sum(c.state is State.PENDING for c in run.results.cells)
         print(f"dib-matrix: the container engine stopped answering mid-run ({run.engine_lost}); "
@@ -320,7 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return reports.gate_exit_code(run.results, baseline, bump)
 
 
-def _pinned_snapshot(config: MatrixConfig, root: Path) -> Snapshot | None:
+def pinned_snapshot(config: MatrixConfig, root: Path) -> Snapshot | None:
     """The snapshot a pinned run replays, read once before the run starts (an unknown
     name is a usage error, not a run of failures); its suites' signatures are checked
     against Debian's keyring, a mismatch said once (a private archive's key may differ:
@@ -360,7 +375,7 @@ def _check_resumable(run_dir: Path, resumed: RunResults) -> None:
                          "not the run of this directory: resume a run in its own directory")
 
 
-def _write_reports(run: MatrixRun, baseline: RunResults | None, out_dir: Path,
+def write_reports(run: MatrixRun, baseline: RunResults | None, out_dir: Path,
                    bump: reports.BumpMode | None = None) -> None:
     reports.write_all(run.run_dir.path, run.results, baseline=baseline, history_dir=out_dir,
                       bump=bump)
@@ -436,4 +451,4 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-__all__ = ["State", "add_parsers"]
+__all__ = ["State", "add_parsers", "load_finished", "write_reports"]

@@ -66,6 +66,8 @@ BOOT_TIMEOUT_CAP = 600.0  # a boot test's default: the cell timeout, at most 10 
 # not the matrix, is the limit.
 MAX_RETRIES = 10
 MAX_PARALLEL = 256
+# Cells investigated per run: each costs up to five builds.
+MAX_INVESTIGATE = 100
 # The back-off between retries doubles up to this; a longer first wait is a typo (a
 # mirror that syncs for longer is better pinned to a snapshot than waited for).
 MAX_RETRY_DELAY = 600.0
@@ -129,6 +131,7 @@ class MatrixConfig:
     registry_mirror: str | None
     retention: Policy | None = None  # the run archive's bounds, applied after every run
     snapshot: SnapshotSetting = SnapshotSetting()  # live, pinned, recorded, or a service
+    investigate: int = 3  # regressed cells run --investigate investigates (its budget)
 
     def host(self, name: str) -> HostDefinition:
         return next(h for h in self.hosts if h.name == name)
@@ -440,6 +443,9 @@ MATRIX_KEYS: tuple[Key, ...] = (
         "snapshot.debian.org)", Derived(lambda values, reader: SnapshotSetting(),
                                         "the live mirror, nothing saved"),
         option=Option.VALUE, example="record|NAME|RUN"),
+    Key("investigate", bounded_int(0, MAX_INVESTIGATE), "with run --investigate: how many "
+        "regressed voting cells to investigate (each runs again as up to five variants: same "
+        "inputs, the last-good's dib tree, host image, snapshot, all of them)", 3),
 )
 
 

@@ -10,6 +10,9 @@ LABEL_CACHE = "org.dib-matrix.cache"
 LABEL_HOST = "org.dib-matrix.host"
 LABEL_ROLE = "org.dib-matrix.role"  # "base" (imported rootfs), "host", "stage" or a dib layer
 LABEL_DIGEST = "org.dib-matrix.digest"
+# The repository of the host images last-good cells ran on (matrix.run.lastgoodimages):
+# dib-matrix/last-good-<host>:<image id>; never pruned as a host's older tag.
+LAST_GOOD_REPOSITORY_PREFIX = "dib-matrix/last-good-"
 
 
 def cache_volume_name(host: str) -> str:

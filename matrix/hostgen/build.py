@@ -27,7 +27,13 @@ from dib.mirror import MirrorNotFound, find_mirror
 from matrix.config.hosts import BootstrapBase, HostDefinition, ImageBase, RootfsBase
 from matrix.config.registry import repo_digest
 from matrix.containers.engine import run_captured
-from matrix.containers.labels import LABEL_DIGEST, LABEL_HOST, LABEL_ROLE, LABEL_RUN
+from matrix.containers.labels import (
+    LABEL_DIGEST,
+    LABEL_HOST,
+    LABEL_ROLE,
+    LABEL_RUN,
+    LAST_GOOD_REPOSITORY_PREFIX,
+)
 from matrix.containers.leases import Registry, kept_line
 from matrix.hostgen.facts import (
     FACTS_LABEL,
@@ -395,8 +401,9 @@ def _prune_stale(client: docker.DockerClient, host: str, keep: Collection[str], 
     with registry.frozen() as in_use:
         for image in client.images.list(filters={"label": f"{LABEL_HOST}={host}"}):
             for tag in image.tags:
-                if tag in keep or not tag.startswith("dib-matrix/"):
-                    continue
+                if tag in keep or not tag.startswith("dib-matrix/") or tag.startswith(
+                        LAST_GOOD_REPOSITORY_PREFIX):
+                    continue  # a last-good's host image stays for investigations
                 holder = in_use.holder(tag, image.id)
                 if holder is not None:
                     say(kept_line(tag, holder))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from matrix.config.dibtree import DibTree
 from matrix.containers.leases import Registry
 from matrix.snapshot import retain
 from matrix.snapshot.manifest import StoreError
@@ -32,14 +33,22 @@ def live_runs(registry: Registry | None = None) -> Live:
 
 
 def archive_run(out_dir: Path, results: RunResults, policy: Policy | None,
-                registry: Registry | None = None, snapshot_root: Path | None = None) -> None:
-    """Record the run's last-good cells, then apply ``policy`` (when it has limits) to
-    the output directory; the run itself is never removed. The snapshots recorded at the
-    end of the runs it removed go with them (``snapshot_root``: the snapshot store)."""
+                registry: Registry | None = None, snapshot_root: Path | None = None,
+                tree: DibTree | None = None) -> None:
+    """Record the run's last-good cells (and keep ``tree``, the run's dib tree, when one
+    names it; trees no last-good names any more go), then apply ``policy`` (when it has
+    limits) to the output directory; the run itself is never removed. The snapshots
+    recorded at the end of the runs it removed go with them (``snapshot_root``: the
+    snapshot store)."""
     out = OutDir(out_dir)
     try:
         recorded = lastgood.record_run(out, out.run(results.run_id), results, warn=_warn)
         LOG.debug("last-good: %d cells recorded", len(recorded))
+        if tree is not None:
+            lastgood.keep_tree(out, recorded, tree.digest, tree.path, tree.files)
+        for digest in lastgood.collect_trees(out, warn=_warn):
+            LOG.info("last-good: removed the kept dib tree %s (no last-good names it)",
+                     digest[:16])
     except (OSError, UnsafePath) as err:
         LOG.warning("last-good cells not recorded: %s", err)
     if policy is None or not policy.limits:

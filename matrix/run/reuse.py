@@ -119,7 +119,9 @@ def index_previous(out_dir: Path, exclude_run: str, with_failures: bool = False
     accepted = {State.SUCCESS} | ({State.FAILED} if with_failures else set())
     for stored in OutDir(out_dir).runs(exclude=exclude_run):
         for cell in stored.results.cells:
-            if cell.key and cell.state in accepted and not cell.passed_on_retry:
+            # An investigation's variant built another row's inputs under its own name.
+            if (cell.key and cell.state in accepted and not cell.passed_on_retry
+                    and cell.investigation is None):
                 found.setdefault(cell.key, Reusable(cell, stored.run_dir))
     return found
 

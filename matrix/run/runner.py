@@ -33,6 +33,8 @@ from matrix.run.archiving import archive_run
 from matrix.run.cellreport import CellReport
 from matrix.run.cells import CellRunner
 from matrix.run.context import HostRecords, RunContext, RunSettings
+from matrix.run.investigate import InvestigationRequest, Services, investigate_run
+from matrix.run.lastgoodimages import keep_host_images
 from matrix.run.plan import Plan, PlannedCell
 from matrix.run.progress import RunObserver, observed
 from matrix.run.repository import RepositoryStage, suites_to_pin
@@ -112,6 +114,8 @@ class RunRequest:
     bump_from: str | None = None  # the pinned run a bump run (run --bump-from) compares with
     snapshot_store: Path = snapshot_store.DEFAULT_ROOT
     snapshot: Snapshot | None = None  # the pinned snapshot, read once by the command line
+    # run --investigate, dib-matrix investigate: the regressions to investigate at the end
+    investigation: InvestigationRequest | None = None
 
 
 class MatrixRun:
@@ -265,6 +269,7 @@ def execute(request: RunRequest, client, on_start: Callable[[MatrixRun], None] |
             occurrences.record_run(request.out_dir, execution.run.results)
             execution.record_package_cache(package_cache)
             execution.record_repository()
+            execution.investigate(cells, package_cache, stack)
     except KeyboardInterrupt:
         execution.run.results.interrupted = True
         raise
@@ -427,6 +432,19 @@ class Execution:
             return report  # the scheduler, stopped, records it as pending
         return self.run.judge(cell, report)
 
+    def investigate(self, cells: CellRunner, package_cache: PackageCache | None,
+                    stack: contextlib.ExitStack) -> None:
+        """The last stage, when asked: variants of the voting cells that regressed
+        (``matrix.run.investigate``), in the services the cells had."""
+        wanted = self.request.investigation
+        failed_fast = self.scheduler is not None and self.scheduler.failed_fast
+        if wanted is None or failed_fast or self.run.engine_lost is not None:
+            return
+        services = Services(OutDir(self.request.out_dir),
+                            snapshot_store.Store(self.request.snapshot_store), stack,
+                            package_cache.proxy_url if package_cache else None)
+        investigate_run(self.run, cells.ctx, services, wanted, self.request.plan.by_id())
+
     def _fail_without_upstream(self, cells: CellRunner, cell: PlannedCell, line: str
                                ) -> CellReport:
         """A build of a diskimage-builder release that could not be had: that line, in
@@ -470,7 +488,9 @@ class Execution:
         # Successes become last-good cells, then the matrix's retention: the run itself
         # and every live one stay (its lease is still held here).
         archive_run(self.request.out_dir, results, self.request.config.retention,
-                    snapshot_root=self.request.snapshot_store)
+                    snapshot_root=self.request.snapshot_store, tree=self.request.dib_tree)
+        if self.client is not None:  # None: a run without an engine (tests, dry runs)
+            keep_host_images(self.client, OutDir(self.request.out_dir), results.hosts)
         _remove_run_objects(self.client, results.run_id)
         self.lease.release()
 

@@ -205,7 +205,8 @@ def classify(evidence_in: Evidence, catalogue: Catalogue) -> Verdict:
     top = ranked[0]
     legend = fill_legend(top.rule.legend, top.groups)
     category = Category(top.rule.id, evidence(legend, 300), top.rule.link,
-                        labels=[h.rule.id for h in ranked], ticket=top.rule.ticket)
+                        labels=[h.rule.id for h in ranked], ticket=top.rule.ticket,
+                        infrastructure=top.rule.infrastructure)
     return Verdict(category, evidence(top.line))
 
 

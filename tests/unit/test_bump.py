@@ -394,14 +394,35 @@ def test_report_bump_from_rewrites_the_run_reports_with_the_bump(tmp_path):
 
 
 def test_report_bump_from_lists_a_mirror_failure_as_infrastructure(tmp_path):
+    """As the run recorded it: reports read the cause's flag, never the catalogue."""
     pinned = golden_copy(tmp_path / "pinned", with_packages(PINNED))
     bumped = golden_copy(tmp_path / "bumped", with_packages(
         BUMPED, "failed", {"id": "mirror-unreachable", "legend": "mirror/network unreachable",
-                           "link": None, "labels": ["mirror-unreachable"]}))
+                           "link": None, "labels": ["mirror-unreachable"],
+                           "infrastructure": True}))
     printed = run_cli("report", bumped, "--bump-from", pinned, "--format", "markdown")
     assert printed.code == EXIT_OK, printed.output
     assert "#### Infrastructure failures" in printed.stdout
     assert "#### Regressions" not in printed.stdout
+    # Without the flag (a run judged by a catalogue that did not say so) it regresses.
+    unflagged = golden_copy(tmp_path / "unflagged", with_packages(
+        BUMPED, "failed", {"id": "mirror-unreachable", "legend": "mirror/network unreachable",
+                           "link": None, "labels": ["mirror-unreachable"]}))
+    printed = run_cli("report", unflagged, "--bump-from", pinned, "--format", "markdown")
+    assert "#### Regressions" in printed.stdout
+
+
+def test_the_catalogue_flag_is_recorded_on_the_cause():
+    from matrix.verdict.catalogue import load_catalogue
+    from matrix.verdict.classify import Evidence, classify
+
+    verdict = classify(Evidence(host="h", row="t", lines=(
+        "E: Failed to fetch http://deb.example/debian/dists/x/InRelease  Could not connect "
+        "to deb.example:80 (192.0.2.1), connection timed out",)), load_catalogue())
+    assert verdict.category.id == "mirror-unreachable" and verdict.category.infrastructure
+    deterministic = classify(Evidence(host="h", row="t", lines=(
+        "E: No such script: /usr/share/debootstrap/scripts/forky",)), load_catalogue())
+    assert not deterministic.category.infrastructure
 
 
 @pytest.mark.parametrize("make_bad", [

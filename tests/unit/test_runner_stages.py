@@ -92,6 +92,7 @@ class Harness:
         monkeypatch.setattr(runner, "host_objects", lambda hosts: ("host-image",))
         monkeypatch.setattr(runner, "find_mirror", lambda distro: "http://mirror.invalid/debian")
         monkeypatch.setattr(runner, "recorded_base", lambda *args: None)
+        monkeypatch.setattr(runner, "keep_host_images", lambda *args: None)  # engine images
         monkeypatch.setattr(runner.provenance, "start", lambda *args, **kwargs: None)
         monkeypatch.setattr(runner.engine, "remove_run_objects", self.remove_run_objects)
         monkeypatch.setattr(runner, "_engine_answers", lambda client: client.answers)
