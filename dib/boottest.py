@@ -873,7 +873,8 @@ def _boot_disk(opts: BootOptions, fmt: str, virtual_bytes: int) -> Iterator[Tupl
     if opts.work_dir is not None:
         opts.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dib-boottest.", dir=opts.work_dir) as tmp:
-        overlay = Path(tmp) / "overlay.qcow2"
+        # Named after the image: qemu's command line (ps, pgrep) still says what boots.
+        overlay = Path(tmp) / f"{opts.image.stem}.overlay.qcow2"
         done = spawn.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt,
              "-b", str(opts.image.resolve()), str(overlay), size],
