@@ -71,10 +71,11 @@ def test_a_real_bookworm_build_passes_every_check_in_time(bookworm):
                                                "qcow2 (2 GiB virtual)")
     checks = tar_checks + qcow2_checks
     assert all(c.ok for c in checks), summary(checks)
-    assert [c.name for c in tar_checks] == ["os-release", "packages", "architecture"]
+    assert [c.name for c in tar_checks] == ["os-release", "packages", "architecture",
+                                            "identity"]
     assert [c.name for c in qcow2_checks] == [
         "qemu-img check", "partition table", "filesystem label", "os-release", "packages",
-        "architecture"]
+        "architecture", "identity"]
     assert {c.image for c in checks} == {"images/debian-bookworm.tar",
                                          "images/debian-bookworm.qcow2"}
     assert tar_seconds < TAR_BUDGET
@@ -115,7 +116,7 @@ def test_a_target_built_from_another_release_than_it_declares(tmp_path, image_ca
     checks = verify_images([out / f"{target.name}.tar"], expectation_for(target, env),
                            tmp_path, timeout=300)
     assert [(c.name, c.ok) for c in checks] == [("os-release", False), ("packages", True),
-                                                 ("architecture", True)]
+                                                 ("architecture", True), ("identity", True)]
     assert checks[0].detail == "image is bookworm, target wants forky"
     assert summary(checks) == "verify: os-release: image is bookworm, target wants forky"
 
