@@ -258,14 +258,19 @@ def file_fields(data: bytes, present: list[str]) -> dict[str, str]:
     return values
 
 
-def rebuild_deb(old: Path, new: Path, version: str) -> None:
-    """``old`` unpacked, its control's Version set to ``version``, packed as ``new``."""
+def rebuild_deb(old: Path, new: Path, version: str, postinst: str | None = None) -> None:
+    """``old`` unpacked, its control's Version set to ``version`` (and its postinst
+    replaced by ``postinst`` when given), packed as ``new``."""
     with tempfile.TemporaryDirectory(prefix="bump-") as work:
         tree = Path(work) / "tree"
         _tool("dpkg-deb", "-R", str(old), str(tree))
         control = tree / "DEBIAN" / "control"
         lines = control.read_text().rstrip("\n").split("\n")
         control.write_text("\n".join(with_fields(lines, {"Version": version})) + "\n")
+        if postinst is not None:
+            script = tree / "DEBIAN" / "postinst"
+            script.write_text(postinst)
+            script.chmod(0o755)
         built = Path(work) / "new.deb"
         _tool("dpkg-deb", "--root-owner-group", "-b", str(tree), str(built))
         replace_bytes(new, built.read_bytes())
@@ -281,7 +286,7 @@ def deb_name(package: str, version: str, arch: str) -> str:
 
 
 def _bumped_stanzas(archive_dir: Path, indices: list[PackagesIndex], package: str,
-                    ) -> tuple[str, str, dict[str, dict[str, str]]]:
+                    postinst: str | None = None) -> tuple[str, str, dict[str, dict[str, str]]]:
     """Rebuild each distinct .deb of ``package``; (old version, new version,
     {old Filename: the stanza's new field values})."""
     stanzas = [s for index in indices for s in stanzas_of(index, package)]
@@ -302,7 +307,7 @@ def _bumped_stanzas(archive_dir: Path, indices: list[PackagesIndex], package: st
             raise LocalMirrorError(f"{package}: {filename or 'no Filename'} is not in the pool")
         arch = field_value(stanza, "Architecture") or "all"
         new = old.with_name(deb_name(package, new_version, arch))
-        rebuild_deb(old, new, new_version)
+        rebuild_deb(old, new, new_version, postinst)
         present = [line.partition(":")[0].strip().lower() for line in stanza]
         new_fields[filename] = {"Version": new_version,
                                 "Filename": new.relative_to(archive_dir).as_posix(),
@@ -374,13 +379,14 @@ def _release_entry(line: str, algorithm: str, suite_dir: Path, written: dict[str
 
 
 def bump_package(archive_dir: Path, suite: str, package: str, key: TestKey,
-                 component: str = "main") -> BumpedPackage:
+                 component: str = "main", postinst: str | None = None) -> BumpedPackage:
     """Give ``package`` the version ``<old>+bump1`` in ``archive_dir``'s ``suite`` and
     sign the suite again with ``key`` (see the module's docstring)."""
     suite_dir = archive_dir / "dists" / suite
     release_text = read_release(suite_dir)
     indices = [i for i in packages_indices(suite_dir, component) if stanzas_of(i, package)]
-    old_version, new_version, new_fields = _bumped_stanzas(archive_dir, indices, package)
+    old_version, new_version, new_fields = _bumped_stanzas(archive_dir, indices, package,
+                                                           postinst)
     written: dict[str, bytes] = {}
     for index in indices:
         _rewrite_index(index, package, new_fields)

@@ -202,3 +202,54 @@ timeout: 20m
     assert found["verdict"] == "host image", found
     whys = {i["variant"]: i["why"] for i in found["impossible"]}
     assert "unchanged" in whys["dib-tree"]
+
+
+BROKEN_POSTINST = "#!/bin/sh\necho 'libsemanage-common: broken by the mirror' >&2\nexit 1\n"
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
+
+@pytest.mark.slow
+def test_a_package_the_mirror_broke_is_the_distribution(tmp_path):
+    """The last-good run recorded its snapshot; tonight's mirror (a re-signed copy of
+    that snapshot) has one package whose postinst exits 1: the snapshot variant, pinned
+    to the last-good's snapshot, passes."""
+    from tests.integration.localmirror import bump_package, joined_keyring, make_test_key, serve
+
+    out = tmp_path / "out"
+    recording = write_matrix(tmp_path, "name: investigate\nhosts: [debian-bookworm]\n"
+                             "targets: [debian-bookworm]\nchecks: []\nsnapshot: record\n")
+    first = dib_matrix("run", str(recording), "--out", str(out))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    good_run = (out / "latest").resolve()
+
+    mirror = tmp_path / "mirror"
+    exported = dib_matrix("snapshot", "export", good_run.name, str(mirror))
+    assert exported.returncode == 0, exported.stderr
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO / "dib", tree / "dib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "elements", tree / "elements")
+    with make_test_key(tmp_path / "key") as key:
+        bump_package(mirror / "debian", "bookworm", "libsemanage-common", key,
+                     postinst=BROKEN_POSTINST)
+        # The copy is signed with the test key, the snapshot with Debian's: trust both.
+        (tree / "testkeys").mkdir()
+        joined_keyring(tree / "testkeys" / "archive.gpg", DEBIAN_KEYRING, key.keyring)
+    with serve(mirror) as served:
+        tonight = write_matrix(tmp_path, f"""\
+name: investigate
+hosts: [debian-bookworm]
+targets: [debian-bookworm]
+checks: []
+env:
+  DIB_DISTRIBUTION_MIRROR: {served.url}/debian
+  DIB_APT_KEYRING: /opt/dib-matrix/testkeys/archive.gpg
+""")
+        second = dib_matrix("run", str(tonight), "--out", str(out), "--dib-tree", str(tree),
+                            "--dib-mount", "--investigate")
+    assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
+    run_dir = (out / "latest").resolve()
+    found = _investigations(run_dir)["debian-bookworm.debian-bookworm"]
+    assert found["verdict"] == "distribution packages", found
+    cells, _ = cells_of(run_dir)
+    assert cells["debian-bookworm.debian-bookworm--inv-snapshot"]["state"] == "success"
+    assert cells["debian-bookworm.debian-bookworm--inv-rerun"]["state"] == "failed"
