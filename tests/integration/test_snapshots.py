@@ -152,3 +152,35 @@ def test_record_replay_offline_reuse_bump_and_incomplete(tmp_path):
     for run in (run1, run2, run3, run4, run5):
         assert run_containers(run) == []
     assert json.loads((run1 / "repository.json").read_text())["archives"]
+
+
+@pytest.mark.slow
+def test_a_snapshot_service_laid_out_like_snapshot_debian_org(tmp_path):
+    """`snapshot: {url, timestamp}`: the run's mirror is URL/archive/debian/<timestamp>/,
+    here a local server laid out so (a recorded snapshot, exported there)."""
+    out = tmp_path / "out"
+    first, run1 = _run(_matrix(tmp_path, "record.yaml", RECORD), out)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    export = tmp_path / "export"
+    exported = dib_matrix("snapshot", "export", run1.name, str(export))
+    assert exported.returncode == 0, exported.stderr
+    stamp = "20261207T000000Z"
+    service = tmp_path / "service"
+    (service / "archive" / "debian").mkdir(parents=True)
+    (export / "debian").rename(service / "archive" / "debian" / stamp)
+    with serve(service) as served:
+        matrix = _matrix(tmp_path, "service.yaml", f"""\
+name: snapshots
+hosts: [debian-bookworm]
+targets: [debian-bookworm]
+checks: []
+snapshot: {{url: "{served.url}", timestamp: "{stamp}"}}
+""")
+        done, run2 = _run(matrix, out)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cells, data = cells_of(run2)
+    mirror = f"{served.url}/archive/debian/{stamp}"
+    assert data["repository"]["service"]["mirror"] == mirror
+    assert data["repository"]["valid_until_waived"] is True
+    (read,) = [r for r in cells[BUILD]["provenance"]["repositories"] if r["suite"] == "bookworm"]
+    assert read["uri"] == mirror
