@@ -173,7 +173,7 @@ class RepositoryStage:
 
     def cell_record(self, label: str) -> list[dict[str, Any]]:
         """Per suite the cell read: the archive, the suite's pinned state and the indices
-        the cell read (results.json ``provenance.repositories``)."""
+        the cell read (the cell's ``provenance.repositories``)."""
         if self.view is None:
             return []
         usage = self.view.usage(label)
@@ -190,7 +190,7 @@ class RepositoryStage:
         return record
 
     def run_record(self) -> dict[str, Any]:
-        """results.json's ``repository`` block."""
+        """The run's ``repository`` record (RunResults.repository)."""
         record: dict[str, Any] = {
             "mode": self.mode,
             "snapshot": self.snapshot.name if self.snapshot else None,
