@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 import yaml
 
 from dib import arch as arches
-from dib import breakpoints, chroot, environment, failure, outputs
+from dib import breakpoints, chroot, environment, failure, outputs, treecache
 from dib.blockdevice import stage as disk_stage
 from dib.elements import (
     Resolution,
@@ -28,6 +28,7 @@ from dib.errors import CommandFailed, DibError
 from dib.packages import Distro, normalise_arch, plan_packages, write_pkg_maps, write_plan
 from dib.phases import HookTree, Phase, merge_elements
 from dib.run import Stopwatch, capture, run
+from dib.treekey import CACHED_PHASES
 
 LOG = logging.getLogger("dib")
 TMPFS_MIN_AVAILABLE = 4 << 30
@@ -66,6 +67,7 @@ class BuildResult:
     images: List[Path]
     seconds: float
     phase_seconds: Dict[str, float] = field(default_factory=dict)
+    tree_cache: str = ""  # what the installed-tree cache did: hit, stored, off, ...
 
 
 def _mem_available() -> int:
@@ -295,6 +297,53 @@ class Builder:
         )
 
 
+class TreeCacheUse:
+    """What one build does with the installed-tree cache: restore, store, or neither."""
+
+    def __init__(self, cache: Optional[treecache.TreeCache], outcome: str):
+        self.cache = cache
+        self.outcome = outcome
+        self.restored: FrozenSet[Phase] = frozenset()
+        self.restore_seconds = 0.0
+
+    @classmethod
+    def open(cls, opts: BuildOptions, resolution: Resolution, env: Mapping[str, str],
+             build_paths: List[str], breaks: FrozenSet[str]) -> TreeCacheUse:
+        cache, why = treecache.for_build(opts.image_cache, resolution.elements, env,
+                                         opts.packages, build_paths, sorted(breaks))
+        if cache is None:
+            LOG.info("tree cache: off: %s", why)
+            return cls(None, f"off: {why}")
+        return cls(cache, "")
+
+    def restore(self, root: Path) -> bool:
+        """Fill ``root`` from the cache on a hit; False on a miss (every phase runs)."""
+        if self.cache is None:
+            return False
+        hit, why = self.cache.lookup()
+        if not hit:
+            self.outcome = f"miss {self.cache.short}: {why}"
+            LOG.info("tree cache: %s", self.outcome)
+            return False
+        watch = Stopwatch()
+        with failure.noting(phase="tree-cache"):
+            self.cache.restore(root)
+        self.restored = frozenset(CACHED_PHASES)
+        self.restore_seconds = round(watch.seconds, 2)
+        phases = " ".join(p.dirname for p in CACHED_PHASES)
+        note = f"; {why}" if why else ""
+        self.outcome = (f"hit {self.cache.short} ({phases} from the cache, restored in "
+                        f"{self.restore_seconds:.1f} s{note})")
+        LOG.info("tree cache: %s", self.outcome)
+        return True
+
+    def store(self, root: Path, elements: List[str]) -> None:
+        if self.cache is None or self.restored:
+            return
+        self.outcome = self.cache.store(root, elements)
+        LOG.info("tree cache: %s", self.outcome)
+
+
 def build_environment(
     opts: BuildOptions,
     resolution: Resolution,
@@ -382,8 +431,14 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
         write_plan(plan, tree.root / "package-installs")
         write_pkg_maps(resolution.elements, distro, tree.root / "package-installs" / "pkg-map")
         builder = Builder(opts, resolution, tree, root, env, breaks)
+        cached = TreeCacheUse.open(opts, resolution, env, [str(work), os.path.abspath(opts.output)],
+                                   breaks)
         try:
+            if cached.restore(root):
+                builder.phase_seconds["tree-cache"] = cached.restore_seconds
             for phase in Phase:
+                if phase in cached.restored:
+                    continue
                 builder.run_phase(phase)
                 if disk is not None:
                     with failure.noting(phase=phase.dirname):
@@ -391,6 +446,8 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
                 if phase in RELEASE_AFTER:
                     with failure.noting(phase=phase.dirname):
                         builder.release_element_mounts(phase)
+                if phase is CACHED_PHASES[-1]:
+                    cached.store(root, resolution.names)
                 if phase is Phase.CLEANUP:
                     builder.tidy_image()
         except DibError:
@@ -412,7 +469,8 @@ def build(opts: BuildOptions, base_env: Mapping[str, str]) -> BuildResult:
             )
     for image in images:
         LOG.info("wrote %s (%d MiB)", image, image.stat().st_size >> 20)
-    return BuildResult(resolution.names, images, round(watch.seconds, 2), builder.phase_seconds)
+    return BuildResult(resolution.names, images, round(watch.seconds, 2), builder.phase_seconds,
+                       cached.outcome)
 
 
 __all__ = ["BuildOptions", "BuildResult", "build", "run"]

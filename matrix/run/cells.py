@@ -46,6 +46,7 @@ from results.model import BOOT_CHECK_PREFIX, SKIPPED_PREFIX, Artifact, CellKind,
 
 LOG = logging.getLogger("dib-matrix")
 TOX_SCRIPT = f"{engine.DIB_MOUNT}/matrix/run/incontainer/tox-check.sh"
+BUILD_HOST_VAR = "DIB_BUILD_HOST_IMAGE"  # the host image a build cell runs on
 
 
 def _write(path: Path, text: str) -> None:
@@ -168,6 +169,11 @@ class CellRunner:
                                                           env.get("ELEMENTS_PATH"))))
             if self.ctx.settings.security_mirror:
                 env.setdefault("DIB_DEBIAN_SECURITY_MIRROR", self.ctx.settings.security_mirror)
+        record = self.ctx.hosts.get(cell.host.name)
+        if cell.kind is CellKind.BUILD and record is not None:
+            # dib keys its installed-tree cache by every DIB_ setting: a tree one host image
+            # installed is not reused by a cell of a changed host.
+            env[BUILD_HOST_VAR] = record.image
         if cell.kind is CellKind.CHECK:
             command: tuple[str, ...] = ("bash", TOX_SCRIPT)
         else:
