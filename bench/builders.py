@@ -1,4 +1,5 @@
-"""dib against the real diskimage-builder: debian-minimal bookworm to qcow2, cold then warm.
+"""dib against the real diskimage-builder and Debian's mkosi: debian-minimal bookworm, cold then
+warm.
 
 Both build the same content (dib's debian-minimal is diskimage-builder's: kernel,
 systemd, python3, ...) on this machine from the same mirror with the same apt
@@ -6,7 +7,9 @@ sources (``DIB_APT_SOURCES_CONF``: the release's main suite; diskimage-builder
 would otherwise add a security archive of its own choosing), each with its own
 empty cache for the cold build. DIB gets
 its best warm case: its debootstrap tarball kept and used (``DIB_DEBOOTSTRAP_CACHE``,
-``DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE``) besides its shared apt cache.
+``DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE``) besides its shared apt cache. mkosi, a second
+yardstick, builds the same packages its own way (``bench.mkosibench``), cold and with
+its ``--incremental`` mode; its ratios are for reference, with no target.
 """
 
 from __future__ import annotations
@@ -18,19 +21,26 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from bench import mkosibench
 from bench.figures import Figure, megabytes, ratio
+from bench.mkosibench import DibSide, Mkosi, MkosiBuilt
 from bench.proc import last_lines, release_mounts, timed
-from bench.steps import STAMP, dib_slowest, slowest_steps
+from bench.steps import STAMP, cache_profile, dib_slowest, slowest_steps
 from bench.workspace import REPO, Bench, BenchError, package_version, venv_tool
 from dib import spawn
+
+T = TypeVar("T")
 
 SECTION = "dib vs DIB"
 RELEASE = "bookworm"
 ELEMENT = "debian-minimal"
 DIB_PACKAGE = "diskimage-builder"
 COLD_RATIO_TARGET = 0.4
-WARM_RATIO_TARGET = 0.25
+WARM_RATIO_TARGET = 0.20
+QUICK = "skipped with --quick"  # the slow reference builders
+MKOSI_BUILDS = {"cold": "cold", "warm": "incremental"}  # dib's build -> mkosi's beside it
 
 
 @dataclass(frozen=True)
@@ -148,30 +158,64 @@ def diskimage_builder(bench: Bench) -> Builder:
 
 def run(bench: Bench) -> tuple[list[Figure], dict[str, list[str]]]:
     mine = ours(bench)
-    reference: Builder | None = None
-    why_not = "skipped with --quick" if bench.quick else ""
-    if not bench.quick:
-        try:
-            reference = diskimage_builder(bench)
-        except BenchError as err:
-            why_not = str(err)
+    reference, why_not = _optional(bench, diskimage_builder)
+    yardstick, why_no_mkosi = _optional(bench, lambda b: mkosibench.find(b, RELEASE))
     builds: dict[str, Built] = {}
-    # Interleaved, so both meet the same contention on a shared machine.
-    for label, builder in (("DIB cold", reference), ("dib cold", mine),
-                           ("DIB warm", reference), ("dib warm", mine)):
-        if builder is not None:
-            if label.endswith("cold"):
-                builder.cold()
-            builds[label] = builder.build(bench, label)
+    made: dict[str, MkosiBuilt] = {}
+    # Interleaved, so all meet the same contention on a shared machine: the cold builds
+    # together, then the warm ones.
+    for phase in ("cold", "warm"):
+        for label, builder in ((f"DIB {phase}", reference), (f"dib {phase}", mine)):
+            if builder is not None:
+                if phase == "cold":
+                    builder.cold()
+                builds[label] = builder.build(bench, label)
+        if yardstick is not None:
+            why_no_mkosi = _mkosi_build(bench, yardstick, phase, builds, made) or why_no_mkosi
     same = _same_packages(bench, mine, builds)
     if same is not None:
         builds["dib cold, DIB's packages"] = same
-    figures = _figures(builds, reference, why_not)
+    dib = DibSide(_seconds(builds, "dib cold"), _seconds(builds, "dib warm"),
+                  builds["dib cold"].packages if "dib cold" in builds else frozenset())
+    beside = mkosibench.figures(SECTION, yardstick.name if yardstick else mkosibench.PROGRAM,
+                                made.get("cold"), made.get("warm"), why_no_mkosi, dib)
+    figures = _figures(builds, reference, why_not, beside)
     return figures, _profiles(bench, figures)
 
 
+def _optional(bench: Bench, find: Callable[[Bench], T]) -> tuple[T | None, str]:
+    """A reference builder, or why it is not measured (not with --quick: they are slow)."""
+    if bench.quick:
+        return None, QUICK
+    try:
+        return find(bench), ""
+    except BenchError as err:
+        return None, str(err)
+
+
+def _mkosi_build(bench: Bench, mkosi: Mkosi, phase: str, builds: dict[str, Built],
+                 made: dict[str, MkosiBuilt]) -> str:
+    """mkosi's build beside dib's ``phase`` build, into ``made``; or why it did not run.
+    It asks for the packages of dib's cold image; the incremental build needs its cold one."""
+    if phase != "cold" and not ("cold" in made and made["cold"].timed.ok):
+        return ""
+    if phase == "cold":
+        mkosi.cold()
+    packages = builds["dib cold"].packages if "dib cold" in builds else frozenset()
+    try:
+        made[phase] = mkosi.build(bench, f"mkosi {MKOSI_BUILDS[phase]}", packages)
+    except BenchError as err:
+        return str(err)
+    return ""
+
+
+def _seconds(builds: dict[str, Built], label: str) -> float | None:
+    return builds[label].seconds if label in builds else None
+
+
 def _profiles(bench: Bench, figures: list[Figure]) -> dict[str, list[str]]:
-    """Each build's slowest steps, for the ratios that missed their target."""
+    """The warm build's tree cache (always), and each build's slowest steps for the
+    ratios that missed their target."""
     missed = {f.name for f in figures if f.status == "MISSED"}
     logs = []
     if "dib cold / DIB cold" in missed:
@@ -182,6 +226,8 @@ def _profiles(bench: Bench, figures: list[Figure]) -> dict[str, list[str]]:
     if "dib warm / dib cold" in missed:
         logs += [("dib warm", "dib-warm")]
     profiles = {}
+    if bench.log("dib-warm").exists():
+        profiles["dib warm: from the cache / still ran"] = cache_profile(bench.log("dib-warm"))
     for title, name in logs:
         steps = dib_slowest if title.startswith("DIB") else slowest_steps
         profiles[f"{title}: slowest steps (from its log)"] = steps(bench.log(name))
@@ -199,8 +245,8 @@ def _same_packages(bench: Bench, mine: Builder, builds: dict[str, Built]) -> Bui
     return mine.build(bench, "dib cold same packages", ("-p", ",".join(sorted(extra))))
 
 
-def _figures(builds: dict[str, Built], reference: Builder | None,
-             why_not: str) -> list[Figure]:
+def _figures(builds: dict[str, Built], reference: Builder | None, why_not: str,
+             beside: list[Figure]) -> list[Figure]:
     def seconds(label: str) -> float | None:
         return builds[label].seconds if label in builds else None
 
@@ -222,6 +268,7 @@ def _figures(builds: dict[str, Built], reference: Builder | None,
                "x", WARM_RATIO_TARGET),
         Figure(SECTION, "DIB warm / DIB cold", ratio(seconds("DIB warm"), seconds("DIB cold")),
                "x", note="reference"),
+        *beside,
     ]
     if same in builds:
         extra = len(builds["DIB cold"].packages - builds["dib cold"].packages)
