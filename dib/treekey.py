@@ -110,6 +110,17 @@ def _named_file_digest(value: str) -> str:
         return ""
 
 
+def reads_image_name(elements: Sequence[Element]) -> bool:
+    """Whether a file a cached phase reaches names IMAGE_NAME: diskimage-builder's
+    source-repositories writes the output's name into the image in extra-data.d."""
+    for element in elements:
+        for _, path in _files(element.path, LATER_DIRS | DOCS):
+            with path.open("rb") as handle:
+                if b"IMAGE_NAME" in handle.read(KEYED_FILE_LIMIT):
+                    return True
+    return False
+
+
 def tree_key(
     elements: Sequence[Element],
     env: Mapping[str, str],
@@ -117,14 +128,14 @@ def tree_key(
     build_paths: Sequence[str],
 ) -> str:
     """The key of the tree these inputs make (32 hex digits)."""
-    blob = json.dumps(
-        {
-            "format": FORMAT,
-            "dib": dib_code_digest(),
-            "elements": element_files(elements),
-            "packages": sorted(packages),
-            "environment": keyed_environment(env, build_paths),
-        },
-        sort_keys=True,
-    ).encode()
+    inputs = {
+        "format": FORMAT,
+        "dib": dib_code_digest(),
+        "elements": element_files(elements),
+        "packages": sorted(packages),
+        "environment": keyed_environment(env, build_paths),
+    }
+    if reads_image_name(elements):  # the output's name only where a cached phase reads it
+        inputs["image_name"] = os.path.basename(env.get("IMAGE_NAME", ""))
+    blob = json.dumps(inputs, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:32]

@@ -177,6 +177,7 @@ class DetailView:
     also_on: str | None = None  # "also on a, b" or "only on this host"
     last_good: LastGoodView | None = None  # a failure's last success, kept in the archive
     retry: str | None = None  # why failed attempts were tried again or not
+    tree_cache: str | None = None  # what dib's installed-tree cache did (a build's)
 
 
 @dataclass(frozen=True)
@@ -437,7 +438,13 @@ def detail_view(cell: Cell, inputs: ViewInputs) -> DetailView:
         also_on=_also_on(cell, inputs),
         last_good=inputs.last_goods.get(cell.id),
         retry=one_line(cell.retry, RETRY_NOTE_LIMIT) if cell.retry else None,
+        tree_cache=_tree_cache(cell),
     )
+
+
+def _tree_cache(cell: Cell) -> str | None:
+    said = cell.provenance.get("tree_cache") if isinstance(cell.provenance, dict) else None
+    return one_line(said, RETRY_NOTE_LIMIT) if isinstance(said, str) and said else None
 
 
 def _also_on(cell: Cell, inputs: ViewInputs) -> str | None:

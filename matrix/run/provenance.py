@@ -21,6 +21,7 @@ never a failure of the cell.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import urllib.error
@@ -47,6 +48,11 @@ APT_DISTROS = ("debian", "ubuntu")  # archives with dists/<suite>/Release
 FIELD_LIMIT = 128  # characters kept of a date, a package name or a version
 PACKAGES_LIMIT = 20000  # package entries kept per image
 RECORD_LIMIT = 64 << 10  # bytes read of dib's failure record
+TREE_CACHE_READ = 16 << 20  # bytes of a build's log searched for dib's tree-cache lines
+# dib's own line (time stamp, then the text): a hook's output has its tag between them.
+TREE_CACHE_LINE = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| tree cache: "
+                             rb"((?:hit|miss|stored|not stored|off)\b[^\r\n]*)", re.MULTILINE)
+TREE_CACHE_LIMIT = 400  # characters kept of what the tree cache did
 
 
 def tree_record(tree: DibTree) -> dict[str, Any]:
@@ -164,6 +170,25 @@ def failed_hook(run_dir: Path, cell: PlannedCell) -> dict[str, str] | None:
         return None
     found = {k: _bounded(str(record[k])) for k in ("element", "phase", "hook") if record.get(k)}
     return found or None
+
+
+def tree_cache_outcome(log: Path | None) -> str | None:
+    """What dib's installed-tree cache did in a build, from its log: ``hit <key> (...)``,
+    ``miss <key>: why; stored <key> (...)``, ``off: why``; None when the log says nothing."""
+    if log is None:
+        return None
+    try:
+        with open_regular(log) as stream:
+            head = stream.read(TREE_CACHE_READ)
+    except OSError:
+        return None
+    said = [m.decode("utf-8", "replace").strip() for m in TREE_CACHE_LINE.findall(head)]
+    return _bounded_to("; ".join(said), TREE_CACHE_LIMIT) if said else None
+
+
+def _bounded_to(text: str, limit: int) -> str:
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def read_packages(path: Path) -> dict[str, str] | None:
@@ -291,6 +316,10 @@ class Recorder:
         if packages is not None and manifest is not None:
             record["packages_manifest"] = RunDir(self.run_dir).relative(manifest)
         record["packages"] = packages
+        if planned.kind is CellKind.BUILD:
+            outcome = tree_cache_outcome(RunDir(self.run_dir).recorded(cell.log))
+            if outcome is not None:
+                record["tree_cache"] = outcome
         if cell.state.is_failure or cell.state is State.ALLOWED_FAILURE:
             hook = failed_hook(self.run_dir, planned)
             if hook is not None:

@@ -209,3 +209,16 @@ def test_helpers():
     assert run_duration(run) == 90.0
     run.finished = None
     assert run_duration(run) is None
+
+
+def test_a_builds_tree_cache_outcome_shows_escaped_in_its_panel():
+    hit = make_cell("h", "t", State.SUCCESS)
+    hit.provenance = {"tree_cache": "hit 88543a044b5a463b (root.d ... from the cache)"}
+    forged = make_cell("h2", "t", State.SUCCESS)
+    forged.provenance = {"tree_cache": HOSTILE}
+    odd = make_cell("h3", "t", State.SUCCESS)
+    odd.provenance = {"tree_cache": ["not", "text"]}
+    html = render_html(make_run([hit, forged, odd]))
+    assert html.count('<tr class="tree-cache">') == 2
+    assert "hit 88543a044b5a463b (root.d ... from the cache)" in html
+    assert HOSTILE not in html and "&lt;script&gt;" in html

@@ -284,3 +284,27 @@ def test_the_suite_comes_from_the_archive_the_cell_is_given(tmp_path):
                                                            "http://own/debian")
     unknown = Target(name="x", elements=("extra",), env=(("DIB_RELEASE", "15.6"),))
     assert rec.suite(PlannedCell(Host(), "x", CellKind.BUILD, target=unknown)).mirror is None
+
+
+STAMP = "2026-12-07 09:08:03.545 | "
+
+
+def test_a_build_records_what_dibs_tree_cache_did(tmp_path):
+    rec, run_dir = recorder(tmp_path)
+    (run_dir / "logs/h").mkdir(parents=True)
+    (run_dir / "logs/h/t.log").write_text(
+        f"{STAMP}elements: base\n{STAMP}tree cache: miss 88543a044b5a463b: the repository "
+        f"changed (http://m/debian/dists/bookworm/InRelease)\n{STAMP}install.d/x | tree cache: "
+        f"hit forged by a hook\n{STAMP}tree cache: identity removed: etc/machine-id\n"
+        f"{STAMP}tree cache: stored 88543a044b5a463b (1001 MiB in 0.8 s)\n")
+    build = Cell("h", "t", CellKind.BUILD, state=State.SUCCESS, attempts=1, log="logs/h/t.log")
+    assert rec.cell_record(planned(), build)["tree_cache"] == (
+        "miss 88543a044b5a463b: the repository changed (http://m/debian/dists/bookworm/"
+        "InRelease); stored 88543a044b5a463b (1001 MiB in 0.8 s)")
+    (run_dir / "logs/h/t.log").write_text(f"{STAMP}tree cache: hit " + "\x1b[31m" * 500 + "\n")
+    said = rec.cell_record(planned(), build)["tree_cache"]
+    assert len(said) <= provenance.TREE_CACHE_LIMIT and "\x1b" not in said
+    (run_dir / "logs/h/t.log").write_text("no cache lines\n")
+    assert "tree_cache" not in rec.cell_record(planned(), build)
+    boot = Cell("h", "t:boot", CellKind.BOOT, state=State.SUCCESS, attempts=1, log="logs/h/t.log")
+    assert "tree_cache" not in rec.cell_record(planned(CellKind.BOOT), boot)

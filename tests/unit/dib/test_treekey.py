@@ -133,3 +133,12 @@ def test_dib_code_is_part_of_the_key(elements, monkeypatch):
     before = key(elements)
     monkeypatch.setattr("dib.treekey.dib_code_digest", lambda: "other")
     assert key(elements) != before
+
+
+def test_the_output_name_is_keyed_only_where_a_cached_phase_reads_it(elements):
+    renamed = {**ENV, "IMAGE_NAME": "/out/images/other-name"}
+    assert key(elements, renamed) == key(elements)
+    edit(elements[0].path / "root.d/10-base", '#!/bin/sh\necho "$(basename $IMAGE_NAME)"\n')
+    assert key(elements, renamed) != key(elements)
+    moved = {**ENV, "IMAGE_NAME": "/elsewhere/debian-minimal"}
+    assert tree_key(elements, moved, (), [BUILD, moved["IMAGE_NAME"]]) == key(elements)
