@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from dib.boottest import CheckStatus
 from dib.treescrub import KEYGEN_UNIT
 from matrix.verdict.verify import Expectation, summary, verify_images
 from tests.integration.dibhelpers import build_mounts, dib_env, make_element, run_dib
+from tests.integration.test_vm import needs_qemu
+from tests.integration.test_vm_checks import boot
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +147,32 @@ def test_off_runs_every_phase(builds, cold_and_warm):
     hook = (builds.elements / "ssh-tree/install.d/50-tree-marker").read_text()
     marker = re.search(r"echo (\S+) >", hook)[1]
     assert members(output.with_name("off.tar"))["etc/tree-marker"] == f"{marker}\n".encode()
+
+
+VM_ELEMENTS = ("vm", "boot-marker", "growroot", "boot-checks")
+
+
+@pytest.mark.slow
+@needs_qemu
+def test_two_warm_images_boot_and_each_makes_its_own_host_keys(tmp_path, image_cache):
+    """Both from one cached tree, both booted: each machine made its machine-id and ssh
+    host keys at its first boot, and the keys differ."""
+    vms = Builds(tmp_path, image_cache)
+    vms.build("vm-cold", "qcow2", VM_ELEMENTS)
+    prints = []
+    for name in ("vm-warm1", "vm-warm2"):
+        done, output = vms.build(name, "qcow2", VM_ELEMENTS)
+        said = re.findall(r"\| tree cache: .*", done.stdout)
+        assert tree_cache_line(done.stdout).startswith("hit "), said
+        image = output.with_name(f"{name}.qcow2")
+        checks = verify_images([image], Expectation("debian", "bookworm"), image.parent, 300)
+        assert summary(checks) is None, summary(checks)
+        result = boot(image, tmp_path / f"{name}-serial.log")
+        assert result.passed, result.evidence
+        identity = next(c for c in result.checks if c.name == "identity")
+        assert identity.status is CheckStatus.PASS, identity
+        assert "machine-id made at this boot" in identity.detail
+        found = re.search(r"ssh host keys made at this boot \((SHA256:\S+)\)", identity.detail)
+        assert found, identity.detail
+        prints.append(found[1])
+    assert prints[0] != prints[1]
