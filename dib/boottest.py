@@ -337,6 +337,7 @@ class WatchSettings:
     # reports; (): none, the run ends at the marker as for an image without them).
     checks: Optional[Tuple[str, ...]] = None
     shutdown_timeout: float = 60.0  # after the checks, for qemu to exit by itself
+    poll_seconds: float = 1.0  # how often a quiet console is looked at (graces, bounds)
 
     @property
     def with_checks(self) -> bool:
@@ -635,6 +636,7 @@ class BootOptions:
     resolve: str = ""  # the host name the name-resolution check resolves ("" = skip it)
     work_dir: Optional[Path] = None  # where the overlay lives while it boots (default: /tmp)
     shutdown_timeout: Optional[float] = None  # None: the machine's (60 s amd64, 180 s arm64)
+    kill_grace: float = KILL_GRACE_SECONDS  # after SIGTERM, before qemu's group is killed
 
     @property
     def machine(self) -> Machine:
@@ -912,9 +914,9 @@ def _seed_disk(opts: BootOptions) -> Iterator[Optional[Path]]:
         yield seed if made.ok else None
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Terminate qemu's process group, kill what is left after a grace period, reap it."""
-    spawn.stop(proc, KILL_GRACE_SECONDS)
+def stop(proc: subprocess.Popen, grace: float = KILL_GRACE_SECONDS) -> None:
+    """Terminate qemu's process group, kill what is left after ``grace`` seconds, reap it."""
+    spawn.stop(proc, grace)
 
 
 def _watch(
@@ -931,7 +933,7 @@ def _watch(
         limit = watcher.deadline(timeout)
         if now >= limit:
             return now, True, False
-        ready, _, _ = select.select([fd], [], [], min(1.0, limit - now))
+        ready, _, _ = select.select([fd], [], [], min(watcher.settings.poll_seconds, limit - now))
         if ready:
             chunk = os.read(fd, 65536)
             now = time.monotonic() - started
@@ -969,7 +971,7 @@ def run_boot_test(opts: BootOptions) -> BootResult:
             try:
                 elapsed, timed_out, exited = _watch(proc, watcher, log, opts.timeout)
             finally:
-                stop(proc)
+                stop(proc, opts.kill_grace)
                 if proc.stdout:
                     proc.stdout.close()
         err.seek(0)

@@ -226,6 +226,7 @@ def run(
     cwd: Optional[Union[str, Path]] = None,
     grace: float = GRACE_SECONDS,
     first: signal.Signals = signal.SIGTERM,
+    linger: float = LINGER_SECONDS,
 ) -> Result:
     """Run ``argv`` (never through a shell) to its end or ``timeout`` seconds (None: no limit).
 
@@ -237,7 +238,7 @@ def run(
 
     At the timeout, when ``on_line`` or the log raises, or on Ctrl-C, the child's group
     gets ``first`` and SIGKILL after ``grace`` (``stop``). When the child exited but
-    something it started still holds its output, that is ended after LINGER_SECONDS.
+    something it started still holds its output, that is ended after ``linger`` seconds.
     A program that cannot be started raises OSError, as ``subprocess`` does.
     """
     argv = tuple(str(part) for part in argv)
@@ -252,7 +253,7 @@ def run(
     output = _Sink(limit, whole_output, log, on_line)
     errors = _Sink(ERRORS_LIMIT)
     try:
-        ending, usage = _follow(proc, output, errors, deadline)
+        ending, usage = _follow(proc, output, errors, deadline, linger)
     except BaseException:
         _end(proc, grace, first)
         raise
@@ -336,14 +337,15 @@ def _decode(line: bytes) -> str:
 
 
 def _follow(
-    proc: subprocess.Popen, output: _Sink, errors: _Sink, deadline: Optional[float]
+    proc: subprocess.Popen, output: _Sink, errors: _Sink, deadline: Optional[float],
+    linger: float,
 ) -> Tuple[_Ending, Optional[resource.struct_rusage]]:
     """Read the child's pipes until they close, then reap it: how it ended, its usage."""
     assert proc.stdout is not None
     sinks = {proc.stdout.fileno(): output}
     if proc.stderr is not None:
         sinks[proc.stderr.fileno()] = errors
-    ending, usage = _pump(proc, sinks, deadline)
+    ending, usage = _pump(proc, sinks, deadline, linger)
     if ending is _Ending.EXITED and proc.returncode is None:
         usage = _wait(proc, deadline)
         if proc.returncode is None:
@@ -352,7 +354,8 @@ def _follow(
 
 
 def _pump(
-    proc: subprocess.Popen, sinks: Dict[int, _Sink], deadline: Optional[float]
+    proc: subprocess.Popen, sinks: Dict[int, _Sink], deadline: Optional[float],
+    linger: float,
 ) -> Tuple[_Ending, Optional[resource.struct_rusage]]:
     usage = None
     linger_end: Optional[float] = None
@@ -377,7 +380,7 @@ def _pump(
                 next_poll = time.monotonic() + _POLL_SECONDS
                 usage = _try_reap(proc)
             if linger_end is None and proc.returncode is not None:
-                linger_end = time.monotonic() + LINGER_SECONDS
+                linger_end = time.monotonic() + linger
     return _Ending.EXITED, usage
 
 

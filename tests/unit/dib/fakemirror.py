@@ -10,6 +10,8 @@ import threading
 from dib import debprefetch
 
 RELEASE = "bookworm"
+POLL_SECONDS = 0.02  # how often the serving thread looks whether it should stop
+TRICKLE_SECONDS = 0.2  # between two bytes of a trickled file
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy",
                    "NO_PROXY", "all_proxy", "ALL_PROXY")
 
@@ -50,6 +52,9 @@ class Mirror:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = protocol  # HTTP/1.1: connections are kept alive
+            # Headers and body are two writes: with Nagle's algorithm the body waits for
+            # the client's delayed ACK, ~40 ms a file on a kept-alive connection.
+            disable_nagle_algorithm = True
 
             def do_GET(self):  # noqa: N802 (http.server's name)
                 mirror.connections.add(self.client_address)
@@ -73,7 +78,7 @@ class Mirror:
                     self.wfile.write(body)
                     return
                 for byte in body:  # alive, but slower than any deadline
-                    if mirror.release_event.wait(0.2):
+                    if mirror.release_event.wait(TRICKLE_SECONDS):
                         return
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
@@ -86,7 +91,10 @@ class Mirror:
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # shutdown() waits for the serving loop's next look at its flag: every 0.5 s by
+        # default, which every test would pay at its end.
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": POLL_SECONDS}, daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/debian"
 

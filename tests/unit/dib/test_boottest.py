@@ -2,6 +2,7 @@
 the catalogue names for it: tests/unit/test_boot_catalogue.py), and qemu handling with a
 fake qemu on PATH (timeouts, kills, exit codes) — no real VM."""
 
+import dataclasses
 import json
 import os
 import time
@@ -133,7 +134,8 @@ def test_options_round_trip_through_the_command_line():
 
 
 def test_result_serialises_with_its_evidence_and_no_category(fake_qemu, tmp_path):
-    result = fake_qemu("echo 'Boot failed: not a bootable disk'; sleep 30", timeout=20)
+    result = fake_qemu("echo 'Boot failed: not a bootable disk'; sleep 30", timeout=20,
+                       final_grace=0.1)
     data = json.loads(json.dumps(result.to_dict()))
     assert data["evidence"] == "Boot failed: not a bootable disk"
     assert data["passed"] is False and data["infrastructure"] is False
@@ -147,11 +149,21 @@ echo $$ > {pids}/qemu.pid
 {body}
 """
 
+# A fake qemu answers at once: the run looks at its console every 50 ms (not every
+# second) and kills what ignores SIGTERM after 0.2 s (not 5 s).
+QUICK_WATCH = {"poll_seconds": 0.05}
+QUICK_KILL_GRACE = 0.2
+
+
+def quickly(opts: BootOptions, **watch) -> BootOptions:
+    """``opts`` with the quick timings of a fake qemu, and these ``watch`` settings."""
+    settings = dataclasses.replace(opts.watch, **{**QUICK_WATCH, **watch})
+    return dataclasses.replace(opts, watch=settings, kill_grace=QUICK_KILL_GRACE)
+
 
 @pytest.fixture
-def fake_qemu(tmp_path, monkeypatch):
+def fake_qemu(tmp_path):
     """Run the boot test against a shell script standing in for qemu."""
-    monkeypatch.setattr(boottest, "KILL_GRACE_SECONDS", 1.0)
     image = tmp_path / "disk.raw"
     image.write_bytes(b"\0" * 1024)
 
@@ -164,9 +176,8 @@ def fake_qemu(tmp_path, monkeypatch):
             serial_log=tmp_path / "serial.log",
             timeout=timeout,
             qemu=str(script),
-            watch=WatchSettings(**watch),
         )
-        return run_boot_test(opts)
+        return run_boot_test(quickly(opts, **watch))
 
     start.pids = tmp_path
     return start
@@ -204,18 +215,18 @@ def test_marker_ends_the_run_and_qemu_is_reaped(fake_qemu):
 def test_timeout_kills_the_whole_process_group(fake_qemu):
     result = fake_qemu(
         f"echo 'SeaBIOS'; sleep 60 & echo $! > {fake_qemu.pids}/child.pid; wait",
-        timeout=2,
+        timeout=0.6,
     )
-    assert result.evidence.startswith("boot: no marker after 2 s; furthest stage: firmware")
+    assert result.evidence.startswith("boot: no marker after 1 s; furthest stage: firmware")
     assert result.evidence.endswith("; last line: SeaBIOS")
     assert not result.infrastructure
-    assert 2 <= result.seconds < 5
+    assert 0.6 <= result.seconds < 3.6
     assert not any(_alive(pid) for pid in _pids(fake_qemu.pids))
 
 
 def test_qemu_that_ignores_sigterm_is_killed(fake_qemu):
     started = time.monotonic()
-    result = fake_qemu("trap '' TERM; echo starting; while :; do sleep 0.1; done", timeout=1)
+    result = fake_qemu("trap '' TERM; echo starting; while :; do sleep 0.1; done", timeout=0.6)
     assert result.evidence == (
         "boot: no marker after 1 s; furthest stage: nothing; last line: starting"
     )
@@ -227,7 +238,7 @@ def test_fatal_line_ends_the_run_early(fake_qemu):
     result = fake_qemu(
         "echo '[ 6.6] Kernel panic - not syncing: Attempted to kill init!'; sleep 60",
         timeout=60,
-        final_grace=0.5,
+        final_grace=0.2,
     )
     assert result.evidence == "[ 6.6] Kernel panic - not syncing: Attempted to kill init!"
     assert result.seconds < 10
@@ -257,7 +268,10 @@ def test_missing_image_or_qemu_raises(tmp_path):
         run_boot_test(BootOptions(image=image, serial_log=tmp_path / "s", qemu="no-such-qemu"))
 
 
-def test_cli_exit_codes_and_json(fake_qemu, tmp_path, monkeypatch, capsys):
+def test_cli_exit_codes_and_json(tmp_path, monkeypatch, capsys):
+    from_args = boottest.options_from_args  # the command line's options, timed for a fake
+    monkeypatch.setattr(boottest, "options_from_args",
+                        lambda args: quickly(from_args(args), final_grace=0.1))
     script = tmp_path / "qemu-system-x86_64"
     script.write_text("#!/bin/sh\necho 'DIB-BOOT-MARKER-OK kernel=6'\nsleep 30\n")
     script.chmod(0o755)

@@ -401,7 +401,7 @@ def test_the_nocloud_seed_holds_the_user_data_and_is_removed(tmp_path, monkeypat
 @needs_qemu_img
 def test_a_guest_that_does_not_power_off_is_stopped_at_the_shutdown_bound(tmp_path, monkeypatch):
     lines = "\n".join(f"echo '{line}'" for line in [*PASSING, DONE])
-    result = fake_boot(tmp_path, monkeypatch, lines + "\nsleep 60", shutdown_timeout=1.0)
+    result = fake_boot(tmp_path, monkeypatch, lines + "\nsleep 60", shutdown_timeout=0.6)
     assert not result.passed
     assert result.evidence.startswith("boot: shutdown hung: still running 1 s")
     assert result.seconds < 15

@@ -39,6 +39,14 @@ def placed(root):
     return sorted(p.name for p in (root / "var/cache/apt/archives").iterdir())
 
 
+def _wait_for(condition, within=10.0):
+    """Until ``condition()`` holds (a download under way), at most ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the prefetch never got that far"
+        time.sleep(0.01)
+
+
 def test_prefetch_places_what_debootstrap_wants_under_its_names(mirror, tmp_path, caplog):
     mirror.publish(archive())
     with caplog.at_level(logging.INFO, logger="dib"):
@@ -129,21 +137,25 @@ def test_a_hanging_deb_download_hits_the_request_timeout(mirror, tmp_path):
     mirror.publish(debs)
     mirror.hang = {f for _, f, _ in debs if "/tar/" in f or "/apt/" in f}
     started = time.monotonic()
-    summary = run(mirror, tmp_path, deadline=30, per_request=0.5)
-    assert time.monotonic() - started < 5
+    summary = run(mirror, tmp_path, deadline=30, per_request=0.25)
+    assert time.monotonic() - started < 5  # the request timeout, far from the deadline
     assert summary.fetched == summary.wanted - 2
     assert not [n for n in placed(tmp_path) if "prefetch" in n]
 
 
 def test_a_trickling_deb_download_hits_the_overall_deadline(mirror, tmp_path, caplog):
-    debs = archive()
+    # tar trickles a byte every 0.2 s, each read well within the request timeout: only
+    # the overall deadline can end it, long before its 44 s of bytes are through.
+    debs = [stanza("tar", body=b"a slow deb " * 20) if "Package: tar\n" in entry
+            else (entry, filename, body) for entry, filename, body in archive()]
     mirror.publish(debs)
     mirror.trickle = {f for _, f, _ in debs if "/tar/" in f}
+    deadline = 0.5  # room for the index and the other debs (~20 ms) on a busy host
     started = time.monotonic()
     with caplog.at_level(logging.INFO, logger="dib"):
-        summary = run(mirror, tmp_path, deadline=1.5, per_request=1.0)
+        summary = run(mirror, tmp_path, deadline=deadline, per_request=1.0)
     took = time.monotonic() - started
-    assert 1.4 < took < 4  # the deadline, plus at most one read
+    assert deadline - 0.1 < took < deadline + 2.5  # the deadline, plus at most one read
     assert summary.fetched == summary.wanted - 1
     assert not [n for n in placed(tmp_path) if n.startswith("tar_") or "prefetch" in n]
     assert any("deadline reached" in r.getMessage() for r in caplog.records)
@@ -153,8 +165,8 @@ def test_a_hanging_index_hits_the_deadline(mirror, tmp_path):
     mirror.publish(archive())
     mirror.hang = {f"dists/{RELEASE}/InRelease"}
     started = time.monotonic()
-    assert run(mirror, tmp_path, deadline=1.0, per_request=5) is None
-    assert time.monotonic() - started < 4
+    assert run(mirror, tmp_path, deadline=0.3, per_request=5) is None
+    assert time.monotonic() - started < 4  # the deadline, not the request timeout
 
 
 def test_debootstraps_names_replace_the_epoch_colon():
@@ -249,7 +261,7 @@ def test_alongside_stops_a_slow_prefetch_when_the_body_ends(mirror, tmp_path, ca
     with caplog.at_level(logging.INFO, logger="dib"), debprefetch.alongside(
         {}, mirror.url, RELEASE, "amd64", ("main",), "minbase", (), tmp_path
     ):
-        time.sleep(0.5)
+        _wait_for(lambda: any(r.endswith(".deb") for r in mirror.requests))
     assert time.monotonic() - started < 3  # the end of the body, plus one read
     assert list((tmp_path / "var/cache/apt/archives").iterdir()) == []
     assert any("stopped" in r.getMessage() for r in caplog.records)
@@ -279,7 +291,7 @@ def test_bootstrap_prefetches_while_debootstrap_runs(tmp_path, monkeypatch, opt_
     monkeypatch.setattr(bootstrap.debprefetch, "prefetch", prefetch)
 
     def debootstrap(*args):
-        time.sleep(0.2)
+        time.sleep(0.02)
         order.append("debootstrap")
 
     monkeypatch.setattr(bootstrap, "debootstrap", debootstrap)

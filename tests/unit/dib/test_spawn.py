@@ -85,7 +85,7 @@ def _gone(pid, within=5.0):
 
 def test_run_at_its_timeout_ends_the_whole_group_even_when_it_ignores_sigterm():
     started = time.monotonic()
-    result = spawn.run(["sh", "-c", STUBBORN], timeout=0.5, grace=0.2)
+    result = spawn.run(["sh", "-c", STUBBORN], timeout=0.3, grace=0.2)
     assert result.timed_out and not result.ok
     assert result.returncode == -signal.SIGKILL
     assert time.monotonic() - started < 5
@@ -97,15 +97,17 @@ def test_run_does_not_wait_for_what_the_child_left_holding_its_output():
     # The child exits 4; a sleeper it forked keeps the pipe open. No timeout: without
     # the linger rule this would wait the sleeper's 300 s.
     started = time.monotonic()
-    result = spawn.run(["sh", "-c", "sleep 300 & echo $!; exit 4"], timeout=None)
+    linger = 0.2  # spawn.LINGER_SECONDS (2 s) for a real build
+    result = spawn.run(["sh", "-c", "sleep 300 & echo $!; exit 4"], timeout=None,
+                       linger=linger)
     assert (result.returncode, result.timed_out) == (4, False)
-    assert time.monotonic() - started < spawn.LINGER_SECONDS + 3
+    assert time.monotonic() - started < linger + 3
     assert _gone(int(result.output))
 
 
 def test_run_ends_a_child_that_closed_its_output_but_runs_on():
     started = time.monotonic()
-    result = spawn.run(["sh", "-c", "exec >&- 2>&-; sleep 300"], timeout=0.5)
+    result = spawn.run(["sh", "-c", "exec >&- 2>&-; sleep 300"], timeout=0.2)
     assert result.timed_out and time.monotonic() - started < 5
     assert spawn.live() == 0
 
@@ -233,7 +235,7 @@ def test_dib_run_logs_each_line_with_its_tag_and_raises_with_the_tail(caplog):
     assert failed.value.tail == ["one", "E: the cause"]
     assert "step | E: the cause" in caplog.text
     with pytest.raises(CommandFailed) as slow:
-        dibrun.run(["sleep", "30"], tag="slow", timeout=0.3)
+        dibrun.run(["sleep", "30"], tag="slow", timeout=0.1)
     assert slow.value.timed_out
     assert dibrun.run(["false"], tag="unchecked", check=False) == 1
 

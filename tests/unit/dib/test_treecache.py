@@ -218,7 +218,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def proxy():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     Proxy.seen = []
     yield f"http://token:x@127.0.0.1:{server.server_port}"
