@@ -94,9 +94,12 @@ class Scheduler:
 
     def run(self) -> None:
         """Run until every cell is finished or ``stop`` is set (then the rest stay pending)."""
-        # Host images first: each one unlocks a whole column of cells.
+        # Host images first: each one unlocks a whole column of cells. Then the cells
+        # that head the longest chains (a vm build before its boot), so that a chain's
+        # tail does not start last and keep the run waiting on one slot.
+        heights = chain_heights(list(self.cells.values()))
         pending = sorted((c for c in self.cells.values() if c.id not in self.state),
-                         key=lambda c: c.kind is not CellKind.HOSTGEN)
+                         key=lambda c: (c.kind is not CellKind.HOSTGEN, -heights[c.id]))
         running: dict[concurrent.futures.Future[CellReport], PlannedCell] = {}
         with concurrent.futures.ThreadPoolExecutor(self.max_parallel) as pool:
             try:
@@ -143,6 +146,34 @@ class Scheduler:
             self._record(cell, outcome)
             settled = True
         return settled
+
+
+def chain_heights(cells: list[PlannedCell]) -> dict[str, int]:
+    """Each cell's longest chain of cells that wait for it, itself included (a leaf: 1)."""
+    dependents: dict[str, list[str]] = {c.id: [] for c in cells}
+    for cell in cells:
+        for need in cell.needs:
+            if need in dependents:
+                dependents[need].append(cell.id)
+    heights: dict[str, int] = {}
+
+    def height(cell_id: str) -> int:
+        # Iterative: a deep plan must not exhaust the recursion limit.
+        stack = [cell_id]
+        while stack:
+            top = stack[-1]
+            waiting = [d for d in dependents[top] if d not in heights]
+            if waiting:
+                stack.extend(waiting)
+                continue
+            stack.pop()
+            heights[top] = 1 + max((heights[d] for d in dependents[top]), default=0)
+        return heights[cell_id]
+
+    for cell in cells:
+        if cell.id not in heights:
+            height(cell.id)
+    return heights
 
 
 def _result(future: concurrent.futures.Future[CellReport]) -> CellReport:

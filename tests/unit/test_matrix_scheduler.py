@@ -133,3 +133,31 @@ def test_hostgen_cells_start_first():
 
     Scheduler(cells(hosts=("a", "b")), execute, lambda c, o: None, max_parallel=1).run()
     assert order[:2] == ["a.hostgen", "b.hostgen"]
+
+
+def test_a_chains_head_starts_before_leaves_that_were_planned_first():
+    host = FakeHost("a")
+    plan = [PlannedCell(host, "hostgen", CellKind.HOSTGEN),
+            PlannedCell(host, "tox", CellKind.CHECK, ("a.hostgen",)),
+            PlannedCell(host, "small", CellKind.BUILD, ("a.hostgen",)),
+            PlannedCell(host, "vm", CellKind.BUILD, ("a.hostgen",)),
+            PlannedCell(host, "vm:boot", CellKind.BOOT, ("a.vm",))]
+    started = []
+
+    def execute(cell, attempt):
+        started.append(cell.id)
+        return Outcome(State.SUCCESS)
+
+    Scheduler(plan, execute, lambda c, o: None, max_parallel=1).run()
+    assert started[:2] == ["a.hostgen", "a.vm"]
+    assert started.index("a.tox") < started.index("a.small")  # plan order among equals
+
+
+def test_chain_heights_of_a_deep_plan():
+    from matrix.run.scheduler import chain_heights
+
+    host = FakeHost("a")
+    plan = [PlannedCell(host, "c0", CellKind.BUILD)]
+    plan += [PlannedCell(host, f"c{i}", CellKind.BUILD, (f"a.c{i - 1}",)) for i in range(1, 5000)]
+    heights = chain_heights(plan)
+    assert heights["a.c0"] == 5000 and heights["a.c4999"] == 1
