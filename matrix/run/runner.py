@@ -33,6 +33,7 @@ from matrix.run.archiving import archive_run
 from matrix.run.cellreport import CellReport
 from matrix.run.cells import CellRunner
 from matrix.run.context import HostRecords, RunContext, RunSettings
+from matrix.run.estimates import past_durations
 from matrix.run.investigate import InvestigationRequest, Services, investigate_run
 from matrix.run.lastgoodimages import keep_host_images
 from matrix.run.plan import Plan, PlannedCell
@@ -409,7 +410,10 @@ class Execution:
             observed(self.run.finish, self.run.results, self.observer),
             max_parallel=config.max_parallel, decide=self.retry_policy().decide,
             fail_fast=config.fail_fast, done=self.run.done_states(), stop=self.run.stop,
-            on_stop=self.stop_everything)
+            on_stop=self.stop_everything,
+            estimates=past_durations(self.request.out_dir,
+                                     (c.id for c in self.request.plan.cells),
+                                     exclude=self.run.results.run_id))
         self.scheduler.run()
 
     def retry_policy(self) -> RetryPolicy:

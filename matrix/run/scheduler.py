@@ -34,7 +34,8 @@ class Scheduler:
                  fail_fast: bool = False,
                  done: Mapping[str, State] | None = None,
                  stop: threading.Event | None = None,
-                 on_stop: Callable[[], None] | None = None):
+                 on_stop: Callable[[], None] | None = None,
+                 estimates: Mapping[str, float] | None = None):
         self.cells = {c.id: c for c in cells}
         self.execute = execute
         self.finish = finish
@@ -45,6 +46,7 @@ class Scheduler:
         self.stop = stop or threading.Event()
         self.failed_fast = False
         self.on_stop = on_stop  # kills what runs (containers, processes) when stopping early
+        self.estimates = estimates  # cell id -> expected seconds (its last duration)
 
     def _blocked_by(self, cell: PlannedCell) -> str | None:
         for need in cell.needs:
@@ -95,11 +97,12 @@ class Scheduler:
     def run(self) -> None:
         """Run until every cell is finished or ``stop`` is set (then the rest stay pending)."""
         # Host images first: each one unlocks a whole column of cells. Then the cells
-        # that head the longest chains (a vm build before its boot), so that a chain's
-        # tail does not start last and keep the run waiting on one slot.
-        heights = chain_heights(list(self.cells.values()))
+        # with the most work behind them, in expected seconds (a vm build and its boot
+        # before a quick build), so that a long cell does not start last and hold the
+        # run on one slot.
+        paths = critical_paths(list(self.cells.values()), self.estimates)
         pending = sorted((c for c in self.cells.values() if c.id not in self.state),
-                         key=lambda c: (c.kind is not CellKind.HOSTGEN, -heights[c.id]))
+                         key=lambda c: (c.kind is not CellKind.HOSTGEN, -paths[c.id]))
         running: dict[concurrent.futures.Future[CellReport], PlannedCell] = {}
         with concurrent.futures.ThreadPoolExecutor(self.max_parallel) as pool:
             try:
@@ -148,32 +151,35 @@ class Scheduler:
         return settled
 
 
-def chain_heights(cells: list[PlannedCell]) -> dict[str, int]:
-    """Each cell's longest chain of cells that wait for it, itself included (a leaf: 1)."""
+# Expected seconds of a cell with no history (a warm run's cells take about these).
+KIND_SECONDS = {CellKind.HOSTGEN: 60.0, CellKind.CHECK: 30.0, CellKind.BUILD: 30.0,
+                CellKind.BOOT: 45.0}
+
+
+def critical_paths(cells: list[PlannedCell], estimates: Mapping[str, float] | None = None
+                   ) -> dict[str, float]:
+    """Each cell's expected seconds plus the longest chain of cells that wait for it:
+    ``estimates`` (a cell's last duration) where known, its kind's guess otherwise."""
+    known = estimates or {}
     dependents: dict[str, list[str]] = {c.id: [] for c in cells}
     for cell in cells:
         for need in cell.needs:
             if need in dependents:
                 dependents[need].append(cell.id)
-    heights: dict[str, int] = {}
-
-    def height(cell_id: str) -> int:
+    own = {c.id: known.get(c.id, KIND_SECONDS.get(c.kind, 30.0)) for c in cells}
+    paths: dict[str, float] = {}
+    for cell in cells:
         # Iterative: a deep plan must not exhaust the recursion limit.
-        stack = [cell_id]
+        stack = [cell.id]
         while stack:
             top = stack[-1]
-            waiting = [d for d in dependents[top] if d not in heights]
+            waiting = [d for d in dependents[top] if d not in paths]
             if waiting:
                 stack.extend(waiting)
                 continue
             stack.pop()
-            heights[top] = 1 + max((heights[d] for d in dependents[top]), default=0)
-        return heights[cell_id]
-
-    for cell in cells:
-        if cell.id not in heights:
-            height(cell.id)
-    return heights
+            paths[top] = own[top] + max((paths[d] for d in dependents[top]), default=0.0)
+    return paths
 
 
 def _result(future: concurrent.futures.Future[CellReport]) -> CellReport:

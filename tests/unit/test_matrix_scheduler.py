@@ -153,11 +153,36 @@ def test_a_chains_head_starts_before_leaves_that_were_planned_first():
     assert started.index("a.tox") < started.index("a.small")  # plan order among equals
 
 
-def test_chain_heights_of_a_deep_plan():
-    from matrix.run.scheduler import chain_heights
+def test_critical_paths_of_a_deep_plan():
+    from matrix.run.scheduler import critical_paths
 
     host = FakeHost("a")
     plan = [PlannedCell(host, "c0", CellKind.BUILD)]
     plan += [PlannedCell(host, f"c{i}", CellKind.BUILD, (f"a.c{i - 1}",)) for i in range(1, 5000)]
-    heights = chain_heights(plan)
-    assert heights["a.c0"] == 5000 and heights["a.c4999"] == 1
+    paths = critical_paths(plan, {"a.c4999": 1.0})
+    assert paths["a.c4999"] == 1.0 and paths["a.c0"] == 4999 * 30.0 + 1.0
+
+
+def test_long_cells_start_first_by_their_last_durations():
+    """A warm run's boots (40 s each) before the tox rows (20 s) and quick builds, so the
+    two boots do not end up one after the other on one slot."""
+    plan = []
+    for name in ("a", "b"):
+        host = FakeHost(name)
+        plan += [PlannedCell(host, "hostgen", CellKind.HOSTGEN),
+                 PlannedCell(host, "tox", CellKind.CHECK, (f"{name}.hostgen",)),
+                 PlannedCell(host, "small", CellKind.BUILD, (f"{name}.hostgen",)),
+                 PlannedCell(host, "vm", CellKind.BUILD, (f"{name}.hostgen",)),
+                 PlannedCell(host, "vm:boot", CellKind.BOOT, (f"{name}.vm",))]
+    last = {"a.tox": 20, "b.tox": 20, "a.small": 2, "b.small": 2, "a.vm": 11, "b.vm": 11,
+            "a.vm:boot": 40, "b.vm:boot": 40}
+    started = []
+
+    def execute(cell, attempt):
+        started.append(cell.id)
+        return Outcome(State.SUCCESS)
+
+    Scheduler(plan, execute, lambda c, o: None, max_parallel=1, estimates=last).run()
+    assert started[:4] == ["a.hostgen", "b.hostgen", "a.vm", "b.vm"]
+    assert started[4:6] == ["a.vm:boot", "b.vm:boot"]
+    assert started[6:] == ["a.tox", "b.tox", "a.small", "b.small"]
