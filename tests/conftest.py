@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,12 @@ import pytest
 from results.model import RunResults
 from results.reader import read_results
 from tests.resultfactory import ALL_STATES
+
+# A test run started in the background of a non-interactive shell inherits SIGINT ignored,
+# and so would every child it starts: the Ctrl-C tests would then test the shell, not the
+# program. Ctrl-C acts as on a terminal whatever started the tests.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
