@@ -38,6 +38,7 @@ from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import load_matrix, resolve_matrix_path
 from matrix.containers import engine
 from matrix.run.plan import Plan, PlannedCell, make_plan
+from matrix.run.provenance import tree_cache_outcome
 from matrix.run.reuse import KeyMaker
 from results.archive import OutDir, RunDir
 from results.model import Cell, CellKind, RunResults, State
@@ -261,11 +262,11 @@ class MatrixRun:
         run = RunDir(self.run_dir)
         logs = [run.recorded(c.log) for c in self.cells if c.kind is CellKind.BUILD
                 and ran(c) and c.state is State.SUCCESS and c.log]
-        texts = [log.read_text(errors="replace") for log in logs
-                 if log is not None and log.exists()]
-        trees = sum("| tree cache: hit " in text for text in texts)
-        bases = sum("| tree cache: hit " not in text and "using cached base" in text
-                    for text in texts)
+        said = [(tree_cache_outcome(log) or "", log) for log in logs
+                if log is not None and log.exists()]
+        trees = sum(outcome.startswith("hit ") for outcome, _ in said)
+        bases = sum(not outcome.startswith("hit ") and "using cached base" in
+                    log.read_text(errors="replace") for outcome, log in said)
         return trees, bases, len(logs)
 
     def hosts_that_built(self) -> int:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from dib import chroot, debprefetch, failure, safefile, suiteview
+from dib import chroot, debprefetch, failure, safefile, suiteview, tarball
 from dib.errors import CommandFailed, ConfigError, DibError
 from dib.mirror import MirrorNotFound, find_mirror
 from dib.run import run
@@ -279,33 +279,11 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def extract(cache_file: Path, root: Path) -> None:
-    run(
-        ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "-xpf", str(cache_file)],
-        tag="debootstrap-cache",
-    )
+    tarball.unpack(cache_file, root, tag="debootstrap-cache")
 
 
 def store(root: Path, cache_file: Path) -> None:
-    partial = cache_file.with_name(cache_file.name + f".partial-{os.getpid()}")
-    try:
-        run(
-            [
-                "tar",
-                "-C",
-                str(root),
-                "--numeric-owner",
-                "--xattrs",
-                "--one-file-system",
-                "-cpf",
-                str(partial),
-                ".",
-            ],
-            tag="debootstrap-cache",
-        )
-        os.replace(partial, cache_file)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
+    tarball.pack(root, cache_file, tag="debootstrap-cache")
 
 
 DEBOOTSTRAP_LOG_BYTES = 16 << 10  # of the end of debootstrap.log, read after a failure

@@ -32,10 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from dib import chroot, environment, treekey, treescrub
+from dib import chroot, environment, tarball, treekey, treescrub
 from dib.elements import Element
 from dib.errors import DibError
-from dib.run import Stopwatch, capture, run
+from dib.outputs import sha256_file
+from dib.run import Stopwatch, capture
 from dib.treekey import CACHED_PHASES
 
 LOG = logging.getLogger("dib")
@@ -50,7 +51,6 @@ FETCH_TIMEOUT = 20.0
 LISTS = "var/lib/apt/lists"
 PRINTED_URI = re.compile(r"^'([^']+)' (\S+) ")
 SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
-TAR_FLAGS = ("--numeric-owner", "--xattrs")
 # apt's downloaded packages: fetched again if a later phase wants them (the dpkg element's
 # cleanup removes them from the image anyway).
 NOT_STORED = ("./var/cache/apt/archives/*.deb",)
@@ -136,7 +136,7 @@ def fetcher(env: Mapping[str, str]) -> Fetcher:
             {} if bypass else proxies))
         try:
             with opener.open(url, timeout=FETCH_TIMEOUT) as response:
-                return response.read(RELEASE_LIMIT + 1)[:RELEASE_LIMIT + 1]
+                return response.read(RELEASE_LIMIT + 1)  # more: never a pinned file's hash
         except urllib.error.HTTPError as err:
             if err.code in (404, 410):
                 return None
@@ -167,7 +167,7 @@ def pins_of(root: Path, env: Mapping[str, str]) -> Tuple[Pin, ...]:
                                                       name[: -len("InRelease")] + "Release")):
             copy = root / LISTS / suffix_name
             if copy.is_file() and not copy.is_symlink():
-                pins.append(Pin(suffix_url, hashlib.sha256(copy.read_bytes()).hexdigest()))
+                pins.append(Pin(suffix_url, sha256_file(copy)))
                 break
         else:
             pins.append(Pin(url, ""))
@@ -198,7 +198,7 @@ class TreeCache:
         self.fetch = fetch or fetcher(env)
         self.offline = env.get("DIB_OFFLINE", "") not in ("", "0")
         self.refresh = env.get(SWITCH, "").strip().lower() == "refresh"
-        self.budget = parse_budget(env.get(BUDGET, "") or str(DEFAULT_BUDGET))
+        self.budget = parse_budget(env[BUDGET]) if env.get(BUDGET) else DEFAULT_BUDGET
 
     @property
     def tar(self) -> Path:
@@ -234,7 +234,7 @@ class TreeCache:
         return (False, changed) if changed else (True, "")
 
     def restore(self, root: Path) -> None:
-        run(["tar", "-C", str(root), *TAR_FLAGS, "-xpf", str(self.tar)], tag="tree-cache")
+        tarball.unpack(self.tar, root, tag="tree-cache")
         with contextlib.suppress(OSError):
             os.utime(self.tar)  # recently used: pruned last
 
@@ -254,23 +254,18 @@ class TreeCache:
             LOG.info("tree cache: identity removed: %s", ", ".join(scrubbed))
         self.directory.mkdir(parents=True, exist_ok=True)
         watch = Stopwatch()
-        partial = self.tar.with_name(f"{self.tar.name}.partial-{os.getpid()}")
         record_partial = self.record_file.with_name(
             f"{self.record_file.name}.partial-{os.getpid()}")
         record = Record(self.key, time.time(), tuple(elements), pins, tuple(scrubbed))
         try:
-            excluded = [f"--exclude={pattern}" for pattern in NOT_STORED]
-            run(["tar", "-C", str(root), *TAR_FLAGS, "--one-file-system", *excluded, "-cpf",
-                 str(partial), "."], tag="tree-cache")
             record_partial.write_text(record.to_json())
-            os.replace(partial, self.tar)
+            tarball.pack(root, self.tar, tag="tree-cache", excluded=NOT_STORED)
             os.replace(record_partial, self.record_file)
         except (DibError, OSError) as err:
             return f"not stored: {err}"
         finally:
-            for leftover in (partial, record_partial):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                record_partial.unlink()
         size = self.tar.stat().st_size
         prune(self.directory, self.budget, keep=self.key)
         return f"stored {self.short} ({size >> 20} MiB in {watch.seconds:.1f} s)"

@@ -22,6 +22,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 from dib import environment, spawn
 from dib.elements import Element
+from dib.outputs import sha256_file
 from dib.phases import Phase
 
 FORMAT = 1  # bumped when what a stored tree holds changes
@@ -39,15 +40,6 @@ PER_BUILD_ENV = frozenset({
     "DIB_TREE_CACHE_MAX", *spawn.PROXY_ENV,
 })
 KEYED_FILE_LIMIT = 16 << 20  # a setting naming a larger file is keyed by its name only
-CHUNK = 1 << 20
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _files(top: Path, skip_first: Iterable[str] = ()) -> Iterator[Tuple[str, Path]]:
@@ -67,7 +59,7 @@ def element_files(elements: Sequence[Element]) -> List[List[object]]:
     for element in elements:
         for relative, path in _files(element.path, LATER_DIRS | DOCS):
             executable = bool(path.stat().st_mode & 0o111)
-            rows.append([element.name, relative, executable, file_digest(path)])
+            rows.append([element.name, relative, executable, sha256_file(path)])
     return rows
 
 
@@ -75,7 +67,7 @@ def dib_code_digest() -> str:
     """dib's own code (how it runs hooks, chroots, installs): one digest of the package."""
     digest = hashlib.sha256()
     for relative, path in _files(Path(__file__).resolve().parent):
-        digest.update(relative.encode() + b"\0" + file_digest(path).encode() + b"\n")
+        digest.update(relative.encode() + b"\0" + sha256_file(path).encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -105,7 +97,7 @@ def _named_file_digest(value: str) -> str:
     if not stat.S_ISREG(info.st_mode) or info.st_size > KEYED_FILE_LIMIT:
         return ""
     try:
-        return file_digest(Path(value))
+        return sha256_file(Path(value))
     except OSError:
         return ""
 

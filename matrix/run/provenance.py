@@ -63,8 +63,8 @@ def tree_record(tree: DibTree) -> dict[str, Any]:
             "files": tree.file_digests([PACKAGE])}
 
 
-def _bounded(text: str) -> str:
-    return "".join(ch for ch in text if ch.isprintable())[:FIELD_LIMIT]
+def _bounded(text: str, limit: int = FIELD_LIMIT) -> str:
+    return "".join(ch for ch in text if ch.isprintable())[:limit]
 
 
 def release_url(mirror: str, suite: str) -> str:
@@ -183,12 +183,7 @@ def tree_cache_outcome(log: Path | None) -> str | None:
     except OSError:
         return None
     said = [m.decode("utf-8", "replace").strip() for m in TREE_CACHE_LINE.findall(head)]
-    return _bounded_to("; ".join(said), TREE_CACHE_LIMIT) if said else None
-
-
-def _bounded_to(text: str, limit: int) -> str:
-    text = "".join(c if c.isprintable() else " " for c in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return _bounded("; ".join(said), TREE_CACHE_LIMIT) if said else None
 
 
 def read_packages(path: Path) -> dict[str, str] | None:

@@ -77,8 +77,11 @@ def members(image: Path) -> dict[str, bytes | None]:
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory, image_cache):
-    return Builds(tmp_path_factory.mktemp("tree-cache"), image_cache)
+def builds(tmp_path_factory):
+    """With an image cache of its own: the session's shared one would get a bookworm base
+    before test_dib_build's cold build, which must find none."""
+    root = tmp_path_factory.mktemp("tree-cache")
+    return Builds(root, root / "image-cache")
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +157,10 @@ VM_ELEMENTS = ("vm", "boot-marker", "growroot", "boot-checks")
 
 @pytest.mark.slow
 @needs_qemu
-def test_two_warm_images_boot_and_each_makes_its_own_host_keys(tmp_path, image_cache):
+def test_two_warm_images_boot_and_each_makes_its_own_host_keys(tmp_path):
     """Both from one cached tree, both booted: each machine made its machine-id and ssh
     host keys at its first boot, and the keys differ."""
-    vms = Builds(tmp_path, image_cache)
+    vms = Builds(tmp_path, tmp_path / "image-cache")
     vms.build("vm-cold", "qcow2", VM_ELEMENTS)
     prints = []
     for name in ("vm-warm1", "vm-warm2"):
