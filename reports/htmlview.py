@@ -54,6 +54,8 @@ from results.model import SKIPPED_PREFIX, Artifact, Cell, ImageCheck, RunResults
 from results.names import is_run_id
 from results.weblinks import is_web_url
 
+NODE_NAME_LIMIT = 120  # characters of a swarm node's name (the node names itself)
+
 
 @dataclass(frozen=True)
 class TrendView:
@@ -178,6 +180,7 @@ class DetailView:
     last_good: LastGoodView | None = None  # a failure's last success, kept in the archive
     retry: str | None = None  # why failed attempts were tried again or not
     tree_cache: str | None = None  # what dib's installed-tree cache did (a build's)
+    node: str | None = None  # the swarm node the cell ran on
 
 
 @dataclass(frozen=True)
@@ -439,6 +442,7 @@ def detail_view(cell: Cell, inputs: ViewInputs) -> DetailView:
         last_good=inputs.last_goods.get(cell.id),
         retry=one_line(cell.retry, RETRY_NOTE_LIMIT) if cell.retry else None,
         tree_cache=_tree_cache(cell),
+        node=one_line(cell.node, NODE_NAME_LIMIT) if cell.node else None,
     )
 
 

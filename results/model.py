@@ -127,6 +127,8 @@ class Cell:
     # "rerun" | "dib-tree" | "host-image" | "snapshot" | "all"} (matrix.run.investigate).
     # Such a cell is off the grid and never counts in the gate; None for every other.
     investigation: dict[str, str] | None = None
+    # The swarm node the cell's job ran on (--engine swarm); None for local cells.
+    node: str | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -162,6 +164,8 @@ class Cell:
             del data["retry"]
         if data["investigation"] is None:  # every cell but an investigation's variants
             del data["investigation"]
+        if data["node"] is None:  # every local cell, and runs made before swarm nodes
+            del data["node"]
         if data["category"] is not None and data["category"]["ticket"] is None:
             del data["category"]["ticket"]  # only a known issue's cause has one
         if data["category"] is not None and not data["category"]["infrastructure"]:

@@ -32,6 +32,7 @@ from matrix.containers import engine, leases, swarm
 from matrix.hostgen.facts import load_facts
 from matrix.hostgen.hostimage import image_names
 from matrix.run import cleanup, progress
+from matrix.run.cluster import ClusterError
 from matrix.run.investigate import InvestigationRequest
 from matrix.run.plan import Plan, SelectionError, make_plan, preflight
 from matrix.run.runner import (
@@ -320,6 +321,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except leases.LeaseError as err:  # e.g. resuming a run that is still going
         print(f"dib-matrix: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except ClusterError as err:  # a multi-node swarm's registry or upload endpoint
+        where = f"; resume with --resume {holder[0].run_dir.path}" if holder else ""
+        print(f"dib-matrix: {err}{where}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as err:
         where = f"; finished cells are kept in {holder[0].run_dir.results_file}" if holder else ""
         cause = "out of disk space" if err.errno == errno.ENOSPC else "cannot write results"
@@ -331,6 +336,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"dib-matrix: the container engine stopped answering mid-run ({run.engine_lost}); "
               f"{pending} cells are pending. Once it is back: dib-matrix run --resume "
               f"{run.run_dir.path}", file=sys.stderr)
+        return EXIT_USAGE
+    if run.nodes_lost:
+        pending = sum(c.state is State.PENDING for c in run.results.cells)
+        print(f"dib-matrix: swarm nodes left mid-run ({'; '.join(run.nodes_lost)}); "
+              f"{pending} cells are pending. Finish them with: dib-matrix run --resume "
+              f"{run.run_dir.path} --engine swarm", file=sys.stderr)
         return EXIT_USAGE
     return reports.gate_exit_code(run.results, baseline, bump)
 

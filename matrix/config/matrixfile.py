@@ -18,6 +18,7 @@ from matrix.config.diagnostics import ConfigError, ConfigIssue, IssueCollector
 from matrix.config.globs import NameIndex, compiled, first_matches, glob_problem, match_globs
 from matrix.config.hosts import HostDefinition, load_host, load_hosts
 from matrix.config.registry import BadReference, parse_mirror, with_registry_mirror
+from matrix.config.registryname import RegistryName, parse_registry
 from matrix.config.schema import (
     Derived,
     Invalid,
@@ -132,6 +133,12 @@ class MatrixConfig:
     retention: Policy | None = None  # the run archive's bounds, applied after every run
     snapshot: SnapshotSetting = SnapshotSetting()  # live, pinned, recorded, or a service
     investigate: int = 3  # regressed cells run --investigate investigates (its budget)
+    # A multi-node swarm (run --engine swarm): cells at once on one node (None: an even
+    # share of max-parallel), where dib layers are pushed (None: a registry the run
+    # starts), and whether every node mounts the results directory at the same path.
+    max_per_node: int | None = None
+    registry: RegistryName | None = None
+    shared_results: bool = False
 
     def host(self, name: str) -> HostDefinition:
         return next(h for h in self.hosts if h.name == name)
@@ -211,6 +218,13 @@ def _registry_mirror(value: Any, reader: Any = None, path: KeyPath = ()) -> str:
     try:
         return parse_mirror(value)
     except BadReference as err:
+        raise Invalid(str(err)) from None
+
+
+def _registry(value: Any, reader: Any = None, path: KeyPath = ()) -> RegistryName:
+    try:
+        return parse_registry(value)
+    except ValueError as err:
         raise Invalid(str(err)) from None
 
 
@@ -446,6 +460,17 @@ MATRIX_KEYS: tuple[Key, ...] = (
     Key("investigate", bounded_int(0, MAX_INVESTIGATE), "with run --investigate: how many "
         "regressed voting cells to investigate (each runs again as up to five variants: same "
         "inputs, the last-good's dib tree, host image, snapshot, all of them)", 3),
+    Key("max-per-node", bounded_int(1, MAX_PARALLEL), "on a multi-node swarm (--engine "
+        "swarm): cells at once on one node", Derived(lambda values, reader: None,
+                                                     "an even share of max-parallel"),
+        option=Option.VALUE, example="N"),
+    Key("registry", _registry, "on a multi-node swarm: push each host's dib layer to this "
+        "registry (every node must pull from it) and run cells from it pinned by digest",
+        Derived(lambda values, reader: None, "a registry the run starts on the manager"),
+        option=Option.VALUE, example="HOST[:PORT][/PREFIX]"),
+    Key("shared-results", parse_bool, "on a multi-node swarm: every node mounts the results "
+        "directory at the same path, so cells write their images there instead of "
+        "uploading them to the run", False, option=Option.FLAG),
 )
 
 

@@ -119,6 +119,7 @@ class CellResult:
     timed_out: bool
     log_path: Path
     duration: float
+    node: str | None = None  # the swarm node it ran on (a swarm job's only)
 
     @property
     def ok(self) -> bool:
@@ -137,13 +138,15 @@ def ensure_volume(client: docker.DockerClient, name: str, run_id: str, host: str
     try:
         client.volumes.get(name)
     except docker.errors.NotFound:
-        if name == cache_volume_name(host):
-            # The host's image cache outlives runs (warm builds), so it carries no run
-            # label: cleaning up a run never drops it; `dib-matrix clean --caches` does.
-            labels = {LABEL_CACHE: host, LABEL_HOST: host}
-        else:  # any other volume is scratch space of this run
-            labels = {LABEL_RUN: run_id, LABEL_HOST: host}
-        client.volumes.create(name, labels=labels)
+        client.volumes.create(name, labels=volume_labels(name, run_id, host))
+
+
+def volume_labels(name: str, run_id: str, host: str) -> dict[str, str]:
+    if name == cache_volume_name(host):
+        # The host's image cache outlives runs (warm builds), so it carries no run
+        # label: cleaning up a run never drops it; `dib-matrix clean --caches` does.
+        return {LABEL_CACHE: host, LABEL_HOST: host}
+    return {LABEL_RUN: run_id, LABEL_HOST: host}  # scratch space of this run
 
 
 def cell_mounts(spec: CellSpec) -> list[Mount]:
@@ -153,7 +156,9 @@ def cell_mounts(spec: CellSpec) -> list[Mount]:
     if spec.out_dir is not None:
         mounts.append(Mount(OUT_MOUNT, str(spec.out_dir.resolve()), type="bind"))
     if spec.cache_volume is not None:
-        mounts.append(Mount(CACHE_MOUNT, spec.cache_volume, type="volume"))
+        # Labelled as ensure_volume labels it here: another swarm node makes it on first use.
+        mounts.append(Mount(CACHE_MOUNT, spec.cache_volume, type="volume",
+                            labels=volume_labels(spec.cache_volume, spec.run_id, spec.host)))
     if spec.upstream_elements is not None:
         mounts.append(Mount(UPSTREAM_ELEMENTS_MOUNT, str(spec.upstream_elements.resolve()),
                             type="bind", read_only=True))

@@ -1,12 +1,14 @@
 """Cells as Docker Swarm ``replicated-job`` services, for runs beyond one machine.
 
 The same ``CellSpec`` as a local container becomes a one-shot job: one task, no
-restarts, host networking, the same named capabilities, mounts and labels. The
-swarm places the task on any node, so every node must have the cell image (the
-dib layer: push it to a registry the nodes share) and the bind-mounted paths
-(the results directory: a shared filesystem at the same path). The task's
-output is copied live when it runs on this node, else from the service log once
-it ends; a timeout or Ctrl-C removes the service and its task's container here.
+restarts, host networking, the same named capabilities, mounts and labels. On a
+single-node swarm the task runs here with the cell's image and bind mounts. On a
+multi-node swarm the run places each job on a node itself (``matrix.containers.
+placement``), the image is a registry reference pinned by digest, and the cell's
+outputs come back through the run's upload endpoint (``matrix.run.cluster``). The
+task's output is copied live when it runs on this node, else from the service log
+once it ends; a timeout or Ctrl-C removes the service and its task's container here,
+and a cell on another node stops itself once the run revokes its upload token.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from matrix.containers.engine import (
     engine_error,
     remove_service,
 )
+from matrix.containers.placement import Node, NodeLost, node_down
 
 POLL_SECONDS = 0.5
 # A task in one of these states will not run (again): the job is over.
@@ -42,6 +45,7 @@ NOT_RUN = {"rejected", "orphaned"}
 COPY_JOIN_SECONDS = 30.0  # a stopped container's log stream ends at once; this is a bound
 TIMED_OUT_EXIT = 137  # what a local container killed at the timeout reports
 TIMESTAMP = re.compile(rb"^(\S+) ")
+NODE_CHECK_SECONDS = 5.0  # how often a running cell looks whether its node is still there
 
 
 def check_manager(client: docker.DockerClient) -> None:
@@ -55,9 +59,9 @@ def check_manager(client: docker.DockerClient) -> None:
         )
 
 
-def _task_status(service: Any) -> dict[str, Any] | None:
+def _task(service: Any) -> dict[str, Any] | None:
     tasks = service.tasks()
-    return tasks[0]["Status"] if tasks else None
+    return tasks[0] if tasks else None
 
 
 def _ordered_log(service: Any) -> bytes:
@@ -124,48 +128,27 @@ def service_name(run_id: str, cell_id: str) -> str:
     return f"{slug[:54].strip('-')}-{digest}"
 
 
-def run_cell(client: docker.DockerClient, spec: CellSpec,
+def run_cell(client: docker.DockerClient, spec: CellSpec, node: Node | None = None,
              clock: Callable[[], float] = time.monotonic) -> CellResult:
-    """Run ``spec`` as a one-task job to completion or timeout, output to ``spec.log_path``.
+    """Run ``spec`` as a one-task job to completion or timeout, output to ``spec.log_path``;
+    on ``node`` when given (then ``NodeLost`` if that node leaves before the task ends).
 
     Raises ``EngineError`` when the swarm cannot create the service or place its task.
     The service is gone when this returns or raises (KeyboardInterrupt too).
     """
     name = service_name(spec.run_id, spec.cell_id)
-    labels = cell_labels(spec)
     start = clock()
-    timed_out = False
     with cell_log(client, spec, name, remove_service) as (_, log):
         try:
-            service = client.services.create(
-                spec.image,
-                list(spec.command),
-                name=name,
-                env=[f"{key}={value}" for key, value in spec.environment.items()],
-                labels=labels,
-                container_labels=labels,
-                mounts=cell_mounts(spec),
-                networks=[spec.network.value],
-                cap_drop=["ALL"],
-                cap_add=list(spec.capabilities),
-                workdir=spec.workdir,
-                mode=ServiceMode("replicated-job", replicas=1, concurrency=1),
-                restart_policy=RestartPolicy(condition="none"),
-            )
-            output = _TaskOutput(client, service, log)
-            status = _task_status(service)
-            while status is None or status.get("State") not in ENDED:
-                output.watch(status)
-                if clock() - start > spec.timeout:
-                    timed_out = True
-                    remove_service(client, name)  # ends a live copy of its output
-                    break
-                time.sleep(POLL_SECONDS)
-                status = _task_status(service)
-            output.watch(status)
-            output.finish()
+            service = _create(client, spec, name, node)
+            task, timed_out = _follow(client, service, name, log, spec, node, start, clock)
+        except NodeLost as lost:
+            remove_service(client, name)
+            log.write(f"\ndib-matrix: {lost}: the cell has no verdict\n".encode())
+            raise
         except docker.errors.DockerException as exc:
             raise engine_error(spec, log, exc) from exc
+        ran_on = _hostname(client, task, node)
         if timed_out:
             exit_code: int | None = TIMED_OUT_EXIT
             log.write(
@@ -173,10 +156,70 @@ def run_cell(client: docker.DockerClient, spec: CellSpec,
                 .encode()
             )
         else:
-            assert status is not None
+            assert task is not None
+            status = task["Status"]
             if status["State"] in NOT_RUN or "ContainerStatus" not in status:
                 message = status.get("Err") or status.get("Message") or status["State"]
                 log.write(f"dib-matrix: swarm did not run the task: {message}\n".encode())
                 raise EngineError(f"cell {spec.cell_id}: swarm did not run the task: {message}")
             exit_code = int(status["ContainerStatus"].get("ExitCode", -1))
-    return CellResult(spec.cell_id, name, exit_code, timed_out, spec.log_path, clock() - start)
+    return CellResult(spec.cell_id, name, exit_code, timed_out, spec.log_path, clock() - start,
+                      node=ran_on)
+
+
+def _create(client: docker.DockerClient, spec: CellSpec, name: str, node: Node | None) -> Any:
+    labels = cell_labels(spec)
+    return client.services.create(
+        spec.image,
+        list(spec.command),
+        name=name,
+        env=[f"{key}={value}" for key, value in spec.environment.items()],
+        labels=labels,
+        container_labels=labels,
+        mounts=cell_mounts(spec),
+        networks=[spec.network.value],
+        cap_drop=["ALL"],
+        cap_add=list(spec.capabilities),
+        workdir=spec.workdir,
+        constraints=[f"node.id=={node.id}"] if node is not None else None,
+        mode=ServiceMode("replicated-job", replicas=1, concurrency=1),
+        restart_policy=RestartPolicy(condition="none"),
+    )
+
+
+def _follow(client: docker.DockerClient, service: Any, name: str, log: BinaryIO,
+            spec: CellSpec, node: Node | None, start: float, clock: Callable[[], float]
+            ) -> tuple[dict[str, Any] | None, bool]:
+    """Wait for the task to end (its output copied to ``log``): (the task, timed out)."""
+    output = _TaskOutput(client, service, log)
+    task = _task(service)
+    checked = start
+    while task is None or task["Status"].get("State") not in ENDED:
+        output.watch(task and task["Status"])
+        if clock() - start > spec.timeout:
+            remove_service(client, name)  # ends a live copy of its output
+            return task, True
+        if node is not None and clock() - checked > NODE_CHECK_SECONDS:
+            checked = clock()
+            why = node_down(client, node.id)
+            if why is not None:
+                raise NodeLost(node.hostname, why)
+        time.sleep(POLL_SECONDS)
+        task = _task(service)
+    output.watch(task["Status"])
+    output.finish()
+    return task, False
+
+
+def _hostname(client: docker.DockerClient, task: dict[str, Any] | None,
+              node: Node | None) -> str | None:
+    """The name of the node the task ran on."""
+    if node is not None:
+        return node.hostname
+    node_id = (task or {}).get("NodeID")
+    if not node_id:
+        return None
+    try:
+        return client.nodes.get(node_id).attrs["Description"]["Hostname"]
+    except (docker.errors.DockerException, KeyError):
+        return node_id[:12]

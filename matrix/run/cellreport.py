@@ -31,6 +31,7 @@ class CellReport:
     hint: str | None = None  # a catalogue id the cell knows applies (timeout, engine error)
     record: Mapping[str, Any] | None = None  # dib's own failure record
     free_bytes: Mapping[str, int | None] = field(default_factory=dict)
+    node: str | None = None  # the swarm node it ran on
     # Set by the scheduler:
     attempts: int = 1
     started: str | None = None

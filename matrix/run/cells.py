@@ -34,11 +34,14 @@ from dib.boottest import (
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
 from matrix.config.hosts import BUNDLED_HOSTS_DIR
+from matrix.config.registryname import RegistryError
 from matrix.containers import engine
+from matrix.containers.placement import NodeLost
 from matrix.hostgen.build import build_host
 from matrix.hostgen.diblayer import DibLayerError
 from matrix.run.cellreport import CellReport
 from matrix.run.context import RunContext
+from matrix.run.incontainer.upload_results import UPLOAD_FAILED_EXIT
 from matrix.run.plan import PlannedCell, preflight
 from matrix.run.reuse import Reusable, link_or_copy
 from matrix.verdict.verify import Deadline, expectation_for, summary, verify_images
@@ -69,6 +72,8 @@ class CellRunner:
             if cell.kind is CellKind.BOOT:
                 return self._boot(cell, log)
             return self._in_container(cell, log)
+        except NodeLost as lost:  # no verdict: a resumed run runs the cell again
+            return CellReport(State.PENDING, (str(lost),), reason=str(lost), log=log)
         except (engine.EngineError, docker.errors.DockerException) as err:
             return _engine_error(log, str(err))
         except requests.exceptions.ConnectionError as err:  # the engine's socket went away
@@ -122,12 +127,19 @@ class CellRunner:
             forget_failure_record(self.ctx, cell)
         # One budget for the cell: its container, then the checks of its images.
         budget = Deadline.after(spec.timeout)
-        result = self.ctx.run_cell(self.ctx.client, spec)
+        try:
+            result = self.ctx.run_cell(self.ctx.client, self.on_nodes(cell, spec, log))
+        except RegistryError as err:
+            return _engine_error(log, str(err))
         # The reproducer leaves out this run's loopback package cache: it is gone by then.
         by_hand = dataclasses.replace(spec, environment={
             k: v for k, v in spec.environment.items()
             if k not in self.ctx.settings.proxy_env(cell.id)})
-        report = CellReport(State.SUCCESS, log=log, reproducer=reproducer(by_hand), key=key)
+        report = CellReport(State.SUCCESS, log=log, reproducer=reproducer(by_hand), key=key,
+                            node=result.node)
+        if result.exit_code == UPLOAD_FAILED_EXIT and self.ctx.cluster is not None:
+            return _engine_error(log, "the cell's outputs did not reach the run (upload "
+                                 "failed; its log says why)").replace(node=result.node)
         if self.ctx.stop.is_set() and not result.ok:
             return report.replace(state=State.SKIPPED, reason="cancelled")
         if result.timed_out:
@@ -158,6 +170,16 @@ class CellRunner:
                           key=key, reused=True, artifacts=tuple(old.artifacts),
                           checks=tuple(old.checks), reproducer=old.reproducer,
                           category=old.category, verdict=old.evidence)
+
+    def on_nodes(self, cell: PlannedCell, spec: engine.CellSpec, log: Path) -> engine.CellSpec:
+        """``spec`` for a multi-node swarm: the image pushed and pinned, the outputs sent
+        back (unchanged for one machine)."""
+        cluster = self.ctx.cluster
+        if cluster is None:
+            return spec
+        with log.open("ab") as stream:
+            image = cluster.layer(self.ctx.client, cell.host.name, spec.image, stream)
+        return cluster.for_nodes(dataclasses.replace(spec, image=image))
 
     def spec(self, cell: PlannedCell) -> engine.CellSpec:
         env = dict(cell.env)

@@ -22,6 +22,7 @@ from matrix.config.matrixfile import MatrixConfig
 from matrix.containers import engine
 from matrix.hostgen.diblayer import LayerBaker
 from matrix.hostgen.facts import HostFacts
+from matrix.run.cluster import Cluster
 from matrix.run.plan import PlannedCell
 from matrix.run.reuse import KeyMaker, Reusable
 from results.archive import RunDir
@@ -127,8 +128,10 @@ class RunContext:
     keys: KeyMaker | None = None
     reusable: Mapping[str, Reusable] | None = None  # earlier cells by key, with --reuse
     layers: LayerBaker | None = None  # None: bind-mount the dib tree into cells (--dib-mount)
-    # How a cell's container runs: engine.run_cell (local) or swarm.run_cell (a job).
+    # How a cell's container runs: engine.run_cell (local), swarm.run_cell (a job), or
+    # a multi-node swarm's Cluster.launch (on a node it picks).
     run_cell: CellLauncher = engine.run_cell
+    cluster: Cluster | None = None  # a swarm of more than one node
 
     def image_id(self, host: str) -> str:
         return self.hosts.image_id(host, self.client)

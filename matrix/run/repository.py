@@ -30,6 +30,7 @@ from results.archive import RunDir
 from results.model import CellKind, RunResults
 
 LOG = logging.getLogger("dib-matrix")
+LOOPBACK = "127.0.0.1"  # where the view listens unless the cells run on other machines
 
 INDEX_READER = "dib-matrix: the run's record"  # the view's label for complete_indices
 INDEX_FORMS = (".xz", ".gz", "")  # the first the Release lists is read
@@ -83,15 +84,17 @@ class RepositoryStage:
 
     @classmethod
     def start(cls, setting: SnapshotSetting, store: Store, snapshot: Snapshot | None,
-              upstream_proxy: str | None, log_path: Path, stack: contextlib.ExitStack
-              ) -> RepositoryStage:
-        """The view, running until ``stack`` closes. A view that cannot start leaves a
-        live run to the package cache alone (said once); a pinned run cannot go on."""
+              upstream_proxy: str | None, log_path: Path, stack: contextlib.ExitStack,
+              bind: str = LOOPBACK) -> RepositoryStage:
+        """The view on ``bind``, running until ``stack`` closes. A view that cannot start
+        leaves a live run to the package cache alone (said once); a pinned run cannot go
+        on."""
         stage = cls(setting, store, snapshot=snapshot)
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             stage.view = stack.enter_context(RepositoryView.start(
-                store, upstream_proxy=upstream_proxy, snapshot=snapshot, log_path=log_path))
+                store, upstream_proxy=upstream_proxy, snapshot=snapshot, log_path=log_path,
+                bind=bind))
         except (OSError, ViewError) as err:
             if snapshot is not None:
                 raise

@@ -23,7 +23,9 @@ from dib.mirror import MirrorNotFound, find_mirror, find_security_mirror
 from matrix.config import upstreamdib
 from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import OVERRIDES, MatrixConfig
+from matrix.config.registryname import RegistryError
 from matrix.containers import engine, leases, swarm
+from matrix.containers.upload import UploadError
 from matrix.hostgen.build import recorded_base
 from matrix.hostgen.diblayer import LayerBaker
 from matrix.hostgen.hostimage import host_objects, image_names
@@ -32,13 +34,14 @@ from matrix.run import provenance
 from matrix.run.archiving import archive_run
 from matrix.run.cellreport import CellReport
 from matrix.run.cells import CellRunner
+from matrix.run.cluster import Cluster, ClusterError
 from matrix.run.context import HostRecords, RunContext, RunSettings
 from matrix.run.estimates import past_durations
 from matrix.run.investigate import InvestigationRequest, Services, investigate_run
 from matrix.run.lastgoodimages import keep_host_images
 from matrix.run.plan import Plan, PlannedCell
 from matrix.run.progress import RunObserver, observed
-from matrix.run.repository import RepositoryStage, suites_to_pin
+from matrix.run.repository import LOOPBACK, RepositoryStage, suites_to_pin
 from matrix.run.retry import RetryPolicy
 from matrix.run.reuse import KeyMaker, Reusable, index_previous
 from matrix.run.scheduler import Scheduler
@@ -132,6 +135,8 @@ class MatrixRun:
         self.save_lock = threading.Lock()
         self.stop = threading.Event()
         self.engine_lost: str | None = None  # why, once the engine stopped answering
+        self.nodes_lost: list[str] = []  # swarm nodes that left mid-run, and why
+        self._lost_lock = threading.Lock()
         self.recorder: provenance.Recorder | None = None  # what each cell depended on
 
     def _initial_results(self) -> RunResults:
@@ -169,6 +174,14 @@ class MatrixRun:
 
     def unfinished(self) -> list[Cell]:
         return [c for c in self.results.cells if c.id not in self.done_states()]
+
+    def lose_node(self, why: str) -> None:
+        """A swarm node left: its cells stay pending, the others go on."""
+        with self._lost_lock:
+            if why not in self.nodes_lost:
+                self.nodes_lost.append(why)
+                self.results.engine.setdefault("nodes_lost", []).append(f"{now()}: {why}")
+                LOG.error("%s: its cells stay pending (finish them with --resume)", why)
 
     def lose_engine(self, why: str) -> None:
         """The engine stopped answering: no cell can run, none gets a verdict from it."""
@@ -240,6 +253,7 @@ class MatrixRun:
         cell.reproducer = report.reproducer
         cell.key = report.key
         cell.reused = report.reused
+        cell.node = report.node
         cell.artifacts = list(report.artifacts)
         cell.checks = list(report.checks)
         cell.category = report.category
@@ -304,6 +318,7 @@ class Execution:
     hosts: HostRecords = field(default_factory=HostRecords)
     upstream_failures: dict[str, str] = field(default_factory=dict)  # version -> its line
     repository: RepositoryStage | None = None  # the run's repository view, once started
+    cluster: Cluster | None = None  # a multi-node swarm's services, once started
     scheduler: Scheduler | None = None  # once the cells are scheduled
 
     @classmethod
@@ -341,6 +356,7 @@ class Execution:
             trees, self.upstream_failures = prepare_upstream(versions, self.request.upstream_cache)
             security_mirror = find_security_mirror()
         package_cache = _start_package_cache(self.request.package_cache, stack)
+        self.cluster = self._cluster(stack)
         self.repository = self._repository(package_cache, stack)
         ctx = self._context(trees, security_mirror, package_cache)
         self.run.recorder = provenance.start(ctx, self.request.plan, self.run.results,
@@ -358,7 +374,25 @@ class Execution:
         return RepositoryStage.start(
             request.config.snapshot, snapshot_store.Store(request.snapshot_store),
             request.snapshot, package_cache.proxy_url if package_cache else None,
-            self.run.run_dir.path / "logs" / "repository.log", stack)
+            self.run.run_dir.path / "logs" / "repository.log", stack,
+            bind=self.cluster.address if self.cluster else LOOPBACK)
+
+    def _cluster(self, stack: contextlib.ExitStack) -> Cluster | None:
+        """A multi-node swarm's registry, upload endpoint and node pool (None otherwise)."""
+        if not self.request.swarm:
+            return None
+        config = self.request.config
+        try:
+            cluster = Cluster.start(
+                self.client, max_parallel=config.max_parallel, max_per_node=config.max_per_node,
+                registry=config.registry, shared_results=config.shared_results,
+                work=self.run.run_dir.path / "logs" / "registry", stop=self.run.stop,
+                stack=stack)
+        except (RegistryError, UploadError, engine.EngineError) as err:
+            raise ClusterError(f"the swarm's services did not start: {err}") from err
+        if cluster is not None:
+            self.run.results.engine["nodes"] = [n.hostname for n in cluster.pool.nodes]
+        return cluster
 
     def record_repository(self) -> None:
         """The repository state the run's cells saw: results.json's block, the run's
@@ -401,7 +435,9 @@ class Execution:
                           repository=repository.key_part() if repository else "live"),
             reusable=self.reusable,
             layers=None if request.dib_mount else LayerBaker(request.dib_tree, lease=self.lease),
-            run_cell=swarm.run_cell if request.swarm else engine.run_cell)
+            run_cell=(self.cluster.launch if self.cluster else
+                      swarm.run_cell if request.swarm else engine.run_cell),
+            cluster=self.cluster)
 
     def schedule(self, cells: CellRunner) -> None:
         config = self.request.config
@@ -431,6 +467,9 @@ class Execution:
         if cell.kind is CellKind.BUILD and version in self.upstream_failures:
             return self._fail_without_upstream(cells, cell, self.upstream_failures[version])
         report = cells.execute(cell, attempt)
+        if report.state is State.PENDING:  # its swarm node left: no verdict
+            self.run.lose_node(report.reason or "a swarm node left")
+            return report
         if report.state is State.ERROR and not _engine_answers(self.client):
             self.run.lose_engine(report.evidence[0] if report.evidence else "no answer")
             return report  # the scheduler, stopped, records it as pending
@@ -461,6 +500,8 @@ class Execution:
 
     def stop_everything(self) -> None:
         """Fail-fast: the cells still running stop."""
+        if self.cluster is not None:  # cells on other nodes stop at their token's end
+            self.cluster.stop_cells(self.client, self.run.results.run_id)
         _remove_run_objects(self.client, self.run.results.run_id)
         spawn.stop_all()  # a hostgen's debootstrap, the package cache
 

@@ -51,9 +51,14 @@ class Scheduler:
     def _blocked_by(self, cell: PlannedCell) -> str | None:
         for need in cell.needs:
             state = self.state.get(need)
-            if state is not None and state is not State.SUCCESS:
+            if state is not None and state not in (State.SUCCESS, State.PENDING):
                 return need
         return None
+
+    def _waits_on(self, cell: PlannedCell) -> str | None:
+        """A prerequisite left without a verdict (its node left): the cell waits for a
+        resumed run, as that prerequisite does."""
+        return next((n for n in cell.needs if self.state.get(n) is State.PENDING), None)
 
     def _ready(self, cell: PlannedCell) -> bool:
         return all(self.state.get(need) is not None for need in cell.needs)
@@ -143,6 +148,8 @@ class Scheduler:
                 outcome = CellReport(State.SKIPPED, (f"prerequisite failed: {blocker}",),
                                      reason=f"{blocker} did not succeed", attempts=0,
                                      hint="missing-dependency")
+            elif (waited := self._waits_on(cell)) is not None:
+                outcome = CellReport(State.PENDING, reason=f"{waited} is pending", attempts=0)
             else:
                 continue
             pending.remove(cell)

@@ -174,8 +174,9 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
             status = self._fail(Answer(500, "Internal Server Error",
                                        f"repository view error: {type(err).__name__}"))
         finally:
-            view.log(repr(label), self.command, printable(self.path, 400), status, self.sent,
-                     source)
+            # The client's address names the swarm node a cell ran on.
+            view.log(repr(label), self.client_address[0], self.command,
+                     printable(self.path, 400), status, self.sent, source)
 
     def _fail(self, answer: Answer) -> str:
         """Send ``answer``, or cut the connection if an answer began already."""

@@ -58,7 +58,7 @@ def _build_cell(tmp_path, monkeypatch, checks, seconds=CONTAINER_SECONDS):
         settings=SimpleNamespace(run_dir=tmp_path, extra_env={},
                                  config=SimpleNamespace(timeout=CELL_TIMEOUT)),
         hosts=SimpleNamespace(facts=lambda host: None), keys=None, reusable=None,
-        layers=None, client=None, stop=threading.Event(), run_cell=container,
+        layers=None, cluster=None, client=None, stop=threading.Event(), run_cell=container,
         log_path=lambda cell: log, images_dir=lambda host: images,
         elements_dirs=lambda cell: [])
     runner = CellRunner(ctx)

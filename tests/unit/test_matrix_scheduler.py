@@ -186,3 +186,16 @@ def test_long_cells_start_first_by_their_last_durations():
     assert started[:4] == ["a.hostgen", "b.hostgen", "a.vm", "b.vm"]
     assert started[4:6] == ["a.vm:boot", "b.vm:boot"]
     assert started[6:] == ["a.tox", "b.tox", "a.small", "b.small"]
+
+
+def test_a_cell_left_pending_keeps_its_dependents_pending_not_skipped():
+    fake = FakeHost("a")
+    plan = [PlannedCell(fake, "hostgen", CellKind.HOSTGEN),
+            PlannedCell(fake, "vm", CellKind.BUILD, ("a.hostgen",)),
+            PlannedCell(fake, "vm-boot", CellKind.BOOT, ("a.hostgen", "a.vm")),
+            PlannedCell(fake, "t2", CellKind.BUILD, ("a.hostgen",))]
+    done = run(plan, {"a.vm": State.PENDING})  # its swarm node left: no verdict
+    assert done["a.vm"].state is State.PENDING
+    assert done["a.vm-boot"].state is State.PENDING
+    assert done["a.vm-boot"].reason == "a.vm is pending" and not done["a.vm-boot"].evidence
+    assert done["a.t2"].state is State.SUCCESS

@@ -7,6 +7,7 @@ import pytest
 
 from matrix.containers import engine, swarm
 from matrix.containers.engine import LABEL_RUN, CellSpec, EngineError
+from matrix.containers.placement import Node, NodeLost
 
 
 class FakeService:
@@ -208,3 +209,53 @@ def test_output_of_a_task_on_another_node_comes_from_the_service_log(tmp_path):
     result = swarm.run_cell(FakeSwarm(service, here={}), spec(tmp_path))
     assert result.exit_code == 4
     assert result.log_path.read_text().endswith("far away\n")
+
+
+class FakeNodes:
+    def __init__(self, states):
+        self.states = list(states)  # one node state per look; the last one repeats
+
+    def get(self, node_id):
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        if state is None:
+            raise docker.errors.NotFound("node removed")
+
+        class Found:
+            attrs = {"ID": node_id, "Status": {"State": state},
+                     "Description": {"Hostname": "worker-2"}}
+        return Found()
+
+
+WORKER = Node(id="n2", hostname="worker-2", address="10.0.0.2", manager=False, arch="x86_64")
+
+
+def test_a_placed_job_is_constrained_to_its_node_and_records_it(tmp_path):
+    client = FakeSwarm(FakeService([{"State": "running"}, done(0)], []))
+    client.nodes = FakeNodes(["ready"])
+    result = swarm.run_cell(client, spec(tmp_path), WORKER)
+    assert client.created["constraints"] == ["node.id==n2"]
+    assert result.ok and result.node == "worker-2"
+
+
+def test_an_unplaced_job_records_the_node_the_swarm_chose(tmp_path):
+    task_done = done(0)
+    service = FakeService([task_done], [])
+    service.tasks = lambda: [{"Status": task_done, "NodeID": "n2"}]
+    client = FakeSwarm(service)
+    client.nodes = FakeNodes(["ready"])
+    result = swarm.run_cell(client, spec(tmp_path))
+    assert "constraints" not in client.created or client.created["constraints"] is None
+    assert result.node == "worker-2"
+
+
+@pytest.mark.parametrize("node_state", ["down", "disconnected", None])
+def test_a_node_that_leaves_mid_job_loses_the_cell_and_leaves_nothing(tmp_path, node_state):
+    ticks = iter(range(0, 1000, 3))
+    client = FakeSwarm(FakeService([{"State": "running"}], []))
+    client.nodes = FakeNodes(["ready", node_state])
+    with pytest.raises(NodeLost, match="worker-2 left") as lost:
+        swarm.run_cell(client, spec(tmp_path, timeout=600.0), WORKER,
+                       clock=lambda: next(ticks))
+    assert lost.value.hostname == "worker-2"
+    assert NAME in client.removed
+    assert "no verdict" in (tmp_path / "logs" / "t.log").read_text()

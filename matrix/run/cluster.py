@@ -1,0 +1,163 @@
+"""What a run needs when its swarm has more than one node.
+
+On one machine a cell's container sees the run directory and the dib layer the run
+baked. On a swarm of several machines neither is true, so the run, once it sees
+more than one usable node:
+
+- pushes each host's dib layer to a registry (the one the matrix names, or Debian's
+  ``docker-registry`` it starts on the manager's swarm address) and gives the cells
+  that reference pinned by digest;
+- serves an upload endpoint on the same address: a build cell writes its outputs
+  inside its container and sends them back (``matrix/run/incontainer/
+  upload_results.py``), checksums verified on arrival; with ``shared-results`` the
+  run directory is declared mounted at the same path on every node and bound as on
+  one machine;
+- places every cell on a node itself (``matrix.containers.placement``), at most
+  ``max-per-node`` at once per node; a node that leaves leaves its cells pending.
+
+The repository view listens on that address too (``matrix.run.runner``), so the
+package cache serves every node. A single-node swarm gets none of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import docker
+
+from matrix.config.registryname import RegistryName
+from matrix.containers import engine, swarm
+from matrix.containers.placement import NodeLost, NodePool, per_node_default, swarm_nodes
+from matrix.containers.registry import RunRegistry
+from matrix.containers.registrypush import push_pinned
+from matrix.containers.upload import ResultsEndpoint
+from matrix.run.incontainer import upload_results
+
+LOG = logging.getLogger("dib-matrix")
+DEFAULT_REGISTRY_DIR = Path.home() / ".cache" / "dib-matrix" / "registry"
+UPLOADER = f"{engine.DIB_MOUNT}/matrix/run/incontainer/upload_results.py"
+LAYER_REPOSITORY = "dib-matrix/dib-{host}"
+# A cell's wrapper looks at its token every few seconds and stops its command (terminate,
+# then kill) when it is revoked: this is how long a stopping run waits for that.
+STOP_GRACE_SECONDS = 30.0
+
+
+class ClusterError(engine.EngineError):
+    """The services a multi-node run needs (registry, upload endpoint) did not start."""
+
+
+def swarm_address(client: docker.DockerClient) -> str:
+    """The manager's address on the swarm: where the other nodes reach it."""
+    address = (client.info().get("Swarm") or {}).get("NodeAddr")
+    if not address:
+        raise engine.EngineError("the swarm manager has no node address")
+    return address
+
+
+@dataclasses.dataclass
+class Cluster:
+    """The services a multi-node run adds; ``launch`` runs one cell on a node."""
+
+    pool: NodePool
+    address: str
+    registry: RegistryName
+    endpoint: ResultsEndpoint | None  # None: the results directory is shared
+    stop: threading.Event
+    pinned: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> pinned
+    _push_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @classmethod
+    def start(cls, client: docker.DockerClient, *, max_parallel: int, max_per_node: int | None,
+              registry: RegistryName | None, shared_results: bool, work: Path,
+              stop: threading.Event, stack: contextlib.ExitStack,
+              registry_dir: Path = DEFAULT_REGISTRY_DIR) -> Cluster | None:
+        """The run's cluster services until ``stack`` closes; None for a single node."""
+        nodes = swarm_nodes(client)
+        if len(nodes) < 2:
+            return None
+        address = swarm_address(client)
+        own = [n for n in nodes if n.arch == next((m.arch for m in nodes if m.manager), n.arch)]
+        for other in sorted(set(nodes) - set(own), key=lambda n: n.hostname):
+            LOG.warning("swarm node %s (%s) is left out: host images are built for the "
+                        "manager's architecture", other.hostname, other.arch)
+        pool = NodePool(own, max_per_node or per_node_default(max_parallel, len(own)))
+        if registry is None:
+            work.mkdir(parents=True, exist_ok=True)
+            started = stack.enter_context(RunRegistry.start(
+                address, registry_dir / "storage", work, registry_dir / "ca"))
+            registry = started.name
+        endpoint = None if shared_results else stack.enter_context(
+            ResultsEndpoint.start(address))
+        LOG.info("swarm of %d nodes (%s), at most %d cells on each; dib layers through %s; "
+                 "results %s", len(own), ", ".join(n.hostname for n in own), pool.per_node,
+                 registry.host, f"uploaded to {endpoint.url}" if endpoint else
+                 "on a shared filesystem")
+        return cls(pool, address, registry, endpoint, stop)
+
+    def layer(self, client: docker.DockerClient, host: str, local_ref: str,
+              log: BinaryIO) -> str:
+        """``local_ref`` pushed (once per run) and pinned by digest."""
+        with self._push_lock:
+            if local_ref not in self.pinned:
+                log.write(f"# dib-matrix: pushing {local_ref} to {self.registry.host}\n"
+                          .encode())
+                self.pinned[local_ref] = push_pinned(client, local_ref, self.registry,
+                                                     LAYER_REPOSITORY.format(host=host), log)
+                log.write(f"# dib-matrix: cells use {self.pinned[local_ref]}\n".encode())
+            return self.pinned[local_ref]
+
+    def for_nodes(self, spec: engine.CellSpec) -> engine.CellSpec:
+        """``spec`` as a job any node can run: outputs uploaded instead of bound (unless
+        shared), and the run's stop reaching it through its token (every cell is wrapped)."""
+        if self.endpoint is None:
+            return spec
+        token = self.endpoint.expect(spec.cell_id, spec.out_dir)  # None: nothing to upload
+        wrapper = ("python3", UPLOADER, *(("--dir", engine.OUT_MOUNT) if spec.out_dir else ()),
+                   "--")
+        return dataclasses.replace(
+            spec, out_dir=None, command=(*wrapper, *spec.command),
+            environment={**spec.environment, upload_results.URL_ENV: self.endpoint.url,
+                         upload_results.TOKEN_ENV: token})
+
+    def launch(self, client: docker.DockerClient, spec: engine.CellSpec) -> engine.CellResult:
+        """Run ``spec`` on the least busy node; the manager for a cell that binds this
+        machine's paths (``--dib-mount``, diskimage-builder's element trees)."""
+        local_only = spec.dib_tree is not None or spec.upstream_elements is not None
+        node = self.pool.acquire(self.stop, manager_only=local_only)
+        token = spec.environment.get(upload_results.TOKEN_ENV)
+        try:
+            return swarm.run_cell(client, spec, node)
+        except NodeLost as lost:
+            self.pool.lose(node, str(lost))
+            raise
+        finally:
+            self.pool.release(node)
+            if token is not None and self.endpoint is not None:
+                self.endpoint.revoke(token)
+
+    def stop_cells(self, client: docker.DockerClient, run_id: str,
+                   grace: float = STOP_GRACE_SECONDS) -> None:
+        """Ctrl-C, fail-fast: every cell's token revoked, so a cell on another node stops
+        itself at its next look (removing a job's service does not stop its task there
+        before Moby 24); then a bounded wait for their tasks to end."""
+        if self.endpoint is not None:
+            self.endpoint.revoke_all()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _running_tasks(client, run_id):
+            time.sleep(1.0)
+
+
+def _running_tasks(client: docker.DockerClient, run_id: str) -> int:
+    """Tasks of the run's services that have not ended yet."""
+    try:
+        services = client.services.list(filters={"label": f"{engine.LABEL_RUN}={run_id}"})
+        return sum(1 for s in services for t in s.tasks()
+                   if t["Status"].get("State") not in swarm.ENDED)
+    except docker.errors.DockerException:
+        return 0
