@@ -64,7 +64,7 @@ def _task(service: Any) -> dict[str, Any] | None:
     return tasks[0] if tasks else None
 
 
-def _ordered_log(service: Any) -> bytes:
+def ordered_log(service: Any) -> bytes:
     """The service log with stdout and stderr merged in time order, timestamps dropped."""
     raw = b"".join(service.logs(stdout=True, stderr=True, timestamps=True, follow=False))
     stamped = []
@@ -113,7 +113,7 @@ class _TaskOutput:
         if self.copier is not None:
             self.copier.join(COPY_JOIN_SECONDS)
         else:
-            self.log.write(_ordered_log(self.service))
+            self.log.write(ordered_log(self.service))
             self.log.flush()
 
 

@@ -24,16 +24,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 from typing import BinaryIO
 
 import docker
+from docker.types import Mount, RestartPolicy, ServiceMode
 
 from matrix.config.registryname import RegistryName
 from matrix.containers import engine, swarm
-from matrix.containers.placement import NodeLost, NodePool, per_node_default, swarm_nodes
+from matrix.containers.placement import (
+    Node,
+    NodeLost,
+    NodePool,
+    per_node_default,
+    swarm_nodes,
+)
 from matrix.containers.registry import RunRegistry
 from matrix.containers.registrypush import push_pinned
 from matrix.containers.upload import ResultsEndpoint
@@ -46,6 +54,11 @@ LAYER_REPOSITORY = "dib-matrix/dib-{host}"
 # A cell's wrapper looks at its token every few seconds and stops its command (terminate,
 # then kill) when it is revoked: this is how long a stopping run waits for that.
 STOP_GRACE_SECONDS = 30.0
+REAPER = f"{engine.DIB_MOUNT}/matrix/run/incontainer/reap_containers.py"
+REAPED_ITSELF_EXIT = 137  # a clean-up job's task ends killed by its own removal
+REAP_LINES = 200  # of a clean-up job's output in the run log
+REAP_SECONDS = 60.0  # for every node's clean-up job at the end of a run
+ENGINE_SOCKET = "/var/run/docker.sock"  # a node's engine, where its clean-up job asks it
 
 
 class ClusterError(engine.EngineError):
@@ -70,12 +83,13 @@ class Cluster:
     endpoint: ResultsEndpoint | None  # None: the results directory is shared
     stop: threading.Event
     pinned: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> pinned
+    images: dict[str, str] = dataclasses.field(default_factory=dict)  # node id -> an image
     _push_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @classmethod
-    def start(cls, client: docker.DockerClient, *, max_parallel: int, max_per_node: int | None,
-              registry: RegistryName | None, shared_results: bool, work: Path,
-              stop: threading.Event, stack: contextlib.ExitStack,
+    def start(cls, client: docker.DockerClient, *, run_id: str, max_parallel: int,
+              max_per_node: int | None, registry: RegistryName | None, shared_results: bool,
+              work: Path, stop: threading.Event, stack: contextlib.ExitStack,
               registry_dir: Path = DEFAULT_REGISTRY_DIR) -> Cluster | None:
         """The run's cluster services until ``stack`` closes; None for a single node."""
         nodes = swarm_nodes(client)
@@ -98,7 +112,9 @@ class Cluster:
                  "results %s", len(own), ", ".join(n.hostname for n in own), pool.per_node,
                  registry.host, f"uploaded to {endpoint.url}" if endpoint else
                  "on a shared filesystem")
-        return cls(pool, address, registry, endpoint, stop)
+        cluster = cls(pool, address, registry, endpoint, stop)
+        stack.callback(cluster.reap, client, run_id)  # before the registry stops
+        return cluster
 
     def layer(self, client: docker.DockerClient, host: str, local_ref: str,
               log: BinaryIO) -> str:
@@ -130,6 +146,7 @@ class Cluster:
         machine's paths (``--dib-mount``, diskimage-builder's element trees)."""
         local_only = spec.dib_tree is not None or spec.upstream_elements is not None
         node = self.pool.acquire(self.stop, manager_only=local_only)
+        self.images.setdefault(node.id, spec.image)  # what reap runs there
         token = spec.environment.get(upload_results.TOKEN_ENV)
         try:
             return swarm.run_cell(client, spec, node)
@@ -151,6 +168,76 @@ class Cluster:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _running_tasks(client, run_id):
             time.sleep(1.0)
+
+
+    def reap(self, client: docker.DockerClient, run_id: str,
+             timeout: float = REAP_SECONDS) -> None:
+        """The run's containers removed from every other node its cells ran on (Moby
+        before 24 leaves a removed job's containers there): one job per node, from the
+        image its cells used, with that node's engine socket bound in. The manager's
+        own are removed by the service removal."""
+        jobs = []
+        for node in self.pool.nodes:
+            if node.manager or node.id in self.pool.lost or node.id not in self.images:
+                continue
+            spec = engine.CellSpec(
+                run_id=run_id, cell_id=f"reap-{node.hostname}", host="reap",
+                image=self.images[node.id], timeout=timeout, log_path=Path(os.devnull),
+                command=("python3", REAPER, "--run", run_id), capabilities=())
+            try:
+                jobs.append(_start_reaper(client, spec, node))
+            except docker.errors.DockerException as err:
+                LOG.warning("containers of the run may be left on %s: %s", node.hostname, err)
+        deadline = time.monotonic() + timeout
+        for name, node in jobs:
+            while time.monotonic() < deadline and not _ended(client, name):
+                time.sleep(1.0)
+            if not _ended(client, name):
+                LOG.warning("containers of the run may be left on %s: its clean-up job did "
+                            "not end within %.0f s", node.hostname, timeout)
+            _say_what_reap_did(client, name, node)
+            engine.remove_service(client, name)
+
+
+def _start_reaper(client: docker.DockerClient, spec: engine.CellSpec, node: Node
+                  ) -> tuple[str, Node]:
+    name = swarm.service_name(spec.run_id, spec.cell_id)
+    labels = engine.cell_labels(spec)
+    client.services.create(
+        spec.image, list(spec.command), name=name, labels=labels, container_labels=labels,
+        mounts=[Mount(ENGINE_SOCKET, ENGINE_SOCKET, type="bind")],
+        networks=["host"], cap_drop=["ALL"], constraints=[f"node.id=={node.id}"],
+        mode=ServiceMode("replicated-job", replicas=1, concurrency=1),
+        restart_policy=RestartPolicy(condition="none"))
+    return name, node
+
+
+def _say_what_reap_did(client: docker.DockerClient, name: str, node: Node) -> None:
+    """The clean-up job's own lines in the run log (bounded), and why its task ended."""
+    try:
+        service = client.services.get(name)
+        said = swarm.ordered_log(service).decode("utf-8", "replace").splitlines()
+        tasks = service.tasks()
+    except docker.errors.DockerException as err:
+        LOG.warning("clean-up on %s: %s", node.hostname, err)
+        return
+    for line in said[:REAP_LINES]:
+        LOG.info("clean-up on %s: %s", node.hostname, line.encode("unicode_escape")
+                 .decode("ascii")[:300])
+    for task in tasks:
+        status = task["Status"]
+        exit_code = (status.get("ContainerStatus") or {}).get("ExitCode")
+        # 137: it removed its own container last, as it should (its lines went with it).
+        if status.get("Err") and exit_code != REAPED_ITSELF_EXIT:
+            LOG.warning("clean-up on %s: %s", node.hostname, status["Err"][:300])
+
+
+def _ended(client: docker.DockerClient, name: str) -> bool:
+    try:
+        tasks = client.services.get(name).tasks()
+    except docker.errors.NotFound:
+        return True
+    return bool(tasks) and all(t["Status"].get("State") in swarm.ENDED for t in tasks)
 
 
 def _running_tasks(client: docker.DockerClient, run_id: str) -> int:

@@ -384,7 +384,8 @@ class Execution:
         config = self.request.config
         try:
             cluster = Cluster.start(
-                self.client, max_parallel=config.max_parallel, max_per_node=config.max_per_node,
+                self.client, run_id=self.run.results.run_id, max_parallel=config.max_parallel,
+                max_per_node=config.max_per_node,
                 registry=config.registry, shared_results=config.shared_results,
                 work=self.run.run_dir.path / "logs" / "registry", stop=self.run.stop,
                 stack=stack)

@@ -97,6 +97,8 @@ PROGRAMS = (Path("/bin/sleep"),)  # a test job that waits without burning a core
 SHELL_IMAGE = "dib-matrix-test/swarmnodes-shell"
 
 
+NODE_ENGINE_SOCKET = "/var/run/docker.sock"  # inside a worker: its own /run
+
 class SwarmNodesError(Exception):
     """The swarm cannot be made (or unmade) here; the message says why and what to do."""
 
@@ -484,8 +486,11 @@ class _Daemon:
 
 def _dockerd_argv(data_root: Path, exec_root: Path, pidfile: Path, socket: Path,
                   manager_address: str) -> list[str]:
+    # Two sockets: one the tests reach from here, and the usual path inside the worker's
+    # own /run, where a job on that node finds its engine (the run's clean-up job does).
     return ["dockerd", "--data-root", str(data_root), "--exec-root", str(exec_root),
             "--pidfile", str(pidfile), "-H", f"unix://{socket}",
+            "-H", f"unix://{NODE_ENGINE_SOCKET}",
             "--insecure-registry", f"{manager_address}/32"]
 
 

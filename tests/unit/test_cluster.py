@@ -127,6 +127,6 @@ def test_a_stopping_run_revokes_every_token_and_waits_for_the_tasks(monkeypatch)
 
 def test_a_single_node_swarm_gets_no_cluster(monkeypatch):
     monkeypatch.setattr(cluster_module, "swarm_nodes", lambda client: [MANAGER])
-    assert Cluster.start(None, max_parallel=2, max_per_node=None, registry=None,
+    assert Cluster.start(None, run_id="r", max_parallel=2, max_per_node=None, registry=None,
                          shared_results=False, work=Path("/nonexistent"),
                          stop=threading.Event(), stack=None) is None
