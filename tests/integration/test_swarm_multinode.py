@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -120,6 +121,26 @@ def test_a_run_on_three_nodes_gives_the_local_verdicts_and_brings_everything_bac
     assert re.search(r"cells use \S+/dib-matrix/dib-debian-bookworm@sha256:[0-9a-f]{64}",
                      hostgen_log)
     assert_nothing_left(nodes, run_dir.name)
+
+
+def test_ctrl_c_stops_the_cells_on_every_node_and_leaves_nothing(nodes, tmp_path):
+    # Without the tree cache the builds last long enough to be caught running.
+    matrix = write_matrix(tmp_path, BUILDS_MATRIX.replace("three-builds", "interrupted")
+                          + 'env: {DIB_TREE_CACHE: "0"}\n')
+    proc = start_run(matrix, tmp_path / "out", "--engine", "swarm")
+    try:
+        run_id = _wait_for_a_task_on(nodes, nodes.workers[0].node_id, proc)
+        _wait_for_a_task_on(nodes, nodes.workers[1].node_id, proc)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output[-3000:]
+    cells, data = cells_of(tmp_path / "out" / run_id)
+    assert data["interrupted"] is True
+    assert "pending" in {c["state"] for c in cells.values()}
+    assert_nothing_left(nodes, run_id)
 
 
 def test_a_worker_lost_mid_run_leaves_its_cell_pending_and_resume_finishes(nodes, tmp_path):
