@@ -80,8 +80,9 @@ class Cluster:
     pool: NodePool
     address: str
     registry: RegistryName
-    endpoint: ResultsEndpoint | None  # None: the results directory is shared
+    endpoint: ResultsEndpoint
     stop: threading.Event
+    shared_results: bool = False  # every node mounts the results directory: bind it
     pinned: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> pinned
     images: dict[str, str] = dataclasses.field(default_factory=dict)  # node id -> an image
     _push_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -106,13 +107,13 @@ class Cluster:
             started = stack.enter_context(RunRegistry.start(
                 address, registry_dir / "storage", work, registry_dir / "ca"))
             registry = started.name
-        endpoint = None if shared_results else stack.enter_context(
-            ResultsEndpoint.start(address))
+        # Also with shared results: every cell's token is how a stopping run reaches it.
+        endpoint = stack.enter_context(ResultsEndpoint.start(address))
         LOG.info("swarm of %d nodes (%s), at most %d cells on each; dib layers through %s; "
                  "results %s", len(own), ", ".join(n.hostname for n in own), pool.per_node,
-                 registry.host, f"uploaded to {endpoint.url}" if endpoint else
-                 "on a shared filesystem")
-        cluster = cls(pool, address, registry, endpoint, stop)
+                 registry.host, "on a shared filesystem" if shared_results else
+                 f"uploaded to {endpoint.url}")
+        cluster = cls(pool, address, registry, endpoint, stop, shared_results)
         stack.callback(cluster.reap, client, run_id)  # before the registry stops
         return cluster
 
@@ -131,13 +132,12 @@ class Cluster:
     def for_nodes(self, spec: engine.CellSpec) -> engine.CellSpec:
         """``spec`` as a job any node can run: outputs uploaded instead of bound (unless
         shared), and the run's stop reaching it through its token (every cell is wrapped)."""
-        if self.endpoint is None:
-            return spec
-        token = self.endpoint.expect(spec.cell_id, spec.out_dir)  # None: nothing to upload
-        wrapper = ("python3", UPLOADER, *(("--dir", engine.OUT_MOUNT) if spec.out_dir else ()),
-                   "--")
+        upload = spec.out_dir if not self.shared_results else None
+        token = self.endpoint.expect(spec.cell_id, upload)  # None: nothing to upload
+        wrapper = ("python3", UPLOADER, *(("--dir", engine.OUT_MOUNT) if upload else ()), "--")
         return dataclasses.replace(
-            spec, out_dir=None, command=(*wrapper, *spec.command),
+            spec, out_dir=spec.out_dir if self.shared_results else None,
+            command=(*wrapper, *spec.command),
             environment={**spec.environment, upload_results.URL_ENV: self.endpoint.url,
                          upload_results.TOKEN_ENV: token})
 
@@ -155,7 +155,7 @@ class Cluster:
             raise
         finally:
             self.pool.release(node)
-            if token is not None and self.endpoint is not None:
+            if token is not None:
                 self.endpoint.revoke(token)
 
     def stop_cells(self, client: docker.DockerClient, run_id: str,
@@ -163,8 +163,7 @@ class Cluster:
         """Ctrl-C, fail-fast: every cell's token revoked, so a cell on another node stops
         itself at its next look (removing a job's service does not stop its task there
         before Moby 24); then a bounded wait for their tasks to end."""
-        if self.endpoint is not None:
-            self.endpoint.revoke_all()
+        self.endpoint.revoke_all()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _running_tasks(client, run_id):
             time.sleep(1.0)

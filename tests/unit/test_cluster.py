@@ -70,9 +70,14 @@ def test_a_check_is_wrapped_too_so_that_a_stopping_run_reaches_it(tmp_path):
     assert endpoint.expected[token] == ("h.t", None)  # a token that uploads nothing
 
 
-def test_shared_results_bind_the_run_directory_as_on_one_machine(tmp_path):
-    original = spec(tmp_path)
-    assert make(None).for_nodes(original) == original
+def test_shared_results_bind_the_run_directory_and_still_reach_the_cell(tmp_path):
+    endpoint = FakeEndpoint()
+    cluster = make(endpoint)
+    cluster.shared_results = True
+    ready = cluster.for_nodes(spec(tmp_path))
+    assert ready.out_dir == tmp_path / "images" / "h"  # bound, as on one machine
+    assert ready.command[:3] == ("python3", UPLOADER, "--")  # nothing uploaded
+    assert endpoint.expected[ready.environment[upload_results.TOKEN_ENV]] == ("h.t", None)
 
 
 def test_launch_places_the_job_releases_the_node_and_revokes_the_token(tmp_path, monkeypatch):
