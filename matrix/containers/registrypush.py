@@ -19,10 +19,11 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from matrix.config.registry import TAG
+from matrix.config.registry import BadReference, parse_reference
 from matrix.config.registryname import RegistryError, RegistryName, repository_in
 
 SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
 
 def push_pinned(client: docker.DockerClient, local_ref: str, registry: RegistryName,
                 repository: str, log: BinaryIO | None = None) -> str:
@@ -46,18 +47,18 @@ def push_pinned(client: docker.DockerClient, local_ref: str, registry: RegistryN
 
 def _tag_of(local_ref: str) -> str:
     """The tag of ``local_ref`` (``latest`` when it has none, as Docker reads it)."""
-    name = local_ref.partition("@")[0]
-    colon = name.rfind(":")
-    tag = name[colon + 1:] if colon > name.rfind("/") else "latest"
-    if not TAG.fullmatch(tag):
-        raise RegistryError(f"{local_ref!r} is not an image name with a tag")
-    return tag
+    try:
+        return parse_reference(local_ref).tag or "latest"
+    except BadReference:
+        raise RegistryError(f"{local_ref!r} is not an image name with a tag") from None
 
 
 def _repository_of(reference: str) -> str:
-    name = reference.partition("@")[0]
-    colon = name.rfind(":")
-    return name[:colon] if colon > name.rfind("/") else name
+    """The repository an engine's name for the image is in (as written, if odd)."""
+    try:
+        return parse_reference(reference).repository
+    except BadReference:
+        return reference.partition("@")[0]
 
 
 def _local_image(client: docker.DockerClient, local_ref: str, target: str) -> Any:

@@ -97,7 +97,8 @@ class Cluster:
         if len(nodes) < 2:
             return None
         address = swarm_address(client)
-        own = [n for n in nodes if n.arch == next((m.arch for m in nodes if m.manager), n.arch)]
+        manager = next((n for n in nodes if n.manager), nodes[0])
+        own = [n for n in nodes if n.arch == manager.arch]
         for other in sorted(set(nodes) - set(own), key=lambda n: n.hostname):
             LOG.warning("swarm node %s (%s) is left out: host images are built for the "
                         "manager's architecture", other.hostname, other.arch)

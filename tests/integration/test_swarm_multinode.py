@@ -7,17 +7,16 @@ and the package cache serves every node.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import docker
 import pytest
 
+from dib.outputs import sha256_file
 from tests.integration.matrixhelpers import LABEL_RUN, cells_of, dib_matrix, start_run, write_matrix
 from tests.integration.swarmnodes import ThreeNodeSwarm, swarm_fixture
 
@@ -46,14 +45,6 @@ LEFTOVER_SECONDS = 60.0  # a cell on a worker stops at its token's revocation, t
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreeNodeSwarm]:
     yield from swarm_fixture(tmp_path_factory)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_objects(client: docker.DockerClient, run_id: str) -> list:
@@ -100,7 +91,7 @@ def test_a_run_on_three_nodes_gives_the_local_verdicts_and_brings_everything_bac
             assert cell["artifacts"], cell
             for artifact in cell["artifacts"]:
                 path = run_dir / artifact["path"]
-                assert sha256(path) == artifact["sha256"]
+                assert sha256_file(path) == artifact["sha256"]
                 assert path.with_name(path.name + ".sha256").read_text().split()[0] == \
                     artifact["sha256"]
             assert "build finished" in (run_dir / cell["log"]).read_text()
