@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from dib import chroot, debprefetch, failure, safefile, suiteview, tarball
+from dib import cachebudget, chroot, debprefetch, failure, safefile, suiteview, tarball
 from dib.errors import CommandFailed, ConfigError, DibError
 from dib.mirror import MirrorNotFound, find_mirror
 from dib.run import run
@@ -35,6 +35,8 @@ LOG = logging.getLogger("dib")
 PROBE_ATTEMPTS = 3
 PROBE_TIMEOUT_SECONDS = 10.0
 DEFAULT_DEBOOTSTRAP_TIMEOUT = 1800
+BASE_BUDGET = "DIB_BASE_CACHE_MAX"
+DEFAULT_BASE_BUDGET = 2 << 30  # a minbase tar is 170-270 MiB
 
 
 def debootstrap_scripts_dir(env: Mapping[str, str]) -> Path:
@@ -280,10 +282,48 @@ def locked(path: Path) -> Iterator[None]:
 
 def extract(cache_file: Path, root: Path) -> None:
     tarball.unpack(cache_file, root, tag="debootstrap-cache")
+    cachebudget.touch(cache_file)
 
 
 def store(root: Path, cache_file: Path) -> None:
     tarball.pack(root, cache_file, tag="debootstrap-cache")
+
+
+def base_budget(env: Mapping[str, str]) -> int:
+    text = env.get(BASE_BUDGET, "")
+    if not text:
+        return DEFAULT_BASE_BUDGET
+    size = cachebudget.parse_size(text)
+    if size is None:
+        raise ConfigError(f"{BASE_BUDGET}={text!r}: not a size (e.g. 2G, 500M)")
+    return size
+
+
+def remove_unused_base(cache_file: Path) -> bool:
+    """Remove a cached base unless a build holds its lock (it is being read or written)."""
+    try:
+        lock = open(cache_file.with_suffix(".lock"), "a")  # noqa: SIM115 (closed below)
+    except OSError:
+        return False
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        # A build that opened the lock before this unlink finds no base and makes it
+        # again; one that opens it after gets a new lock file: both are correct.
+        for path in (cache_file, cache_file.with_suffix(".lock")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return True
+
+
+def prune_bases(cache_file: Path, budget: int) -> None:
+    """Keep the cached bases within ``budget``, this build's own always kept."""
+    cachebudget.prune(cache_file.parent, budget, cache_file.stem, remove_unused_base)
+    for lock in cache_file.parent.glob("*.lock"):  # of builds that never stored a base
+        if not lock.with_suffix(".tar").exists():
+            remove_unused_base(lock.with_suffix(".tar"))
 
 
 DEBOOTSTRAP_LOG_BYTES = 16 << 10  # of the end of debootstrap.log, read after a failure
@@ -466,6 +506,7 @@ def prepare_root(env: Mapping[str, str]) -> Path:
     spec = spec_from_env(env)
     root = Path(env["TARGET_ROOT"])
     cache_file = spec.cache_file(Path(env.get("DIB_IMAGE_CACHE", "/tmp/dib-cache")))
+    budget = base_budget(env)
     offline = env.get("DIB_OFFLINE", "") not in ("", "0")
     with locked(cache_file):
         if cache_file.exists():
@@ -489,6 +530,7 @@ def prepare_root(env: Mapping[str, str]) -> Path:
             forget_build_host(root)
             store(root, cache_file)
             LOG.info("cached base as %s", cache_file)
+            prune_bases(cache_file, budget)
     write_sources(spec, root)
     forget_build_host(root)  # also in a base cached before it was done
     if keyring:  # after the base is cached: a build without the setting never trusts it

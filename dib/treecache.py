@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from dib import chroot, environment, tarball, treekey, treescrub
+from dib import cachebudget, chroot, environment, tarball, treekey, treescrub
 from dib.elements import Element
 from dib.errors import DibError
 from dib.outputs import sha256_file
@@ -50,7 +50,6 @@ RELEASE_LIMIT = 32 << 20  # bytes read of a fetched InRelease
 FETCH_TIMEOUT = 20.0
 LISTS = "var/lib/apt/lists"
 PRINTED_URI = re.compile(r"^'([^']+)' (\S+) ")
-SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 # apt's downloaded packages: fetched again if a later phase wants them (the dpkg element's
 # cleanup removes them from the image anyway).
 NOT_STORED = ("./var/cache/apt/archives/*.deb",)
@@ -97,11 +96,10 @@ Fetcher = Callable[[str], Optional[bytes]]  # the file's bytes, None when it is 
 
 def parse_budget(text: str) -> int:
     """``8G``, ``500M``, ``1048576``: bytes."""
-    match = SIZE.match(text)
-    if not match:
+    size = cachebudget.parse_size(text)
+    if size is None:
         raise TreeCacheError(f"{BUDGET}={text!r}: not a size (e.g. 8G, 500M)")
-    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    return int(match[1]) * scale[match[2].upper()]
+    return size
 
 
 def off_reason(env: Mapping[str, str], elements: Sequence[Element],
@@ -235,8 +233,7 @@ class TreeCache:
 
     def restore(self, root: Path) -> None:
         tarball.unpack(self.tar, root, tag="tree-cache")
-        with contextlib.suppress(OSError):
-            os.utime(self.tar)  # recently used: pruned last
+        cachebudget.touch(self.tar)
 
     def store(self, root: Path, elements: Sequence[str]) -> str:
         """Scrub and store ``root``; a line for the log (the build goes on either way)."""
@@ -284,22 +281,11 @@ def for_build(cache_dir: Path, elements: Sequence[Element], env: Mapping[str, st
 
 def prune(directory: Path, budget: int, keep: str) -> List[str]:
     """Remove the least recently used trees until the rest fit ``budget``; never ``keep``."""
-    entries = []
-    for tar in directory.glob("*.tar"):
-        with contextlib.suppress(OSError):
-            info = tar.stat()
-            entries.append((info.st_mtime, info.st_size, tar))
-    total = sum(size for _, size, _ in entries)
-    removed = []
-    for _, size, tar in sorted(entries):
-        if total <= budget:
-            break
-        if tar.stem == keep:
-            continue
+
+    def remove(tar: Path) -> bool:
         for path in (tar, tar.with_suffix(".json")):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        total -= size
-        removed.append(tar.stem)
-        LOG.info("tree cache: removed %s (least recently used; %s)", tar.stem[:16], BUDGET)
-    return removed
+        return True
+
+    return cachebudget.prune(directory, budget, keep, remove)

@@ -37,7 +37,7 @@ PER_BUILD_ENV = frozenset({
     "ELEMENTS_PATH", "_LIB", "DIB_PYTHON_EXEC", "TMP_BUILD_DIR", "TMP_HOOKS_PATH",
     "TARGET_ROOT", "TMP_MOUNT_PATH", "DIB_IMAGE_CACHE", "DIB_OFFLINE", "DIB_DEBUG_TRACE",
     "PATH", "PYTHONPATH", "TMPDIR", "HOME", "TERM", "USER", "LOGNAME", "DIB_TREE_CACHE",
-    "DIB_TREE_CACHE_MAX", *spawn.PROXY_ENV,
+    "DIB_TREE_CACHE_MAX", "DIB_BASE_CACHE_MAX", *spawn.PROXY_ENV,
 })
 KEYED_FILE_LIMIT = 16 << 20  # a setting naming a larger file is keyed by its name only
 

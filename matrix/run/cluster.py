@@ -115,6 +115,7 @@ class Cluster:
                  registry.host, "on a shared filesystem" if shared_results else
                  f"uploaded to {endpoint.url}")
         cluster = cls(pool, address, registry, endpoint, stop, shared_results)
+        stack.callback(cluster.unpin, client)
         stack.callback(cluster.reap, client, run_id)  # before the registry stops
         return cluster
 
@@ -169,6 +170,15 @@ class Cluster:
         while time.monotonic() < deadline and _running_tasks(client, run_id):
             time.sleep(1.0)
 
+
+    def unpin(self, client: docker.DockerClient) -> None:
+        """The manager's names for the pushed layers removed (the image keeps its local
+        tag): a name in a registry that is gone with the run would be left for good."""
+        for pinned in self.pinned.values():
+            try:
+                client.images.remove(pinned, noprune=True)
+            except docker.errors.DockerException as err:
+                LOG.info("left the image name %s: %s", pinned, err)
 
     def reap(self, client: docker.DockerClient, run_id: str,
              timeout: float = REAP_SECONDS) -> None:

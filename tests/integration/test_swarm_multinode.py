@@ -109,9 +109,13 @@ def test_a_run_on_three_nodes_gives_the_local_verdicts_and_brings_everything_bac
     # The dib layer went through the run's registry, pinned by digest.
     hostgen_log = (run_dir / "logs" / HOST / "hostgen.log").read_text() + "".join(
         (run_dir / c["log"]).read_text() for c in cells.values() if c["kind"] == "build")
-    assert re.search(r"cells use \S+/dib-matrix/dib-debian-bookworm@sha256:[0-9a-f]{64}",
-                     hostgen_log)
+    pinned = re.search(r"cells use (\S+/dib-matrix/dib-debian-bookworm@sha256:[0-9a-f]{64})",
+                       hostgen_log)
+    assert pinned
     assert_nothing_left(nodes, run_dir.name)
+    # ... and that name, in a registry gone with the run, is not left on the manager.
+    digests = {n for i in nodes.manager.images.list() for n in i.attrs.get("RepoDigests") or []}
+    assert pinned.group(1) not in digests
 
 
 def test_ctrl_c_stops_the_cells_on_every_node_and_leaves_nothing(nodes, tmp_path):

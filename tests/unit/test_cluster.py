@@ -135,3 +135,24 @@ def test_a_single_node_swarm_gets_no_cluster(monkeypatch):
     assert Cluster.start(None, run_id="r", max_parallel=2, max_per_node=None, registry=None,
                          shared_results=False, work=Path("/nonexistent"),
                          stop=threading.Event(), stack=None) is None
+
+
+def test_the_run_removes_its_pinned_layer_names_and_never_the_images():
+    import docker.errors
+
+    class Images:
+        def __init__(self):
+            self.removed = []
+
+        def remove(self, name, noprune=False):
+            assert noprune  # the image's layers stay: it keeps its local tag
+            self.removed.append(name)
+            if "gone" in name:
+                raise docker.errors.ImageNotFound("no such image")
+
+    client = type("Client", (), {"images": Images()})()
+    cluster = make(FakeEndpoint())
+    cluster.pinned = {"dib-matrix/dib-h:1": "10.0.0.1:5000/dib-matrix/dib-h@sha256:" + "a" * 64,
+                      "dib-matrix/dib-g:1": "10.0.0.1:5000/gone@sha256:" + "b" * 64}
+    cluster.unpin(client)
+    assert client.images.removed == list(cluster.pinned.values())
