@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import logging
 import os
 import re
 import secrets
@@ -37,7 +38,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -56,6 +57,10 @@ CA_DAYS = 3650  # the CA other nodes are told to trust: renewed only when it run
 # A leaf lives for one run (hours); a week leaves room for the longest matrix.
 LEAF_DAYS = 7
 LOG_TAIL_LINES = 12
+# The storage keeps every layer pushed by any run; past this it is emptied when no run
+# uses it (the layers all live on the manager: the next push is a copy, not a build).
+STORAGE_BUDGET = 4 << 30
+LOG = logging.getLogger("dib-matrix")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -95,6 +100,7 @@ class RunRegistry:
         _make_dir(work, "work directory")
         _make_dir(storage, "storage")  # shared by runs: content-addressed
         with ExitStack() as undo:
+            undo.enter_context(_storage_lease(storage, STORAGE_BUDGET))
             undo.callback(_remove_files, work / "registry.key", work / "registry.crt")
             certificate = issue_certificate(ip, ca_dir, work)
             port, process = _launch(program, ip, storage, work, certificate, timeout)
@@ -265,6 +271,35 @@ def _openssl(*args: object) -> str:
         said = " / ".join(result.tail(3)) or f"exit status {result.returncode}"
         raise RegistryError(f"openssl {args[0]} failed: {said}")
     return result.text
+
+
+@contextmanager
+def _storage_lease(storage: Path, budget: int) -> Iterator[IO[str]]:
+    """A shared hold on ``storage`` for the registry's life. Taken alone (no other run's
+    registry holds it), a storage over ``budget`` is emptied first."""
+    with storage.with_name(f"{storage.name}.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another run's registry serves from it: leave it as it is
+        else:
+            used = _tree_bytes(storage)
+            if used > budget:
+                LOG.info("registry storage %s holds %d MiB (over %d MiB): emptied",
+                         storage, used >> 20, budget >> 20)
+                shutil.rmtree(storage, ignore_errors=True)
+                _make_dir(storage, "storage")
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        yield handle
+
+
+def _tree_bytes(top: Path) -> int:
+    total = 0
+    for directory, _, files in os.walk(top):
+        for name in files:
+            with suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
 
 
 @contextmanager

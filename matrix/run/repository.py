@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dib import spawn
 from matrix.config.snapshotkey import SnapshotSetting
 from matrix.run.plan import Plan
 from matrix.snapshot.manifest import Snapshot
@@ -81,6 +82,9 @@ class RepositoryStage:
     snapshot: Snapshot | None = None  # the pinned snapshot
     errors: dict[str, str] = field(default_factory=dict)  # "archive suite" -> why not pinned
     pinned_at_start: str | None = None  # a recording run's suites, once pinned (base_state)
+    # No view on a multi-node run: the package cache listens on this machine's loopback,
+    # which other nodes cannot reach, so cells go to the mirror directly.
+    direct: bool = False
 
     @classmethod
     def start(cls, setting: SnapshotSetting, store: Store, snapshot: Snapshot | None,
@@ -98,7 +102,10 @@ class RepositoryStage:
         except (OSError, ViewError) as err:
             if snapshot is not None:
                 raise
-            LOG.warning("no repository view (%s): cells use the mirror as it moves", err)
+            stage.direct = bind != LOOPBACK
+            LOG.warning("no repository view (%s): cells use the mirror as it moves%s", err,
+                        ", without the package cache (other nodes cannot reach it)"
+                        if stage.direct else "")
             return stage
         LOG.info("repository view at %s (%s)", stage.view.url,
                  f"snapshot {snapshot.name}" if snapshot else "live mirror, pinned per run")
@@ -130,6 +137,8 @@ class RepositoryStage:
         """A cell's proxy variables: through the view, named after the cell (else the
         package cache's ``base``); Valid-Until waived for a snapshot."""
         env = dict(base)
+        if self.direct:
+            env = {k: v for k, v in env.items() if k not in spawn.PROXY_ENV}
         if self.view is not None:
             env.update(self.view.client_env(label))
         if self.setting.waives_valid_until:

@@ -111,3 +111,14 @@ def test_the_planned_suites_are_pinned_once_each():
     suite = SimpleNamespace(mirror="http://m.example/debian/", release="trixie")
     assert suites_to_pin(plan, "http://m.example/debian", lambda cell: suite) == [
         ("http://m.example/debian", "bookworm"), ("http://m.example/debian", "trixie")]
+
+
+def test_without_a_view_on_many_nodes_cells_go_to_the_mirror_not_to_this_loopback(tmp_path):
+    with contextlib.ExitStack() as stack:  # 192.0.2.1 (TEST-NET-1) is no address of ours
+        stage = RepositoryStage.start(SnapshotSetting(), Store(tmp_path / "s"), None,
+                                      "http://127.0.0.1:3142", tmp_path / "view.log", stack,
+                                      bind="192.0.2.1")
+        assert stage.view is None and stage.direct
+        env = stage.cell_env("h.t", {"http_proxy": "http://127.0.0.1:3142",
+                                     "HTTP_PROXY": "http://127.0.0.1:3142", "LANG": "C"})
+        assert env == {"LANG": "C"}
