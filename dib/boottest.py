@@ -934,9 +934,9 @@ def _watch(
         if now >= limit:
             return now, True, False
         ready, _, _ = select.select([fd], [], [], min(watcher.settings.poll_seconds, limit - now))
+        now = time.monotonic() - started  # a quiet poll took time too
         if ready:
             chunk = os.read(fd, 65536)
-            now = time.monotonic() - started
             if not chunk:
                 return now, False, True
             log.write(chunk)

@@ -387,3 +387,23 @@ def test_a_long_line_without_a_login_prompt_costs_its_length_not_its_square():
     assert boottest.LOGIN_PROMPT.search("x" * 200_000) is None
     assert time.monotonic() - started < 5
     assert boottest.LOGIN_PROMPT.search("vm login: ")
+
+
+def test_a_quiet_console_poll_counts_its_time(monkeypatch):
+    """The grace after a final line ends at the first poll past it, not one poll later."""
+    clock = {"now": 100.0}
+    polls = []
+
+    def quiet_select(read, write, error, timeout):
+        polls.append(timeout)
+        clock["now"] += timeout
+        return [], [], []
+
+    monkeypatch.setattr(boottest.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(boottest.select, "select", quiet_select)
+    watcher = Watcher(WatchSettings(final_grace=3.0, poll_seconds=5.0))
+    watcher.feed("[ 6.6] Kernel panic - not syncing: Attempted to kill init!", 0.0)
+    proc = type("Proc", (), {"stdout": type("Out", (), {"fileno": lambda self: 0})()})()
+    elapsed, timed_out, exited = boottest._watch(proc, watcher, None, timeout=600.0)
+    assert (elapsed, timed_out, exited) == (5.0, False, False)
+    assert len(polls) == 1
