@@ -26,6 +26,7 @@ import http.client
 import logging
 import lzma
 import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -168,10 +169,13 @@ class Fetcher:
                 conn.request("GET", path, headers={"User-Agent": "dib-debprefetch"})
                 response = conn.getresponse()
                 break
-            except (http.client.HTTPException, OSError):
+            except (http.client.HTTPException, OSError) as err:
                 conn.close()
                 del conns[key]
-                if not reused or attempt == 2:  # a kept-alive one the server dropped: again
+                # A kept-alive connection the server dropped: once more on a new one. A
+                # timeout is the server being slow, and trying again would double it.
+                if not reused or attempt == 2 or isinstance(err, (socket.timeout,
+                                                                   TimeoutError)):
                     raise
         if response.status in (301, 302, 303, 307, 308):
             conn.close()

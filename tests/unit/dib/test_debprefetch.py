@@ -310,3 +310,20 @@ def test_bootstrap_prefetches_while_debootstrap_runs(tmp_path, monkeypatch, opt_
                                      "minbase", ("sudo",), tmp_path / "root")
     else:
         assert order == ["probe", "debootstrap", "store"]
+
+
+def test_a_request_that_times_out_on_a_kept_alive_connection_is_not_sent_again(tmp_path):
+    """Only a dropped connection is worth a second try: a timeout would cost twice."""
+    mirror = Mirror("HTTP/1.1")
+    try:
+        mirror.publish(archive())
+        mirror.hang = {"pool/slow.deb"}
+        fetcher = debprefetch.Fetcher(debprefetch.Clock(30))
+        with fetcher.get(f"{mirror.url}/dists/{RELEASE}/InRelease", 5.0) as response:
+            response.read()  # the connection is now kept alive
+        with pytest.raises(OSError), fetcher.get(f"{mirror.url}/pool/slow.deb", 0.2):
+            pass
+        fetcher.close()
+    finally:
+        mirror.close()
+    assert mirror.requests.count("pool/slow.deb") == 1
