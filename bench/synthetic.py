@@ -23,8 +23,8 @@ import reports
 from matrix.config.dibtree import bundled_tree
 from matrix.config.matrixfile import load_matrix
 from matrix.run.cellreport import CellReport
+from matrix.run.matrixrun import MatrixRun, RunRequest
 from matrix.run.plan import PlannedCell, make_plan
-from matrix.run.runner import MatrixRun, RunRequest
 from matrix.run.scheduler import Scheduler
 from matrix.verdict.catalogue import load_catalogue
 from results import store

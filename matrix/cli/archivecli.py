@@ -21,7 +21,7 @@ from matrix.containers import engine
 from matrix.containers.leases import Registry
 from matrix.run import cachetrim
 from matrix.run.archiving import live_runs
-from matrix.run.runner import DEFAULT_PACKAGE_CACHE
+from matrix.run.matrixrun import DEFAULT_PACKAGE_CACHE
 from reports.cli import InputError, read_run, run_dir_of
 from reports.gate import EXIT_OK, EXIT_USAGE
 from reports.sanitize import one_line

@@ -28,8 +28,9 @@ from matrix.run.investigate import (
     chosen_cells,
     previous_run,
 )
+from matrix.run.matrixrun import DEFAULT_PACKAGE_CACHE, RunRequest
 from matrix.run.plan import SelectionError
-from matrix.run.runner import DEFAULT_PACKAGE_CACHE, RunRequest, execute
+from matrix.run.runner import execute
 from matrix.snapshot.manifest import StoreError
 from results.archive import OutDir
 from results.model import CellKind

@@ -34,13 +34,9 @@ from matrix.hostgen.hostimage import image_names
 from matrix.run import cleanup, progress
 from matrix.run.cluster import ClusterError
 from matrix.run.investigate import InvestigationRequest
+from matrix.run.matrixrun import DEFAULT_PACKAGE_CACHE, MatrixRun, RunRequest
 from matrix.run.plan import Plan, SelectionError, make_plan, preflight
-from matrix.run.runner import (
-    DEFAULT_PACKAGE_CACHE,
-    MatrixRun,
-    RunRequest,
-    execute,
-)
+from matrix.run.runner import execute
 from matrix.snapshot.manifest import Snapshot, StoreError
 from matrix.snapshot.save import snapshot_for
 from matrix.snapshot.signatures import signature_problems

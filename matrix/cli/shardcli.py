@@ -21,8 +21,9 @@ from tabulate import tabulate
 import reports
 from matrix.containers import leases
 from matrix.run import rerun, shards
+from matrix.run.matrixrun import RunRequest, new_run_id, now
 from matrix.run.plan import Plan
-from matrix.run.runner import RunRequest, new_run_id, now, point_latest
+from matrix.run.runner import point_latest
 from reports import jsonreport
 from results.archive import OutDir
 from results.model import RunResults

@@ -21,7 +21,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from matrix.run.runner import DEFAULT_PACKAGE_CACHE
+from matrix.run.matrixrun import DEFAULT_PACKAGE_CACHE
 from matrix.snapshot import retain
 from matrix.snapshot.export import export
 from matrix.snapshot.manifest import ArchiveState, Snapshot, StoreError

@@ -87,7 +87,7 @@ class InvestigationRequest:
 
 
 class Finisher(Protocol):
-    """The run a variant's report goes to (``runner.MatrixRun``)."""
+    """The run a variant's report goes to (``matrixrun.MatrixRun``)."""
 
     results: RunResults
     run_dir: RunDir

@@ -19,7 +19,7 @@ import pytest
 import reports
 from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import load_matrix
-from matrix.run import runner
+from matrix.run import matrixrun, runner
 from matrix.run.cellreport import CellReport
 from matrix.run.plan import make_plan
 from matrix.run.progress import load_estimates
@@ -93,11 +93,12 @@ class Nightly:
         monkeypatch.setenv("DIB_MATRIX_LEASES", str(tmp_path / "leases"))
         monkeypatch.setattr(runner, "CellRunner", Cells)
         monkeypatch.setattr(runner.leases, "RunLease", Lease)
-        monkeypatch.setattr(runner, "new_run_id", lambda: night_id(self.night))
-        monkeypatch.setattr(runner, "now", lambda: f"2025-01-{self.night:02d}T02:00:00+00:00")
+        monkeypatch.setattr(matrixrun, "new_run_id", lambda: night_id(self.night))
+        for module in (runner, matrixrun):
+            monkeypatch.setattr(module, "now", lambda: f"2025-01-{self.night:02d}T02:00:00+00:00")
         monkeypatch.setattr(runner, "host_objects", lambda hosts: ())
         monkeypatch.setattr(runner, "find_mirror", lambda distro: "http://mirror.invalid/debian")
-        monkeypatch.setattr(runner, "recorded_base", lambda *args: None)
+        monkeypatch.setattr(matrixrun, "recorded_base", lambda *args: None)
         monkeypatch.setattr(runner.provenance, "start", lambda *args, **kwargs: None)
         monkeypatch.setattr(runner.engine, "remove_run_objects",
                             lambda client, run_id: runner.engine.Removed(0, 0, 0))
@@ -141,7 +142,8 @@ def soaked(tmp_path_factory):
     handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore
     log = logging.getLogger("dib-matrix")
     log.addHandler(handler)
-    monkeypatch.setattr(log, "level", logging.INFO)
+    level = log.level
+    log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the logger's cache
     try:
         for night in range(1, NIGHTS + 1):
             nightly.run()
@@ -152,6 +154,7 @@ def soaked(tmp_path_factory):
                 (nightly.out / BAD_RUN / "results.json").write_text('{"run_id": ')
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
         monkeypatch.undo()
     return nightly, warnings
 

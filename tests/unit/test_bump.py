@@ -461,7 +461,7 @@ def test_report_bump_from_survives_hostile_package_lists(tmp_path):
 
 def test_run_parses_bump_from_and_records_it(tmp_path, monkeypatch):
     from matrix.cli import build_parser
-    from matrix.run.runner import MatrixRun, RunRequest
+    from matrix.run.matrixrun import MatrixRun, RunRequest
 
     args = build_parser().parse_args(["run", "--bump-from", str(tmp_path / "x")])
     assert args.bump_from == tmp_path / "x" and args.baseline is None

@@ -21,8 +21,8 @@ import jsonschema
 import pytest
 
 from matrix.run.cellreport import CellReport
+from matrix.run.matrixrun import MatrixRun
 from matrix.run.rerun import reset
-from matrix.run.runner import MatrixRun
 from matrix.verdict import excerpt as ex
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.excerpt import (

@@ -16,7 +16,7 @@ import requests
 
 from matrix.config.dibtree import DibTree
 from matrix.config.matrixfile import load_matrix
-from matrix.run import runner
+from matrix.run import matrixrun, runner
 from matrix.run.cellreport import CellReport
 from matrix.run.plan import make_plan
 from results.archive import OutDir, StoredRun
@@ -91,7 +91,7 @@ class Harness:
         monkeypatch.setattr(runner.leases, "RunLease", lease)
         monkeypatch.setattr(runner, "host_objects", lambda hosts: ("host-image",))
         monkeypatch.setattr(runner, "find_mirror", lambda distro: "http://mirror.invalid/debian")
-        monkeypatch.setattr(runner, "recorded_base", lambda *args: None)
+        monkeypatch.setattr(matrixrun, "recorded_base", lambda *args: None)
         monkeypatch.setattr(runner, "keep_host_images", lambda *args: None)  # engine images
         monkeypatch.setattr(runner.provenance, "start", lambda *args, **kwargs: None)
         monkeypatch.setattr(runner.engine, "remove_run_objects", self.remove_run_objects)
