@@ -83,8 +83,9 @@ def per_node_default(max_parallel: int, nodes: int) -> int:
 class NodePool:
     """The run's nodes and how many cells each runs now, at most ``per_node`` each.
 
-    ``acquire`` gives the node with the fewest running cells (then the fewest run so
-    far), waiting while every node is full; a lost node takes no more cells.
+    ``acquire`` gives the node with the fewest running cells (then the one the cell
+    prefers, then the fewest run so far), waiting while every node is full; a lost node
+    takes no more cells.
     """
 
     def __init__(self, nodes: Iterable[Node], per_node: int):
@@ -104,8 +105,10 @@ class NodePool:
     def manager(self) -> Node | None:
         return next((n for n in self.nodes if n.manager), None)
 
-    def acquire(self, stop: threading.Event, *, manager_only: bool = False) -> Node:
-        """A node with a free slot; EngineError once none is left or ``stop`` is set."""
+    def acquire(self, stop: threading.Event, *, manager_only: bool = False,
+                prefer: str | None = None) -> Node:
+        """A node with a free slot; EngineError once none is left or ``stop`` is set.
+        Among the least busy, the node named ``prefer`` (hostname) if it is free."""
         with self._changed:
             while True:
                 if stop.is_set():
@@ -117,7 +120,8 @@ class NodePool:
                     raise NodeLost("(any)", f"no node left to run the cell ({lost})")
                 free = [n for n in candidates if self.running[n.id] < self.per_node]
                 if free:
-                    node = min(free, key=lambda n: (self.running[n.id], self.started[n.id]))
+                    node = min(free, key=lambda n: (self.running[n.id], n.hostname != prefer,
+                                                    self.started[n.id]))
                     self.running[node.id] += 1
                     self.started[node.id] += 1
                     return node

@@ -85,6 +85,8 @@ class Cluster:
     shared_results: bool = False  # every node mounts the results directory: bind it
     pinned: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> pinned
     images: dict[str, str] = dataclasses.field(default_factory=dict)  # node id -> an image
+    # cell id -> the node it ran on last time (its cached tree is in that node's volume)
+    previous_nodes: dict[str, str] = dataclasses.field(default_factory=dict)
     _push_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @classmethod
@@ -147,7 +149,8 @@ class Cluster:
         """Run ``spec`` on the least busy node; the manager for a cell that binds this
         machine's paths (``--dib-mount``, diskimage-builder's element trees)."""
         local_only = spec.dib_tree is not None or spec.upstream_elements is not None
-        node = self.pool.acquire(self.stop, manager_only=local_only)
+        node = self.pool.acquire(self.stop, manager_only=local_only,
+                                 prefer=self.previous_nodes.get(spec.cell_id))
         self.images.setdefault(node.id, spec.image)  # what reap runs there
         token = spec.environment.get(upload_results.TOKEN_ENV)
         try:

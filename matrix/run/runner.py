@@ -33,7 +33,7 @@ from matrix.run.cellreport import CellReport
 from matrix.run.cells import CellRunner
 from matrix.run.cluster import Cluster, ClusterError
 from matrix.run.context import HostRecords, RunContext, RunSettings
-from matrix.run.estimates import past_durations
+from matrix.run.estimates import past_durations, past_nodes
 from matrix.run.investigate import Services, investigate_run
 from matrix.run.lastgoodimages import keep_host_images
 from matrix.run.matrixrun import MatrixRun, RunRequest, now
@@ -207,6 +207,9 @@ class Execution:
             raise ClusterError(f"the swarm's services did not start: {err}") from err
         if cluster is not None:
             self.run.results.engine["nodes"] = [n.hostname for n in cluster.pool.nodes]
+            cluster.previous_nodes = past_nodes(
+                self.request.out_dir, (c.id for c in self.request.plan.cells),
+                exclude=self.run.results.run_id)
         return cluster
 
     def record_repository(self) -> None:

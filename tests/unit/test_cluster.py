@@ -98,6 +98,15 @@ def test_launch_places_the_job_releases_the_node_and_revokes_the_token(tmp_path,
     assert cluster.pool.running == {"m": 0, "w": 0}
 
 
+def test_a_cell_goes_back_to_the_node_it_ran_on_last_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(swarm, "run_cell", lambda client, s, node: engine.CellResult(
+        s.cell_id, "c", 0, False, s.log_path, 1.0, node=node.hostname))
+    for hostname in ("worker", "manager", "worker"):
+        cluster = make(FakeEndpoint())
+        cluster.previous_nodes = {"h.t": hostname}
+        assert cluster.launch(None, spec(tmp_path)).node == hostname
+
+
 def test_a_cell_binding_this_machines_paths_runs_on_the_manager(tmp_path, monkeypatch):
     cluster = make(FakeEndpoint())
     monkeypatch.setattr(swarm, "run_cell", lambda client, s, node: engine.CellResult(

@@ -35,6 +35,14 @@ def test_cells_spread_over_the_nodes_before_any_takes_a_second():
     assert sorted(second) == ["m", "w1", "w2"]
 
 
+def test_a_cell_goes_back_to_the_node_it_last_ran_on_when_that_node_is_as_free():
+    pool = NodePool(NODES, per_node=2)
+    stop = threading.Event()
+    assert pool.acquire(stop, prefer="w2").hostname == "w2"
+    assert pool.acquire(stop, prefer="w2").hostname != "w2"  # w2 is busier now
+    assert pool.acquire(stop, prefer="gone").hostname in ("m", "w1")
+
+
 def test_a_full_swarm_makes_a_cell_wait_until_a_node_frees_a_slot():
     pool = NodePool(NODES[:2], per_node=1)
     stop = threading.Event()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from matrix.run.estimates import past_durations
+from matrix.run.estimates import past_durations, past_nodes
 from results.archive import OutDir
 from results.model import State
 from results.store import save
@@ -35,3 +35,17 @@ def test_no_archive_and_unreadable_runs_give_no_estimates(tmp_path):
     (tmp_path / "20261201-010000-aaaa").mkdir()
     (tmp_path / "20261201-010000-aaaa" / "results.json").write_text("{broken")
     assert past_durations(tmp_path, ["h.t"]) == {}
+
+
+def test_the_node_each_cell_last_ran_on(tmp_path):
+    def on(node, *args, **kwargs):
+        made = cell(*args, **kwargs)
+        made.node = node
+        return made
+
+    store(tmp_path, "20261201-010000-aaaa", [on("w1", "h", "t", 50.0), on("w2", "h", "u", 9.0)])
+    store(tmp_path, "20261202-010000-bbbb", [on("m", "h", "t", 0.5, reused=True),
+                                             on(None, "h", "u", 12.0)])  # a local run
+    store(tmp_path, "20261203-010000-cccc", [on("w2", "h", "t", 40.0)])
+    assert past_nodes(tmp_path, ["h.t", "h.u", "h.new"]) == {"h.t": "w2", "h.u": "w2"}
+    assert past_nodes(tmp_path, ["h.t"], exclude="20261203-010000-cccc") == {"h.t": "w1"}
