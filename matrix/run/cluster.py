@@ -34,7 +34,7 @@ import docker
 from docker.types import Mount, RestartPolicy, ServiceMode
 
 from matrix.config.registryname import RegistryName
-from matrix.containers import engine, swarm
+from matrix.containers import engine, leases, swarm
 from matrix.containers.placement import (
     Node,
     NodeLost,
@@ -196,7 +196,8 @@ class Cluster:
             spec = engine.CellSpec(
                 run_id=run_id, cell_id=f"reap-{node.hostname}", host="reap",
                 image=self.images[node.id], timeout=timeout, log_path=Path(os.devnull),
-                command=("python3", REAPER, "--run", run_id), capabilities=())
+                command=("python3", REAPER, "--run", run_id, *_keep_live_runs()),
+                capabilities=())
             try:
                 jobs.append(_start_reaper(client, spec, node))
             except docker.errors.DockerException as err:
@@ -210,6 +211,17 @@ class Cluster:
                             "not end within %.0f s", node.hostname, timeout)
             _say_what_reap_did(client, name, node)
             engine.remove_service(client, name)
+
+
+def _keep_live_runs() -> list[str]:
+    """``--keep`` for each run alive on this machine: the clean-up job also removes what
+    killed runs left on its node, never a live run's containers."""
+    try:
+        live = leases.Registry().live_runs()
+    except OSError as err:
+        LOG.info("live runs unknown (%s): only this run's containers are removed", err)
+        return ["--stale-after", "inf"]
+    return [arg for run_id in sorted(live) for arg in ("--keep", run_id)]
 
 
 def _start_reaper(client: docker.DockerClient, spec: engine.CellSpec, node: Node

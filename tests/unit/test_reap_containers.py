@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socketserver
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,8 +38,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         query = parse_qs(urlsplit(self.path).query)
-        wanted = json.loads(query["filters"][0])["label"][0].split("=", 1)[1]
-        found = [{"Id": cid} for cid, run in self.server.containers.items() if run == wanted]
+        filters = json.loads(query["filters"][0])
+        key, _, wanted = filters["label"][0].partition("=")
+        assert key == reap_containers.RUN_LABEL
+        stopped = set(filters.get("status", ())) >= {"exited", "dead", "created"}
+        found = [{"Id": cid, "Labels": {key: run}, "Created": created}
+                 for cid, (run, created, state) in self.server.containers.items()
+                 if (run == wanted if wanted else True) and (not stopped or state != "running")]
         body = json.dumps(found).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -52,9 +58,23 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
+NOW = time.time()
+LEFT = "d" * 64  # a killed run's cell, stopped a day ago
+LIVE = "e" * 64  # a live run's stopped cell
+RUNNING = "f" * 64  # an old run's container still running: not this job's to stop
+RECENT = "0" * 64  # a stopped cell of a run not known here, made a minute ago
+KILLED_RUN = "20261206-010000-dead"
+LIVE_RUN = "20261206-020000-0001"
+
+
 @pytest.fixture
 def engine(tmp_path):
-    server = FakeEngine(tmp_path / "docker.sock", {OWN: RUN, CELL: RUN, OTHER_RUN: "other"})
+    server = FakeEngine(tmp_path / "docker.sock", {
+        OWN: (RUN, NOW, "running"), CELL: (RUN, NOW, "exited"),
+        OTHER_RUN: ("other", NOW - 86400, "exited"),
+        LEFT: (KILLED_RUN, NOW - 86400, "exited"), LIVE: (LIVE_RUN, NOW - 86400, "exited"),
+        RUNNING: (KILLED_RUN, NOW - 86400, "running"), RECENT: (KILLED_RUN, NOW - 60, "exited"),
+    })
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
@@ -66,8 +86,18 @@ def test_the_runs_containers_go_and_its_own_last(engine, tmp_path, monkeypatch):
     mountinfo.write_text(f"1 2 0:1 /data/containers/{OWN}/hostname /etc/hostname rw - x x\n")
     read_own_id = reap_containers.own_id
     monkeypatch.setattr(reap_containers, "own_id", lambda: read_own_id(str(mountinfo)))
-    assert reap_containers.main(["--run", RUN, "--socket", engine.server_address]) == 0
-    assert engine.removed == [CELL, OWN]  # another run's container stays
+    assert reap_containers.main(["--run", RUN, "--keep", LIVE_RUN,
+                                 "--socket", engine.server_address]) == 0
+    # This run's, then a killed run's stopped one, its own last. A live run's, a running
+    # one, a recent one and one whose label is not a run id stay.
+    assert engine.removed == [CELL, LEFT, OWN]
+
+
+def test_without_live_runs_known_nothing_of_other_runs_is_removed(engine, monkeypatch):
+    monkeypatch.setattr(reap_containers, "own_id", lambda: None)
+    assert reap_containers.main(["--run", RUN, "--stale-after", "inf",
+                                 "--socket", engine.server_address]) == 0
+    assert sorted(engine.removed) == sorted([CELL, OWN])  # OWN: not known as its own here
 
 
 def test_its_own_id_is_read_from_the_mounts_the_engine_made(tmp_path):

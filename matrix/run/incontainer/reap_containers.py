@@ -6,10 +6,12 @@ another node's engine except a job placed there. This is that job: the run start
 on each other node it used, from the image its cells ran from, with the node's engine
 socket bound in, once its cells have ended::
 
-    python3 reap_containers.py --run RUN_ID [--socket /var/run/docker.sock]
+    python3 reap_containers.py --run RUN_ID [--keep RUN_ID ...] [--socket PATH]
 
 It removes every container labelled ``org.dib-matrix.run=RUN_ID`` (force, with their
-anonymous volumes) and, last, its own container, which ends it. Standard library only
+anonymous volumes); then the stopped containers of other runs that a killed run left
+there (made more than ``--stale-after`` seconds ago, their run not one of the ``--keep``
+runs still alive on the manager); and, last, its own container, which ends it. Standard library only
 (it runs on a host image's python3, 3.9 or later); it talks to the engine's API over
 the socket and never runs a shell.
 """
@@ -23,12 +25,15 @@ import os
 import re
 import socket
 import sys
+import time
 from typing import Optional
 from urllib.parse import quote
 
 RUN_LABEL = "org.dib-matrix.run"
 RUN_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{4}")  # results.names' run ids
 API_TIMEOUT = 30.0
+# A stopped container of another run this old, its run not alive: left by a killed run.
+STALE_SECONDS = 6 * 3600.0
 OWN_MOUNT = re.compile(r"/containers/([0-9a-f]{64})/(?:hostname|resolv\.conf|hosts)\s")
 
 
@@ -79,6 +84,23 @@ def own_id(mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
     return name if re.fullmatch(r"[0-9a-f]{12,64}", name) else None
 
 
+def stale_containers(path: str, keep: set[str], older_than: float, now: float) -> list[str]:
+    """Stopped containers of other runs, made before ``now - older_than``, whose run is
+    not in ``keep``: a run killed before its clean-up left them."""
+    filters = quote(json.dumps({"label": [RUN_LABEL], "status": ["created", "exited", "dead"]}))
+    status, body = call(path, "GET", f"/containers/json?all=1&filters={filters}")
+    if status != 200:
+        raise OSError(f"listing containers: HTTP {status}")
+    stale = []
+    for container in json.loads(body):
+        run = str((container.get("Labels") or {}).get(RUN_LABEL, ""))
+        created = container.get("Created")
+        if (RUN_ID.fullmatch(run) and run not in keep and isinstance(created, (int, float))
+                and now - created > older_than):
+            stale.append(str(container["Id"]))
+    return stale
+
+
 def remove(path: str, container: str) -> int:
     status, _ = call(path, "DELETE", f"/containers/{quote(container)}?force=1&v=1")
     return status
@@ -87,6 +109,9 @@ def remove(path: str, container: str) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="reap_containers.py")
     parser.add_argument("--run", required=True)
+    parser.add_argument("--keep", action="append", default=[],
+                        help="a run still alive: its containers stay")
+    parser.add_argument("--stale-after", type=float, default=STALE_SECONDS)
     parser.add_argument("--socket", default="/var/run/docker.sock")
     options = parser.parse_args(argv)
     if not RUN_ID.fullmatch(options.run):
@@ -94,10 +119,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     me = own_id()
     try:
         found = run_containers(options.socket, options.run)
-    except (OSError, ValueError, KeyError) as err:
+        found += stale_containers(options.socket, {options.run, *options.keep},
+                                  options.stale_after, time.time())
+    except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"dib-matrix reap: {err}", file=sys.stderr)
         return 1
-    others = [c for c in found if not (me and c.startswith(me))]
+    others = [c for c in dict.fromkeys(found) if not (me and c.startswith(me))]
     for container in others:
         print(f"dib-matrix reap: {container[:12]}: HTTP {remove(options.socket, container)}")
     sys.stdout.flush()
