@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from dib.boottest import replay_log
+from dib.bootconsole import replay_log
 from matrix.config.diagnostics import ConfigError
 from matrix.config.targets import BOOT_SUFFIX
 from matrix.verdict.catalogue import UNCATEGORIZED, Catalogue, load_catalogue

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dib import bundled
-from dib.boottest import CHECK_NAMES
+from dib.bootconsole import CHECK_NAMES
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
 from dib.outputs import SUPPORTED_TYPES
@@ -139,7 +139,7 @@ def _upstream_version(value: Any, reader: Reader, path: KeyPath) -> str:
 
 def _boot_checks(value: Any, reader: Reader, path: KeyPath) -> tuple[str, ...] | None:
     """``all`` -> None (every check the image reports), ``none`` or [] -> (), else the
-    listed names, each one that dib.boottest knows."""
+    listed names, each one that dib.bootconsole knows."""
     if value in ("all", None):
         return None
     if value == "none" or value == []:

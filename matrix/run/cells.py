@@ -22,15 +22,9 @@ import requests.exceptions
 
 from dib import failure
 from dib.arch import normalise as normalise_arch
-from dib.boottest import (
-    BootOptions,
-    BootResult,
-    BootTestError,
-    CheckStatus,
-    WatchSettings,
-    mirror_host,
-    run_boot_test,
-)
+from dib.bootconsole import CheckStatus, WatchSettings
+from dib.bootqemu import BootOptions, BootTestError, mirror_host
+from dib.boottest import BootResult, run_boot_test
 from dib.elements import index_elements, resolve
 from dib.errors import DibError
 from matrix.config.hosts import BUNDLED_HOSTS_DIR

@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 from dib import arch
-from dib.boottest import AAVMF_CANDIDATES, BootOptions, WatchSettings, run_boot_test
+from dib.bootconsole import WatchSettings
+from dib.bootqemu import AAVMF_CANDIDATES, BootOptions
+from dib.boottest import run_boot_test
 from tests.integration.dibhelpers import REPO, build_mounts, dib_env, run_dib
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,8 @@ from typing import Dict, Optional, Sequence
 
 import pytest
 
-from dib.boottest import BootOptions, run_boot_test
+from dib.bootqemu import BootOptions
+from dib.boottest import run_boot_test
 from tests.compat import upstream
 from tests.integration.dibhelpers import build_mounts, dib_env, run_dib
 

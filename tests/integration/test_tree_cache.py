@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dib.boottest import CheckStatus
+from dib.bootconsole import CheckStatus
 from dib.treescrub import KEYGEN_UNIT
 from matrix.verdict.verify import Expectation, summary, verify_images
 from tests.integration.dibhelpers import build_mounts, dib_env, make_element, run_dib

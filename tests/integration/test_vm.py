@@ -23,7 +23,9 @@ from dib.blockdevice.disk import assemble
 from dib.blockdevice.geometry import place
 from dib.blockdevice.layout import MIB, parse_layout_text
 from dib.blockdevice.plan import make_plan, save_plan
-from dib.boottest import BootOptions, WatchSettings, run_boot_test
+from dib.bootconsole import WatchSettings
+from dib.bootqemu import BootOptions
+from dib.boottest import run_boot_test
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import classify_lines
 from tests.integration.dibhelpers import REPO, build_mounts, dib_env, run_dib

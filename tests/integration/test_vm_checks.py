@@ -16,14 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from dib.boottest import (
-    CHECK_NAMES,
-    BootOptions,
-    CheckStatus,
-    WatchSettings,
-    mirror_host,
-    run_boot_test,
-)
+from dib.bootconsole import CHECK_NAMES, CheckStatus, WatchSettings
+from dib.bootqemu import BootOptions, mirror_host
+from dib.boottest import run_boot_test
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import classify_lines
 from matrix.verdict.verify import Expectation, summary, verify_images

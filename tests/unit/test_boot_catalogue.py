@@ -3,7 +3,7 @@
 
 import pytest
 
-from dib.boottest import Stage, Watcher, WatchSettings, qemu_failed, replay_log
+from dib.bootconsole import Stage, Watcher, WatchSettings, qemu_failed, replay_log
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import classify_lines
 from tests.unit.dib.bootlogs import CASES

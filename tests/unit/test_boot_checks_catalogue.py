@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from dib.boottest import CHECK_EVIDENCE, BootCheck, CheckStatus, replay_log
+from dib.bootconsole import CHECK_EVIDENCE, BootCheck, CheckStatus, replay_log
 from matrix.verdict.catalogue import load_catalogue
 from matrix.verdict.classify import Evidence, classify, classify_lines
 from tests.unit.dib.test_boottest_checks import (

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from dib.boottest import BootCheck, BootResult, CheckStatus
+from dib.bootconsole import BootCheck, CheckStatus
+from dib.boottest import BootResult
 from matrix.config.diagnostics import ConfigError
 from matrix.config.hosts import BootstrapBase, HostDefinition, PackageManager
 from matrix.config.targets import BUNDLED_TARGETS_DIR, Target, load_target, load_targets

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dib.boottest import replay_log
+from dib.bootconsole import replay_log
 from matrix.verdict.catalogue import ANY, load_catalogue
 from matrix.verdict.classify import Evidence, classify
 from matrix.verdict.logscan import lines_of_file

@@ -10,18 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dib import boottest
-from dib.boottest import (
-    BootOptions,
-    BootTestError,
-    Stage,
-    Watcher,
-    WatchSettings,
-    clean,
-    qemu_command,
-    replay_log,
-    run_boot_test,
-)
+from dib import bootconsole, bootqemu, boottest
+from dib.bootconsole import Stage, Watcher, WatchSettings, clean, replay_log
+from dib.bootqemu import BootOptions, BootTestError, qemu_command
+from dib.boottest import run_boot_test
 from tests.unit.dib.bootlogs import (
     BIOS_OK,
     CASES,
@@ -341,17 +333,17 @@ def test_unknown_architecture_and_missing_firmware_are_setup_errors(tmp_path, mo
     with pytest.raises(BootTestError, match="install qemu-system-arm"):
         run_boot_test(BootOptions(image=image, serial_log=tmp_path / "s", arch="arm64",
                                   qemu="no-such-qemu-system-aarch64"))
-    nowhere = boottest.Machine(**{**boottest.MACHINES["arm64"].__dict__,
+    nowhere = bootqemu.Machine(**{**bootqemu.MACHINES["arm64"].__dict__,
                                   "firmware": (str(tmp_path / "none.fd"),)})
-    monkeypatch.setitem(boottest.MACHINES, "arm64", nowhere)
+    monkeypatch.setitem(bootqemu.MACHINES, "arm64", nowhere)
     with pytest.raises(BootTestError, match="install the qemu-efi-aarch64 package"):
-        boottest.find_firmware(None, "arm64")
+        bootqemu.find_firmware(None, "arm64")
     lonely = tmp_path / "fw" / "AAVMF_CODE.fd"
     lonely.parent.mkdir()
     lonely.write_bytes(b"code")
     with pytest.raises(BootTestError, match="no variable store beside it"):
-        boottest.variable_store(lonely)
-    assert boottest.variable_store(Path("/usr/share/ovmf/OVMF.fd")) is None
+        bootqemu.variable_store(lonely)
+    assert bootqemu.variable_store(Path("/usr/share/ovmf/OVMF.fd")) is None
 
 
 def test_arm64_boot_with_a_fake_qemu_gets_a_private_variable_store(tmp_path):
@@ -384,9 +376,9 @@ def test_a_long_line_without_a_login_prompt_costs_its_length_not_its_square():
     # 200 KB without " login:" took minutes with the unanchored pattern (each start
     # position tried each length); a word-start look-behind makes it one pass.
     started = time.monotonic()
-    assert boottest.LOGIN_PROMPT.search("x" * 200_000) is None
+    assert bootconsole.LOGIN_PROMPT.search("x" * 200_000) is None
     assert time.monotonic() - started < 5
-    assert boottest.LOGIN_PROMPT.search("vm login: ")
+    assert bootconsole.LOGIN_PROMPT.search("vm login: ")
 
 
 def test_a_quiet_console_poll_counts_its_time(monkeypatch):

@@ -14,21 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from dib import boottest
-from dib.boottest import (
+from dib import bootconsole, bootqemu, boottest
+from dib.bootconsole import (
     CHECK_NAMES,
     DETAIL_LIMIT,
     MAX_CHECKS,
-    BootOptions,
     CheckStatus,
     Watcher,
     WatchSettings,
     parse_check_line,
-    qemu_command,
     replay_log,
-    resolvable_host,
-    run_boot_test,
 )
+from dib.bootqemu import BootOptions, qemu_command, resolvable_host
+from dib.boottest import run_boot_test
 from tests.unit.dib.bootlogs import BIOS_OK
 
 SCRIPT = Path(__file__).parents[3] / "elements" / "boot-checks" / "dib-boot-checks"
@@ -156,7 +154,7 @@ def test_the_first_failed_check_gives_the_evidence():
 def test_emergency_mode_is_named_with_what_came_before_not_a_timeout():
     watcher = Watcher(WatchSettings(final_grace=3.0))
     for number, line in enumerate(EMERGENCY.split("\r\n")):
-        watcher.feed(boottest.clean(line.encode()), float(number))
+        watcher.feed(bootconsole.clean(line.encode()), float(number))
     assert watcher.final_at is not None  # the run ends early, not at the timeout
     assert watcher.done(watcher.final_at + 3.0)
     assert replay_log(EMERGENCY).evidence == EMERGENCY_EVIDENCE
@@ -165,7 +163,7 @@ def test_emergency_mode_is_named_with_what_came_before_not_a_timeout():
 def test_an_escape_systemd_cut_short_leaves_nothing_behind():
     line = (b"[\x1b[0;1;31m TIME \x1b[0m] Timed out waiting for device \x1b[0;1;\xe2\x80\xa6"
             b"e5f3a-1c2d.device - /dev/disk/by-uuid/0b4e5f3a-1c2d.\r")
-    assert boottest.clean(line) == (
+    assert bootconsole.clean(line) == (
         "[ TIME ] Timed out waiting for device \u2026e5f3a-1c2d.device - "
         "/dev/disk/by-uuid/0b4e5f3a-1c2d.")
 
@@ -374,7 +372,7 @@ def test_a_guest_that_powers_off_passes_and_booted_a_larger_overlay(tmp_path, mo
     result = fake_boot(tmp_path, monkeypatch, lines + "\nexit 0")
     assert result.passed, result.evidence
     assert result.checks[-1].to_dict()["status"] == "pass"
-    assert f"disk-bytes={(64 << 20) + boottest.GROW_BYTES}" in (tmp_path / "serial.log").read_text()
+    assert f"disk-bytes={(64 << 20) + bootqemu.GROW_BYTES}" in (tmp_path / "serial.log").read_text()
     assert result.to_dict()["checks"][0] == {"name": "units", "status": "pass",
                                              "detail": "system running, no failed unit"}
     assert os.path.getsize(tmp_path / "image.qcow2") < 1 << 20  # the image was not written
@@ -394,7 +392,7 @@ def test_the_nocloud_seed_holds_the_user_data_and_is_removed(tmp_path, monkeypat
     result = fake_boot(tmp_path, monkeypatch, body)
     serial = (tmp_path / "serial.log").read_text()
     assert "CIDATA" in serial and "#cloud-config" in serial
-    assert boottest.CLOUD_INIT_MARK in serial
+    assert bootqemu.CLOUD_INIT_MARK in serial
     assert result.passed
 
 
