@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -59,8 +60,20 @@ def boot_category(result) -> str:
 
 
 def qemu_running_on(image: Path) -> bool:
-    found = subprocess.run(["pgrep", "-f", f"file={image}"], capture_output=True, text=True)
-    return bool(found.stdout.strip())
+    """A qemu boots ``image``: the image itself, or the overlay the boot test makes of it
+    when the disk must be larger (``<tmp>/.dib-boottest.*/<stem>.overlay.qcow2``)."""
+    overlay = re.compile(r"file=\S*/\.dib-boottest\.[^/]+/"
+                         + re.escape(image.stem) + r"\.overlay\.qcow2")
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().decode("utf-8", "replace").split("\0")
+        except OSError:  # it ended while we looked
+            continue
+        if words and "qemu-system" in words[0]:
+            text = " ".join(words)
+            if f"file={image}" in text or overlay.search(text):
+                return True
+    return False
 
 
 def sha256(path: Path) -> str:
