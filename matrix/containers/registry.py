@@ -283,14 +283,38 @@ def _storage_lease(storage: Path, budget: int) -> Iterator[IO[str]]:
         except BlockingIOError:
             pass  # another run's registry serves from it: leave it as it is
         else:
-            used = _tree_bytes(storage)
-            if used > budget:
-                LOG.info("registry storage %s holds %d MiB (over %d MiB): emptied",
+            used = _empty_over(storage, budget)
+            if used is not None:
+                LOG.info("registry storage %s held %d MiB (over %d MiB): emptied",
                          storage, used >> 20, budget >> 20)
-                shutil.rmtree(storage, ignore_errors=True)
                 _make_dir(storage, "storage")
         fcntl.flock(handle, fcntl.LOCK_SH)
         yield handle
+
+
+def empty_storage(storage: Path) -> str:
+    """``clean --caches``: the shared storage removed unless a run's registry serves from
+    it; a line for the user (empty when there was none)."""
+    if not storage.is_dir():
+        return ""
+    with storage.with_name(f"{storage.name}.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return (f"kept the run registry's storage {storage}: a live run's registry "
+                    "serves from it")
+        used = _empty_over(storage, -1)
+    return f"removed the run registry's storage {storage} ({(used or 0) >> 20} MiB)"
+
+
+def _empty_over(storage: Path, budget: int) -> int | None:
+    """Remove ``storage`` (hold its lock alone) if it holds more than ``budget`` bytes;
+    the bytes it held, or None when it was kept."""
+    used = _tree_bytes(storage)
+    if used <= budget:
+        return None
+    shutil.rmtree(storage, ignore_errors=True)
+    return used
 
 
 def _tree_bytes(top: Path) -> int:

@@ -7,6 +7,7 @@ lives with the run rather than in either.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -14,16 +15,20 @@ import docker.errors
 from matrix.containers import engine
 from matrix.containers.labels import LABEL_CACHE
 from matrix.containers.leases import Registry, kept_line
+from matrix.containers.registry import empty_storage
 from matrix.hostgen import diblayer
+from matrix.run.cluster import DEFAULT_REGISTRY_DIR
 
 
 def clean(client: docker.DockerClient, *, run_id: str | None = None, caches: bool = False,
-          leases: Registry | None = None, say: Callable[[str], None] = print) -> None:
+          leases: Registry | None = None, say: Callable[[str], None] = print,
+          registry_dir: Path = DEFAULT_REGISTRY_DIR) -> None:
     """``dib-matrix clean``: what finished or dead runs left; a live run's objects stay.
 
     A run whose lease is live (``matrix.containers.leases``) keeps its containers, services
     and volumes (it removes them itself when it ends); with ``caches``, the
-    image-cache volumes and dib layers no live lease names are removed too.
+    image-cache volumes and dib layers no live lease names are removed too, and the
+    storage of the registry multi-node runs start, unless one of them serves from it.
     """
     registry = leases if leases is not None else Registry()
     live = registry.live_runs()
@@ -38,6 +43,9 @@ def clean(client: docker.DockerClient, *, run_id: str | None = None, caches: boo
     if caches:
         remove_cache_volumes(client, leases=registry, say=say)
         diblayer.remove_layers(client, leases=registry, say=say)
+        said = empty_storage(registry_dir / "storage")
+        if said:
+            say(said)
 
 
 def remove_cache_volumes(client: docker.DockerClient, *, leases: Registry | None = None,

@@ -212,7 +212,7 @@ def test_hostgen_prune_and_remove_replaced_keep_leased_images(registry):
                             "kept sha256:replaced: in use by run nightly"]
 
 
-def test_clean_keeps_live_runs_and_their_caches(registry, monkeypatch):
+def test_clean_keeps_live_runs_and_their_caches(registry, monkeypatch, tmp_path):
     leased, free = layer(1), layer(2)
     volumes = [SimpleNamespace(name=f"dib-matrix-cache-{h}", removed=False) for h in "ab"]
     for volume in volumes:
@@ -226,8 +226,14 @@ def test_clean_keeps_live_runs_and_their_caches(registry, monkeypatch):
     monkeypatch.setattr(engine, "remove_run_objects",
                         lambda c, run: cleaned.append(run) or engine.Removed(1, 0, 2))
     said = []
-    cleanup.clean(client, caches=True, leases=registry, say=said.append)
+    storage = tmp_path / "registry" / "storage"
+    (storage / "blobs").mkdir(parents=True)
+    (storage / "blobs" / "layer").write_bytes(b"x" * (3 << 20))
+    cleanup.clean(client, caches=True, leases=registry, say=said.append,
+                  registry_dir=tmp_path / "registry")
     assert cleaned == ["killed", "old"]
+    assert f"removed the run registry's storage {storage} (3 MiB)" in said
+    assert not storage.exists()
     assert said[0].startswith("run killed: removed 1 container(s)")
     assert said[1] == f"run nightly: kept: the run is live (pid {os.getpid()} on " \
                       f"{Owner.current().machine})"

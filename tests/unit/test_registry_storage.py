@@ -43,3 +43,14 @@ def test_the_lease_is_shared_while_the_registry_runs(tmp_path):
             raise AssertionError("an exclusive hold was granted while a registry runs")
         except BlockingIOError:
             pass
+
+
+def test_clean_empties_the_storage_unless_a_registry_serves_from_it(tmp_path):
+    storage = filled(tmp_path, 2 << 20)
+    with registry._storage_lease(storage, budget=10 << 20):
+        assert "kept" in registry.empty_storage(storage)
+        assert (storage / "blobs" / "data").exists()
+    assert registry.empty_storage(storage) == \
+        f"removed the run registry's storage {storage} (2 MiB)"
+    assert not storage.exists()
+    assert registry.empty_storage(storage) == ""  # nothing there: nothing said
