@@ -28,6 +28,7 @@ import secrets
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import tempfile
 import time
@@ -44,6 +45,7 @@ import yaml
 
 from dib import spawn
 from matrix.config.registryname import RegistryError, RegistryName
+from results.trees import inodes, remove_tree
 
 EXECUTABLE = "docker-registry"  # Debian's package of that name (distribution 2.8)
 OPENSSL = "openssl"
@@ -56,6 +58,7 @@ OPENSSL_TIMEOUT = 60.0
 CA_DAYS = 3650  # the CA other nodes are told to trust: renewed only when it runs out
 # A leaf lives for one run (hours); a week leaves room for the longest matrix.
 LEAF_DAYS = 7
+DEFAULT_REGISTRY_DIR = Path.home() / ".cache" / "dib-matrix" / "registry"
 LOG_TAIL_LINES = 12
 # The storage keeps every layer pushed by any run; past this it is emptied when no run
 # uses it (the layers all live on the manager: the next push is a copy, not a build).
@@ -277,12 +280,8 @@ def _openssl(*args: object) -> str:
 def _storage_lease(storage: Path, budget: int) -> Iterator[IO[str]]:
     """A shared hold on ``storage`` for the registry's life. Taken alone (no other run's
     registry holds it), a storage over ``budget`` is emptied first."""
-    with storage.with_name(f"{storage.name}.lock").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # another run's registry serves from it: leave it as it is
-        else:
+    with _storage_lock(storage) as (handle, alone):
+        if alone:
             used = _empty_over(storage, budget)
             if used is not None:
                 LOG.info("registry storage %s held %d MiB (over %d MiB): emptied",
@@ -297,33 +296,35 @@ def empty_storage(storage: Path) -> str:
     it; a line for the user (empty when there was none)."""
     if not storage.is_dir():
         return ""
-    with storage.with_name(f"{storage.name}.lock").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with _storage_lock(storage) as (_, alone):
+        if not alone:
             return (f"kept the run registry's storage {storage}: a live run's registry "
                     "serves from it")
         used = _empty_over(storage, -1)
     return f"removed the run registry's storage {storage} ({(used or 0) >> 20} MiB)"
 
 
+@contextmanager
+def _storage_lock(storage: Path) -> Iterator[tuple[IO[str], bool]]:
+    """The storage's lock file, held exclusively when no registry holds it (``alone``)."""
+    with storage.with_name(f"{storage.name}.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield handle, False  # a run's registry serves from it
+        else:
+            yield handle, True
+
+
 def _empty_over(storage: Path, budget: int) -> int | None:
-    """Remove ``storage`` (hold its lock alone) if it holds more than ``budget`` bytes;
-    the bytes it held, or None when it was kept."""
-    used = _tree_bytes(storage)
+    """Remove ``storage`` (its lock held alone) if its files hold more than ``budget``
+    bytes; the bytes they held, or None when it was kept."""
+    used = sum(info.st_size for info in inodes(storage) if stat.S_ISREG(info.st_mode))
     if used <= budget:
         return None
-    shutil.rmtree(storage, ignore_errors=True)
+    with suppress(OSError):  # what could not go stays; the registry still starts
+        remove_tree(storage)
     return used
-
-
-def _tree_bytes(top: Path) -> int:
-    total = 0
-    for directory, _, files in os.walk(top):
-        for name in files:
-            with suppress(OSError):
-                total += os.lstat(os.path.join(directory, name)).st_size
-    return total
 
 
 @contextmanager

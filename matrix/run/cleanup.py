@@ -15,9 +15,8 @@ import docker.errors
 from matrix.containers import engine
 from matrix.containers.labels import LABEL_CACHE
 from matrix.containers.leases import Registry, kept_line
-from matrix.containers.registry import empty_storage
+from matrix.containers.registry import DEFAULT_REGISTRY_DIR, empty_storage
 from matrix.hostgen import diblayer
-from matrix.run.cluster import DEFAULT_REGISTRY_DIR
 
 
 def clean(client: docker.DockerClient, *, run_id: str | None = None, caches: bool = False,

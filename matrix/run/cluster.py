@@ -42,13 +42,12 @@ from matrix.containers.placement import (
     per_node_default,
     swarm_nodes,
 )
-from matrix.containers.registry import RunRegistry
+from matrix.containers.registry import DEFAULT_REGISTRY_DIR, RunRegistry
 from matrix.containers.registrypush import push_pinned
 from matrix.containers.upload import ResultsEndpoint
 from matrix.run.incontainer import upload_results
 
 LOG = logging.getLogger("dib-matrix")
-DEFAULT_REGISTRY_DIR = Path.home() / ".cache" / "dib-matrix" / "registry"
 UPLOADER = f"{engine.DIB_MOUNT}/matrix/run/incontainer/upload_results.py"
 LAYER_REPOSITORY = "dib-matrix/dib-{host}"
 # A cell's wrapper looks at its token every few seconds and stops its command (terminate,
@@ -173,7 +172,6 @@ class Cluster:
         while time.monotonic() < deadline and _running_tasks(client, run_id):
             time.sleep(1.0)
 
-
     def unpin(self, client: docker.DockerClient) -> None:
         """The manager's names for the pushed layers removed (the image keeps its local
         tag): a name in a registry that is gone with the run would be left for good."""
@@ -190,13 +188,14 @@ class Cluster:
         image its cells used, with that node's engine socket bound in. The manager's
         own are removed by the service removal."""
         jobs = []
+        keep = _keep_live_runs()
         for node in self.pool.nodes:
             if node.manager or node.id in self.pool.lost or node.id not in self.images:
                 continue
             spec = engine.CellSpec(
                 run_id=run_id, cell_id=f"reap-{node.hostname}", host="reap",
                 image=self.images[node.id], timeout=timeout, log_path=Path(os.devnull),
-                command=("python3", REAPER, "--run", run_id, *_keep_live_runs()),
+                command=("python3", REAPER, "--run", run_id, *keep),
                 capabilities=())
             try:
                 jobs.append(_start_reaper(client, spec, node))

@@ -9,11 +9,11 @@ socket bound in, once its cells have ended::
     python3 reap_containers.py --run RUN_ID [--keep RUN_ID ...] [--socket PATH]
 
 It removes every container labelled ``org.dib-matrix.run=RUN_ID`` (force, with their
-anonymous volumes); then the stopped containers of other runs that a killed run left
-there (made more than ``--stale-after`` seconds ago, their run not one of the ``--keep``
-runs still alive on the manager); and, last, its own container, which ends it. Standard library only
-(it runs on a host image's python3, 3.9 or later); it talks to the engine's API over
-the socket and never runs a shell.
+anonymous volumes); then the stopped containers killed runs left there (made more than
+``--stale-after`` seconds ago, their run not one of the ``--keep`` runs alive on the
+manager); and, last, its own container, which ends it. Standard library only (it runs
+on a host image's python3, 3.9 or later); it talks to the engine's API over the socket
+and never runs a shell.
 """
 
 from __future__ import annotations
